@@ -1,0 +1,426 @@
+//! The customer domain: what a customer is, which inputs are valid, and how writes change it.
+//!
+//! Everything here is pure: no actors, no I/O, no clock (callers pass `now`). The same rules
+//! run on the entry node (to reject bad input before any network hop) and on the owner node
+//! (the authority, right before the compare-and-set write).
+//!
+//! Times are microseconds since the Unix epoch (UTC) in the domain, on the wire and in the
+//! database; the API formats them as RFC 3339.
+//!
+//! Deliberately not here: JSON shapes (`api::json`), SQL rows (`storage`), wire envelopes
+//! (`cluster::protocol`). Each boundary converts at its edge.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::{Error, Result};
+
+/// Longest accepted customer name, in characters (not bytes: names are Unicode).
+pub const MAX_NAME_CHARS: usize = 200;
+/// Longest accepted email address, in characters (RFC 5321 path limit).
+pub const MAX_EMAIL_CHARS: usize = 254;
+/// Longest accepted phone number, in characters.
+pub const MAX_PHONE_CHARS: usize = 32;
+/// Longest accepted postal address, in characters.
+pub const MAX_ADDRESS_CHARS: usize = 500;
+
+/// A customer id: a UUID v7, chosen by the node that receives the create, so the id and its
+/// owner are known before anything is stored.
+pub type CustomerId = Uuid;
+
+/// Generates a fresh customer id (UUID v7: time-ordered, so keyset pagination roughly follows
+/// creation order and SQLite's primary-key b-tree appends instead of splitting at random).
+pub fn new_customer_id() -> CustomerId {
+    Uuid::now_v7()
+}
+
+/// Parses a customer id from a URL path segment or CLI argument.
+pub fn parse_customer_id(raw: &str) -> Result<CustomerId> {
+    Uuid::try_parse(raw)
+        .map_err(|_| Error::InvalidInput(format!("malformed customer id {raw:?}: expected a UUID")))
+}
+
+/// The user-editable fields of a customer, validated: holding one means the rules below passed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerFields {
+    /// Display name, 1..=200 characters after trimming.
+    pub name: String,
+    /// Email address; unique across customers, compared case-insensitively.
+    pub email: String,
+    /// Optional phone number: digits, spaces and `+-().`, at most 32 characters.
+    pub phone: Option<String>,
+    /// Optional free-form postal address, at most 500 characters.
+    pub address: Option<String>,
+}
+
+/// A stored customer: its fields plus identity and bookkeeping.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Customer {
+    /// Primary key.
+    pub id: CustomerId,
+    /// The editable fields.
+    pub fields: CustomerFields,
+    /// Starts at 1 and grows by exactly 1 per acknowledged write; the compare-and-set token.
+    pub version: u64,
+    /// Creation time, µs since the Unix epoch.
+    pub created_at: i64,
+    /// Time of the last write, µs since the Unix epoch.
+    pub updated_at: i64,
+}
+
+impl Customer {
+    /// A new customer at version 1.
+    pub fn new(id: CustomerId, fields: CustomerFields, now: i64) -> Self {
+        Self {
+            id,
+            fields,
+            version: 1,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    /// The customer after a successful write of `fields`: next version, new `updated_at`.
+    pub fn next_version(&self, fields: CustomerFields, now: i64) -> Self {
+        Self {
+            id: self.id,
+            fields,
+            version: self.version + 1,
+            created_at: self.created_at,
+            updated_at: now.max(self.updated_at),
+        }
+    }
+}
+
+/// What the client sent for the fields, before validation (create and full replace).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldsInput {
+    /// Raw name.
+    pub name: Option<String>,
+    /// Raw email.
+    pub email: Option<String>,
+    /// Raw phone; empty means none.
+    pub phone: Option<String>,
+    /// Raw address; empty means none.
+    pub address: Option<String>,
+}
+
+/// One field of a JSON merge patch (RFC 7396): absent, `null`, or a value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FieldPatch {
+    /// The member was absent: keep the current value.
+    #[default]
+    Keep,
+    /// The member was `null`: remove the value (only allowed for optional fields).
+    Clear,
+    /// The member had a value: replace.
+    Set(String),
+}
+
+/// A JSON merge patch of the customer fields, already decoded from JSON into typed members so
+/// it can cross nodes in the binary codec.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerPatch {
+    /// Patch of `name`.
+    pub name: FieldPatch,
+    /// Patch of `email`.
+    pub email: FieldPatch,
+    /// Patch of `phone`.
+    pub phone: FieldPatch,
+    /// Patch of `address`.
+    pub address: FieldPatch,
+}
+
+impl CustomerPatch {
+    /// True when the patch changes nothing (an empty JSON object).
+    pub fn is_empty(&self) -> bool {
+        [&self.name, &self.email, &self.phone, &self.address]
+            .iter()
+            .all(|p| matches!(p, FieldPatch::Keep))
+    }
+
+    /// Applies the patch to `current` and validates the result.
+    pub fn apply(&self, current: &CustomerFields) -> Result<CustomerFields> {
+        let required = |patch: &FieldPatch, field: &str, cur: &str| match patch {
+            FieldPatch::Keep => Ok(Some(cur.to_owned())),
+            FieldPatch::Clear => Err(Error::InvalidInput(format!("{field} cannot be null"))),
+            FieldPatch::Set(v) => Ok(Some(v.clone())),
+        };
+        let optional = |patch: &FieldPatch, cur: &Option<String>| match patch {
+            FieldPatch::Keep => cur.clone(),
+            FieldPatch::Clear => None,
+            FieldPatch::Set(v) => Some(v.clone()),
+        };
+        validate(FieldsInput {
+            name: required(&self.name, "name", &current.name)?,
+            email: required(&self.email, "email", &current.email)?,
+            phone: optional(&self.phone, &current.phone),
+            address: optional(&self.address, &current.address),
+        })
+    }
+}
+
+/// Validates raw input into [`CustomerFields`]: trims, checks presence, lengths and syntax.
+pub fn validate(input: FieldsInput) -> Result<CustomerFields> {
+    let name = required_text(input.name, "name", MAX_NAME_CHARS)?;
+    let email = required_text(input.email, "email", MAX_EMAIL_CHARS)?;
+    check_email(&email)?;
+    let phone = optional_text(input.phone, "phone", MAX_PHONE_CHARS)?;
+    if let Some(p) = &phone {
+        check_phone(p)?;
+    }
+    let address = optional_text(input.address, "address", MAX_ADDRESS_CHARS)?;
+    Ok(CustomerFields {
+        name,
+        email,
+        phone,
+        address,
+    })
+}
+
+fn required_text(value: Option<String>, field: &str, max: usize) -> Result<String> {
+    match optional_text(value, field, max)? {
+        Some(v) => Ok(v),
+        None => Err(Error::InvalidInput(format!("{field} is required"))),
+    }
+}
+
+fn optional_text(value: Option<String>, field: &str, max: usize) -> Result<Option<String>> {
+    let Some(raw) = value else { return Ok(None) };
+    let trimmed = raw.trim();
+    if trimmed.is_empty() {
+        return Ok(None);
+    }
+    if trimmed.chars().any(|c| c.is_control()) {
+        return Err(Error::InvalidInput(format!(
+            "{field} must not contain control characters"
+        )));
+    }
+    let chars = trimmed.chars().count();
+    if chars > max {
+        return Err(Error::InvalidInput(format!(
+            "{field} is {chars} characters long; at most {max} allowed"
+        )));
+    }
+    Ok(Some(trimmed.to_owned()))
+}
+
+/// A pragmatic email check: one `@`, a non-empty local part, a dotted domain of sensible labels,
+/// no whitespace. Deliverability is not our business; obvious typos are.
+fn check_email(email: &str) -> Result<()> {
+    let bad = || Error::InvalidInput(format!("email {email:?} is not a valid address"));
+    let (local, domain) = email.split_once('@').ok_or_else(bad)?;
+    if local.is_empty() || local.len() > 64 || domain.contains('@') {
+        return Err(bad());
+    }
+    if email.chars().any(char::is_whitespace) {
+        return Err(bad());
+    }
+    let labels: Vec<&str> = domain.split('.').collect();
+    let label_ok = |l: &&str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(|c| c.is_alphanumeric() || c == '-')
+    };
+    if labels.len() < 2 || !labels.iter().all(label_ok) {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+fn check_phone(phone: &str) -> Result<()> {
+    let allowed = |c: char| c.is_ascii_digit() || " +-().".contains(c);
+    let digits = phone.chars().filter(char::is_ascii_digit).count();
+    if !phone.chars().all(allowed) || digits < 3 {
+        return Err(Error::InvalidInput(format!(
+            "phone {phone:?} must be digits with optional spaces and +-()."
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a client's `If-Match` against the current version.
+pub fn check_precondition(if_match: Option<u64>, current: u64) -> Result<()> {
+    match if_match {
+        Some(expected) if expected != current => {
+            Err(Error::PreconditionFailed { expected, current })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// True when a retried create (same id) carries the fields already stored, so replaying it is a
+/// success rather than a conflict. Compares emails case-insensitively, like the unique index.
+pub fn is_same_create(stored: &CustomerFields, requested: &CustomerFields) -> bool {
+    stored.name == requested.name
+        && stored.email.eq_ignore_ascii_case(&requested.email)
+        && stored.phone == requested.phone
+        && stored.address == requested.address
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(name: &str, email: &str) -> FieldsInput {
+        FieldsInput {
+            name: Some(name.into()),
+            email: Some(email.into()),
+            ..Default::default()
+        }
+    }
+
+    fn fields() -> CustomerFields {
+        validate(FieldsInput {
+            name: Some("Ada".into()),
+            email: Some("ada@example.com".into()),
+            phone: Some("+44 20 1234".into()),
+            address: Some("1 Analytical Row".into()),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn valid_input_is_trimmed_and_accepted() {
+        let f = validate(input("  Ada Lovelace ", " ada@example.com")).unwrap();
+        assert_eq!(f.name, "Ada Lovelace");
+        assert_eq!(f.email, "ada@example.com");
+        assert_eq!(f.phone, None);
+    }
+
+    #[test]
+    fn name_is_required_and_bounded_in_characters_not_bytes() {
+        assert!(validate(input("", "a@b.co")).is_err());
+        assert!(validate(input("   ", "a@b.co")).is_err());
+        let ok = "é".repeat(MAX_NAME_CHARS);
+        assert!(validate(input(&ok, "a@b.co")).is_ok());
+        let too_long = "é".repeat(MAX_NAME_CHARS + 1);
+        assert!(matches!(
+            validate(input(&too_long, "a@b.co")),
+            Err(Error::InvalidInput(_))
+        ));
+    }
+
+    #[test]
+    fn unicode_names_are_data() {
+        let f = validate(input("李小龍 🐉", "bruce@example.com")).unwrap();
+        assert_eq!(f.name, "李小龍 🐉");
+    }
+
+    #[test]
+    fn malformed_emails_are_rejected() {
+        for bad in [
+            "plain",
+            "@example.com",
+            "a@",
+            "a@b",
+            "a@@b.com",
+            "a b@c.com",
+            "a@-b.com",
+            "a@b..com",
+        ] {
+            assert!(validate(input("x", bad)).is_err(), "{bad} accepted");
+        }
+        assert!(validate(input("x", "first.last+tag@sub.example.co.uk")).is_ok());
+    }
+
+    #[test]
+    fn control_characters_are_rejected() {
+        assert!(validate(input("a\u{0}b", "a@b.co")).is_err());
+    }
+
+    #[test]
+    fn phone_must_look_like_a_phone_number() {
+        let mut i = input("x", "a@b.co");
+        i.phone = Some("call me".into());
+        assert!(validate(i.clone()).is_err());
+        i.phone = Some("+1 (555) 010-9999".into());
+        assert_eq!(
+            validate(i).unwrap().phone.as_deref(),
+            Some("+1 (555) 010-9999")
+        );
+    }
+
+    #[test]
+    fn merge_patch_keeps_absent_members_clears_null_and_sets_values() {
+        let patch = CustomerPatch {
+            name: FieldPatch::Set("Ada L.".into()),
+            phone: FieldPatch::Clear,
+            ..Default::default()
+        };
+        let out = patch.apply(&fields()).unwrap();
+        assert_eq!(out.name, "Ada L.");
+        assert_eq!(out.email, "ada@example.com");
+        assert_eq!(out.phone, None);
+        assert_eq!(out.address.as_deref(), Some("1 Analytical Row"));
+    }
+
+    #[test]
+    fn merge_patch_cannot_null_a_required_field() {
+        let patch = CustomerPatch {
+            email: FieldPatch::Clear,
+            ..Default::default()
+        };
+        assert!(matches!(
+            patch.apply(&fields()),
+            Err(Error::InvalidInput(_))
+        ));
+    }
+
+    #[test]
+    fn merge_patch_result_is_validated() {
+        let patch = CustomerPatch {
+            email: FieldPatch::Set("nope".into()),
+            ..Default::default()
+        };
+        assert!(patch.apply(&fields()).is_err());
+    }
+
+    #[test]
+    fn precondition_passes_without_if_match_or_with_the_current_version() {
+        assert!(check_precondition(None, 7).is_ok());
+        assert!(check_precondition(Some(7), 7).is_ok());
+        assert_eq!(
+            check_precondition(Some(6), 7),
+            Err(Error::PreconditionFailed {
+                expected: 6,
+                current: 7
+            })
+        );
+    }
+
+    #[test]
+    fn next_version_increments_by_one_and_keeps_identity() {
+        let c = Customer::new(new_customer_id(), fields(), 100);
+        let mut changed = fields();
+        changed.name = "B".into();
+        let n = c.next_version(changed.clone(), 200);
+        assert_eq!(
+            (n.id, n.version, n.created_at, n.updated_at),
+            (c.id, 2, 100, 200)
+        );
+        assert_eq!(n.fields, changed);
+    }
+
+    #[test]
+    fn a_replayed_create_matches_ignoring_email_case_only() {
+        let a = fields();
+        let mut b = fields();
+        b.email = "ADA@example.com".into();
+        assert!(is_same_create(&a, &b));
+        b.name = "Other".into();
+        assert!(!is_same_create(&a, &b));
+    }
+
+    #[test]
+    fn ids_parse_or_fail_clearly() {
+        let id = new_customer_id();
+        assert_eq!(parse_customer_id(&id.to_string()).unwrap(), id);
+        assert!(matches!(
+            parse_customer_id("not-a-uuid"),
+            Err(Error::InvalidInput(_))
+        ));
+    }
+}
