@@ -1,0 +1,23 @@
+//! The cluster layer: how nodes find each other, agree on placement and talk.
+//!
+//! * [`protocol`] — every message that crosses nodes, the group names, the protocol version.
+//! * [`placement`] — rendezvous hashing of customer ids over member names.
+//! * [`membership`] — the published placement view and the freshness lease.
+//!
+//! Delivery guarantees (from ractor_cluster over one TCP session per peer pair):
+//! * Messages between two actors on a live session arrive in order, at most once.
+//! * Nothing is retransmitted across sessions: a message in flight when a session drops is
+//!   lost, and an RPC waiting on it fails (dropped reply port or its deadline). Callers treat
+//!   that as "outcome unknown" and retry idempotent operations against the recomputed owner.
+//! * There is no ordering between different peers, and no global clock.
+//! * A closed session removes the peer's process-group members at once; a silent peer (frozen
+//!   process, partition) is not detected by the transport at all — that is what our own
+//!   heartbeats are for.
+//!
+//! What this layer does not give: consensus. Two nodes can briefly disagree on the member set
+//! and both activate the same customer; the database's compare-and-set on `version` (fencing)
+//! is what keeps such a double activation from overwriting an acknowledged write.
+
+pub mod membership;
+pub mod placement;
+pub mod protocol;

@@ -1,0 +1,383 @@
+//! Everything that crosses nodes: the Registry and Database message enums, their argument and
+//! reply types, the process-group names and the protocol version.
+//!
+//! Every RPC carries its argument and its reply as [`Wire<T>`], so a decoding failure becomes an
+//! error reply instead of a dropped message, and domain errors cross nodes as values.
+//! Customer actors are deliberately *not* here: their messages are local-only, so they are
+//! never announced to peers.
+//!
+//! Compatibility rule: changing any type in this file changes the wire format. Bump
+//! [`PROTOCOL_VERSION`] (which renames the groups, so old and new nodes simply do not see each
+//! other) and say so in the release notes.
+
+use std::time::Duration;
+
+use ractor::rpc::CallResult;
+use ractor::{ActorRef, RpcReplyPort};
+use ractor_cluster::RactorClusterMessage;
+use serde::{Deserialize, Serialize};
+
+use crate::codec::Wire;
+use crate::customer::{Customer, CustomerFields, CustomerId, CustomerPatch};
+use crate::error::{Error, Result};
+
+/// Version of this protocol. Checked in the `Hello` exchange before a peer becomes a member.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Process group every node's Registry joins. Versioned: a remote actor of another type in a
+/// group would be silently mis-addressed, so incompatible releases must not share a group.
+pub const REGISTRY_GROUP: &str = "customer-registry.v1";
+
+/// Process group every Database actor joins.
+pub const DATABASE_GROUP: &str = "customer-db.v1";
+
+/// Registered (process-local) name of this node's Registry; remote actors carry it too, which
+/// is how a pg member is tied to a node name.
+pub fn registry_name(node: &str) -> String {
+    format!("{REGISTRY_GROUP}/{node}")
+}
+
+/// Registered name of this node's Database actor.
+pub fn database_name(node: &str) -> String {
+    format!("{DATABASE_GROUP}/{node}")
+}
+
+/// The node name in a registered actor name produced by [`registry_name`] or [`database_name`].
+pub fn node_of(actor_name: &str) -> Option<&str> {
+    actor_name.split_once('/').map(|(_, node)| node)
+}
+
+/// What a node tells its peers about itself when they meet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    /// Stable node name (placement key).
+    pub name: String,
+    /// [`PROTOCOL_VERSION`] of the sender.
+    pub protocol_version: u32,
+    /// `host:port` peers dial for the cluster mesh.
+    pub cluster_addr: String,
+    /// HTTP API address.
+    pub http_addr: String,
+    /// Whether this node hosts a Database actor.
+    pub hosts_db: bool,
+    /// Distinguishes process starts of the same node name (ms since the Unix epoch at start).
+    pub incarnation: u64,
+}
+
+/// An operation on one existing customer, executed by its actor on the owner node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CustomerCommand {
+    /// Read.
+    Get,
+    /// Full replace (PUT), optionally conditional on the client's `If-Match` version.
+    Replace {
+        /// New fields, validated by the entry node (and again by the owner).
+        fields: CustomerFields,
+        /// Client precondition.
+        if_match: Option<u64>,
+    },
+    /// JSON merge patch (PATCH).
+    Patch {
+        /// The decoded patch.
+        patch: CustomerPatch,
+        /// Client precondition.
+        if_match: Option<u64>,
+    },
+    /// Delete.
+    Delete {
+        /// Client precondition.
+        if_match: Option<u64>,
+    },
+    /// Test-only fault: the customer actor panics while handling it.
+    #[cfg(test)]
+    Crash,
+}
+
+impl CustomerCommand {
+    /// Short name for logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Get => "get",
+            Self::Replace { .. } => "replace",
+            Self::Patch { .. } => "patch",
+            Self::Delete { .. } => "delete",
+            #[cfg(test)]
+            Self::Crash => "crash",
+        }
+    }
+
+    /// True for commands that write.
+    pub fn is_write(&self) -> bool {
+        !matches!(self, Self::Get)
+    }
+}
+
+/// A command addressed to one customer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteRequest {
+    /// Target customer.
+    pub id: CustomerId,
+    /// What to do.
+    pub command: CustomerCommand,
+}
+
+/// A keyset-paginated list request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListRequest {
+    /// Return ids strictly greater than this.
+    pub after: Option<CustomerId>,
+    /// Page size (clamped by the store).
+    pub limit: u32,
+}
+
+/// One page of customers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomerPage {
+    /// Customers ordered by id.
+    pub items: Vec<Customer>,
+    /// Cursor for the next page; `None` on the last page.
+    pub next: Option<CustomerId>,
+}
+
+/// Result of activating a customer actor without running a command.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Activation {
+    /// Node whose actor is now active.
+    pub node: String,
+    /// Version loaded from the database.
+    pub version: u64,
+}
+
+/// A Registry's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryStats {
+    /// Node name.
+    pub node: String,
+    /// Customer actors alive now.
+    pub active_customers: u64,
+    /// Actors started since the node started.
+    pub activations: u64,
+    /// Actors stopped for idleness, deletion or ownership moves.
+    pub passivations: u64,
+    /// Actors that panicked and were cleaned up (re-activated on next use).
+    pub restarts: u64,
+    /// Stale writes rejected by the database's compare-and-set (fencing).
+    pub version_conflicts: u64,
+}
+
+/// A conditional update at the database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateRequest {
+    /// Target customer.
+    pub id: CustomerId,
+    /// New fields.
+    pub fields: CustomerFields,
+    /// Compare-and-set token.
+    pub expected_version: u64,
+    /// Write time, µs since the Unix epoch.
+    pub now: i64,
+}
+
+/// A conditional delete at the database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteRequest {
+    /// Target customer.
+    pub id: CustomerId,
+    /// Compare-and-set token; `None` deletes whatever version is stored.
+    pub expected_version: Option<u64>,
+}
+
+/// Messages of the per-node Registry (group [`REGISTRY_GROUP`]): the entry point for every
+/// customer operation routed to this node.
+#[derive(RactorClusterMessage)]
+pub enum RegistryMsg {
+    /// Protocol handshake: the caller's info in, ours out. A peer becomes a member only after
+    /// this succeeds with an equal [`PROTOCOL_VERSION`].
+    #[rpc]
+    Hello(Wire<NodeInfo>, RpcReplyPort<Wire<NodeInfo>>),
+    /// Heartbeat: echoes the sequence number.
+    #[rpc]
+    Ping(Wire<u64>, RpcReplyPort<Wire<u64>>),
+    /// Ensures the customer's actor is active here (loading it from the database).
+    #[rpc]
+    GetOrCreateCustomerActor(Wire<CustomerId>, RpcReplyPort<Wire<Activation>>),
+    /// Creates a customer (id chosen by the entry node; idempotent by id).
+    #[rpc]
+    CreateCustomer(Wire<Customer>, RpcReplyPort<Wire<Customer>>),
+    /// Runs a command on the customer's actor; replies `None` for a delete.
+    #[rpc]
+    Route(Wire<RouteRequest>, RpcReplyPort<Wire<Option<Customer>>>),
+    /// Lists customers from the database.
+    #[rpc]
+    ListCustomers(Wire<ListRequest>, RpcReplyPort<Wire<CustomerPage>>),
+    /// Passivates the customer's actor if active; replies whether one was.
+    #[rpc]
+    RemoveCustomerActor(Wire<CustomerId>, RpcReplyPort<Wire<bool>>),
+    /// Counters of this Registry.
+    #[rpc]
+    Stats(Wire<()>, RpcReplyPort<Wire<RegistryStats>>),
+    /// Placement changed: stop actors this node no longer owns. Sent by the local Membership.
+    PlacementChanged(Wire<u64>),
+    /// Periodic: passivate idle actors. Sent by the Registry's own timer.
+    Sweep(Wire<()>),
+    /// A customer actor reports it holds nothing (deleted or absent): retire it.
+    /// Carries the actor's pid so a late report never retires a successor.
+    Release(Wire<(CustomerId, u64)>),
+}
+
+/// Messages of a Database actor (group [`DATABASE_GROUP`]).
+#[derive(RactorClusterMessage)]
+pub enum DatabaseMsg {
+    /// Liveness; replies with the hosting node's name.
+    #[rpc]
+    Ping(Wire<()>, RpcReplyPort<Wire<String>>),
+    /// Inserts (idempotent by id).
+    #[rpc]
+    InsertCustomer(Wire<Customer>, RpcReplyPort<Wire<Customer>>),
+    /// Reads one customer; `None` when absent.
+    #[rpc]
+    GetCustomer(Wire<CustomerId>, RpcReplyPort<Wire<Option<Customer>>>),
+    /// Compare-and-set update.
+    #[rpc]
+    UpdateCustomer(Wire<UpdateRequest>, RpcReplyPort<Wire<Customer>>),
+    /// Compare-and-set delete.
+    #[rpc]
+    DeleteCustomer(Wire<DeleteRequest>, RpcReplyPort<Wire<()>>),
+    /// One page ordered by id.
+    #[rpc]
+    ListCustomers(Wire<ListRequest>, RpcReplyPort<Wire<Vec<Customer>>>),
+}
+
+/// Calls `actor` with a deadline and flattens transport and domain failures into one
+/// [`Result`]. Every cross-actor request in the crate goes through here.
+pub async fn call<M, T>(
+    actor: &ActorRef<M>,
+    timeout: Duration,
+    build: impl FnOnce(RpcReplyPort<Wire<T>>) -> M,
+) -> Result<T>
+where
+    M: ractor::Message,
+    T: Send + 'static,
+{
+    match actor.call(build, Some(timeout)).await {
+        Ok(CallResult::Success(reply)) => reply.0,
+        Ok(CallResult::Timeout) => Err(Error::Timeout(format!(
+            "no reply within {} ms",
+            timeout.as_millis()
+        ))),
+        Ok(CallResult::SenderError) => Err(Error::Unavailable(
+            "the request was dropped (actor stopped or peer disconnected)".into(),
+        )),
+        Err(err) => Err(err.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::customer::{FieldPatch, new_customer_id};
+    use ractor::BytesConvertable;
+
+    fn round_trip<T>(value: T)
+    where
+        T: Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug + Clone,
+    {
+        let wire = Wire::ok(value.clone());
+        assert_eq!(Wire::<T>::from_bytes(wire.into_bytes()), Wire::ok(value));
+    }
+
+    fn customer() -> Customer {
+        Customer::new(
+            new_customer_id(),
+            CustomerFields {
+                name: "Zoë 🚀".into(),
+                email: "zoe@example.com".into(),
+                phone: Some("+1 555".into()),
+                address: None,
+            },
+            1_700_000_000_000_000,
+        )
+    }
+
+    #[test]
+    fn every_wire_type_round_trips() {
+        let c = customer();
+        round_trip(NodeInfo {
+            name: "n1".into(),
+            protocol_version: PROTOCOL_VERSION,
+            cluster_addr: "127.0.0.1:4701".into(),
+            http_addr: "127.0.0.1:8081".into(),
+            hosts_db: true,
+            incarnation: 42,
+        });
+        round_trip(c.clone());
+        round_trip(Some(c.clone()));
+        round_trip(None::<Customer>);
+        round_trip(c.id);
+        for command in [
+            CustomerCommand::Get,
+            CustomerCommand::Replace {
+                fields: c.fields.clone(),
+                if_match: Some(3),
+            },
+            CustomerCommand::Patch {
+                patch: CustomerPatch {
+                    name: FieldPatch::Set("x".into()),
+                    phone: FieldPatch::Clear,
+                    ..Default::default()
+                },
+                if_match: None,
+            },
+            CustomerCommand::Delete { if_match: None },
+        ] {
+            round_trip(RouteRequest { id: c.id, command });
+        }
+        round_trip(ListRequest {
+            after: Some(c.id),
+            limit: 10,
+        });
+        round_trip(CustomerPage {
+            items: vec![c.clone(), c.clone()],
+            next: Some(c.id),
+        });
+        round_trip(Activation {
+            node: "n2".into(),
+            version: 9,
+        });
+        round_trip(RegistryStats {
+            node: "n3".into(),
+            active_customers: 5,
+            ..Default::default()
+        });
+        round_trip(UpdateRequest {
+            id: c.id,
+            fields: c.fields.clone(),
+            expected_version: 4,
+            now: 5,
+        });
+        round_trip(DeleteRequest {
+            id: c.id,
+            expected_version: None,
+        });
+        round_trip((c.id, 77u64));
+        round_trip(vec![c]);
+        round_trip(());
+        round_trip("n1".to_string());
+        round_trip(true);
+    }
+
+    #[test]
+    fn a_garbled_request_decodes_to_an_error_the_handler_can_reply_with() {
+        let garbage = vec![7u8; 33];
+        assert!(Wire::<RouteRequest>::from_bytes(garbage.clone()).0.is_err());
+        assert!(Wire::<Customer>::from_bytes(garbage.clone()).0.is_err());
+        assert!(Wire::<NodeInfo>::from_bytes(garbage).0.is_err());
+    }
+
+    #[test]
+    fn registered_names_carry_the_node_name() {
+        assert_eq!(node_of(&registry_name("n1")), Some("n1"));
+        assert_eq!(node_of(&database_name("db-node")), Some("db-node"));
+        assert_eq!(node_of("unrelated"), None);
+    }
+}
