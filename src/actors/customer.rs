@@ -1,0 +1,373 @@
+//! The Customer actor: one per active customer on its owner node; it serialises every
+//! operation on that customer.
+//!
+//! Life cycle: the Registry spawns it empty on first use; the first message loads the row from
+//! the database (activation). It keeps the row cached and writes through: every write is a
+//! compare-and-set on `version` at the database, acknowledged only after commit. It stops when
+//! the Registry queues `Passivate` (idle, deleted, ownership moved).
+//!
+//! Cached state is trusted only while (a) the placement epoch is the one it was loaded under
+//! and (b) the node's lease is valid. Otherwise it reloads first: a membership change or a
+//! stall means another activation may have written meanwhile. If a write is still rejected as
+//! stale (fencing), it reloads, counts the conflict, and re-applies the command to the fresh
+//! row — a client's `If-Match` is checked against that fresh row.
+//!
+//! The decision logic lives in [`plan`] (pure); the actor only does I/O around it.
+
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor_cluster::RactorMessage;
+
+use super::{Counters, NodeContext, now_micros};
+use crate::cluster::protocol::{
+    Activation, CustomerCommand, DeleteRequest, RegistryMsg, UpdateRequest,
+};
+use crate::codec::Wire;
+use crate::customer::{
+    Customer, CustomerFields, CustomerId, FieldsInput, check_precondition, validate,
+};
+use crate::error::{Error, Result};
+
+/// How many times a write is re-applied after a fencing rejection before giving up (409).
+pub const MAX_CONFLICT_RETRIES: usize = 3;
+
+/// Messages of a customer actor. Local-only: never sent across nodes.
+#[derive(RactorMessage)]
+pub enum CustomerMsg {
+    /// Create this customer (idempotent by id), then keep it cached.
+    Create(Customer, RpcReplyPort<Wire<Customer>>),
+    /// Run a command.
+    Command(CustomerCommand, RpcReplyPort<Wire<Option<Customer>>>),
+    /// Load (if needed) and report.
+    Activate(RpcReplyPort<Wire<Activation>>),
+    /// Stop after everything queued before this message. Sent only by the Registry.
+    Passivate,
+}
+
+/// The customer actor.
+pub struct CustomerActor;
+
+/// Start arguments.
+pub struct CustomerArgs {
+    /// Which customer.
+    pub id: CustomerId,
+    /// Shared node context.
+    pub ctx: Arc<NodeContext>,
+    /// The Registry, told when this actor holds nothing (deleted / absent).
+    pub registry: ActorRef<RegistryMsg>,
+}
+
+/// State of a customer actor.
+pub struct CustomerState {
+    id: CustomerId,
+    ctx: Arc<NodeContext>,
+    registry: ActorRef<RegistryMsg>,
+    cached: Option<Cached>,
+}
+
+/// A row as loaded, with the placement epoch it was loaded under.
+struct Cached {
+    customer: Customer,
+    epoch: u64,
+}
+
+/// What a command needs done, decided from the current row.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Plan {
+    /// Reply with this row; nothing to write.
+    Reply(Customer),
+    /// Write these fields, conditional on `expected_version`.
+    Update {
+        /// New fields.
+        fields: CustomerFields,
+        /// Compare-and-set token.
+        expected_version: u64,
+    },
+    /// Delete, conditional on `expected_version`.
+    Delete {
+        /// Compare-and-set token.
+        expected_version: u64,
+    },
+}
+
+/// Decides what `command` does to `current`: precondition check, patch application and
+/// (re-)validation happen here, so the owner is the authority even if an entry node is not.
+pub fn plan(command: &CustomerCommand, current: &Customer) -> Result<Plan> {
+    let expected_version = current.version;
+    match command {
+        CustomerCommand::Get => Ok(Plan::Reply(current.clone())),
+        CustomerCommand::Replace { fields, if_match } => {
+            check_precondition(*if_match, current.version)?;
+            Ok(Plan::Update {
+                fields: revalidate(fields)?,
+                expected_version,
+            })
+        }
+        CustomerCommand::Patch { patch, if_match } => {
+            check_precondition(*if_match, current.version)?;
+            Ok(Plan::Update {
+                fields: patch.apply(&current.fields)?,
+                expected_version,
+            })
+        }
+        CustomerCommand::Delete { if_match } => {
+            check_precondition(*if_match, current.version)?;
+            Ok(Plan::Delete { expected_version })
+        }
+        #[cfg(test)]
+        CustomerCommand::Crash => panic!("test fault injected into customer {}", current.id),
+    }
+}
+
+/// Fields that crossed the network are validated again by their owner.
+fn revalidate(fields: &CustomerFields) -> Result<CustomerFields> {
+    validate(FieldsInput {
+        name: Some(fields.name.clone()),
+        email: Some(fields.email.clone()),
+        phone: fields.phone.clone(),
+        address: fields.address.clone(),
+    })
+}
+
+/// True when cached state must be reloaded before use.
+pub fn needs_reload(loaded_epoch: Option<u64>, current_epoch: u64, lease_valid: bool) -> bool {
+    loaded_epoch != Some(current_epoch) || !lease_valid
+}
+
+impl Actor for CustomerActor {
+    type Msg = CustomerMsg;
+    type State = CustomerState;
+    type Arguments = CustomerArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: CustomerArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        // Deliberately no I/O here: the Registry awaits spawning, and must not wait on the DB.
+        Ok(CustomerState {
+            id: args.id,
+            ctx: args.ctx,
+            registry: args.registry,
+            cached: None,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            CustomerMsg::Create(customer, reply) => {
+                let result = state.create(customer).await;
+                let _ = reply.send(Wire(result));
+            }
+            CustomerMsg::Command(command, reply) => {
+                let result = state.run(&command).await;
+                if state.cached.is_none() {
+                    state.release(&myself);
+                }
+                let _ = reply.send(Wire(result));
+            }
+            CustomerMsg::Activate(reply) => {
+                let result = state.current().await.map(|c| Activation {
+                    node: state.ctx.name.clone(),
+                    version: c.version,
+                });
+                if state.cached.is_none() {
+                    state.release(&myself);
+                }
+                let _ = reply.send(Wire(result));
+            }
+            CustomerMsg::Passivate => myself.stop(None),
+        }
+        Ok(())
+    }
+}
+
+impl CustomerState {
+    async fn create(&mut self, customer: Customer) -> Result<Customer> {
+        let stored = self.ctx.db.insert(customer).await?;
+        self.cache(stored.clone());
+        Ok(stored)
+    }
+
+    /// The current row: cached if still trustworthy, else loaded. `NotFound` if absent.
+    async fn current(&mut self) -> Result<Customer> {
+        let epoch = self.ctx.view().ring.epoch;
+        let loaded = self.cached.as_ref().map(|c| c.epoch);
+        if needs_reload(loaded, epoch, self.ctx.lease.is_valid()) {
+            self.cached = None;
+            match self.ctx.db.get(self.id).await? {
+                Some(row) => self.cache(row),
+                None => return Err(Error::customer_not_found(self.id)),
+            }
+        }
+        self.cached
+            .as_ref()
+            .map(|c| c.customer.clone())
+            .ok_or_else(|| Error::customer_not_found(self.id))
+    }
+
+    async fn run(&mut self, command: &CustomerCommand) -> Result<Option<Customer>> {
+        for _ in 0..=MAX_CONFLICT_RETRIES {
+            let current = self.current().await?;
+            let outcome = match plan(command, &current)? {
+                Plan::Reply(row) => return Ok(Some(row)),
+                Plan::Update {
+                    fields,
+                    expected_version,
+                } => self
+                    .ctx
+                    .db
+                    .update(UpdateRequest {
+                        id: self.id,
+                        fields,
+                        expected_version,
+                        now: now_micros(),
+                    })
+                    .await
+                    .map(Some),
+                Plan::Delete { expected_version } => self
+                    .ctx
+                    .db
+                    .delete(DeleteRequest {
+                        id: self.id,
+                        expected_version: Some(expected_version),
+                    })
+                    .await
+                    .map(|()| None),
+            };
+            match outcome {
+                Ok(Some(row)) => {
+                    self.cache(row.clone());
+                    return Ok(Some(row));
+                }
+                Ok(None) => {
+                    self.cached = None;
+                    return Ok(None);
+                }
+                Err(Error::VersionConflict { expected, current }) => {
+                    Counters::bump(&self.ctx.counters.version_conflicts);
+                    metrics::counter!("customer_version_conflicts_total").increment(1);
+                    tracing::info!(customer = %self.id, expected, current, "stale write fenced by the database; reloading and re-applying");
+                    self.cached = None;
+                }
+                Err(err) => {
+                    if matches!(err, Error::NotFound(_)) {
+                        self.cached = None;
+                    }
+                    return Err(err);
+                }
+            }
+        }
+        Err(Error::Conflict(format!(
+            "customer {} kept changing under concurrent writers; try again",
+            self.id
+        )))
+    }
+
+    fn cache(&mut self, customer: Customer) {
+        let epoch = self.ctx.view().ring.epoch;
+        self.cached = Some(Cached { customer, epoch });
+    }
+
+    /// Tells the Registry this actor holds nothing, so it can be retired.
+    fn release(&self, myself: &ActorRef<CustomerMsg>) {
+        let pid = myself.get_id().pid();
+        let _ = self
+            .registry
+            .cast(RegistryMsg::Release(Wire::ok((self.id, pid))));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::customer::{CustomerPatch, FieldPatch, new_customer_id};
+
+    fn row(version: u64) -> Customer {
+        let mut c = Customer::new(
+            new_customer_id(),
+            CustomerFields {
+                name: "Ada".into(),
+                email: "ada@x.io".into(),
+                phone: None,
+                address: None,
+            },
+            1,
+        );
+        c.version = version;
+        c
+    }
+
+    #[test]
+    fn a_get_replies_with_the_current_row() {
+        let c = row(3);
+        assert_eq!(plan(&CustomerCommand::Get, &c), Ok(Plan::Reply(c)));
+    }
+
+    #[test]
+    fn writes_are_conditional_on_the_version_the_actor_holds() {
+        let c = row(3);
+        let cmd = CustomerCommand::Patch {
+            patch: CustomerPatch {
+                name: FieldPatch::Set("Ada L".into()),
+                ..Default::default()
+            },
+            if_match: None,
+        };
+        match plan(&cmd, &c).unwrap() {
+            Plan::Update {
+                fields,
+                expected_version,
+            } => {
+                assert_eq!(expected_version, 3);
+                assert_eq!(fields.name, "Ada L");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            plan(&CustomerCommand::Delete { if_match: None }, &c),
+            Ok(Plan::Delete {
+                expected_version: 3
+            })
+        );
+    }
+
+    #[test]
+    fn a_client_precondition_is_checked_against_the_current_row() {
+        let c = row(3);
+        let cmd = CustomerCommand::Delete { if_match: Some(2) };
+        assert!(matches!(
+            plan(&cmd, &c),
+            Err(Error::PreconditionFailed {
+                expected: 2,
+                current: 3
+            })
+        ));
+    }
+
+    #[test]
+    fn invalid_fields_from_another_node_are_rejected_by_the_owner() {
+        let c = row(1);
+        let mut fields = c.fields.clone();
+        fields.email = "not-an-email".into();
+        let cmd = CustomerCommand::Replace {
+            fields,
+            if_match: None,
+        };
+        assert!(matches!(plan(&cmd, &c), Err(Error::InvalidInput(_))));
+    }
+
+    #[test]
+    fn cached_state_is_reloaded_after_a_membership_change_or_a_lapsed_lease() {
+        assert!(needs_reload(None, 1, true));
+        assert!(!needs_reload(Some(4), 4, true));
+        assert!(needs_reload(Some(4), 5, true));
+        assert!(needs_reload(Some(4), 4, false));
+    }
+}

@@ -1,0 +1,280 @@
+//! The Database actor (server side) and [`DatabaseClient`] (how anyone reaches it).
+//!
+//! The actor is a thin shim over [`crate::storage::engine::Engine`]: each message becomes a
+//! storage job whose completion sends on the caller's reply port, so the actor never waits for
+//! SQLite and its mailbox keeps draining while the writer thread group-commits. It joins the
+//! process group `customer-db.v1`, which is how nodes without `--db-path` find it.
+//!
+//! The client prefers a Database actor in this process (registered by name), else the remote
+//! group member whose node name sorts first — every node picks the same one. With SQLite
+//! there should be exactly one; a second one is a configuration error that is logged.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use crate::cluster::protocol::{
+    self, DATABASE_GROUP, DatabaseMsg, DeleteRequest, ListRequest, UpdateRequest, call,
+    database_name, node_of,
+};
+use crate::codec::Wire;
+use crate::customer::{Customer, CustomerId};
+use crate::error::{Error, Result};
+use crate::storage::WriteOp;
+use crate::storage::engine::{Done, Engine, EngineConfig, ReadJob};
+
+/// The Database actor.
+pub struct Database;
+
+/// Start arguments of [`Database`].
+pub struct DatabaseArgs {
+    /// Name of the hosting node (replied to pings).
+    pub node: String,
+    /// Storage engine settings.
+    pub engine: EngineConfig,
+}
+
+/// State of [`Database`].
+pub struct DatabaseState {
+    node: String,
+    /// `None` only during shutdown.
+    engine: Option<Engine>,
+}
+
+impl Actor for Database {
+    type Msg = DatabaseMsg;
+    type State = DatabaseState;
+    type Arguments = DatabaseArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: DatabaseArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let config = args.engine.clone();
+        let engine = tokio::task::spawn_blocking(move || Engine::open(&config)).await??;
+        ractor::pg::join(DATABASE_GROUP.to_owned(), vec![myself.get_cell()]);
+        tracing::info!(path = %args.engine.path.display(), max_batch = args.engine.max_batch, "database actor started");
+        Ok(DatabaseState {
+            node: args.node,
+            engine: Some(engine),
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        ractor::pg::leave(DATABASE_GROUP.to_owned(), vec![myself.get_cell()]);
+        if let Some(engine) = state.engine.take() {
+            // Finish every queued write before the process may exit.
+            tokio::task::spawn_blocking(move || engine.shutdown()).await?;
+        }
+        tracing::info!("database actor stopped; queued writes flushed");
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let Some(engine) = state.engine.as_ref() else {
+            return Ok(());
+        };
+        match message {
+            DatabaseMsg::Ping(_, reply) => {
+                let _ = reply.send(Wire::ok(state.node.clone()));
+            }
+            DatabaseMsg::InsertCustomer(Wire(req), reply) => match req {
+                Ok(c) => engine.write(WriteOp::Insert(c), expect_row(reply)),
+                Err(e) => reject(reply, e),
+            },
+            DatabaseMsg::GetCustomer(Wire(req), reply) => match req {
+                Ok(id) => engine.read(ReadJob::Get(id, done(reply))),
+                Err(e) => reject(reply, e),
+            },
+            DatabaseMsg::UpdateCustomer(Wire(req), reply) => match req {
+                Ok(u) => engine.write(
+                    WriteOp::Update {
+                        id: u.id,
+                        fields: u.fields,
+                        expected_version: u.expected_version,
+                        now: u.now,
+                    },
+                    expect_row(reply),
+                ),
+                Err(e) => reject(reply, e),
+            },
+            DatabaseMsg::DeleteCustomer(Wire(req), reply) => match req {
+                Ok(d) => engine.write(
+                    WriteOp::Delete {
+                        id: d.id,
+                        expected_version: d.expected_version,
+                    },
+                    Box::new(move |r| {
+                        let _ = reply.send(Wire(r.map(|_| ())));
+                    }),
+                ),
+                Err(e) => reject(reply, e),
+            },
+            DatabaseMsg::ListCustomers(Wire(req), reply) => match req {
+                Ok(l) => engine.read(ReadJob::List {
+                    after: l.after,
+                    limit: l.limit,
+                    done: done(reply),
+                }),
+                Err(e) => reject(reply, e),
+            },
+        }
+        Ok(())
+    }
+}
+
+fn done<T: Send + 'static>(reply: RpcReplyPort<Wire<T>>) -> Done<T> {
+    Box::new(move |r| {
+        let _ = reply.send(Wire(r));
+    })
+}
+
+fn expect_row(reply: RpcReplyPort<Wire<Customer>>) -> Done<Option<Customer>> {
+    Box::new(move |r: Result<Option<Customer>>| {
+        let r = r.and_then(|c| c.ok_or_else(|| Error::Internal("write returned no row".into())));
+        let _ = reply.send(Wire(r));
+    })
+}
+
+fn reject<T>(reply: RpcReplyPort<Wire<T>>, err: Error) {
+    tracing::warn!(error = %err, "rejected an undecodable database request");
+    let _ = reply.send(Wire(Err(err)));
+}
+
+/// Reaches the Database actor from anywhere in this node, with a deadline on every call.
+#[derive(Clone)]
+pub struct DatabaseClient {
+    local_name: String,
+    timeout: Duration,
+    warned_multiple: Arc<AtomicBool>,
+}
+
+impl DatabaseClient {
+    /// A client for node `node` with per-call deadline `timeout`.
+    pub fn new(node: &str, timeout: Duration) -> Self {
+        Self {
+            local_name: database_name(node),
+            timeout,
+            warned_multiple: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// The Database actor to use now, or `Unavailable` when none is reachable.
+    pub fn resolve(&self) -> Result<ActorRef<DatabaseMsg>> {
+        if let Some(cell) = ractor::registry::where_is(self.local_name.clone()) {
+            return Ok(cell.into());
+        }
+        let members = remote_members();
+        if members.len() > 1 && !self.warned_multiple.swap(true, Ordering::Relaxed) {
+            tracing::error!(
+                members = ?members.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+                "more than one database node is in the cluster; with SQLite they hold different data. Using the first by name"
+            );
+        }
+        members
+            .into_iter()
+            .next()
+            .map(|(_, cell)| cell.into())
+            .ok_or_else(|| Error::Unavailable("no database node is reachable".into()))
+    }
+
+    /// Names of the nodes hosting a reachable Database actor (this one included).
+    pub fn members(&self, local_node: &str) -> Vec<String> {
+        let mut names: Vec<String> = remote_members().into_iter().map(|(n, _)| n).collect();
+        if ractor::registry::where_is(self.local_name.clone()).is_some() {
+            names.push(local_node.to_owned());
+        }
+        names.sort();
+        names
+    }
+
+    async fn call<T: Send + 'static>(
+        &self,
+        op: &'static str,
+        build: impl FnOnce(RpcReplyPort<Wire<T>>) -> DatabaseMsg,
+    ) -> Result<T> {
+        let db = self.resolve()?;
+        let started = Instant::now();
+        let result = call(&db, self.timeout, build).await;
+        metrics::histogram!("customer_db_call_seconds", "op" => op)
+            .record(started.elapsed().as_secs_f64());
+        result
+    }
+
+    /// Liveness of the database; returns the hosting node's name.
+    pub async fn ping(&self) -> Result<String> {
+        self.call("ping", |r| DatabaseMsg::Ping(Wire::ok(()), r))
+            .await
+    }
+
+    /// Reads one customer.
+    pub async fn get(&self, id: CustomerId) -> Result<Option<Customer>> {
+        self.call("get", |r| DatabaseMsg::GetCustomer(Wire::ok(id), r))
+            .await
+    }
+
+    /// Inserts a customer (idempotent by id).
+    pub async fn insert(&self, customer: Customer) -> Result<Customer> {
+        self.call("insert", |r| {
+            DatabaseMsg::InsertCustomer(Wire::ok(customer), r)
+        })
+        .await
+    }
+
+    /// Compare-and-set update.
+    pub async fn update(&self, req: UpdateRequest) -> Result<Customer> {
+        self.call("update", |r| DatabaseMsg::UpdateCustomer(Wire::ok(req), r))
+            .await
+    }
+
+    /// Compare-and-set delete.
+    pub async fn delete(&self, req: DeleteRequest) -> Result<()> {
+        self.call("delete", |r| DatabaseMsg::DeleteCustomer(Wire::ok(req), r))
+            .await
+    }
+
+    /// One page ordered by id.
+    pub async fn list(&self, req: ListRequest) -> Result<Vec<Customer>> {
+        self.call("list", |r| DatabaseMsg::ListCustomers(Wire::ok(req), r))
+            .await
+    }
+}
+
+/// Remote Database group members with their node names, sorted by name.
+fn remote_members() -> Vec<(String, ActorCell)> {
+    let mut members: Vec<(String, ActorCell)> = ractor::pg::get_members(&DATABASE_GROUP.to_owned())
+        .into_iter()
+        .filter(|cell| !cell.get_id().is_local())
+        .filter_map(|cell| {
+            let node = cell
+                .get_name()
+                .as_deref()
+                .and_then(node_of)
+                .map(str::to_owned)?;
+            Some((node, cell))
+        })
+        .collect();
+    members.sort_by(|a, b| a.0.cmp(&b.0));
+    members
+}
+
+/// Spawns a Database actor registered under this node's database name.
+pub async fn spawn(args: DatabaseArgs, supervisor: ActorCell) -> Result<ActorRef<DatabaseMsg>> {
+    let name = protocol::database_name(&args.node);
+    let (actor, _) = Actor::spawn_linked(Some(name), Database, args, supervisor)
+        .await
+        .map_err(|e| Error::Internal(format!("database actor failed to start: {e}")))?;
+    Ok(actor)
+}

@@ -1,0 +1,98 @@
+//! The actors of one node and the entry-side request path.
+//!
+//! ```text
+//! NodeSupervisor                      (supervisor.rs) starts children in order, restarts a failed one
+//! ├── Database   [only with --db-path] (database.rs) joins "customer-db.v1"; storage engine on its own threads
+//! ├── Membership                       (cluster::membership) who is alive; publishes the placement view
+//! └── Registry                         (registry.rs) joins "customer-registry.v1"; get-or-create, route, retire
+//!     ├── Customer <id>                (customer.rs) one per active customer; serialises all ops on it
+//!     └── …
+//! ```
+//!
+//! A request enters through the [`gateway::Gateway`] (not an actor: it runs on the HTTP task),
+//! which computes the owner from the placement view and calls that node's Registry: a local
+//! call, or one remote RPC. The Registry hands the command, with the caller's reply port, to
+//! the customer's actor and goes on with its next message; the actor loads from and writes
+//! to the Database (local or remote, found through the process group) and replies directly.
+//!
+//! Invariants:
+//! * Domain failures travel in replies as [`crate::error::Error`]; they never kill an actor.
+//!   Returning `Err` from a handler is reserved for broken invariants.
+//! * Only the Registry sends to customer actors, and it stops one only by a `Passivate`
+//!   message queued behind everything it already sent — so no accepted request is dropped by
+//!   passivation.
+//! * Customer actors are local-only (`RactorMessage`): they are never announced to peers.
+
+pub mod customer;
+pub mod database;
+pub mod gateway;
+pub mod registry;
+pub mod supervisor;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+
+use crate::cluster::membership::{Lease, View};
+use database::DatabaseClient;
+
+/// What every actor of a node shares: identity, timeouts, the placement view, the way to the
+/// database and the counters. Built once by `node::start`.
+pub struct NodeContext {
+    /// This node's stable name.
+    pub name: String,
+    /// Deadline for one call to another actor or node.
+    pub request_timeout: Duration,
+    /// Idle time after which a customer actor is passivated.
+    pub idle_timeout: Duration,
+    /// The latest placement view, published by Membership.
+    pub view: watch::Receiver<Arc<View>>,
+    /// Whether this node's view of the cluster is recent enough to serve cached state.
+    pub lease: Lease,
+    /// The way to the database actor, wherever it runs.
+    pub db: DatabaseClient,
+    /// Counters shared by the Registry and customer actors.
+    pub counters: Counters,
+}
+
+impl NodeContext {
+    /// The current placement view (a cheap `Arc` clone).
+    pub fn view(&self) -> Arc<View> {
+        self.view.borrow().clone()
+    }
+}
+
+/// Monotonic counters of the customer actors on this node (also exported as metrics).
+#[derive(Default)]
+pub struct Counters {
+    /// Customer actors started.
+    pub activations: AtomicU64,
+    /// Customer actors stopped on purpose.
+    pub passivations: AtomicU64,
+    /// Customer actors that panicked.
+    pub restarts: AtomicU64,
+    /// Stale writes rejected by the database's compare-and-set.
+    pub version_conflicts: AtomicU64,
+}
+
+impl Counters {
+    /// Adds one to `counter`.
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reads `counter`.
+    pub fn read(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// Wall-clock time in µs since the Unix epoch, for `created_at`/`updated_at`.
+pub fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or_default()
+}

@@ -1,0 +1,556 @@
+//! The Registry: one per node, in process group `customer-registry.v1`. It is the node's
+//! door for customer operations — from its own HTTP handlers and from peers.
+//!
+//! It keeps `id → customer actor` for the customers active here and never does slow work in
+//! its own handler: commands are handed to the customer actor together with the caller's
+//! reply port, lists run in a spawned task. So one slow customer never blocks the others.
+//!
+//! Retirement of customer actors happens only here, by removing the map entry and then
+//! queueing `Passivate` behind everything already sent (see `actors` module invariants):
+//! * idle longer than `idle_timeout` (periodic sweep);
+//! * the actor reported it holds nothing (deleted or absent: `Release`);
+//! * placement moved the customer to another node (`PlacementChanged`).
+//!
+//! A customer actor that panics is removed and counted; the next request for that customer
+//! activates a fresh one from the database. Other customers are unaffected.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::task::JoinHandle;
+
+use super::customer::{CustomerActor, CustomerArgs, CustomerMsg};
+use super::{Counters, NodeContext};
+use crate::cluster::protocol::{
+    CustomerPage, ListRequest, NodeInfo, PROTOCOL_VERSION, REGISTRY_GROUP, RegistryMsg,
+    RegistryStats, registry_name,
+};
+use crate::codec::Wire;
+use crate::customer::CustomerId;
+use crate::error::{Error, Result};
+use crate::storage::MAX_PAGE_SIZE;
+
+/// The Registry actor.
+pub struct Registry;
+
+/// Start arguments.
+pub struct RegistryArgs {
+    /// Shared node context.
+    pub ctx: Arc<NodeContext>,
+    /// What we tell peers in `Hello`.
+    pub info: NodeInfo,
+}
+
+/// State of the Registry.
+pub struct RegistryState {
+    ctx: Arc<NodeContext>,
+    info: NodeInfo,
+    active: HashMap<CustomerId, Active>,
+    by_actor: HashMap<ActorId, CustomerId>,
+    sweeper: Option<JoinHandle<()>>,
+}
+
+struct Active {
+    actor: ActorRef<CustomerMsg>,
+    last_used: Instant,
+}
+
+/// Ids idle for at least `idle_timeout` at `now`.
+pub fn idle_ids<'a>(
+    entries: impl IntoIterator<Item = (&'a CustomerId, Instant)>,
+    now: Instant,
+    idle_timeout: Duration,
+) -> Vec<CustomerId> {
+    entries
+        .into_iter()
+        .filter(|(_, last)| now.saturating_duration_since(*last) >= idle_timeout)
+        .map(|(id, _)| *id)
+        .collect()
+}
+
+/// How often the idle sweep runs: a quarter of the idle timeout, between 100 ms and 10 s.
+pub fn sweep_period(idle_timeout: Duration) -> Duration {
+    (idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(10))
+}
+
+/// Checks a peer's protocol version.
+pub fn check_peer(peer: &NodeInfo) -> Result<()> {
+    if peer.protocol_version == PROTOCOL_VERSION {
+        Ok(())
+    } else {
+        Err(Error::InvalidInput(format!(
+            "node {} speaks protocol v{}, this node v{PROTOCOL_VERSION}",
+            peer.name, peer.protocol_version
+        )))
+    }
+}
+
+impl Actor for Registry {
+    type Msg = RegistryMsg;
+    type State = RegistryState;
+    type Arguments = RegistryArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: RegistryArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let period = sweep_period(args.ctx.idle_timeout);
+        let sweeper = myself.send_interval(period, || RegistryMsg::Sweep(Wire::ok(())));
+        ractor::pg::join(REGISTRY_GROUP.to_owned(), vec![myself.get_cell()]);
+        Ok(RegistryState {
+            ctx: args.ctx,
+            info: args.info,
+            active: HashMap::new(),
+            by_actor: HashMap::new(),
+            sweeper: Some(sweeper),
+        })
+    }
+
+    async fn post_stop(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        ractor::pg::leave(REGISTRY_GROUP.to_owned(), vec![myself.get_cell()]);
+        if let Some(s) = state.sweeper.take() {
+            s.abort();
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            RegistryMsg::Hello(Wire(peer), reply) => {
+                let answer = peer
+                    .and_then(|p| check_peer(&p))
+                    .map(|()| state.info.clone());
+                let _ = reply.send(Wire(answer));
+            }
+            RegistryMsg::Ping(Wire(seq), reply) => {
+                let _ = reply.send(Wire(seq));
+            }
+            RegistryMsg::GetOrCreateCustomerActor(Wire(id), reply) => match id {
+                Ok(id) => {
+                    state
+                        .deliver(&myself, id, CustomerMsg::Activate(reply))
+                        .await
+                }
+                Err(e) => {
+                    let _ = reply.send(Wire(Err(e)));
+                }
+            },
+            RegistryMsg::CreateCustomer(Wire(customer), reply) => match customer {
+                Ok(c) => {
+                    state
+                        .deliver(&myself, c.id, CustomerMsg::Create(c, reply))
+                        .await
+                }
+                Err(e) => {
+                    let _ = reply.send(Wire(Err(e)));
+                }
+            },
+            RegistryMsg::Route(Wire(req), reply) => match req {
+                Ok(r) => {
+                    let msg = CustomerMsg::Command(r.command, reply);
+                    state.deliver(&myself, r.id, msg).await;
+                }
+                Err(e) => {
+                    let _ = reply.send(Wire(Err(e)));
+                }
+            },
+            RegistryMsg::ListCustomers(Wire(req), reply) => {
+                let db = state.ctx.db.clone();
+                tokio::spawn(async move {
+                    let page = match req {
+                        Ok(r) => list_page(&db, r).await,
+                        Err(e) => Err(e),
+                    };
+                    let _ = reply.send(Wire(page));
+                });
+            }
+            RegistryMsg::RemoveCustomerActor(Wire(id), reply) => {
+                let removed = id.map(|id| state.retire(&id, "removed on request"));
+                let _ = reply.send(Wire(removed));
+            }
+            RegistryMsg::Stats(_, reply) => {
+                let _ = reply.send(Wire::ok(state.stats()));
+            }
+            RegistryMsg::PlacementChanged(_) => state.drop_unowned(),
+            RegistryMsg::Sweep(_) => state.sweep(),
+            RegistryMsg::Release(Wire(Ok((id, pid)))) => {
+                if state
+                    .active
+                    .get(&id)
+                    .is_some_and(|a| a.actor.get_id().pid() == pid)
+                {
+                    state.retire(&id, "holds no row");
+                }
+            }
+            RegistryMsg::Release(Wire(Err(_))) => {}
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorTerminated(cell, _, _) => {
+                state.forget(&cell);
+            }
+            SupervisionEvent::ActorFailed(cell, err) => {
+                if let Some(id) = state.forget(&cell) {
+                    Counters::bump(&state.ctx.counters.restarts);
+                    metrics::counter!("customer_actors_restarted_total").increment(1);
+                    tracing::warn!(customer = %id, error = %err, "customer actor panicked; it will be re-activated from the database on next use");
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+async fn list_page(db: &super::database::DatabaseClient, req: ListRequest) -> Result<CustomerPage> {
+    let limit = req.limit.clamp(1, MAX_PAGE_SIZE);
+    // Ask for one more than requested: its presence says whether a next page exists.
+    let mut items = db
+        .list(ListRequest {
+            after: req.after,
+            limit: limit + 1,
+        })
+        .await?;
+    let next = if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        items.last().map(|c| c.id)
+    } else {
+        None
+    };
+    Ok(CustomerPage { items, next })
+}
+
+impl RegistryState {
+    /// Hands `msg` to the customer's actor, activating one if needed. If the actor died
+    /// between lookup and send, the message comes back and goes to a fresh actor.
+    async fn deliver(&mut self, myself: &ActorRef<RegistryMsg>, id: CustomerId, msg: CustomerMsg) {
+        let mut msg = msg;
+        for _ in 0..2 {
+            let actor = match self.actor_for(myself, id).await {
+                Ok(a) => a,
+                Err(e) => return fail(msg, e),
+            };
+            match actor.send_message(msg) {
+                Ok(()) => return,
+                Err(ractor::MessagingErr::SendErr(back)) => {
+                    self.forget(&actor.get_cell());
+                    msg = back;
+                }
+                Err(_) => return,
+            }
+        }
+        fail(
+            msg,
+            Error::Unavailable(format!("customer {id} could not be activated")),
+        );
+    }
+
+    async fn actor_for(
+        &mut self,
+        myself: &ActorRef<RegistryMsg>,
+        id: CustomerId,
+    ) -> Result<ActorRef<CustomerMsg>> {
+        if let Some(active) = self.active.get_mut(&id) {
+            active.last_used = Instant::now();
+            return Ok(active.actor.clone());
+        }
+        let args = CustomerArgs {
+            id,
+            ctx: self.ctx.clone(),
+            registry: myself.clone(),
+        };
+        let (actor, _) = Actor::spawn_linked(None, CustomerActor, args, myself.get_cell())
+            .await
+            .map_err(|e| Error::Internal(format!("spawning customer actor: {e}")))?;
+        Counters::bump(&self.ctx.counters.activations);
+        metrics::counter!("customer_actors_activated_total").increment(1);
+        metrics::gauge!("customer_actors_active").increment(1.0);
+        self.by_actor.insert(actor.get_id(), id);
+        self.active.insert(
+            id,
+            Active {
+                actor: actor.clone(),
+                last_used: Instant::now(),
+            },
+        );
+        Ok(actor)
+    }
+
+    /// Removes the entry and queues `Passivate`. Returns whether there was an actor.
+    fn retire(&mut self, id: &CustomerId, why: &str) -> bool {
+        let Some(active) = self.active.remove(id) else {
+            return false;
+        };
+        self.by_actor.remove(&active.actor.get_id());
+        let _ = active.actor.cast(CustomerMsg::Passivate);
+        Counters::bump(&self.ctx.counters.passivations);
+        metrics::counter!("customer_actors_passivated_total").increment(1);
+        metrics::gauge!("customer_actors_active").decrement(1.0);
+        tracing::debug!(customer = %id, why, "customer actor passivated");
+        true
+    }
+
+    /// Drops bookkeeping for a stopped actor; returns its customer id if it was still active.
+    fn forget(&mut self, cell: &ActorCell) -> Option<CustomerId> {
+        let id = self.by_actor.remove(&cell.get_id())?;
+        if self
+            .active
+            .get(&id)
+            .is_some_and(|a| a.actor.get_id() == cell.get_id())
+        {
+            self.active.remove(&id);
+            metrics::gauge!("customer_actors_active").decrement(1.0);
+        }
+        Some(id)
+    }
+
+    fn sweep(&mut self) {
+        let idle = idle_ids(
+            self.active.iter().map(|(id, a)| (id, a.last_used)),
+            Instant::now(),
+            self.ctx.idle_timeout,
+        );
+        for id in idle {
+            self.retire(&id, "idle");
+        }
+    }
+
+    fn drop_unowned(&mut self) {
+        let view = self.ctx.view();
+        let moved: Vec<CustomerId> = self
+            .active
+            .keys()
+            .filter(|id| !view.ring.is_local_owner(id))
+            .copied()
+            .collect();
+        for id in &moved {
+            self.retire(id, "owner moved");
+        }
+        if !moved.is_empty() {
+            tracing::info!(
+                moved = moved.len(),
+                epoch = view.ring.epoch,
+                "placement changed: passivated customer actors now owned elsewhere"
+            );
+        }
+    }
+
+    fn stats(&self) -> RegistryStats {
+        let c = &self.ctx.counters;
+        RegistryStats {
+            node: self.ctx.name.clone(),
+            active_customers: self.active.len() as u64,
+            activations: Counters::read(&c.activations),
+            passivations: Counters::read(&c.passivations),
+            restarts: Counters::read(&c.restarts),
+            version_conflicts: Counters::read(&c.version_conflicts),
+        }
+    }
+}
+
+/// Answers a message that could not be delivered, so its caller never waits for a timeout.
+fn fail(msg: CustomerMsg, err: Error) {
+    match msg {
+        CustomerMsg::Create(_, reply) => {
+            let _ = reply.send(Wire(Err(err)));
+        }
+        CustomerMsg::Command(_, reply) => {
+            let _ = reply.send(Wire(Err(err)));
+        }
+        CustomerMsg::Activate(reply) => {
+            let _ = reply.send(Wire(Err(err)));
+        }
+        CustomerMsg::Passivate => {}
+    }
+}
+
+/// Spawns the Registry, registered under this node's registry name.
+pub async fn spawn(args: RegistryArgs, supervisor: ActorCell) -> Result<ActorRef<RegistryMsg>> {
+    let name = registry_name(&args.ctx.name);
+    let (actor, _) = Actor::spawn_linked(Some(name), Registry, args, supervisor)
+        .await
+        .map_err(|e| Error::Internal(format!("registry failed to start: {e}")))?;
+    Ok(actor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::actors::gateway::Gateway;
+    use crate::cluster::protocol::{CustomerCommand, RouteRequest, call};
+    use crate::config::Config;
+    use crate::customer::{CustomerFields, new_customer_id};
+
+    fn fields(name: &str, email: &str) -> CustomerFields {
+        CustomerFields {
+            name: name.into(),
+            email: email.into(),
+            phone: None,
+            address: None,
+        }
+    }
+
+    async fn stats(registry: &ActorRef<RegistryMsg>) -> RegistryStats {
+        call(registry, Duration::from_secs(5), |r| {
+            RegistryMsg::Stats(Wire::ok(()), r)
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_panicking_customer_actor_is_cleaned_up_and_others_are_unaffected() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::local("registry-crash-test", Some(dir.path().join("c.db")));
+        let node = crate::node::start_actors(&config).await.unwrap();
+        let gateway = Gateway::new(node.ctx.clone());
+        let registry: ActorRef<RegistryMsg> =
+            ractor::registry::where_is(registry_name(&config.name))
+                .unwrap()
+                .into();
+
+        let a = gateway
+            .create(new_customer_id(), fields("A", "a@x.io"))
+            .await
+            .unwrap()
+            .value;
+        let b = gateway
+            .create(new_customer_id(), fields("B", "b@x.io"))
+            .await
+            .unwrap()
+            .value;
+        assert_eq!(stats(&registry).await.activations, 2);
+
+        let crash = RouteRequest {
+            id: a.id,
+            command: CustomerCommand::Crash,
+        };
+        let crashed = call(&registry, Duration::from_secs(5), |r| {
+            RegistryMsg::Route(Wire::ok(crash.clone()), r)
+        })
+        .await;
+        assert!(matches!(crashed, Err(Error::Unavailable(_))), "{crashed:?}");
+
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while stats(&registry).await.restarts < 1 {
+            assert!(Instant::now() < deadline, "the panic was never noticed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let s = stats(&registry).await;
+        assert_eq!((s.restarts, s.active_customers), (1, 1));
+
+        // B's actor survived: reading it activates nothing new.
+        assert_eq!(gateway.get(b.id).await.unwrap().value, b);
+        assert_eq!(stats(&registry).await.activations, 2);
+        // A is re-activated from the database with its data intact.
+        assert_eq!(gateway.get(a.id).await.unwrap().value, a);
+        assert_eq!(stats(&registry).await.activations, 3);
+
+        node.supervisor.stop(None);
+    }
+
+    #[tokio::test]
+    async fn garbage_sent_to_a_registry_is_dropped_and_it_keeps_serving() {
+        use ractor::message::SerializedMessage;
+        let config = Config::local("registry-garbage-test", None);
+        let node = crate::node::start_actors(&config).await.unwrap();
+        let registry: ActorRef<RegistryMsg> =
+            ractor::registry::where_is(registry_name(&config.name))
+                .unwrap()
+                .into();
+        for variant in [
+            "Route",
+            "Hello",
+            "Ping",
+            "CreateCustomer",
+            "Release",
+            "Nope",
+        ] {
+            for args in [vec![], vec![0xff; 9], vec![0, 0, 0, 0, 0, 0, 0, 3, 1, 2, 3]] {
+                let (tx, _rx) = ractor::concurrency::oneshot();
+                let _ = registry
+                    .get_cell()
+                    .send_serialized(SerializedMessage::Call {
+                        variant: variant.into(),
+                        args: args.clone(),
+                        reply: tx.into(),
+                        metadata: None,
+                    });
+                let _ = registry
+                    .get_cell()
+                    .send_serialized(SerializedMessage::Cast {
+                        variant: variant.into(),
+                        args,
+                        metadata: None,
+                    });
+            }
+        }
+        let seq = call(&registry, Duration::from_secs(5), |r| {
+            RegistryMsg::Ping(Wire::ok(7), r)
+        })
+        .await;
+        assert_eq!(seq, Ok(7));
+        node.supervisor.stop(None);
+    }
+
+    #[test]
+    fn only_entries_idle_for_the_full_timeout_are_swept() {
+        let now = Instant::now();
+        let (a, b) = (new_customer_id(), new_customer_id());
+        let t = Duration::from_secs(10);
+        let old = now.checked_sub(Duration::from_secs(11)).unwrap();
+        let fresh = now.checked_sub(Duration::from_secs(9)).unwrap();
+        assert_eq!(idle_ids([(&a, old), (&b, fresh)], now, t), vec![a]);
+    }
+
+    #[test]
+    fn the_sweep_period_follows_the_idle_timeout_within_bounds() {
+        assert_eq!(
+            sweep_period(Duration::from_secs(300)),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            sweep_period(Duration::from_secs(2)),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            sweep_period(Duration::from_millis(10)),
+            Duration::from_millis(100)
+        );
+    }
+
+    #[test]
+    fn peers_of_another_protocol_version_are_refused() {
+        let mut peer = NodeInfo {
+            name: "old".into(),
+            protocol_version: PROTOCOL_VERSION,
+            cluster_addr: "a:1".into(),
+            http_addr: "a:2".into(),
+            hosts_db: false,
+            incarnation: 1,
+        };
+        assert!(check_peer(&peer).is_ok());
+        peer.protocol_version += 1;
+        assert!(check_peer(&peer).is_err());
+    }
+}
