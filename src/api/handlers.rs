@@ -1,0 +1,256 @@
+//! Route handlers: parse, call the gateway, shape the response.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::error::ApiError;
+use super::json::{
+    ClusterJson, CustomerJson, FieldsBody, JsonBody, ListQuery, ListResponse, MemberJson,
+    merge_patch,
+};
+use super::{AppState, OWNER_NODE};
+use crate::actors::gateway::Routed;
+use crate::cluster::placement;
+use crate::customer::{Customer, CustomerId, new_customer_id, parse_customer_id, validate};
+use crate::error::Error;
+
+/// Default page size of `GET /v1/customers`.
+pub const DEFAULT_PAGE_SIZE: u32 = 50;
+
+/// How long `/v1/cluster` waits for each member's counters.
+const STATS_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// How long `/ready` waits for the database.
+const READY_TIMEOUT: Duration = Duration::from_millis(1000);
+
+type ApiResult = Result<Response, ApiError>;
+
+/// `POST /v1/customers`
+pub async fn create(State(s): State<AppState>, JsonBody(body): JsonBody<FieldsBody>) -> ApiResult {
+    let id = match &body.id {
+        Some(raw) => parse_customer_id(raw).map_err(|e| ApiError::Unprocessable(e.to_string()))?,
+        None => new_customer_id(),
+    };
+    let fields = validate(body.input())?;
+    let routed = s.gateway.create(id, fields).await?;
+    let location = format!("/v1/customers/{}", routed.value.id);
+    let mut response = customer_response(StatusCode::CREATED, routed);
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(response)
+}
+
+/// `GET /v1/customers/{id}`
+pub async fn get_one(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult {
+    let id = path_id(&id)?;
+    Ok(customer_response(StatusCode::OK, s.gateway.get(id).await?))
+}
+
+/// `PUT /v1/customers/{id}` — full replace, optional `If-Match`.
+pub async fn replace(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody<FieldsBody>,
+) -> ApiResult {
+    let id = path_id(&id)?;
+    let if_match = if_match(&headers)?;
+    if body.id.as_deref().is_some_and(|b| b != id.to_string()) {
+        return Err(ApiError::Unprocessable(
+            "id in the body does not match the URL".into(),
+        ));
+    }
+    let fields = validate(body.input())?;
+    Ok(customer_response(
+        StatusCode::OK,
+        s.gateway.replace(id, fields, if_match).await?,
+    ))
+}
+
+/// `PATCH /v1/customers/{id}` — JSON merge patch, optional `If-Match`.
+pub async fn patch(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    JsonBody(doc): JsonBody<Value>,
+) -> ApiResult {
+    let id = path_id(&id)?;
+    let if_match = if_match(&headers)?;
+    let patch = merge_patch(&doc)?;
+    Ok(customer_response(
+        StatusCode::OK,
+        s.gateway.patch(id, patch, if_match).await?,
+    ))
+}
+
+/// `DELETE /v1/customers/{id}`
+pub async fn delete(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult {
+    let id = path_id(&id)?;
+    let routed = s.gateway.delete(id, if_match(&headers)?).await?;
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    set_owner(&mut response, &routed.owner);
+    Ok(response)
+}
+
+/// `GET /v1/customers?limit=&after=`
+pub async fn list(
+    State(s): State<AppState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> ApiResult {
+    let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let limit = match q.limit.as_deref() {
+        None => DEFAULT_PAGE_SIZE,
+        Some(raw) => raw
+            .parse::<u32>()
+            .ok()
+            .filter(|l| (1..=crate::storage::MAX_PAGE_SIZE).contains(l))
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "limit must be an integer from 1 to {}",
+                    crate::storage::MAX_PAGE_SIZE
+                ))
+            })?,
+    };
+    let after = match q.after.as_deref() {
+        None | Some("") => None,
+        Some(raw) => Some(path_id(raw)?),
+    };
+    let page = s.gateway.list(after, limit).await?;
+    Ok(Json(ListResponse {
+        items: page.items.into_iter().map(CustomerJson::from).collect(),
+        next: page.next.map(|id| id.to_string()),
+    })
+    .into_response())
+}
+
+/// `GET /v1/cluster`
+pub async fn cluster(State(s): State<AppState>) -> ApiResult {
+    let ctx = s.gateway.context();
+    let view = ctx.view();
+    let names = view.ring.names();
+    let shares = placement::shares(&names);
+    let mut members = Vec::with_capacity(view.ring.members.len());
+    let stats = futures::future::join_all(
+        view.ring
+            .members
+            .iter()
+            .map(|m| s.gateway.stats_of(&view, &m.name, STATS_TIMEOUT)),
+    )
+    .await;
+    for ((member, (_, share)), stat) in view.ring.members.iter().zip(shares).zip(stats) {
+        members.push(MemberJson {
+            name: member.name.clone(),
+            cluster_addr: member.cluster_addr.clone(),
+            http_addr: member.http_addr.clone(),
+            db: member.hosts_db,
+            owned_share: (share * 10_000.0).round() / 10_000.0,
+            active_customers: stat.as_ref().ok().map(|st| st.active_customers),
+            status: if stat.is_ok() { "up" } else { "unreachable" }.into(),
+            this_node: member.name == ctx.name,
+        });
+    }
+    Ok(Json(ClusterJson {
+        node: ctx.name.clone(),
+        epoch: view.ring.epoch,
+        members,
+        db_members: ctx.db.members(&ctx.name),
+    })
+    .into_response())
+}
+
+/// `GET /health` — the process is up and serving HTTP.
+pub async fn health(State(s): State<AppState>) -> Response {
+    Json(json!({"status": "ok", "node": s.gateway.node_name()})).into_response()
+}
+
+/// `GET /ready` — this node can serve customer requests: its Registry runs and a database
+/// answers.
+pub async fn ready(State(s): State<AppState>) -> ApiResult {
+    let ctx = s.gateway.context();
+    let db = tokio::time::timeout(READY_TIMEOUT, ctx.db.ping())
+        .await
+        .map_err(|_| Error::Unavailable("database did not answer in time".into()))??;
+    let view = ctx.view();
+    if !view.ring.names().contains(&ctx.name.as_str()) {
+        return Err(Error::Unavailable("this node is not a member yet".into()).into());
+    }
+    Ok(Json(json!({
+        "status": "ready",
+        "node": ctx.name,
+        "database_node": db,
+        "members": view.ring.names(),
+    }))
+    .into_response())
+}
+
+fn path_id(raw: &str) -> Result<CustomerId, ApiError> {
+    parse_customer_id(raw).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+/// Parses `If-Match`: absent or `*` → no precondition; `"7"`, `W/"7"` or `7` → version 7.
+pub fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let raw = value
+        .to_str()
+        .map_err(|_| ApiError::BadRequest("If-Match is not valid text".into()))?
+        .trim();
+    if raw == "*" {
+        return Ok(None);
+    }
+    let tag = raw.strip_prefix("W/").unwrap_or(raw).trim_matches('"');
+    tag.parse::<u64>().map(Some).map_err(|_| {
+        ApiError::BadRequest(format!(
+            "If-Match must be a version ETag like \"3\", got {raw}"
+        ))
+    })
+}
+
+fn customer_response(status: StatusCode, routed: Routed<Customer>) -> Response {
+    let etag = format!("\"{}\"", routed.value.version);
+    let mut response = (status, Json(CustomerJson::from(routed.value))).into_response();
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        response.headers_mut().insert(header::ETAG, v);
+    }
+    set_owner(&mut response, &routed.owner);
+    response
+}
+
+fn set_owner(response: &mut Response, owner: &str) {
+    if let Ok(v) = HeaderValue::from_str(owner) {
+        response.headers_mut().insert(OWNER_NODE, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::IF_MATCH, HeaderValue::from_str(v).unwrap());
+        h
+    }
+
+    #[test]
+    fn if_match_accepts_strong_weak_bare_and_star() {
+        assert_eq!(if_match(&HeaderMap::new()).unwrap(), None);
+        assert_eq!(if_match(&headers("\"7\"")).unwrap(), Some(7));
+        assert_eq!(if_match(&headers("W/\"7\"")).unwrap(), Some(7));
+        assert_eq!(if_match(&headers("7")).unwrap(), Some(7));
+        assert_eq!(if_match(&headers("*")).unwrap(), None);
+        assert!(if_match(&headers("\"abc\"")).is_err());
+    }
+}

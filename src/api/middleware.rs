@@ -1,0 +1,138 @@
+//! Cross-cutting request handling: request ids and spans, bearer auth, HTTP metrics.
+
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use subtle::ConstantTimeEq;
+use tracing::Instrument;
+
+use super::error::ApiError;
+use super::{AppState, ENTRY_NODE, REQUEST_ID};
+use crate::config::Secret;
+
+/// Longest client-supplied request id we adopt; longer or odd ones are replaced.
+const MAX_REQUEST_ID_LEN: usize = 64;
+
+/// Assigns the request id, opens the request span, and stamps `X-Request-Id` and
+/// `X-Entry-Node` on the response.
+pub async fn request_context(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let id = req
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| is_acceptable_request_id(v))
+        .map(str::to_owned)
+        .unwrap_or_else(|| {
+            let n = state.request_seq.fetch_add(1, Ordering::Relaxed) + 1;
+            format!("{}-{n}", state.gateway.node_name())
+        });
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        req.headers_mut().insert(REQUEST_ID, v);
+    }
+    let span =
+        tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path());
+    let mut response = next.run(req).instrument(span).await;
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        headers.insert(REQUEST_ID, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(state.gateway.node_name()) {
+        headers.insert(ENTRY_NODE, v);
+    }
+    response
+}
+
+/// True for ids we are willing to echo into headers and logs.
+pub fn is_acceptable_request_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_REQUEST_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+}
+
+/// Requires `Authorization: Bearer <token>` matching one of the configured tokens.
+pub async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if state.tokens.is_empty() {
+        return next.run(req).await;
+    }
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    match presented {
+        Some(token) if token_matches(&state.tokens, token) => next.run(req).await,
+        _ => ApiError::Unauthorized.into_response(),
+    }
+}
+
+/// Compares `presented` with every token in constant time per token, without stopping at the
+/// first match, so timing reveals neither which token matched nor how much of one did.
+pub fn token_matches(tokens: &[Secret], presented: &str) -> bool {
+    let mut any = subtle::Choice::from(0);
+    for token in tokens {
+        any |= token.expose().as_bytes().ct_eq(presented.as_bytes());
+    }
+    any.into()
+}
+
+/// Counts requests by route and status, and records their latency.
+pub async fn record_metrics(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().as_str().to_owned();
+    let started = Instant::now();
+    let response = next.run(req).await;
+    let status = response.status().as_u16().to_string();
+    let elapsed = started.elapsed().as_secs_f64();
+    metrics::counter!("customer_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("customer_http_request_seconds", "method" => method, "route" => route)
+        .record(elapsed);
+    tracing::debug!(
+        status = response.status().as_u16(),
+        elapsed_ms = elapsed * 1000.0,
+        "request done"
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn any_configured_token_matches_and_nothing_else() {
+        let tokens = vec![Secret::new("old"), Secret::new("new")];
+        assert!(token_matches(&tokens, "old"));
+        assert!(token_matches(&tokens, "new"));
+        assert!(!token_matches(&tokens, "ne"));
+        assert!(!token_matches(&tokens, "newer"));
+        assert!(!token_matches(&tokens, ""));
+    }
+
+    #[test]
+    fn only_short_plain_request_ids_are_adopted() {
+        assert!(is_acceptable_request_id("abc-123_x.y:z"));
+        assert!(!is_acceptable_request_id(""));
+        assert!(!is_acceptable_request_id("has space"));
+        assert!(!is_acceptable_request_id(&"a".repeat(65)));
+        assert!(!is_acceptable_request_id("new\nline"));
+    }
+}

@@ -1,0 +1,87 @@
+//! The HTTP/JSON API: axum router, handlers, middleware, and the single error→status mapping.
+//!
+//! ```text
+//! request → request_context (id, span, metrics, X-Entry-Node) → [auth on /v1] → handler
+//!         → Gateway (owner lookup, local or remote Registry call) → response + X-Owner-Node
+//! ```
+//!
+//! Every node serves every route; the handler never cares where the customer lives. Handlers
+//! are thin: parse and validate input, call the [`Gateway`], shape the response.
+//!
+//! Deliberately not here: business rules (in `customer`), routing decisions (in
+//! `actors::gateway`), TLS for clients (terminate it in a proxy in front of the node).
+
+pub mod error;
+pub mod handlers;
+pub mod json;
+pub mod middleware;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+
+use crate::actors::gateway::Gateway;
+use crate::config::Secret;
+use error::ApiError;
+
+/// Header naming the node whose customer actor served the request.
+pub const OWNER_NODE: &str = "x-owner-node";
+/// Header naming the node that received the request.
+pub const ENTRY_NODE: &str = "x-entry-node";
+/// Header carrying the request id (accepted from the client, or generated).
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The request path into the cluster.
+    pub gateway: Gateway,
+    /// Accepted bearer tokens; empty = open API.
+    pub tokens: Arc<Vec<Secret>>,
+    /// Body size limit, bytes.
+    pub max_body_bytes: usize,
+    /// Source of generated request ids.
+    pub request_seq: Arc<AtomicU64>,
+}
+
+impl AppState {
+    /// State for a node's router.
+    pub fn new(gateway: Gateway, tokens: Vec<Secret>, max_body_bytes: usize) -> Self {
+        Self {
+            gateway,
+            tokens: Arc::new(tokens),
+            max_body_bytes,
+            request_seq: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
+/// The whole API.
+pub fn router(state: AppState) -> Router {
+    use axum::middleware::{from_fn, from_fn_with_state};
+    use handlers::*;
+    let v1 = Router::new()
+        .route("/v1/customers", get(list).post(create))
+        .route(
+            "/v1/customers/{id}",
+            get(get_one).put(replace).patch(patch).delete(delete),
+        )
+        .route("/v1/cluster", get(cluster))
+        .route_layer(from_fn_with_state(state.clone(), middleware::auth));
+    Router::new()
+        .merge(v1)
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .fallback(|| async { ApiError::RouteNotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .layer(from_fn(middleware::record_metrics))
+        .layer(from_fn_with_state(
+            state.clone(),
+            middleware::request_context,
+        ))
+        .with_state(state)
+}

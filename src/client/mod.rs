@@ -1,0 +1,264 @@
+//! A small HTTP/1.1 client for the node API, used by the CLI commands, the load generator and
+//! the tests. One keep-alive connection pool per client; every request has a deadline.
+//!
+//! Deliberately plain HTTP: the node API is meant to sit behind a TLS-terminating proxy when
+//! it leaves the host, and the client refuses `https://` URLs with a clear message rather than
+//! silently downgrading.
+
+pub mod commands;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue};
+use hyper::{HeaderMap, Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Default node URL for the CLI.
+pub const DEFAULT_NODE_URL: &str = "http://127.0.0.1:8081";
+
+/// What can go wrong talking to a node.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The URL is unusable.
+    #[error("invalid node URL {0:?}: {1}")]
+    Url(String, String),
+    /// No connection, or it broke.
+    #[error("cannot reach node at {url}: {reason}")]
+    Connect {
+        /// Node URL.
+        url: String,
+        /// What failed.
+        reason: String,
+    },
+    /// No answer within the deadline.
+    #[error("node at {0} did not answer within {1:?}")]
+    Timeout(String, Duration),
+    /// The node answered with an error.
+    #[error("{message} (HTTP {status} {code})")]
+    Api {
+        /// HTTP status.
+        status: u16,
+        /// Error code from the body.
+        code: String,
+        /// Error message from the body.
+        message: String,
+    },
+    /// The body was not what we expected.
+    #[error("unexpected response: {0}")]
+    Decode(String),
+}
+
+/// A response with its body read.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    /// Status code.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: HeaderMap,
+    /// Body bytes.
+    pub body: Bytes,
+}
+
+impl HttpResponse {
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Decodes a JSON body.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, ClientError> {
+        serde_json::from_slice(&self.body).map_err(|e| {
+            ClientError::Decode(format!("{e}: {}", String::from_utf8_lossy(&self.body)))
+        })
+    }
+
+    /// `Ok(self)` for 2xx, else the API error from the body.
+    pub fn ok(self) -> Result<Self, ClientError> {
+        if self.status.is_success() {
+            return Ok(self);
+        }
+        let (code, message) = match serde_json::from_slice::<serde_json::Value>(&self.body) {
+            Ok(v) => (
+                v["error"]["code"].as_str().unwrap_or("unknown").to_owned(),
+                v["error"]["message"].as_str().unwrap_or("").to_owned(),
+            ),
+            Err(_) => (
+                "unknown".into(),
+                String::from_utf8_lossy(&self.body).into_owned(),
+            ),
+        };
+        Err(ClientError::Api {
+            status: self.status.as_u16(),
+            code,
+            message,
+        })
+    }
+}
+
+/// A client bound to one node.
+#[derive(Clone)]
+pub struct HttpClient {
+    base: String,
+    token: Option<String>,
+    timeout: Duration,
+    inner: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl HttpClient {
+    /// A client for `base` (`http://host:port` or `host:port`).
+    pub fn new(base: &str, token: Option<String>, timeout: Duration) -> Result<Self, ClientError> {
+        let base = normalize_base(base)?;
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(timeout));
+        let inner = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Ok(Self {
+            base,
+            token: token.filter(|t| !t.is_empty()),
+            timeout,
+            inner,
+        })
+    }
+
+    /// The node URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Sends a request; `body` is sent as JSON (`Content-Type` from `headers` if given).
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        headers: &[(&str, &str)],
+    ) -> Result<HttpResponse, ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let mut builder = Request::builder().method(method).uri(&url);
+        if let Some(token) = &self.token {
+            builder = builder.header(AUTHORIZATION, format!("Bearer {token}"));
+        }
+        if body.is_some()
+            && !headers
+                .iter()
+                .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        {
+            builder = builder.header(CONTENT_TYPE, "application/json");
+        }
+        for (k, v) in headers {
+            let name = HeaderName::from_bytes(k.as_bytes())
+                .map_err(|e| ClientError::Url(url.clone(), e.to_string()))?;
+            let value = HeaderValue::from_str(v)
+                .map_err(|e| ClientError::Url(url.clone(), e.to_string()))?;
+            builder = builder.header(name, value);
+        }
+        let request = builder
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|e| ClientError::Url(url.clone(), e.to_string()))?;
+        let exchange = async {
+            let response = self
+                .inner
+                .request(request)
+                .await
+                .map_err(|e| ClientError::Connect {
+                    url: self.base.clone(),
+                    reason: error_chain(&e),
+                })?;
+            let (parts, body) = response.into_parts();
+            let body = body.collect().await.map_err(|e| ClientError::Connect {
+                url: self.base.clone(),
+                reason: e.to_string(),
+            })?;
+            Ok(HttpResponse {
+                status: parts.status,
+                headers: parts.headers,
+                body: body.to_bytes(),
+            })
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| ClientError::Timeout(self.base.clone(), self.timeout))?
+    }
+
+    /// GET.
+    pub async fn get(&self, path: &str) -> Result<HttpResponse, ClientError> {
+        self.send(Method::GET, path, None, &[]).await
+    }
+
+    /// A request with a JSON body.
+    pub async fn json<T: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: &T,
+        headers: &[(&str, &str)],
+    ) -> Result<HttpResponse, ClientError> {
+        let bytes = serde_json::to_vec(body).map_err(|e| ClientError::Decode(e.to_string()))?;
+        self.send(method, path, Some(bytes), headers).await
+    }
+}
+
+fn normalize_base(raw: &str) -> Result<String, ClientError> {
+    let raw = raw.trim().trim_end_matches('/');
+    if raw.starts_with("https://") {
+        return Err(ClientError::Url(
+            raw.into(),
+            "https is not supported by this client; use http:// (terminate TLS in a proxy)".into(),
+        ));
+    }
+    let with_scheme = if raw.starts_with("http://") {
+        raw.to_owned()
+    } else if raw.contains("://") {
+        return Err(ClientError::Url(
+            raw.into(),
+            "only http:// URLs are supported".into(),
+        ));
+    } else {
+        format!("http://{raw}")
+    };
+    let uri: hyper::Uri = with_scheme
+        .parse()
+        .map_err(|e: hyper::http::uri::InvalidUri| ClientError::Url(raw.into(), e.to_string()))?;
+    if uri.host().is_none() {
+        return Err(ClientError::Url(raw.into(), "no host".into()));
+    }
+    Ok(with_scheme)
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_urls_are_normalized_and_https_is_refused_clearly() {
+        assert_eq!(
+            normalize_base("127.0.0.1:8081").unwrap(),
+            "http://127.0.0.1:8081"
+        );
+        assert_eq!(normalize_base("http://h:1/").unwrap(), "http://h:1");
+        assert!(matches!(
+            normalize_base("https://h:1"),
+            Err(ClientError::Url(..))
+        ));
+        assert!(normalize_base("ftp://h").is_err());
+    }
+}

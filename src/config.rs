@@ -1,0 +1,651 @@
+//! Node configuration: one documented struct, built from layers.
+//!
+//! Precedence, lowest first: built-in defaults < config file (`--config`, TOML) < environment
+//! (`CUSTOMER_CLUSTER_<KEY>`) < command-line flags. [`ConfigLayer`] is both the clap argument
+//! set and the TOML schema, so a key has the same name everywhere: `--idle-timeout-s`,
+//! `idle_timeout_s = 300`, `CUSTOMER_CLUSTER_IDLE_TIMEOUT_S=300`. Clap resolves env-vs-flag;
+//! [`ConfigLayer::over`] puts that on top of the file; [`Config::resolve`] applies defaults and
+//! validates.
+//!
+//! Secrets (cookie, API tokens) can come from files so they stay out of `ps` output and shell
+//! history; they never appear in `Debug` output or logs.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// One layer of settings; every key optional. Doubles as the clap flags of `node` and the TOML
+/// file schema.
+#[derive(Debug, Clone, Default, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigLayer {
+    /// Node name: unique in the cluster and stable across restarts (placement hashes it).
+    #[arg(long, env = "CUSTOMER_CLUSTER_NAME")]
+    pub name: Option<String>,
+
+    /// Address the cluster (node-to-node) listener binds [default: 127.0.0.1:4701].
+    #[arg(long, env = "CUSTOMER_CLUSTER_CLUSTER_ADDR")]
+    pub cluster_addr: Option<SocketAddr>,
+
+    /// Address peers dial to reach this node, `host:port` [default: --cluster-addr]. Needed
+    /// when binding 0.0.0.0.
+    #[arg(long, env = "CUSTOMER_CLUSTER_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<String>,
+
+    /// Address the HTTP API binds [default: 127.0.0.1:8081].
+    #[arg(long, env = "CUSTOMER_CLUSTER_HTTP_ADDR")]
+    pub http_addr: Option<SocketAddr>,
+
+    /// Comma-separated cluster addresses of peers to join; retried with backoff until reachable.
+    #[arg(long, env = "CUSTOMER_CLUSTER_SEEDS", value_delimiter = ',')]
+    pub seeds: Option<Vec<String>>,
+
+    /// Shared cluster secret (ractor_cluster magic cookie). Prefer --cookie-file.
+    #[arg(long, env = "CUSTOMER_CLUSTER_COOKIE", hide_env_values = true)]
+    pub cookie: Option<String>,
+
+    /// File holding the cluster cookie (trailing whitespace ignored).
+    #[arg(long, env = "CUSTOMER_CLUSTER_COOKIE_FILE")]
+    pub cookie_file: Option<PathBuf>,
+
+    /// SQLite file: when set, this node hosts a database actor. Relative to --data-dir.
+    #[arg(long, env = "CUSTOMER_CLUSTER_DB_PATH")]
+    pub db_path: Option<PathBuf>,
+
+    /// Base directory for relative paths [default: current directory].
+    #[arg(long, env = "CUSTOMER_CLUSTER_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Comma-separated bearer tokens accepted on /v1 (several allow rotation). None = open API.
+    #[arg(
+        long = "api-token",
+        env = "CUSTOMER_CLUSTER_API_TOKEN",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    #[serde(alias = "api_tokens")]
+    pub api_token: Option<Vec<String>>,
+
+    /// File with bearer tokens, one per line (blank lines and `#` comments ignored).
+    #[arg(long, env = "CUSTOMER_CLUSTER_API_TOKEN_FILE")]
+    pub api_token_file: Option<PathBuf>,
+
+    /// Log format: `text` for people, `json` for machines [default: text].
+    #[arg(long, env = "CUSTOMER_CLUSTER_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+
+    /// Log filter, tracing-subscriber syntax (e.g. `info`, `customer_cluster=debug`)
+    /// [default: info, or RUST_LOG].
+    #[arg(long, env = "CUSTOMER_CLUSTER_LOG_LEVEL")]
+    pub log_level: Option<String>,
+
+    /// Seconds a customer actor may sit idle before it is passivated [default: 300].
+    #[arg(long, env = "CUSTOMER_CLUSTER_IDLE_TIMEOUT_S")]
+    pub idle_timeout_s: Option<u64>,
+
+    /// Interval between heartbeats to each peer, in ms [default: 500].
+    #[arg(long, env = "CUSTOMER_CLUSTER_HEARTBEAT_MS")]
+    pub heartbeat_ms: Option<u64>,
+
+    /// A peer silent for this long (ms) is evicted from placement [default: 3000].
+    #[arg(long, env = "CUSTOMER_CLUSTER_FAILURE_TIMEOUT_MS")]
+    pub failure_timeout_ms: Option<u64>,
+
+    /// Deadline for one call to another actor or node, in ms [default: 5000].
+    #[arg(long, env = "CUSTOMER_CLUSTER_REQUEST_TIMEOUT_MS")]
+    pub request_timeout_ms: Option<u64>,
+
+    /// Largest accepted HTTP request body, in bytes [default: 1048576].
+    #[arg(long, env = "CUSTOMER_CLUSTER_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<usize>,
+
+    /// Most writes per database transaction; 1 = one fsync per write [default: 512].
+    #[arg(long, env = "CUSTOMER_CLUSTER_DB_MAX_BATCH")]
+    pub db_max_batch: Option<usize>,
+
+    /// Database reader threads [default: 2].
+    #[arg(long, env = "CUSTOMER_CLUSTER_DB_READERS")]
+    pub db_readers: Option<usize>,
+
+    /// How long a graceful stop waits for in-flight requests, in ms [default: 5000].
+    #[arg(long, env = "CUSTOMER_CLUSTER_SHUTDOWN_GRACE_MS")]
+    pub shutdown_grace_ms: Option<u64>,
+
+    /// PEM certificate chain for inter-node TLS (enables TLS together with --tls-key, --tls-ca).
+    #[arg(long, env = "CUSTOMER_CLUSTER_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for inter-node TLS.
+    #[arg(long, env = "CUSTOMER_CLUSTER_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA bundle that peer certificates must chain to.
+    #[arg(long, env = "CUSTOMER_CLUSTER_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+}
+
+macro_rules! overlay {
+    ($top:ident, $base:ident, $($field:ident),* $(,)?) => {
+        ConfigLayer { $($field: $top.$field.or($base.$field)),* }
+    };
+}
+
+impl ConfigLayer {
+    /// Reads a TOML file layer.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::InvalidInput(format!("cannot read config file {}: {e}", path.display()))
+        })?;
+        toml::from_str(&text).map_err(|e| {
+            Error::InvalidInput(format!("invalid config file {}: {e}", path.display()))
+        })
+    }
+
+    /// `self` on top of `base`: each key set in `self` wins.
+    pub fn over(self, base: ConfigLayer) -> ConfigLayer {
+        overlay!(
+            self,
+            base,
+            name,
+            cluster_addr,
+            advertise_addr,
+            http_addr,
+            seeds,
+            cookie,
+            cookie_file,
+            db_path,
+            data_dir,
+            api_token,
+            api_token_file,
+            log_format,
+            log_level,
+            idle_timeout_s,
+            heartbeat_ms,
+            failure_timeout_ms,
+            request_timeout_ms,
+            max_body_bytes,
+            db_max_batch,
+            db_readers,
+            shutdown_grace_ms,
+            tls_cert,
+            tls_key,
+            tls_ca,
+        )
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A secret string: compared and used, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself; call only where it is used, never to log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Inter-node TLS material (paths; loaded at start-up by `cluster::tls`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsPaths {
+    /// Certificate chain presented to peers.
+    pub cert: PathBuf,
+    /// Private key for `cert`.
+    pub key: PathBuf,
+    /// CA that peers' certificates must chain to.
+    pub ca: PathBuf,
+}
+
+/// The resolved, validated configuration of one node.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Stable node name, used for placement and shown in `X-Owner-Node`.
+    pub name: String,
+    /// Cluster listener bind address.
+    pub cluster_addr: SocketAddr,
+    /// `host:port` peers dial to reach us.
+    pub advertise_addr: String,
+    /// HTTP API bind address.
+    pub http_addr: SocketAddr,
+    /// Peers to dial at start (and re-dial while they are unreachable).
+    pub seeds: Vec<String>,
+    /// Cluster cookie.
+    pub cookie: Secret,
+    /// Database file when this node hosts the database actor.
+    pub db_path: Option<PathBuf>,
+    /// Accepted API bearer tokens; empty = no authentication.
+    pub api_tokens: Vec<Secret>,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Log filter directive.
+    pub log_level: Option<String>,
+    /// Idle time before a customer actor is passivated.
+    pub idle_timeout: Duration,
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+    /// Silence after which a peer is evicted.
+    pub failure_timeout: Duration,
+    /// Deadline for one actor/node call.
+    pub request_timeout: Duration,
+    /// HTTP body limit in bytes.
+    pub max_body_bytes: usize,
+    /// Group-commit batch cap.
+    pub db_max_batch: usize,
+    /// Database reader threads.
+    pub db_readers: usize,
+    /// Grace period of a graceful stop.
+    pub shutdown_grace: Duration,
+    /// Inter-node TLS, when configured.
+    pub tls: Option<TlsPaths>,
+}
+
+/// Built-in defaults, in one place.
+pub mod defaults {
+    /// Cluster listener.
+    pub const CLUSTER_ADDR: &str = "127.0.0.1:4701";
+    /// HTTP API.
+    pub const HTTP_ADDR: &str = "127.0.0.1:8081";
+    /// Customer actor idle timeout, seconds.
+    pub const IDLE_TIMEOUT_S: u64 = 300;
+    /// Heartbeat interval, ms.
+    pub const HEARTBEAT_MS: u64 = 500;
+    /// Eviction after this much silence, ms: 6 heartbeats. Long enough that a busy 2-core
+    /// machine does not evict healthy peers, short enough that a frozen node costs seconds.
+    pub const FAILURE_TIMEOUT_MS: u64 = 3000;
+    /// Per-call deadline, ms.
+    pub const REQUEST_TIMEOUT_MS: u64 = 5000;
+    /// HTTP body limit.
+    pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+    /// Database reader threads.
+    pub const DB_READERS: usize = 2;
+    /// Graceful stop grace, ms.
+    pub const SHUTDOWN_GRACE_MS: u64 = 5000;
+}
+
+impl Config {
+    /// Loads `--config FILE` (if any) under the env/flag layer, applies defaults, validates.
+    pub fn load(file: Option<&Path>, args: ConfigLayer) -> Result<Self> {
+        let base = match file {
+            Some(path) => ConfigLayer::from_file(path)?,
+            None => ConfigLayer::default(),
+        };
+        Self::resolve(args.over(base))
+    }
+
+    /// Applies defaults to a merged layer and validates the result.
+    pub fn resolve(layer: ConfigLayer) -> Result<Self> {
+        let invalid = |m: String| Error::InvalidInput(m);
+        let name = layer
+            .name
+            .ok_or_else(|| invalid("--name is required (a unique, stable node name)".into()))?;
+        validate_name(&name)?;
+        let cluster_addr = layer
+            .cluster_addr
+            .unwrap_or_else(|| parse_default(defaults::CLUSTER_ADDR));
+        let advertise_addr = match layer.advertise_addr {
+            Some(a) => a,
+            None if cluster_addr.ip().is_unspecified() => {
+                return Err(invalid(format!(
+                    "--cluster-addr {cluster_addr} binds all interfaces: set --advertise-addr to the address peers should dial"
+                )));
+            }
+            None => cluster_addr.to_string(),
+        };
+        let data_dir = layer.data_dir.unwrap_or_else(|| PathBuf::from("."));
+        let cookie = load_cookie(layer.cookie, layer.cookie_file.as_deref())?;
+        let api_tokens = load_tokens(layer.api_token, layer.api_token_file.as_deref())?;
+        let ms = |v: Option<u64>, d: u64| Duration::from_millis(v.unwrap_or(d));
+        let config = Config {
+            name,
+            cluster_addr,
+            advertise_addr,
+            http_addr: layer
+                .http_addr
+                .unwrap_or_else(|| parse_default(defaults::HTTP_ADDR)),
+            seeds: layer
+                .seeds
+                .unwrap_or_default()
+                .into_iter()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            cookie,
+            db_path: layer.db_path.map(|p| data_dir.join(p)),
+            api_tokens,
+            log_format: layer.log_format.unwrap_or_default(),
+            log_level: layer.log_level,
+            idle_timeout: Duration::from_secs(
+                layer.idle_timeout_s.unwrap_or(defaults::IDLE_TIMEOUT_S),
+            ),
+            heartbeat: ms(layer.heartbeat_ms, defaults::HEARTBEAT_MS),
+            failure_timeout: ms(layer.failure_timeout_ms, defaults::FAILURE_TIMEOUT_MS),
+            request_timeout: ms(layer.request_timeout_ms, defaults::REQUEST_TIMEOUT_MS),
+            max_body_bytes: layer.max_body_bytes.unwrap_or(defaults::MAX_BODY_BYTES),
+            db_max_batch: layer
+                .db_max_batch
+                .unwrap_or(crate::storage::engine::DEFAULT_MAX_BATCH),
+            db_readers: layer.db_readers.unwrap_or(defaults::DB_READERS),
+            shutdown_grace: ms(layer.shutdown_grace_ms, defaults::SHUTDOWN_GRACE_MS),
+            tls: tls_paths(layer.tls_cert, layer.tls_key, layer.tls_ca)?,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// A loopback configuration with defaults and the given name and database file; ports are
+    /// 0 (chosen by the OS). For in-process tests and embedding.
+    pub fn local(name: &str, db_path: Option<PathBuf>) -> Self {
+        let layer = ConfigLayer {
+            name: Some(name.to_owned()),
+            cookie: Some("local".to_owned()),
+            cluster_addr: Some(parse_default("127.0.0.1:0")),
+            http_addr: Some(parse_default("127.0.0.1:0")),
+            advertise_addr: Some("127.0.0.1:0".to_owned()),
+            db_path,
+            ..ConfigLayer::default()
+        };
+        let mut config =
+            Self::resolve(layer).unwrap_or_else(|e| unreachable!("local config is valid: {e}"));
+        config.http_addr = parse_default("127.0.0.1:0");
+        config
+    }
+
+    fn validate(&self) -> Result<()> {
+        let invalid = |m: &str| Err(Error::InvalidInput(m.to_owned()));
+        if self.idle_timeout.is_zero() {
+            return invalid("--idle-timeout-s must be at least 1");
+        }
+        if self.heartbeat < Duration::from_millis(10) {
+            return invalid("--heartbeat-ms must be at least 10");
+        }
+        if self.failure_timeout < self.heartbeat * 2 {
+            return invalid("--failure-timeout-ms must be at least twice --heartbeat-ms");
+        }
+        if self.request_timeout < Duration::from_millis(10) {
+            return invalid("--request-timeout-ms must be at least 10");
+        }
+        if self.max_body_bytes < 1024 {
+            return invalid("--max-body-bytes must be at least 1024");
+        }
+        if self.db_max_batch == 0 || self.db_readers == 0 {
+            return invalid("--db-max-batch and --db-readers must be at least 1");
+        }
+        if self.http_addr == self.cluster_addr && self.http_addr.port() != 0 {
+            return invalid("--http-addr and --cluster-addr must differ");
+        }
+        if split_host_port(&self.advertise_addr).is_none() {
+            return invalid("--advertise-addr must be host:port");
+        }
+        for seed in &self.seeds {
+            if split_host_port(seed).is_none() {
+                return Err(Error::InvalidInput(format!(
+                    "seed {seed:?} is not host:port"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Host part of the advertised address (what the NodeServer advertises to peers).
+    pub fn advertise_host(&self) -> String {
+        split_host_port(&self.advertise_addr)
+            .map(|(h, _)| h.to_owned())
+            .unwrap_or_else(|| self.cluster_addr.ip().to_string())
+    }
+
+    /// The IP the cluster listener binds.
+    pub fn cluster_bind_ip(&self) -> IpAddr {
+        self.cluster_addr.ip()
+    }
+}
+
+/// Splits `host:port`, accepting `[v6]:port`.
+pub fn split_host_port(addr: &str) -> Option<(&str, u16)> {
+    let (host, port) = addr.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = port.parse().ok()?;
+    (!host.is_empty()).then_some((host, port))
+}
+
+fn parse_default(addr: &str) -> SocketAddr {
+    addr.parse()
+        .unwrap_or_else(|_| unreachable!("default {addr} parses"))
+}
+
+fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidInput(format!(
+            "node name {name:?} must be 1..64 characters of [A-Za-z0-9._-]"
+        )))
+    }
+}
+
+fn load_cookie(inline: Option<String>, file: Option<&Path>) -> Result<Secret> {
+    let value = match (inline, file) {
+        (Some(_), Some(_)) => {
+            return Err(Error::InvalidInput(
+                "give either --cookie or --cookie-file, not both".into(),
+            ));
+        }
+        (Some(c), None) => c,
+        (None, Some(path)) => read_secret_file(path, "cookie")?,
+        (None, None) => {
+            return Err(Error::InvalidInput(
+                "a cluster cookie is required: --cookie-file FILE (or --cookie, or CUSTOMER_CLUSTER_COOKIE)".into(),
+            ));
+        }
+    };
+    let value = value.trim().to_owned();
+    if value.is_empty() {
+        return Err(Error::InvalidInput(
+            "the cluster cookie must not be empty".into(),
+        ));
+    }
+    Ok(Secret::new(value))
+}
+
+fn load_tokens(inline: Option<Vec<String>>, file: Option<&Path>) -> Result<Vec<Secret>> {
+    let mut tokens: Vec<String> = inline.unwrap_or_default();
+    if let Some(path) = file {
+        let text = read_secret_file(path, "API token")?;
+        tokens.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_owned),
+        );
+    }
+    let tokens: Vec<String> = tokens.into_iter().map(|t| t.trim().to_owned()).collect();
+    if tokens.iter().any(String::is_empty) {
+        return Err(Error::InvalidInput("API tokens must not be empty".into()));
+    }
+    if tokens
+        .iter()
+        .any(|t| t.chars().any(|c| c.is_whitespace() || c.is_control()))
+    {
+        return Err(Error::InvalidInput(
+            "API tokens must not contain whitespace".into(),
+        ));
+    }
+    Ok(tokens.into_iter().map(Secret::new).collect())
+}
+
+fn read_secret_file(path: &Path, what: &str) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| {
+        Error::InvalidInput(format!("cannot read {what} file {}: {e}", path.display()))
+    })
+}
+
+fn tls_paths(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+) -> Result<Option<TlsPaths>> {
+    match (cert, key, ca) {
+        (None, None, None) => Ok(None),
+        (Some(cert), Some(key), Some(ca)) => Ok(Some(TlsPaths { cert, key, ca })),
+        _ => Err(Error::InvalidInput(
+            "inter-node TLS needs all of --tls-cert, --tls-key and --tls-ca".into(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minimal() -> ConfigLayer {
+        ConfigLayer {
+            name: Some("n1".into()),
+            cookie: Some("secret".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_fill_everything_not_given() {
+        let c = Config::resolve(minimal()).unwrap();
+        assert_eq!(c.cluster_addr.to_string(), defaults::CLUSTER_ADDR);
+        assert_eq!(c.http_addr.to_string(), defaults::HTTP_ADDR);
+        assert_eq!(c.advertise_addr, defaults::CLUSTER_ADDR);
+        assert_eq!(c.heartbeat, Duration::from_millis(defaults::HEARTBEAT_MS));
+        assert!(c.api_tokens.is_empty() && c.db_path.is_none() && c.tls.is_none());
+    }
+
+    #[test]
+    fn flags_and_env_win_over_the_file() {
+        let file: ConfigLayer =
+            toml::from_str("name = \"from-file\"\nheartbeat_ms = 100\nseeds = [\"127.0.0.1:1\"]")
+                .unwrap();
+        let flags = ConfigLayer {
+            heartbeat_ms: Some(250),
+            cookie: Some("c".into()),
+            ..Default::default()
+        };
+        let c = Config::resolve(flags.over(file)).unwrap();
+        assert_eq!(c.name, "from-file");
+        assert_eq!(c.heartbeat, Duration::from_millis(250));
+        assert_eq!(c.seeds, vec!["127.0.0.1:1".to_string()]);
+    }
+
+    #[test]
+    fn the_shipped_config_files_parse_and_resolve() {
+        for (file, text) in [
+            ("default", include_str!("../config/default.toml")),
+            ("node1", include_str!("../config/node1.toml")),
+            ("node2", include_str!("../config/node2.toml")),
+            ("node3", include_str!("../config/node3.toml")),
+        ] {
+            let layer: ConfigLayer = toml::from_str(text).unwrap_or_else(|e| panic!("{file}: {e}"));
+            let c =
+                Config::resolve(minimal().over(layer)).unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert_eq!(
+                c.heartbeat,
+                Duration::from_millis(defaults::HEARTBEAT_MS),
+                "{file}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_file_keys_are_rejected() {
+        assert!(toml::from_str::<ConfigLayer>("nmae = \"typo\"").is_err());
+    }
+
+    #[test]
+    fn a_node_without_a_cookie_or_with_an_empty_one_refuses_to_start() {
+        let mut l = minimal();
+        l.cookie = None;
+        assert!(Config::resolve(l.clone()).is_err());
+        l.cookie = Some("   ".into());
+        assert!(Config::resolve(l).is_err());
+    }
+
+    #[test]
+    fn the_cookie_and_tokens_can_come_from_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let cookie = dir.path().join("cookie");
+        let tokens = dir.path().join("tokens");
+        std::fs::write(&cookie, "s3cret\n").unwrap();
+        std::fs::write(&tokens, "# current\nnew-token\n\nold-token\n").unwrap();
+        let mut l = minimal();
+        l.cookie = None;
+        l.cookie_file = Some(cookie);
+        l.api_token_file = Some(tokens);
+        let c = Config::resolve(l).unwrap();
+        assert_eq!(c.cookie.expose(), "s3cret");
+        let t: Vec<&str> = c.api_tokens.iter().map(Secret::expose).collect();
+        assert_eq!(t, ["new-token", "old-token"]);
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug_output() {
+        let c = Config::resolve(minimal()).unwrap();
+        assert!(!format!("{c:?}").contains("secret"));
+    }
+
+    #[test]
+    fn nonsense_values_are_refused_with_a_message() {
+        let mut l = minimal();
+        l.name = Some("bad name!".into());
+        assert!(Config::resolve(l).is_err());
+        let mut l = minimal();
+        l.heartbeat_ms = Some(1000);
+        l.failure_timeout_ms = Some(1500);
+        assert!(Config::resolve(l).is_err());
+        let mut l = minimal();
+        l.cluster_addr = Some("0.0.0.0:4701".parse().unwrap());
+        assert!(Config::resolve(l).is_err());
+        let mut l = minimal();
+        l.seeds = Some(vec!["nohostport".into()]);
+        assert!(Config::resolve(l).is_err());
+        let mut l = minimal();
+        l.tls_cert = Some("c.pem".into());
+        assert!(Config::resolve(l).is_err());
+    }
+
+    #[test]
+    fn db_path_is_relative_to_data_dir() {
+        let mut l = minimal();
+        l.data_dir = Some("/var/lib/cc".into());
+        l.db_path = Some("n1.db".into());
+        assert_eq!(
+            Config::resolve(l).unwrap().db_path,
+            Some(PathBuf::from("/var/lib/cc/n1.db"))
+        );
+    }
+}

@@ -1,0 +1,229 @@
+//! Start-up and shutdown order of one node.
+//!
+//! Start: bind the HTTP listener (fail fast on a taken port) → shared context with a
+//! single-member placement view → NodeSupervisor (Database, then Registry) → serve HTTP.
+//!
+//! Graceful stop (SIGINT/SIGTERM): leave the registry group first, so peers re-place our
+//! customers and stop routing to us → stop accepting HTTP and let in-flight requests finish
+//! (bounded by `shutdown_grace`) → stop the Registry and its customer actors → stop the
+//! Database, which commits every queued write → exit 0.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ractor::{Actor, ActorRef};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::actors::database::DatabaseClient;
+use crate::actors::gateway::Gateway;
+use crate::actors::supervisor::{NodeSupervisor, SupervisorArgs, SupervisorMsg};
+use crate::actors::{Counters, NodeContext};
+use crate::api::{AppState, router};
+use crate::cluster::membership::{Lease, View};
+use crate::cluster::placement::{Member, Ring};
+use crate::cluster::protocol::{NodeInfo, PROTOCOL_VERSION};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::storage::engine::EngineConfig;
+
+/// A running node.
+pub struct RunningNode {
+    /// Shared context (placement view, database client, counters).
+    pub ctx: Arc<NodeContext>,
+    /// The bound HTTP address (useful with port 0).
+    pub http_addr: SocketAddr,
+    supervisor: ActorRef<SupervisorMsg>,
+    supervisor_done: JoinHandle<()>,
+    http_stop: watch::Sender<bool>,
+    http: JoinHandle<std::io::Result<()>>,
+    background: Vec<JoinHandle<()>>,
+    config: Config,
+}
+
+/// The actors of a node without its HTTP listener (what in-process router tests need).
+pub struct NodeActors {
+    /// Shared context.
+    pub ctx: Arc<NodeContext>,
+    /// Root of the actor tree.
+    pub supervisor: ActorRef<SupervisorMsg>,
+    /// Completes when the supervisor stops.
+    pub supervisor_done: JoinHandle<()>,
+    /// Tasks to abort at shutdown.
+    pub background: Vec<JoinHandle<()>>,
+}
+
+/// Starts the actor tree of a node.
+pub async fn start_actors(config: &Config) -> Result<NodeActors> {
+    let incarnation = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default();
+    let local = Member {
+        name: config.name.clone(),
+        cluster_addr: config.advertise_addr.clone(),
+        http_addr: config.http_addr.to_string(),
+        hosts_db: config.db_path.is_some(),
+    };
+    let (_view_tx, view_rx) = watch::channel(Arc::new(View::single(Ring::single(local))));
+    let lease = Lease::new(config.failure_timeout);
+    lease.renew();
+    let ctx = Arc::new(NodeContext {
+        name: config.name.clone(),
+        request_timeout: config.request_timeout,
+        idle_timeout: config.idle_timeout,
+        view: view_rx,
+        lease: lease.clone(),
+        db: DatabaseClient::new(&config.name, config.request_timeout),
+        counters: Counters::default(),
+    });
+    let info = NodeInfo {
+        name: config.name.clone(),
+        protocol_version: PROTOCOL_VERSION,
+        cluster_addr: config.advertise_addr.clone(),
+        http_addr: config.http_addr.to_string(),
+        hosts_db: config.db_path.is_some(),
+        incarnation,
+    };
+    let engine = config.db_path.as_ref().map(|path| EngineConfig {
+        path: path.clone(),
+        max_batch: config.db_max_batch,
+        readers: config.db_readers,
+    });
+    let args = SupervisorArgs {
+        ctx: ctx.clone(),
+        info,
+        engine,
+    };
+    let (supervisor, supervisor_done) = Actor::spawn(
+        Some(format!("supervisor/{}", config.name)),
+        NodeSupervisor,
+        args,
+    )
+    .await
+    .map_err(|e| Error::Internal(format!("node failed to start: {e}")))?;
+    // Renew the freshness lease on every heartbeat tick; a frozen process stops renewing.
+    let heartbeat = config.heartbeat;
+    let renewer = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(heartbeat);
+        loop {
+            tick.tick().await;
+            lease.renew();
+        }
+    });
+    // Keep the sender alive for the node's lifetime: the view never changes on a lone node.
+    let keep_view = tokio::spawn(async move {
+        let _hold = _view_tx;
+        std::future::pending::<()>().await;
+    });
+    Ok(NodeActors {
+        ctx,
+        supervisor,
+        supervisor_done,
+        background: vec![renewer, keep_view],
+    })
+}
+
+/// Starts a node: actors and HTTP listener.
+pub async fn start(config: Config) -> Result<RunningNode> {
+    let listener = TcpListener::bind(config.http_addr).await.map_err(|e| {
+        Error::InvalidInput(format!(
+            "cannot listen for HTTP on {}: {e}",
+            config.http_addr
+        ))
+    })?;
+    let http_addr = listener.local_addr()?;
+    let actors = start_actors(&config).await?;
+    let state = AppState::new(
+        Gateway::new(actors.ctx.clone()),
+        config.api_tokens.clone(),
+        config.max_body_bytes,
+    );
+    let (http_stop, mut stop_rx) = watch::channel(false);
+    let app = router(state);
+    let http = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.changed().await;
+            })
+            .await
+    });
+    Ok(RunningNode {
+        ctx: actors.ctx,
+        http_addr,
+        supervisor: actors.supervisor,
+        supervisor_done: actors.supervisor_done,
+        http_stop,
+        http,
+        background: actors.background,
+        config,
+    })
+}
+
+impl RunningNode {
+    /// Graceful stop, in the order documented at the top of this module.
+    pub async fn shutdown(self) -> Result<()> {
+        tracing::info!("leaving the cluster");
+        let _ = ractor::call!(self.supervisor, SupervisorMsg::LeaveCluster);
+        let _ = self.http_stop.send(true);
+        let grace = self.config.shutdown_grace;
+        match tokio::time::timeout(grace, self.http).await {
+            Ok(_) => tracing::info!("in-flight requests finished"),
+            Err(_) => tracing::warn!(
+                grace_ms = grace.as_millis() as u64,
+                "in-flight requests did not finish within the grace period"
+            ),
+        }
+        let _ = ractor::call!(self.supervisor, SupervisorMsg::StopChildren);
+        self.supervisor.stop(None);
+        let _ = self.supervisor_done.await;
+        for task in self.background {
+            task.abort();
+        }
+        tracing::info!("node stopped");
+        Ok(())
+    }
+}
+
+/// Runs a node until SIGINT/SIGTERM, then stops it gracefully. Returns an error (non-zero
+/// exit) when start-up fails or the actor tree gives up.
+pub async fn run(config: Config) -> Result<()> {
+    if config.api_tokens.is_empty() {
+        tracing::warn!(
+            "no --api-token configured: the /v1 API is open to anyone who can reach {}",
+            config.http_addr
+        );
+    }
+    let mut node = start(config.clone()).await?;
+    tracing::info!(
+        http = %node.http_addr,
+        cluster = %config.advertise_addr,
+        database = %config.db_path.as_ref().map_or("remote (via process group)".to_owned(), |p| p.display().to_string()),
+        "node {} is up", config.name
+    );
+    let outcome = tokio::select! {
+        signal = shutdown_signal() => { tracing::info!(signal, "stop requested"); Ok(()) }
+        _ = &mut node.supervisor_done => Err(Error::Internal("the node's actor tree stopped unexpectedly".into())),
+    };
+    if outcome.is_ok() {
+        node.shutdown().await?;
+    }
+    outcome
+}
+
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return "SIGINT";
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
+}
