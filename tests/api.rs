@@ -1,0 +1,593 @@
+//! Router tests: every route and every error status, in-process with `oneshot` against a real
+//! actor tree and a temporary SQLite file.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use customer_cluster::actors::gateway::Gateway;
+use customer_cluster::api::{AppState, router};
+use customer_cluster::config::{Config, Secret};
+use customer_cluster::node::{NodeActors, start_actors};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+struct App {
+    router: Router,
+    _dir: tempfile::TempDir,
+    actors: NodeActors,
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        self.actors.supervisor.stop(None);
+    }
+}
+
+async fn app_with(db: bool, tokens: &[&str]) -> App {
+    let dir = tempfile::tempdir().unwrap();
+    let name = format!(
+        "api-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let db_path = db.then(|| dir.path().join("c.db"));
+    let config = Config::local(&name, db_path);
+    let actors = start_actors(&config).await.unwrap();
+    let state = AppState::new(
+        Gateway::new(actors.ctx.clone()),
+        tokens.iter().map(|t| Secret::new(*t)).collect(),
+        config.max_body_bytes,
+    );
+    App {
+        router: router(state),
+        _dir: dir,
+        actors,
+    }
+}
+
+async fn app() -> App {
+    app_with(true, &[]).await
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: header::HeaderMap,
+    body: Value,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+
+    fn error_code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+}
+
+async fn send(app: &App, req: Request<Body>) -> Reply {
+    let response = app.router.clone().oneshot(req).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| panic!("non-JSON body: {bytes:?}"))
+    };
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn req(method: &str, uri: &str) -> axum::http::request::Builder {
+    Request::builder().method(method).uri(uri)
+}
+
+fn json_req(method: &str, uri: &str, body: Value) -> Request<Body> {
+    req(method, uri)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+async fn create(app: &App, name: &str, email: &str) -> Value {
+    let r = send(
+        app,
+        json_req(
+            "POST",
+            "/v1/customers",
+            json!({"name": name, "email": email}),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{:?}", r.body);
+    r.body
+}
+
+fn empty(method: &str, uri: &str) -> Request<Body> {
+    req(method, uri).body(Body::empty()).unwrap()
+}
+
+#[tokio::test]
+async fn create_returns_201_with_location_etag_and_node_headers() {
+    let app = app().await;
+    let r = send(
+        &app,
+        json_req(
+            "POST",
+            "/v1/customers",
+            json!({"name": "Ada", "email": "ada@example.com", "phone": "+44 1234", "address": "London"}),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED);
+    let id = r.body["id"].as_str().unwrap();
+    assert_eq!(r.header("location"), format!("/v1/customers/{id}"));
+    assert_eq!(r.header("etag"), "\"1\"");
+    assert!(!r.header("x-owner-node").is_empty());
+    assert_eq!(r.header("x-owner-node"), r.header("x-entry-node"));
+    assert_eq!(r.body["version"], 1);
+    assert_eq!(r.body["phone"], "+44 1234");
+    assert!(r.body["created_at"].as_str().unwrap().ends_with('Z'));
+}
+
+#[tokio::test]
+async fn create_rejects_bad_json_400_wrong_shape_422_and_wrong_media_type_415() {
+    let app = app().await;
+    let bad_json = req("POST", "/v1/customers")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from("{\"name\": "))
+        .unwrap();
+    let r = send(&app, bad_json).await;
+    assert_eq!(
+        (r.status, r.error_code()),
+        (StatusCode::BAD_REQUEST, "bad_request")
+    );
+
+    for body in [
+        json!({"name": "x"}),
+        json!({"name": "", "email": "a@b.co"}),
+        json!({"name": "x", "email": "not-an-email"}),
+        json!({"name": 5, "email": "a@b.co"}),
+        json!({"name": "x", "email": "a@b.co", "nickname": "y"}),
+        json!({"name": "x".repeat(201), "email": "a@b.co"}),
+        json!({"name": "x", "email": "a@b.co", "phone": "call me"}),
+        json!({"id": "nope", "name": "x", "email": "a@b.co"}),
+    ] {
+        let r = send(&app, json_req("POST", "/v1/customers", body.clone())).await;
+        assert_eq!(
+            r.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{body}: {:?}",
+            r.body
+        );
+        assert_eq!(r.error_code(), "invalid_input");
+    }
+
+    let text = req("POST", "/v1/customers")
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Body::from("{}"))
+        .unwrap();
+    assert_eq!(
+        send(&app, text).await.status,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE
+    );
+    let none = req("POST", "/v1/customers").body(Body::from("{}")).unwrap();
+    assert_eq!(
+        send(&app, none).await.status,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE
+    );
+}
+
+#[tokio::test]
+async fn duplicate_email_is_409_case_insensitively() {
+    let app = app().await;
+    create(&app, "A", "same@example.com").await;
+    let r = send(
+        &app,
+        json_req(
+            "POST",
+            "/v1/customers",
+            json!({"name": "B", "email": "SAME@example.com"}),
+        ),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.error_code()),
+        (StatusCode::CONFLICT, "conflict")
+    );
+}
+
+#[tokio::test]
+async fn a_create_with_a_client_id_is_idempotent_and_a_different_body_conflicts() {
+    let app = app().await;
+    let id = "01900000-0000-7000-8000-0000000000aa";
+    let body = json!({"id": id, "name": "A", "email": "idem@example.com"});
+    let first = send(&app, json_req("POST", "/v1/customers", body.clone())).await;
+    let again = send(&app, json_req("POST", "/v1/customers", body)).await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert_eq!(again.status, StatusCode::CREATED);
+    assert_eq!(first.body, again.body);
+    let other = send(
+        &app,
+        json_req(
+            "POST",
+            "/v1/customers",
+            json!({"id": id, "name": "B", "email": "idem@example.com"}),
+        ),
+    )
+    .await;
+    assert_eq!(other.status, StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_413() {
+    let app = app().await;
+    let big = json!({"name": "x", "email": "a@b.co", "address": "y".repeat(2 * 1024 * 1024)});
+    let r = send(&app, json_req("POST", "/v1/customers", big)).await;
+    assert_eq!(
+        (r.status, r.error_code()),
+        (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+    );
+}
+
+#[tokio::test]
+async fn get_returns_the_customer_404_when_absent_and_400_for_a_malformed_id() {
+    let app = app().await;
+    let c = create(&app, "Ada", "get@example.com").await;
+    let id = c["id"].as_str().unwrap();
+    let r = send(&app, empty("GET", &format!("/v1/customers/{id}"))).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body, c);
+    assert_eq!(r.header("etag"), "\"1\"");
+
+    let missing = send(
+        &app,
+        empty("GET", "/v1/customers/01900000-0000-7000-8000-000000000000"),
+    )
+    .await;
+    assert_eq!(
+        (missing.status, missing.error_code()),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+    let malformed = send(&app, empty("GET", "/v1/customers/not-a-uuid")).await;
+    assert_eq!(malformed.status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn put_replaces_everything_and_honours_if_match() {
+    let app = app().await;
+    let c = create(&app, "Ada", "put@example.com").await;
+    let uri = format!("/v1/customers/{}", c["id"].as_str().unwrap());
+    let r = send(
+        &app,
+        json_req(
+            "PUT",
+            &uri,
+            json!({"name": "Ada L", "email": "put@example.com", "address": "London"}),
+        ),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        (r.body["version"].clone(), r.body["address"].clone()),
+        (json!(2), json!("London"))
+    );
+    assert_eq!(r.header("etag"), "\"2\"");
+
+    let stale = req("PUT", &uri)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::IF_MATCH, "\"1\"")
+        .body(Body::from(
+            json!({"name": "X", "email": "put@example.com"}).to_string(),
+        ))
+        .unwrap();
+    let r = send(&app, stale).await;
+    assert_eq!(
+        (r.status, r.error_code()),
+        (StatusCode::PRECONDITION_FAILED, "precondition_failed")
+    );
+
+    let fresh = req("PUT", &uri)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::IF_MATCH, "\"2\"")
+        .body(Body::from(
+            json!({"name": "Y", "email": "put@example.com"}).to_string(),
+        ))
+        .unwrap();
+    let r = send(&app, fresh).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["address"], Value::Null, "PUT is a full replace");
+
+    let garbage_etag = req("PUT", &uri)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::IF_MATCH, "\"abc\"")
+        .body(Body::from(
+            json!({"name": "Y", "email": "put@example.com"}).to_string(),
+        ))
+        .unwrap();
+    assert_eq!(
+        send(&app, garbage_etag).await.status,
+        StatusCode::BAD_REQUEST
+    );
+
+    let invalid = send(&app, json_req("PUT", &uri, json!({"name": "Y"}))).await;
+    assert_eq!(invalid.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let missing = send(
+        &app,
+        json_req(
+            "PUT",
+            "/v1/customers/01900000-0000-7000-8000-000000000001",
+            json!({"name": "Y", "email": "y@example.com"}),
+        ),
+    )
+    .await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+
+    create(&app, "Other", "taken@example.com").await;
+    let taken = send(
+        &app,
+        json_req(
+            "PUT",
+            &uri,
+            json!({"name": "Y", "email": "taken@example.com"}),
+        ),
+    )
+    .await;
+    assert_eq!(taken.status, StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn patch_is_a_json_merge_patch() {
+    let app = app().await;
+    let r = send(
+        &app,
+        json_req(
+            "POST",
+            "/v1/customers",
+            json!({"name": "Ada", "email": "patch@example.com", "phone": "+1 555"}),
+        ),
+    )
+    .await;
+    let uri = format!("/v1/customers/{}", r.body["id"].as_str().unwrap());
+    let merge = req("PATCH", &uri)
+        .header(header::CONTENT_TYPE, "application/merge-patch+json")
+        .body(Body::from(
+            json!({"address": "Paris", "phone": null}).to_string(),
+        ))
+        .unwrap();
+    let r = send(&app, merge).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.body["name"], "Ada");
+    assert_eq!(r.body["address"], "Paris");
+    assert_eq!(r.body["phone"], Value::Null);
+    assert_eq!(r.body["version"], 2);
+
+    for bad in [
+        json!(["x"]),
+        json!({"version": 9}),
+        json!({"email": null}),
+        json!({"name": 1}),
+        json!({"email": "bad"}),
+    ] {
+        let r = send(&app, json_req("PATCH", &uri, bad.clone())).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+    }
+    let stale = req("PATCH", &uri)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::IF_MATCH, "\"1\"")
+        .body(Body::from(json!({"name": "B"}).to_string()))
+        .unwrap();
+    assert_eq!(
+        send(&app, stale).await.status,
+        StatusCode::PRECONDITION_FAILED
+    );
+    let missing = send(
+        &app,
+        json_req(
+            "PATCH",
+            "/v1/customers/01900000-0000-7000-8000-000000000002",
+            json!({"name": "B"}),
+        ),
+    )
+    .await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    create(&app, "Other", "other@example.com").await;
+    let taken = send(
+        &app,
+        json_req("PATCH", &uri, json!({"email": "other@example.com"})),
+    )
+    .await;
+    assert_eq!(taken.status, StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn delete_is_204_then_404_and_honours_if_match() {
+    let app = app().await;
+    let c = create(&app, "Ada", "delete@example.com").await;
+    let uri = format!("/v1/customers/{}", c["id"].as_str().unwrap());
+    let stale = req("DELETE", &uri)
+        .header(header::IF_MATCH, "\"7\"")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(
+        send(&app, stale).await.status,
+        StatusCode::PRECONDITION_FAILED
+    );
+    let r = send(&app, empty("DELETE", &uri)).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert!(!r.header("x-owner-node").is_empty());
+    assert_eq!(
+        send(&app, empty("GET", &uri)).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        send(&app, empty("DELETE", &uri)).await.status,
+        StatusCode::NOT_FOUND
+    );
+    // The email is free again.
+    create(&app, "Ada again", "delete@example.com").await;
+}
+
+#[tokio::test]
+async fn list_pages_with_a_cursor_and_rejects_bad_parameters() {
+    let app = app().await;
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        let c = create(&app, &format!("C{i}"), &format!("list{i}@example.com")).await;
+        ids.push(c["id"].as_str().unwrap().to_owned());
+    }
+    ids.sort();
+    let mut seen = Vec::new();
+    let mut uri = "/v1/customers?limit=3".to_owned();
+    loop {
+        let r = send(&app, empty("GET", &uri)).await;
+        assert_eq!(r.status, StatusCode::OK);
+        let items = r.body["items"].as_array().unwrap();
+        assert!(items.len() <= 3);
+        seen.extend(items.iter().map(|c| c["id"].as_str().unwrap().to_owned()));
+        match r.body["next"].as_str() {
+            Some(next) => uri = format!("/v1/customers?limit=3&after={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids);
+    for bad in [
+        "limit=0",
+        "limit=1001",
+        "limit=x",
+        "after=nope",
+        "color=blue",
+    ] {
+        let r = send(&app, empty("GET", &format!("/v1/customers?{bad}"))).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn cluster_health_and_ready_describe_this_node() {
+    let app = app().await;
+    let r = send(&app, empty("GET", "/v1/cluster")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let node = r.body["node"].as_str().unwrap();
+    assert_eq!(r.body["members"][0]["name"], node);
+    assert_eq!(r.body["members"][0]["owned_share"], 1.0);
+    assert_eq!(r.body["members"][0]["db"], true);
+    assert_eq!(r.body["db_members"], json!([node]));
+    assert_eq!(
+        send(&app, empty("GET", "/health")).await.status,
+        StatusCode::OK
+    );
+    let ready = send(&app, empty("GET", "/ready")).await;
+    assert_eq!(
+        (ready.status, ready.body["status"].clone()),
+        (StatusCode::OK, json!("ready"))
+    );
+}
+
+#[tokio::test]
+async fn without_a_database_requests_fail_fast_with_503_and_retry_after() {
+    let app = app_with(false, &[]).await;
+    let r = send(
+        &app,
+        json_req(
+            "POST",
+            "/v1/customers",
+            json!({"name": "A", "email": "a@example.com"}),
+        ),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.error_code()),
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    );
+    assert_eq!(r.header("retry-after"), "1");
+    assert_eq!(
+        send(&app, empty("GET", "/ready")).await.status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        send(&app, empty("GET", "/health")).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn bearer_tokens_guard_v1_and_any_configured_token_works() {
+    let app = app_with(true, &["old-token", "new-token"]).await;
+    let r = send(&app, empty("GET", "/v1/customers")).await;
+    assert_eq!(
+        (r.status, r.error_code()),
+        (StatusCode::UNAUTHORIZED, "unauthorized")
+    );
+    assert_eq!(r.header("www-authenticate"), "Bearer");
+    let wrong = req("GET", "/v1/customers")
+        .header(header::AUTHORIZATION, "Bearer nope")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(&app, wrong).await.status, StatusCode::UNAUTHORIZED);
+    for token in ["old-token", "new-token"] {
+        let ok = req("GET", "/v1/customers")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(send(&app, ok).await.status, StatusCode::OK, "{token}");
+    }
+    assert_eq!(
+        send(&app, empty("GET", "/health")).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_get_json_errors_and_request_ids_are_echoed() {
+    let app = app().await;
+    let r = send(&app, empty("GET", "/v2/whatever")).await;
+    assert_eq!(
+        (r.status, r.error_code()),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+    let r = send(&app, empty("POST", "/health")).await;
+    assert_eq!(
+        (r.status, r.error_code()),
+        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+    );
+    let tagged = req("GET", "/health")
+        .header("x-request-id", "trace-42")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(&app, tagged).await.header("x-request-id"), "trace-42");
+    let generated = send(&app, empty("GET", "/health")).await;
+    assert!(!generated.header("x-request-id").is_empty());
+}
+
+#[tokio::test]
+async fn unicode_and_sql_metacharacters_are_data() {
+    let app = app().await;
+    let name = "Ζωή'; DROP TABLE customers; -- 🙂";
+    let c = create(&app, name, "zoe@παράδειγμα.δοκιμή").await;
+    let r = send(
+        &app,
+        empty(
+            "GET",
+            &format!("/v1/customers/{}", c["id"].as_str().unwrap()),
+        ),
+    )
+    .await;
+    assert_eq!(r.body["name"], name);
+    assert_eq!(
+        send(&app, empty("GET", "/v1/customers")).await.status,
+        StatusCode::OK
+    );
+}

@@ -1,0 +1,298 @@
+//! Shared helpers for multi-process tests: start real nodes from the built binary on free
+//! loopback ports, wait on conditions (never fixed sleeps), and kill every child on every path.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use customer_cluster::client::{HttpClient, HttpResponse};
+use hyper::Method;
+use serde_json::{Value, json};
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_customer-cluster");
+
+/// The cookie test clusters share.
+pub const COOKIE: &str = "test-cookie";
+
+/// A free TCP port on 127.0.0.1 (the OS picks; released before the node binds it).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+/// Polls `cond` until it returns `Some` or `timeout` passes (then panics with `what`).
+pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut cond: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = cond().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// How to start one node.
+#[derive(Clone, Debug)]
+pub struct NodeSpec {
+    /// Node name.
+    pub name: String,
+    /// HTTP port.
+    pub http_port: u16,
+    /// Cluster port.
+    pub cluster_port: u16,
+    /// Database file, if this node hosts the database.
+    pub db_path: Option<PathBuf>,
+    /// Seeds (cluster addresses).
+    pub seeds: Vec<String>,
+    /// Cookie.
+    pub cookie: String,
+    /// Extra flags.
+    pub extra: Vec<String>,
+}
+
+impl NodeSpec {
+    /// A node on fresh ports.
+    pub fn new(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            http_port: free_port(),
+            cluster_port: free_port(),
+            db_path: None,
+            seeds: Vec::new(),
+            cookie: COOKIE.into(),
+            extra: Vec::new(),
+        }
+    }
+
+    /// `host:port` of the cluster listener.
+    pub fn cluster_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.cluster_port)
+    }
+
+    fn args(&self) -> Vec<String> {
+        let mut a = vec![
+            "node".into(),
+            "--name".into(),
+            self.name.clone(),
+            "--http-addr".into(),
+            format!("127.0.0.1:{}", self.http_port),
+            "--cluster-addr".into(),
+            self.cluster_addr(),
+            "--cookie".into(),
+            self.cookie.clone(),
+            "--heartbeat-ms".into(),
+            "200".into(),
+            "--failure-timeout-ms".into(),
+            "1500".into(),
+            "--request-timeout-ms".into(),
+            "3000".into(),
+        ];
+        if let Some(db) = &self.db_path {
+            a.push("--db-path".into());
+            a.push(db.display().to_string());
+        }
+        if !self.seeds.is_empty() {
+            a.push("--seeds".into());
+            a.push(self.seeds.join(","));
+        }
+        a.extend(self.extra.iter().cloned());
+        a
+    }
+}
+
+/// A running node process; killed (SIGKILL) and reaped when dropped.
+pub struct TestNode {
+    /// How it was started.
+    pub spec: NodeSpec,
+    /// Client for its HTTP API.
+    pub client: HttpClient,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl TestNode {
+    /// Starts the node; its stderr goes to `<log_dir>/<name>.log`.
+    pub fn start(spec: NodeSpec, log_dir: &Path) -> Self {
+        let log = log_dir.join(format!("{}.log", spec.name));
+        let client = HttpClient::new(
+            &format!("127.0.0.1:{}", spec.http_port),
+            None,
+            Duration::from_secs(15),
+        )
+        .expect("client");
+        let mut node = Self {
+            spec,
+            client,
+            child: None,
+            log,
+        };
+        node.spawn();
+        node
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = Command::new(BIN)
+            .args(self.spec.args())
+            .env("RUST_LOG", "info")
+            .env_remove("CUSTOMER_CLUSTER_API_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn node");
+        self.child = Some(child);
+    }
+
+    /// The OS pid.
+    pub fn pid(&self) -> i32 {
+        self.child
+            .as_ref()
+            .map(|c| c.id() as i32)
+            .expect("node not running")
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on the pid of a child we spawned and have not reaped.
+        let rc = unsafe { libc::kill(self.pid(), sig) };
+        assert_eq!(rc, 0, "kill({}, {sig}) failed", self.pid());
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for exit; returns the exit code.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<i32> {
+        self.signal(libc::SIGTERM);
+        let deadline = Instant::now() + timeout;
+        let mut child = self.child.take()?;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "{} did not exit within {timeout:?} after SIGTERM",
+                    self.spec.name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts the same node again (same name, ports, database file).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Waits until `/ready` answers 200.
+    pub async fn wait_ready(&self, timeout: Duration) {
+        let what = format!("{} ready", self.spec.name);
+        wait_until(&what, timeout, || async {
+            match self.client.get("/ready").await {
+                Ok(r) if r.status == 200 => Some(()),
+                _ => None,
+            }
+        })
+        .await;
+    }
+
+    /// The node's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `POST /v1/customers`.
+    pub async fn create(&self, name: &str, email: &str) -> HttpResponse {
+        self.client
+            .json(
+                Method::POST,
+                "/v1/customers",
+                &json!({"name": name, "email": email}),
+                &[],
+            )
+            .await
+            .expect("create request")
+    }
+
+    /// `GET /v1/customers/{id}`.
+    pub async fn get(&self, id: &str) -> HttpResponse {
+        self.client
+            .get(&format!("/v1/customers/{id}"))
+            .await
+            .expect("get request")
+    }
+
+    /// `PATCH /v1/customers/{id}`.
+    pub async fn patch(&self, id: &str, body: Value) -> HttpResponse {
+        self.client
+            .json(Method::PATCH, &format!("/v1/customers/{id}"), &body, &[])
+            .await
+            .expect("patch request")
+    }
+
+    /// `GET /v1/cluster` as JSON.
+    pub async fn cluster(&self) -> Option<Value> {
+        let r = self.client.get("/v1/cluster").await.ok()?;
+        (r.status == 200).then(|| r.json().ok()).flatten()
+    }
+
+    /// Member names in this node's view.
+    pub async fn members(&self) -> Option<Vec<String>> {
+        let c = self.cluster().await?;
+        Some(
+            c["members"]
+                .as_array()?
+                .iter()
+                .filter_map(|m| m["name"].as_str().map(str::to_owned))
+                .collect(),
+        )
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("---- last log lines of {} ----", self.spec.name);
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+/// Extracts `id` from a customer response.
+pub fn id_of(r: &HttpResponse) -> String {
+    let v: Value = r.json().expect("json body");
+    v["id"].as_str().expect("id").to_owned()
+}
