@@ -1,12 +1,13 @@
 //! Start-up and shutdown order of one node.
 //!
-//! Start: bind the HTTP listener (fail fast on a taken port) → shared context with a
-//! single-member placement view → NodeSupervisor (Database, then Registry) → serve HTTP.
+//! Start: bind the HTTP listener (fail fast on a taken port) → NodeServer on the cluster
+//! address → shared context with a single-member placement view → NodeSupervisor (Database,
+//! Registry, Membership; Membership then dials the seeds) → serve HTTP.
 //!
 //! Graceful stop (SIGINT/SIGTERM): leave the registry group first, so peers re-place our
 //! customers and stop routing to us → stop accepting HTTP and let in-flight requests finish
-//! (bounded by `shutdown_grace`) → stop the Registry and its customer actors → stop the
-//! Database, which commits every queued write → exit 0.
+//! (bounded by `shutdown_grace`) → stop Membership, the Registry and its customer actors →
+//! stop the Database, which commits every queued write → stop the NodeServer → exit 0.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,7 +23,8 @@ use crate::actors::gateway::Gateway;
 use crate::actors::supervisor::{NodeSupervisor, SupervisorArgs, SupervisorMsg};
 use crate::actors::{Counters, NodeContext};
 use crate::api::{AppState, router};
-use crate::cluster::membership::{Lease, View};
+use crate::cluster::membership::{Lease, MembershipArgs, View};
+use crate::cluster::mesh::{Mesh, MeshConfig, Transport};
 use crate::cluster::placement::{Member, Ring};
 use crate::cluster::protocol::{NodeInfo, PROTOCOL_VERSION};
 use crate::config::Config;
@@ -39,7 +41,7 @@ pub struct RunningNode {
     supervisor_done: JoinHandle<()>,
     http_stop: watch::Sender<bool>,
     http: JoinHandle<std::io::Result<()>>,
-    background: Vec<JoinHandle<()>>,
+    mesh: Mesh,
     config: Config,
 }
 
@@ -51,23 +53,29 @@ pub struct NodeActors {
     pub supervisor: ActorRef<SupervisorMsg>,
     /// Completes when the supervisor stops.
     pub supervisor_done: JoinHandle<()>,
-    /// Tasks to abort at shutdown.
-    pub background: Vec<JoinHandle<()>>,
 }
 
-/// Starts the actor tree of a node.
-pub async fn start_actors(config: &Config) -> Result<NodeActors> {
-    let incarnation = SystemTime::now()
+/// Milliseconds since the Unix epoch: this process start's incarnation number.
+fn incarnation() -> u64 {
+    SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// Starts the actor tree of a node. Without a `mesh` the node stays alone (in-process tests).
+pub async fn start_actors(
+    config: &Config,
+    mesh: Option<Mesh>,
+    incarnation: u64,
+) -> Result<NodeActors> {
     let local = Member {
         name: config.name.clone(),
         cluster_addr: config.advertise_addr.clone(),
         http_addr: config.http_addr.to_string(),
         hosts_db: config.db_path.is_some(),
     };
-    let (_view_tx, view_rx) = watch::channel(Arc::new(View::single(Ring::single(local))));
+    let (view_tx, view_rx) = watch::channel(Arc::new(View::single(Ring::single(local))));
     let lease = Lease::new(config.failure_timeout);
     lease.renew();
     let ctx = Arc::new(NodeContext {
@@ -92,10 +100,21 @@ pub async fn start_actors(config: &Config) -> Result<NodeActors> {
         max_batch: config.db_max_batch,
         readers: config.db_readers,
     });
+    let membership = MembershipArgs {
+        info: info.clone(),
+        seeds: config.seeds.clone(),
+        heartbeat: config.heartbeat,
+        failure_timeout: config.failure_timeout,
+        request_timeout: config.request_timeout,
+        view_tx: Arc::new(view_tx),
+        lease,
+        mesh,
+    };
     let args = SupervisorArgs {
         ctx: ctx.clone(),
         info,
         engine,
+        membership,
     };
     let (supervisor, supervisor_done) = Actor::spawn(
         Some(format!("supervisor/{}", config.name)),
@@ -104,25 +123,10 @@ pub async fn start_actors(config: &Config) -> Result<NodeActors> {
     )
     .await
     .map_err(|e| Error::Internal(format!("node failed to start: {e}")))?;
-    // Renew the freshness lease on every heartbeat tick; a frozen process stops renewing.
-    let heartbeat = config.heartbeat;
-    let renewer = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(heartbeat);
-        loop {
-            tick.tick().await;
-            lease.renew();
-        }
-    });
-    // Keep the sender alive for the node's lifetime: the view never changes on a lone node.
-    let keep_view = tokio::spawn(async move {
-        let _hold = _view_tx;
-        std::future::pending::<()>().await;
-    });
     Ok(NodeActors {
         ctx,
         supervisor,
         supervisor_done,
-        background: vec![renewer, keep_view],
     })
 }
 
@@ -135,7 +139,24 @@ pub async fn start(config: Config) -> Result<RunningNode> {
         ))
     })?;
     let http_addr = listener.local_addr()?;
-    let actors = start_actors(&config).await?;
+    let incarnation = incarnation();
+    let mesh = Mesh::start(MeshConfig {
+        name: config.name.clone(),
+        incarnation,
+        bind: config.cluster_addr,
+        advertise_host: config.advertise_host(),
+        cookie: config.cookie.expose().to_owned(),
+        incoming: None,
+        transport: Transport::Plain,
+    })
+    .await?;
+    let actors = match start_actors(&config, Some(mesh.clone()), incarnation).await {
+        Ok(a) => a,
+        Err(e) => {
+            mesh.stop();
+            return Err(e);
+        }
+    };
     let state = AppState::new(
         Gateway::new(actors.ctx.clone()),
         config.api_tokens.clone(),
@@ -157,7 +178,7 @@ pub async fn start(config: Config) -> Result<RunningNode> {
         supervisor_done: actors.supervisor_done,
         http_stop,
         http,
-        background: actors.background,
+        mesh,
         config,
     })
 }
@@ -179,9 +200,7 @@ impl RunningNode {
         let _ = ractor::call!(self.supervisor, SupervisorMsg::StopChildren);
         self.supervisor.stop(None);
         let _ = self.supervisor_done.await;
-        for task in self.background {
-            task.abort();
-        }
+        self.mesh.stop();
         tracing::info!("node stopped");
         Ok(())
     }

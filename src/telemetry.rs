@@ -13,13 +13,18 @@ use tracing_subscriber::registry::LookupSpan;
 
 use crate::config::LogFormat;
 
+/// Default filter: our INFO, the actor and transport libraries' warnings only (their INFO lines
+/// are per-connection chatter, and their per-actor spans would prefix every line).
+pub const DEFAULT_LOG_FILTER: &str = "info,ractor=warn,ractor_cluster=warn";
+
 /// Installs the global subscriber. `level` is a filter directive; `RUST_LOG` is used when it is
-/// absent, and `info` when both are. Safe to call more than once (later calls are ignored).
+/// absent, and [`DEFAULT_LOG_FILTER`] when both are. Safe to call more than once (later calls
+/// are ignored).
 pub fn init_tracing(format: LogFormat, level: Option<&str>, node: &str) {
     let filter = level
         .map(EnvFilter::new)
         .or_else(|| EnvFilter::try_from_default_env().ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
+        .unwrap_or_else(|| EnvFilter::new(DEFAULT_LOG_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

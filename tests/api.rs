@@ -37,7 +37,7 @@ async fn app_with(db: bool, tokens: &[&str]) -> App {
     );
     let db_path = db.then(|| dir.path().join("c.db"));
     let config = Config::local(&name, db_path);
-    let actors = start_actors(&config).await.unwrap();
+    let actors = start_actors(&config, None, 1).await.unwrap();
     let state = AppState::new(
         Gateway::new(actors.ctx.clone()),
         tokens.iter().map(|t| Secret::new(*t)).collect(),

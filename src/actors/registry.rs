@@ -422,7 +422,7 @@ mod tests {
     async fn a_panicking_customer_actor_is_cleaned_up_and_others_are_unaffected() {
         let dir = tempfile::tempdir().unwrap();
         let config = Config::local("registry-crash-test", Some(dir.path().join("c.db")));
-        let node = crate::node::start_actors(&config).await.unwrap();
+        let node = crate::node::start_actors(&config, None, 1).await.unwrap();
         let gateway = Gateway::new(node.ctx.clone());
         let registry: ActorRef<RegistryMsg> =
             ractor::registry::where_is(registry_name(&config.name))
@@ -473,7 +473,7 @@ mod tests {
     async fn garbage_sent_to_a_registry_is_dropped_and_it_keeps_serving() {
         use ractor::message::SerializedMessage;
         let config = Config::local("registry-garbage-test", None);
-        let node = crate::node::start_actors(&config).await.unwrap();
+        let node = crate::node::start_actors(&config, None, 1).await.unwrap();
         let registry: ActorRef<RegistryMsg> =
             ractor::registry::where_is(registry_name(&config.name))
                 .unwrap()

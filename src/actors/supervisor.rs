@@ -1,8 +1,12 @@
 //! NodeSupervisor: the root of a node's actor tree.
 //!
 //! Start order: Database (if this node hosts one; a node that cannot open its database must
-//! not pretend to serve), then Registry. Stop order is the reverse, and the Database flushes
-//! every queued write before it reports stopped.
+//! not pretend to serve), then Registry, then Membership (which announces us to peers). Stop
+//! order is the reverse, and the Database flushes every queued write before it reports
+//! stopped.
+//!
+//! The NodeServer (transport) is deliberately not a child: it is started before this tree and
+//! stopped after it, so a graceful leave can still be heard by peers while the tree drains.
 //!
 //! Restart policy: a child that fails (or stops while the node is not shutting down) is
 //! started again, at most [`MAX_RESTARTS`] times per [`RESTART_WINDOW`]; beyond that the
@@ -18,6 +22,7 @@ use ractor_cluster::RactorMessage;
 use super::NodeContext;
 use super::database::{self, DatabaseArgs};
 use super::registry::{self, RegistryArgs};
+use crate::cluster::membership::{self, MembershipArgs, MembershipMsg};
 use crate::cluster::protocol::{DatabaseMsg, NodeInfo, REGISTRY_GROUP, RegistryMsg};
 use crate::storage::engine::EngineConfig;
 
@@ -46,6 +51,8 @@ pub struct SupervisorArgs {
     pub info: NodeInfo,
     /// Storage settings when this node hosts the database.
     pub engine: Option<EngineConfig>,
+    /// Membership settings.
+    pub membership: MembershipArgs,
 }
 
 /// Supervisor state.
@@ -53,6 +60,7 @@ pub struct SupervisorState {
     args: SupervisorArgs,
     database: Option<ActorRef<DatabaseMsg>>,
     registry: Option<ActorRef<RegistryMsg>>,
+    membership: Option<ActorRef<MembershipMsg>>,
     restarts: VecDeque<Instant>,
     stopping: bool,
 }
@@ -83,11 +91,13 @@ impl Actor for NodeSupervisor {
             args,
             database: None,
             registry: None,
+            membership: None,
             restarts: VecDeque::new(),
             stopping: false,
         };
         state.start_database(&myself).await?;
         state.start_registry(&myself).await?;
+        state.start_membership(&myself).await?;
         Ok(state)
     }
 
@@ -107,6 +117,9 @@ impl Actor for NodeSupervisor {
             }
             SupervisorMsg::StopChildren(reply) => {
                 state.stopping = true;
+                if let Some(m) = state.membership.take() {
+                    let _ = m.stop_and_wait(Some("node stopping".into()), None).await;
+                }
                 if let Some(r) = state.registry.take() {
                     let _ = r.stop_and_wait(Some("node stopping".into()), None).await;
                 }
@@ -155,12 +168,10 @@ impl Actor for NodeSupervisor {
         }
         tracing::warn!(child, reason = %why, "child stopped unexpectedly; restarting it");
         metrics::counter!("customer_node_child_restarts_total", "child" => child).increment(1);
-        if is_registry {
-            state.registry = None;
-            state.start_registry(&myself).await?;
-        } else {
-            state.database = None;
-            state.start_database(&myself).await?;
+        match child {
+            "registry" => state.start_registry(&myself).await?,
+            "database" => state.start_database(&myself).await?,
+            _ => state.start_membership(&myself).await?,
         }
         Ok(())
     }
@@ -190,6 +201,17 @@ impl SupervisorState {
             info: self.args.info.clone(),
         };
         self.registry = Some(registry::spawn(args, myself.get_cell()).await?);
+        Ok(())
+    }
+}
+
+impl SupervisorState {
+    async fn start_membership(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+    ) -> Result<(), ActorProcessingErr> {
+        let args = self.args.membership.clone();
+        self.membership = Some(membership::spawn(args, myself.get_cell()).await?);
         Ok(())
     }
 }

@@ -2,7 +2,10 @@
 //!
 //! * [`protocol`] — every message that crosses nodes, the group names, the protocol version.
 //! * [`placement`] — rendezvous hashing of customer ids over member names.
-//! * [`membership`] — the published placement view and the freshness lease.
+//! * [`mesh`] — the ractor_cluster NodeServer, session events, dialing.
+//! * [`membership`] — who is alive: hello handshake, heartbeats, eviction, re-dialing; the
+//!   published placement view and the freshness lease.
+//! * [`detector`] — the pure failure-detector, re-dial and stall rules membership applies.
 //!
 //! Delivery guarantees (from ractor_cluster over one TCP session per peer pair):
 //! * Messages between two actors on a live session arrive in order, at most once.
@@ -18,6 +21,8 @@
 //! and both activate the same customer; the database's compare-and-set on `version` (fencing)
 //! is what keeps such a double activation from overwriting an acknowledged write.
 
+pub mod detector;
 pub mod membership;
+pub mod mesh;
 pub mod placement;
 pub mod protocol;

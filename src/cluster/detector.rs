@@ -1,0 +1,361 @@
+//! Pure decision cores of membership: the failure detector, the re-dial planner and stall
+//! detection. No clock, no I/O, no actors: the Membership actor feeds them `now` on every tick
+//! and acts on what they return, so every rule here is unit-tested with synthetic time.
+//!
+//! Failure detection is a timeout on silence: each peer is pinged every heartbeat (at most one
+//! ping outstanding); a peer silent for half the failure timeout is *suspected* (logged), for the
+//! full timeout it is *evicted*. Trade-off: a short timeout fails over faster but evicts healthy
+//! peers that are merely slow (a loaded 2-core machine can stall a process for hundreds of ms);
+//! the default 3 s is six heartbeats, which rode out every CPU-saturation run we measured while
+//! still moving customers off a frozen node in ~3 s. An eviction costs a re-handshake and cache
+//! reloads, never data: fencing keeps double activations safe.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+/// Health of one peer.
+#[derive(Debug, Clone)]
+struct PeerHealth {
+    last_ack: Instant,
+    ping_sent: Option<Instant>,
+    suspected: bool,
+}
+
+/// What the detector concluded about a peer on this tick.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Silent for over half the timeout: worth a log line, not yet an eviction.
+    Suspect {
+        /// Peer name.
+        peer: String,
+        /// How long it has been silent.
+        silent_for: Duration,
+    },
+    /// Silent for the whole timeout: remove from placement and close its session.
+    Evict {
+        /// Peer name.
+        peer: String,
+        /// How long it has been silent.
+        silent_for: Duration,
+    },
+}
+
+/// Heartbeat-based failure detector over named peers.
+#[derive(Debug, Clone)]
+pub struct Detector {
+    timeout: Duration,
+    ping_deadline: Duration,
+    peers: BTreeMap<String, PeerHealth>,
+}
+
+impl Detector {
+    /// A detector that evicts after `timeout` of silence; a ping unanswered for
+    /// `ping_deadline` may be replaced by a new one.
+    pub fn new(timeout: Duration, ping_deadline: Duration) -> Self {
+        Self {
+            timeout,
+            ping_deadline,
+            peers: BTreeMap::new(),
+        }
+    }
+
+    /// Starts watching `peer`, counting it as heard from at `now`.
+    pub fn add(&mut self, peer: &str, now: Instant) {
+        self.peers.insert(
+            peer.to_owned(),
+            PeerHealth {
+                last_ack: now,
+                ping_sent: None,
+                suspected: false,
+            },
+        );
+    }
+
+    /// Stops watching `peer`.
+    pub fn remove(&mut self, peer: &str) {
+        self.peers.remove(peer);
+    }
+
+    /// Peers to ping now (none outstanding, or the outstanding one is past its deadline);
+    /// marks them as pinged.
+    pub fn pings_due(&mut self, now: Instant) -> Vec<String> {
+        let deadline = self.ping_deadline;
+        self.peers
+            .iter_mut()
+            .filter(|(_, h)| {
+                h.ping_sent
+                    .is_none_or(|t| now.saturating_duration_since(t) >= deadline)
+            })
+            .map(|(name, h)| {
+                h.ping_sent = Some(now);
+                name.clone()
+            })
+            .collect()
+    }
+
+    /// A ping to `peer` was answered at `now`.
+    pub fn ack(&mut self, peer: &str, now: Instant) {
+        if let Some(h) = self.peers.get_mut(peer) {
+            h.last_ack = h.last_ack.max(now);
+            h.ping_sent = None;
+            h.suspected = false;
+        }
+    }
+
+    /// A ping to `peer` failed (error or deadline); the next tick may send another.
+    pub fn failed(&mut self, peer: &str) {
+        if let Some(h) = self.peers.get_mut(peer) {
+            h.ping_sent = None;
+        }
+    }
+
+    /// Verdicts at `now`. Evicted peers are no longer watched.
+    pub fn evaluate(&mut self, now: Instant) -> Vec<Verdict> {
+        let mut out = Vec::new();
+        for (name, h) in &mut self.peers {
+            let silent_for = now.saturating_duration_since(h.last_ack);
+            if silent_for >= self.timeout {
+                out.push(Verdict::Evict {
+                    peer: name.clone(),
+                    silent_for,
+                });
+            } else if silent_for >= self.timeout / 2 && !h.suspected {
+                h.suspected = true;
+                out.push(Verdict::Suspect {
+                    peer: name.clone(),
+                    silent_for,
+                });
+            }
+        }
+        for v in &out {
+            if let Verdict::Evict { peer, .. } = v {
+                self.peers.remove(peer);
+            }
+        }
+        out
+    }
+
+    /// Forgives silence caused by *our own* stall: after this process was frozen, every peer
+    /// looks silent, but the silence is ours. Counts every peer as heard from at `now`.
+    pub fn forgive_all(&mut self, now: Instant) {
+        for h in self.peers.values_mut() {
+            h.last_ack = now;
+            h.ping_sent = None;
+            h.suspected = false;
+        }
+    }
+}
+
+/// True when the gap between two ticks shows that this process itself was stalled (frozen,
+/// descheduled) for at least `threshold`.
+pub fn was_stalled(previous_tick: Instant, now: Instant, threshold: Duration) -> bool {
+    now.saturating_duration_since(previous_tick) >= threshold
+}
+
+/// First retry delay of a failed dial.
+pub const DIAL_BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Longest delay between dials of an unreachable address.
+pub const DIAL_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+struct DialState {
+    failures: u32,
+    next_at: Instant,
+    in_flight: bool,
+}
+
+/// Which cluster addresses to dial, with exponential backoff per address.
+#[derive(Debug, Clone, Default)]
+pub struct DialPlan {
+    targets: BTreeMap<String, DialState>,
+}
+
+/// Backoff after `failures` consecutive failed dials.
+pub fn backoff(failures: u32) -> Duration {
+    let factor = 1u32.checked_shl(failures.min(16)).unwrap_or(u32::MAX);
+    DIAL_BACKOFF_MIN
+        .saturating_mul(factor)
+        .min(DIAL_BACKOFF_MAX)
+}
+
+impl DialPlan {
+    /// Adds an address to keep connected to (idempotent).
+    pub fn want(&mut self, addr: &str, now: Instant) {
+        self.targets.entry(addr.to_owned()).or_insert(DialState {
+            failures: 0,
+            next_at: now,
+            in_flight: false,
+        });
+    }
+
+    /// Addresses to dial now: wanted, not connected, no dial in flight, backoff elapsed.
+    /// Marks them in flight.
+    pub fn due(&mut self, now: Instant, connected: &HashSet<String>) -> Vec<String> {
+        let mut out = Vec::new();
+        for (addr, st) in &mut self.targets {
+            if connected.contains(addr) {
+                st.failures = 0;
+                st.next_at = now;
+                continue;
+            }
+            if !st.in_flight && now >= st.next_at {
+                st.in_flight = true;
+                out.push(addr.clone());
+            }
+        }
+        out
+    }
+
+    /// Records a dial outcome. A "successful" dial only means TCP connected; the session may
+    /// still fail authentication, so the address stays on backoff until it shows up as
+    /// connected in [`DialPlan::due`].
+    pub fn dialed(&mut self, addr: &str, connected_tcp: bool, now: Instant) {
+        if let Some(st) = self.targets.get_mut(addr) {
+            st.in_flight = false;
+            st.failures = st.failures.saturating_add(1);
+            let wait = if connected_tcp {
+                // Give the handshake time before trying again.
+                backoff(st.failures).max(Duration::from_secs(1))
+            } else {
+                backoff(st.failures)
+            };
+            st.next_at = now + wait;
+        }
+    }
+
+    /// Consecutive failures of `addr` (for log throttling).
+    pub fn failures(&self, addr: &str) -> u32 {
+        self.targets.get(addr).map_or(0, |s| s.failures)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HB: Duration = Duration::from_millis(500);
+    const TIMEOUT: Duration = Duration::from_secs(3);
+
+    fn at(t0: Instant, ms: u64) -> Instant {
+        t0 + Duration::from_millis(ms)
+    }
+
+    #[test]
+    fn a_peer_that_answers_is_never_suspected() {
+        let t0 = Instant::now();
+        let mut d = Detector::new(TIMEOUT, HB * 2);
+        d.add("n2", t0);
+        for tick in 1..=20 {
+            let now = at(t0, tick * 500);
+            assert_eq!(d.pings_due(now), vec!["n2".to_string()]);
+            d.ack("n2", now);
+            assert!(d.evaluate(now).is_empty());
+        }
+    }
+
+    #[test]
+    fn a_silent_peer_is_suspected_at_half_the_timeout_then_evicted_once() {
+        let t0 = Instant::now();
+        let mut d = Detector::new(TIMEOUT, HB * 2);
+        d.add("n2", t0);
+        assert!(d.evaluate(at(t0, 1000)).is_empty());
+        assert!(matches!(
+            d.evaluate(at(t0, 1500)).as_slice(),
+            [Verdict::Suspect { .. }]
+        ));
+        assert!(
+            d.evaluate(at(t0, 2000)).is_empty(),
+            "suspicion is reported once"
+        );
+        let v = d.evaluate(at(t0, 3000));
+        assert_eq!(
+            v,
+            vec![Verdict::Evict {
+                peer: "n2".into(),
+                silent_for: TIMEOUT
+            }]
+        );
+        assert!(
+            d.evaluate(at(t0, 9000)).is_empty(),
+            "an evicted peer is no longer watched"
+        );
+    }
+
+    #[test]
+    fn a_late_answer_clears_suspicion() {
+        let t0 = Instant::now();
+        let mut d = Detector::new(TIMEOUT, HB * 2);
+        d.add("n2", t0);
+        d.evaluate(at(t0, 1600));
+        d.ack("n2", at(t0, 2500));
+        assert!(d.evaluate(at(t0, 3500)).is_empty());
+        assert!(matches!(
+            d.evaluate(at(t0, 4100)).as_slice(),
+            [Verdict::Suspect { .. }]
+        ));
+    }
+
+    #[test]
+    fn one_ping_is_outstanding_at_a_time_until_its_deadline() {
+        let t0 = Instant::now();
+        let mut d = Detector::new(TIMEOUT, HB * 2);
+        d.add("n2", t0);
+        assert_eq!(d.pings_due(t0).len(), 1);
+        assert!(d.pings_due(at(t0, 500)).is_empty());
+        assert_eq!(
+            d.pings_due(at(t0, 1000)).len(),
+            1,
+            "deadline passed: ping again"
+        );
+        d.failed("n2");
+        assert_eq!(
+            d.pings_due(at(t0, 1100)).len(),
+            1,
+            "a failed ping frees the slot"
+        );
+    }
+
+    #[test]
+    fn our_own_stall_is_forgiven_rather_than_blamed_on_peers() {
+        let t0 = Instant::now();
+        let mut d = Detector::new(TIMEOUT, HB * 2);
+        d.add("n2", t0);
+        let woke = at(t0, 60_000);
+        assert!(was_stalled(at(t0, 0), woke, TIMEOUT));
+        d.forgive_all(woke);
+        assert!(d.evaluate(woke).is_empty());
+        assert!(!was_stalled(at(t0, 0), at(t0, 600), TIMEOUT));
+    }
+
+    #[test]
+    fn backoff_doubles_from_100ms_up_to_5s() {
+        assert_eq!(backoff(0), Duration::from_millis(100));
+        assert_eq!(backoff(1), Duration::from_millis(200));
+        assert_eq!(backoff(3), Duration::from_millis(800));
+        assert_eq!(backoff(10), DIAL_BACKOFF_MAX);
+        assert_eq!(backoff(u32::MAX), DIAL_BACKOFF_MAX);
+    }
+
+    #[test]
+    fn unreachable_addresses_are_retried_with_backoff_and_connected_ones_are_left_alone() {
+        let t0 = Instant::now();
+        let mut p = DialPlan::default();
+        p.want("a:1", t0);
+        p.want("b:1", t0);
+        let connected: HashSet<String> = ["b:1".to_string()].into();
+        assert_eq!(p.due(t0, &connected), vec!["a:1".to_string()]);
+        assert!(
+            p.due(t0, &connected).is_empty(),
+            "one dial in flight per address"
+        );
+        p.dialed("a:1", false, t0);
+        assert!(p.due(at(t0, 150), &connected).is_empty());
+        assert_eq!(p.due(at(t0, 250), &connected), vec!["a:1".to_string()]);
+        p.dialed("a:1", false, at(t0, 250));
+        assert_eq!(p.failures("a:1"), 2);
+        // Once connected, failures reset.
+        let both: HashSet<String> = ["a:1".to_string(), "b:1".to_string()].into();
+        assert!(p.due(at(t0, 10_000), &both).is_empty());
+        assert_eq!(p.failures("a:1"), 0);
+    }
+}

@@ -1,0 +1,209 @@
+//! The transport: ractor_cluster's NodeServer (cookie-authenticated TCP, optionally TLS) and
+//! the events it reports about sessions.
+//!
+//! Facts that shape this module (all verified with separate processes on loopback):
+//! * The NodeServer advertises `hostname:port`, so `hostname` is our advertise address.
+//! * `client_connect` returns once TCP connects, before authentication: a wrong cookie is not
+//!   an error there. A peer counts as connected only after the session-ready event.
+//! * Nothing reconnects by itself and transitive discovery happens once per connection, so
+//!   Membership keeps the full mesh by re-dialing ([`Mesh::dial`]).
+//! * Each process start gets its own NodeServer name, `<name>#<incarnation>`: two processes with
+//!   one name (a restart while the old one hangs) are then two distinct peers to ractor_cluster,
+//!   and the stable `--name` stays the placement identity.
+//! * One inbound frame over the limit tears down the whole session, so every node uses the
+//!   same limit ([`crate::codec::MAX_FRAME_BYTES`]).
+
+use std::net::SocketAddr;
+
+use ractor::{Actor, ActorCell, ActorRef};
+use ractor_cluster::node::{NodeConnectionMode, NodeServerSessionInformation};
+use ractor_cluster::{
+    IncomingEncryptionMode, NodeEventSubscription, NodeServer, NodeServerMessage,
+};
+
+use crate::codec::MAX_FRAME_BYTES;
+use crate::error::{Error, Result};
+
+/// What happened to a session, as Membership needs to know it.
+#[derive(Debug, Clone)]
+pub struct SessionEvent {
+    /// Which transition.
+    pub kind: SessionEventKind,
+    /// The NodeSession actor (stopping it closes the connection).
+    pub session: ActorCell,
+    /// The peer's NodeServer name (`<name>#<incarnation>@<host>`), once known.
+    pub peer_server_name: Option<String>,
+    /// The peer's advertised `host:port`, once known.
+    pub peer_addr: Option<String>,
+    /// Socket address of the other end.
+    pub socket_addr: String,
+}
+
+/// Session transitions reported by the NodeServer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEventKind {
+    /// TCP (and TLS) established; not yet authenticated.
+    Opened,
+    /// Cookie handshake done and state exchanged: the peer is connected.
+    Ready,
+    /// The session ended.
+    Disconnected,
+}
+
+impl SessionEvent {
+    fn from_info(kind: SessionEventKind, ses: NodeServerSessionInformation) -> Self {
+        Self {
+            kind,
+            session: ses.actor.get_cell(),
+            peer_server_name: ses.peer_name.as_ref().map(|p| p.name.clone()),
+            peer_addr: ses.peer_name.as_ref().map(|p| p.connection_string.clone()),
+            socket_addr: ses.peer_addr,
+        }
+    }
+
+    /// The peer's stable node name, derived from its NodeServer name.
+    pub fn peer_node(&self) -> Option<&str> {
+        self.peer_server_name.as_deref().map(node_of_server_name)
+    }
+}
+
+/// The stable node name inside a NodeServer name `<name>#<incarnation>@<host>`.
+pub fn node_of_server_name(server_name: &str) -> &str {
+    let before_host = server_name.split('@').next().unwrap_or(server_name);
+    before_host.split('#').next().unwrap_or(before_host)
+}
+
+/// Forwards NodeServer events to a callback (Membership casts them to itself).
+pub struct EventForwarder<F: Fn(SessionEvent) + Send + 'static>(pub F);
+
+impl<F: Fn(SessionEvent) + Send + 'static> NodeEventSubscription for EventForwarder<F> {
+    fn node_session_opened(&self, ses: NodeServerSessionInformation) {
+        (self.0)(SessionEvent::from_info(SessionEventKind::Opened, ses));
+    }
+
+    fn node_session_disconnected(&self, ses: NodeServerSessionInformation) {
+        (self.0)(SessionEvent::from_info(SessionEventKind::Disconnected, ses));
+    }
+
+    fn node_session_authenticated(&self, _ses: NodeServerSessionInformation) {}
+
+    fn node_session_ready(&self, ses: NodeServerSessionInformation) {
+        (self.0)(SessionEvent::from_info(SessionEventKind::Ready, ses));
+    }
+}
+
+/// How this node dials peers.
+#[derive(Clone)]
+pub enum Transport {
+    /// Plain TCP with cookie authentication.
+    Plain,
+    /// TLS (mutual, see `cluster::tls`), then cookie authentication.
+    Tls {
+        /// Client-side TLS configuration.
+        connector: tokio_rustls::TlsConnector,
+    },
+}
+
+/// Settings of the mesh.
+pub struct MeshConfig {
+    /// Stable node name.
+    pub name: String,
+    /// Process start id, making the NodeServer name unique per start.
+    pub incarnation: u64,
+    /// Listener bind address.
+    pub bind: SocketAddr,
+    /// Advertised host (what peers dial).
+    pub advertise_host: String,
+    /// Shared cookie.
+    pub cookie: String,
+    /// Inbound TLS, if any.
+    pub incoming: Option<IncomingEncryptionMode>,
+    /// Outbound transport.
+    pub transport: Transport,
+}
+
+/// A running NodeServer and the way to dial peers.
+#[derive(Clone)]
+pub struct Mesh {
+    /// The NodeServer actor.
+    pub server: ActorRef<NodeServerMessage>,
+    /// Outbound transport.
+    pub transport: Transport,
+}
+
+impl Mesh {
+    /// Starts the NodeServer listening on `config.bind`.
+    pub async fn start(config: MeshConfig) -> Result<Self> {
+        // With TLS, ractor_cluster's transitive auto-connects would be plain TCP and fail;
+        // Membership dials every member explicitly anyway.
+        let mode = match config.transport {
+            Transport::Plain => NodeConnectionMode::Transitive,
+            Transport::Tls { .. } => NodeConnectionMode::Isolated,
+        };
+        let server = NodeServer::new(
+            config.bind.port(),
+            config.cookie,
+            format!("{}#{}", config.name, config.incarnation),
+            config.advertise_host,
+            config.incoming,
+            Some(mode),
+        )
+        .with_listen_addr(config.bind.ip())
+        .with_max_inbound_frame_size(MAX_FRAME_BYTES);
+        let (server, _) = Actor::spawn(None, server, ()).await.map_err(|e| {
+            Error::InvalidInput(format!(
+                "cannot start the cluster listener on {}: {e}",
+                config.bind
+            ))
+        })?;
+        Ok(Self {
+            server,
+            transport: config.transport,
+        })
+    }
+
+    /// Subscribes `callback` to session events (replacing an earlier subscription of `id`).
+    pub fn subscribe<F: Fn(SessionEvent) + Send + 'static>(&self, id: &str, callback: F) {
+        let _ = self.server.cast(NodeServerMessage::SubscribeToEvents {
+            id: id.to_owned(),
+            subscription: Box::new(EventForwarder(callback)),
+        });
+    }
+
+    /// Opens a connection to a peer's cluster address. Success means TCP (and TLS) connected;
+    /// authentication continues in the background and shows up as a session event.
+    pub async fn dial(&self, addr: &str) -> Result<()> {
+        let result = match &self.transport {
+            Transport::Plain => ractor_cluster::client_connect(&self.server, addr).await,
+            Transport::Tls { connector } => {
+                let host = crate::config::split_host_port(addr)
+                    .map(|(h, _)| h.to_owned())
+                    .unwrap_or_default();
+                let name =
+                    tokio_rustls::rustls::pki_types::ServerName::try_from(host).map_err(|e| {
+                        Error::InvalidInput(format!("bad TLS server name in {addr}: {e}"))
+                    })?;
+                ractor_cluster::client_connect_enc(&self.server, addr, connector.clone(), name)
+                    .await
+            }
+        };
+        result.map_err(|e| Error::Unavailable(format!("dial {addr}: {e}")))
+    }
+
+    /// Stops the NodeServer (closing every session).
+    pub fn stop(&self) {
+        self.server.stop(Some("node stopping".into()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stable_name_is_recovered_from_a_node_server_name() {
+        assert_eq!(node_of_server_name("n1#1764000000000@127.0.0.1"), "n1");
+        assert_eq!(node_of_server_name("n1@host"), "n1");
+        assert_eq!(node_of_server_name("n1"), "n1");
+    }
+}
