@@ -152,7 +152,7 @@ impl TestNode {
             .expect("log file");
         let child = Command::new(BIN)
             .args(self.spec.args())
-            .env("RUST_LOG", "info")
+            .env_remove("RUST_LOG")
             .env_remove("CUSTOMER_CLUSTER_API_TOKEN")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -288,6 +288,68 @@ impl Drop for TestNode {
                 eprintln!("{line}");
             }
         }
+    }
+}
+
+/// A local cluster: node 1 hosts the database, the others seed from node 1.
+pub struct TestCluster {
+    /// Nodes, in start order (n1 first).
+    pub nodes: Vec<TestNode>,
+    /// Holds logs and the database file.
+    pub dir: tempfile::TempDir,
+}
+
+impl TestCluster {
+    /// Starts `n` nodes named `<prefix>1..<prefix>n` and waits until each sees all of them.
+    pub async fn start(prefix: &str, n: usize, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut specs: Vec<NodeSpec> = (1..=n)
+            .map(|i| NodeSpec::new(&format!("{prefix}{i}")))
+            .collect();
+        let seed = specs[0].cluster_addr();
+        for (i, spec) in specs.iter_mut().enumerate() {
+            if i == 0 {
+                spec.db_path = Some(dir.path().join("customers.db"));
+            } else {
+                spec.seeds = vec![seed.clone()];
+            }
+            spec.extra = extra.iter().map(|s| s.to_string()).collect();
+        }
+        let nodes = specs
+            .into_iter()
+            .map(|s| TestNode::start(s, dir.path()))
+            .collect();
+        let cluster = Self { nodes, dir };
+        cluster.wait_converged(n, Duration::from_secs(60)).await;
+        cluster
+    }
+
+    /// Waits until every running node in `self.nodes` reports `n` members.
+    pub async fn wait_converged(&self, n: usize, timeout: Duration) {
+        for node in &self.nodes {
+            node.wait_ready(timeout).await;
+        }
+        self.wait_members(&self.nodes.iter().collect::<Vec<_>>(), n, timeout)
+            .await;
+    }
+
+    /// Waits until each of `nodes` reports exactly `n` members.
+    pub async fn wait_members(&self, nodes: &[&TestNode], n: usize, timeout: Duration) {
+        for node in nodes {
+            let what = format!("{} sees {n} members", node.spec.name);
+            wait_until(&what, timeout, || async {
+                node.members().await.filter(|m| m.len() == n).map(|_| ())
+            })
+            .await;
+        }
+    }
+
+    /// The node named `name`.
+    pub fn node(&self, name: &str) -> &TestNode {
+        self.nodes
+            .iter()
+            .find(|n| n.spec.name == name)
+            .expect("no such node")
     }
 }
 
