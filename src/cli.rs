@@ -78,6 +78,9 @@ pub enum Command {
         #[command(flatten)]
         opts: ClientOpts,
     },
+    /// Run a steady read/write workload for failover experiments and report what clients saw
+    /// (used by scripts/failover.sh).
+    Workload(crate::client::workload::WorkloadArgs),
     /// Show the cluster as one node sees it: members, owned share, active actors, database.
     Status {
         /// Refresh.

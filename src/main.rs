@@ -39,6 +39,17 @@ async fn main() -> ExitCode {
                 tokio::time::sleep(std::time::Duration::from_secs(secs.max(1))).await;
             },
         },
+        Command::Workload(args) => match customer_cluster::client::workload::run(&args).await {
+            Ok(report) => {
+                println!("{}", report.render());
+                if report.lost_acknowledged_writes > 0 || report.stale_reads > 0 {
+                    eprintln!("error: the workload saw lost acknowledged writes or stale reads");
+                    return ExitCode::FAILURE;
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        },
         Command::Create { args, opts } => print(commands::create(&opts, &args).await),
         Command::Get { args, opts } => print(commands::get(&opts, &args).await),
         Command::List { args, opts } => print(commands::list(&opts, &args).await),

@@ -21,7 +21,8 @@ use ractor_cluster::RactorMessage;
 
 use super::{Counters, NodeContext, now_micros};
 use crate::cluster::protocol::{
-    Activation, CustomerCommand, DeleteRequest, RegistryMsg, UpdateRequest,
+    Activation, CreateRequest, CustomerCommand, DeleteRequest, RegistryMsg, RouteRequest,
+    UpdateRequest, check_deadline,
 };
 use crate::codec::Wire;
 use crate::customer::{
@@ -36,9 +37,9 @@ pub const MAX_CONFLICT_RETRIES: usize = 3;
 #[derive(RactorMessage)]
 pub enum CustomerMsg {
     /// Create this customer (idempotent by id), then keep it cached.
-    Create(Customer, RpcReplyPort<Wire<Customer>>),
+    Create(CreateRequest, RpcReplyPort<Wire<Customer>>),
     /// Run a command.
-    Command(CustomerCommand, RpcReplyPort<Wire<Option<Customer>>>),
+    Command(RouteRequest, RpcReplyPort<Wire<Option<Customer>>>),
     /// Load (if needed) and report.
     Activate(RpcReplyPort<Wire<Activation>>),
     /// Stop after everything queued before this message. Sent only by the Registry.
@@ -161,12 +162,15 @@ impl Actor for CustomerActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            CustomerMsg::Create(customer, reply) => {
-                let result = state.create(customer).await;
+            CustomerMsg::Create(request, reply) => {
+                let result = match check_deadline(request.deadline_ms) {
+                    Ok(()) => state.create(request.customer).await,
+                    Err(e) => Err(e),
+                };
                 let _ = reply.send(Wire(result));
             }
-            CustomerMsg::Command(command, reply) => {
-                let result = state.run(&command).await;
+            CustomerMsg::Command(request, reply) => {
+                let result = state.run(&request.command, request.deadline_ms).await;
                 if state.cached.is_none() {
                     state.release(&myself);
                 }
@@ -212,10 +216,20 @@ impl CustomerState {
             .ok_or_else(|| Error::customer_not_found(self.id))
     }
 
-    async fn run(&mut self, command: &CustomerCommand) -> Result<Option<Customer>> {
+    async fn run(
+        &mut self,
+        command: &CustomerCommand,
+        deadline_ms: u64,
+    ) -> Result<Option<Customer>> {
         for _ in 0..=MAX_CONFLICT_RETRIES {
+            check_deadline(deadline_ms)?;
             let current = self.current().await?;
-            let outcome = match plan(command, &current)? {
+            let plan = plan(command, &current)?;
+            if !matches!(plan, Plan::Reply(_)) {
+                // The caller may have given up and retried elsewhere: never start a write late.
+                check_deadline(deadline_ms)?;
+            }
+            let outcome = match plan {
                 Plan::Reply(row) => return Ok(Some(row)),
                 Plan::Update {
                     fields,
@@ -287,7 +301,127 @@ impl CustomerState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::protocol::{call, registry_name};
     use crate::customer::{CustomerPatch, FieldPatch, new_customer_id};
+    use std::time::Duration;
+
+    fn patch(field: &str, value: &str) -> RouteRequest {
+        let mut p = CustomerPatch::default();
+        match field {
+            "name" => p.name = FieldPatch::Set(value.into()),
+            _ => p.address = FieldPatch::Set(value.into()),
+        }
+        RouteRequest {
+            id: CustomerId::nil(),
+            command: CustomerCommand::Patch {
+                patch: p,
+                if_match: None,
+            },
+            deadline_ms: u64::MAX,
+        }
+    }
+
+    async fn send(
+        actor: &ActorRef<CustomerMsg>,
+        request: RouteRequest,
+    ) -> Result<Option<Customer>> {
+        call(actor, Duration::from_secs(5), |r| {
+            CustomerMsg::Command(request, r)
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_stale_second_activation_is_fenced_reloads_and_never_overwrites_a_newer_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::Config::local("fencing-test", Some(dir.path().join("c.db")));
+        let node = crate::node::start_actors(&config, None, 1).await.unwrap();
+        let registry: ActorRef<RegistryMsg> =
+            ractor::registry::where_is(registry_name(&config.name))
+                .unwrap()
+                .into();
+        let c = node
+            .ctx
+            .db
+            .insert(Customer::new(new_customer_id(), row(1).fields, 1))
+            .await
+            .unwrap();
+        // Two activations of one customer, as during a membership change.
+        let spawn = || {
+            let args = CustomerArgs {
+                id: c.id,
+                ctx: node.ctx.clone(),
+                registry: registry.clone(),
+            };
+            Actor::spawn(None, CustomerActor, args)
+        };
+        let (first, _) = spawn().await.unwrap();
+        let (stale, _) = spawn().await.unwrap();
+        let get = RouteRequest {
+            id: c.id,
+            command: CustomerCommand::Get,
+            deadline_ms: u64::MAX,
+        };
+        send(&stale, get).await.unwrap(); // caches version 1
+
+        let newer = send(&first, patch("address", "written by the first"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(newer.version, 2);
+        let conflicts = Counters::read(&node.ctx.counters.version_conflicts);
+
+        // The stale activation writes from version 1: fenced, reloaded, re-applied on top.
+        let merged = send(&stale, patch("name", "written by the stale"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(merged.version, 3);
+        assert_eq!(merged.fields.name, "written by the stale");
+        assert_eq!(
+            merged.fields.address.as_deref(),
+            Some("written by the first")
+        );
+        assert_eq!(
+            Counters::read(&node.ctx.counters.version_conflicts),
+            conflicts + 1
+        );
+
+        let stored = node.ctx.db.get(c.id).await.unwrap().unwrap();
+        assert_eq!(stored, merged);
+        first.stop(None);
+        stale.stop(None);
+        node.supervisor.stop(None);
+    }
+
+    #[tokio::test]
+    async fn an_expired_request_is_refused_without_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::Config::local("deadline-test", Some(dir.path().join("c.db")));
+        let node = crate::node::start_actors(&config, None, 1).await.unwrap();
+        let registry: ActorRef<RegistryMsg> =
+            ractor::registry::where_is(registry_name(&config.name))
+                .unwrap()
+                .into();
+        let c = node
+            .ctx
+            .db
+            .insert(Customer::new(new_customer_id(), row(1).fields, 1))
+            .await
+            .unwrap();
+        let args = CustomerArgs {
+            id: c.id,
+            ctx: node.ctx.clone(),
+            registry,
+        };
+        let (actor, _) = Actor::spawn(None, CustomerActor, args).await.unwrap();
+        let mut late = patch("name", "too late");
+        late.deadline_ms = 1;
+        assert!(matches!(send(&actor, late).await, Err(Error::Timeout(_))));
+        assert_eq!(node.ctx.db.get(c.id).await.unwrap().unwrap().version, 1);
+        actor.stop(None);
+        node.supervisor.stop(None);
+    }
 
     fn row(version: u64) -> Customer {
         let mut c = Customer::new(

@@ -19,8 +19,8 @@ use ractor::{ActorRef, RpcReplyPort};
 use super::NodeContext;
 use crate::cluster::membership::View;
 use crate::cluster::protocol::{
-    CustomerCommand, CustomerPage, ListRequest, RegistryMsg, RegistryStats, RouteRequest, call,
-    registry_name,
+    CreateRequest, CustomerCommand, CustomerPage, ListRequest, RegistryMsg, RegistryStats,
+    RouteRequest, call, deadline_after, registry_name,
 };
 use crate::codec::Wire;
 use crate::customer::{Customer, CustomerFields, CustomerId, CustomerPatch};
@@ -63,8 +63,13 @@ impl Gateway {
     /// Creates a customer with `id` (fresh unless the client supplied one for idempotency).
     pub async fn create(&self, id: CustomerId, fields: CustomerFields) -> Result<Routed<Customer>> {
         let customer = Customer::new(id, fields, super::now_micros());
+        let timeout = self.ctx.request_timeout;
         self.route(id, "create", move |reply| {
-            RegistryMsg::CreateCustomer(Wire::ok(customer.clone()), reply)
+            let request = CreateRequest {
+                customer: customer.clone(),
+                deadline_ms: deadline_after(timeout),
+            };
+            RegistryMsg::CreateCustomer(Wire::ok(request), reply)
         })
         .await
     }
@@ -98,15 +103,12 @@ impl Gateway {
 
     /// Deletes a customer.
     pub async fn delete(&self, id: CustomerId, if_match: Option<u64>) -> Result<Routed<()>> {
-        let request = RouteRequest {
-            id,
-            command: CustomerCommand::Delete { if_match },
-        };
+        let command = CustomerCommand::Delete { if_match };
         let mut attempts = 0;
         let routed = self
             .route(id, "delete", |reply| {
                 attempts += 1;
-                RegistryMsg::Route(Wire::ok(request.clone()), reply)
+                RegistryMsg::Route(Wire::ok(self.route_request(id, command.clone())), reply)
             })
             .await;
         match routed {
@@ -168,10 +170,9 @@ impl Gateway {
 
     async fn command(&self, id: CustomerId, command: CustomerCommand) -> Result<Routed<Customer>> {
         let op = command.name();
-        let request = RouteRequest { id, command };
         let routed = self
-            .route(id, op, move |reply| {
-                RegistryMsg::Route(Wire::ok(request.clone()), reply)
+            .route(id, op, |reply| {
+                RegistryMsg::Route(Wire::ok(self.route_request(id, command.clone())), reply)
             })
             .await?;
         match routed.value {
@@ -182,6 +183,16 @@ impl Gateway {
             None => Err(Error::Internal(
                 "a non-delete command returned no customer".into(),
             )),
+        }
+    }
+
+    /// A routed command whose deadline is one request timeout from now (each attempt gets
+    /// its own).
+    fn route_request(&self, id: CustomerId, command: CustomerCommand) -> RouteRequest {
+        RouteRequest {
+            id,
+            command,
+            deadline_ms: deadline_after(self.ctx.request_timeout),
         }
     }
 
@@ -224,7 +235,18 @@ impl Gateway {
         let registry = self.registry_of(view, &owner)?;
         let remote = owner != self.ctx.name;
         let started = Instant::now();
-        let value = call(&registry, self.ctx.request_timeout, build).await;
+        let value = if remote {
+            // Fail fast when membership drops the owner mid-call (e.g. evicted while frozen)
+            // instead of waiting out the whole deadline; the caller then retries.
+            tokio::select! {
+                r = call(&registry, self.ctx.request_timeout, build) => r,
+                () = self.left_view(&owner) => Err(Error::Unavailable(format!(
+                    "owner {owner} left the cluster during the call"
+                ))),
+            }
+        } else {
+            call(&registry, self.ctx.request_timeout, build).await
+        };
         if remote {
             metrics::histogram!("customer_remote_call_seconds", "op" => op)
                 .record(started.elapsed().as_secs_f64());
@@ -233,6 +255,19 @@ impl Gateway {
             value: value?,
             owner,
         })
+    }
+
+    /// Completes once `member` is no longer in the published view.
+    async fn left_view(&self, member: &str) {
+        let mut rx = self.ctx.view.clone();
+        loop {
+            if !rx.borrow_and_update().ring.names().contains(&member) {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
     }
 
     fn local_registry(&self) -> Result<ActorRef<RegistryMsg>> {

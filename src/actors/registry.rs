@@ -147,10 +147,11 @@ impl Actor for Registry {
                     let _ = reply.send(Wire(Err(e)));
                 }
             },
-            RegistryMsg::CreateCustomer(Wire(customer), reply) => match customer {
-                Ok(c) => {
+            RegistryMsg::CreateCustomer(Wire(request), reply) => match request {
+                Ok(r) => {
+                    let id = r.customer.id;
                     state
-                        .deliver(&myself, c.id, CustomerMsg::Create(c, reply))
+                        .deliver(&myself, id, CustomerMsg::Create(r, reply))
                         .await
                 }
                 Err(e) => {
@@ -159,8 +160,10 @@ impl Actor for Registry {
             },
             RegistryMsg::Route(Wire(req), reply) => match req {
                 Ok(r) => {
-                    let msg = CustomerMsg::Command(r.command, reply);
-                    state.deliver(&myself, r.id, msg).await;
+                    let id = r.id;
+                    state
+                        .deliver(&myself, id, CustomerMsg::Command(r, reply))
+                        .await;
                 }
                 Err(e) => {
                     let _ = reply.send(Wire(Err(e)));
@@ -444,6 +447,7 @@ mod tests {
         let crash = RouteRequest {
             id: a.id,
             command: CustomerCommand::Crash,
+            deadline_ms: u64::MAX,
         };
         let crashed = call(&registry, Duration::from_secs(5), |r| {
             RegistryMsg::Route(Wire::ok(crash.clone()), r)

@@ -119,6 +119,45 @@ pub struct RouteRequest {
     pub id: CustomerId,
     /// What to do.
     pub command: CustomerCommand,
+    /// Wall-clock deadline (ms since the Unix epoch) after which the caller has given up.
+    /// The owner refuses to start an expired request, so a message delayed in a frozen
+    /// process cannot replay an old write over newer ones after the caller retried elsewhere.
+    pub deadline_ms: u64,
+}
+
+/// A create addressed to the customer's owner.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateRequest {
+    /// The customer to store (id chosen by the entry node).
+    pub customer: Customer,
+    /// Same meaning as [`RouteRequest::deadline_ms`].
+    pub deadline_ms: u64,
+}
+
+/// Wall-clock ms since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+/// A deadline `timeout` from now.
+pub fn deadline_after(timeout: Duration) -> u64 {
+    now_ms().saturating_add(timeout.as_millis() as u64)
+}
+
+/// `Err(Timeout)` once `deadline_ms` has passed.
+pub fn check_deadline(deadline_ms: u64) -> Result<()> {
+    let now = now_ms();
+    if now > deadline_ms {
+        Err(Error::Timeout(format!(
+            "request expired {} ms before it could run",
+            now - deadline_ms
+        )))
+    } else {
+        Ok(())
+    }
 }
 
 /// A keyset-paginated list request.
@@ -203,7 +242,7 @@ pub enum RegistryMsg {
     GetOrCreateCustomerActor(Wire<CustomerId>, RpcReplyPort<Wire<Activation>>),
     /// Creates a customer (id chosen by the entry node; idempotent by id).
     #[rpc]
-    CreateCustomer(Wire<Customer>, RpcReplyPort<Wire<Customer>>),
+    CreateCustomer(Wire<CreateRequest>, RpcReplyPort<Wire<Customer>>),
     /// Runs a command on the customer's actor; replies `None` for a delete.
     #[rpc]
     Route(Wire<RouteRequest>, RpcReplyPort<Wire<Option<Customer>>>),
@@ -311,6 +350,10 @@ mod tests {
             incarnation: 42,
         });
         round_trip(c.clone());
+        round_trip(CreateRequest {
+            customer: c.clone(),
+            deadline_ms: u64::MAX,
+        });
         round_trip(Some(c.clone()));
         round_trip(None::<Customer>);
         round_trip(c.id);
@@ -330,7 +373,11 @@ mod tests {
             },
             CustomerCommand::Delete { if_match: None },
         ] {
-            round_trip(RouteRequest { id: c.id, command });
+            round_trip(RouteRequest {
+                id: c.id,
+                command,
+                deadline_ms: 7,
+            });
         }
         round_trip(ListRequest {
             after: Some(c.id),
@@ -372,6 +419,15 @@ mod tests {
         assert!(Wire::<RouteRequest>::from_bytes(garbage.clone()).0.is_err());
         assert!(Wire::<Customer>::from_bytes(garbage.clone()).0.is_err());
         assert!(Wire::<NodeInfo>::from_bytes(garbage).0.is_err());
+    }
+
+    #[test]
+    fn an_expired_deadline_is_refused_and_a_future_one_accepted() {
+        assert!(check_deadline(deadline_after(Duration::from_secs(5))).is_ok());
+        assert!(matches!(
+            check_deadline(now_ms() - 1000),
+            Err(Error::Timeout(_))
+        ));
     }
 
     #[test]
