@@ -192,3 +192,37 @@ async fn a_frozen_node_is_evicted_and_serves_no_stale_state_after_it_resumes() {
         "s3 did not notice its own stall"
     );
 }
+
+#[tokio::test]
+async fn a_gracefully_stopped_node_hands_over_without_client_errors() {
+    let mut cluster = TestCluster::start("g", 3, &[]).await;
+    let acked = seed(&cluster, "graceful").await;
+    let owned_by_g2 = {
+        let mut n = 0;
+        for id in acked.keys() {
+            if cluster.nodes[0].get(id).await.header("x-owner-node") == Some("g2") {
+                n += 1;
+            }
+        }
+        n
+    };
+    assert!(owned_by_g2 > 0);
+
+    assert_eq!(cluster.nodes[1].terminate(Duration::from_secs(20)), Some(0));
+    let log = cluster.nodes[1].log();
+    let left = log.find("leaving the cluster").expect("no leave logged");
+    let stopped = log.find("node stopped").expect("no stop logged");
+    assert!(left < stopped);
+
+    // The survivors already re-placed g2's customers: first attempts succeed, nothing is lost.
+    for (n, (id, (name, version))) in acked.iter().enumerate() {
+        let node = &cluster.nodes[if n % 2 == 0 { 0 } else { 2 }];
+        let r = node.get(id).await;
+        assert_eq!(r.status, 200, "{id} through {}", node.spec.name);
+        assert_ne!(r.header("x-owner-node"), Some("g2"));
+        let v: Value = r.json().unwrap();
+        assert_eq!((v["name"].as_str().unwrap(), v["version"].as_u64().unwrap()), (name.as_str(), *version));
+        let w = node.patch(id, json!({"name": format!("{name} after-leave")})).await;
+        assert_eq!(w.status, 200, "{:?}", w.body);
+    }
+}
