@@ -139,15 +139,23 @@ pub async fn start(config: Config) -> Result<RunningNode> {
         ))
     })?;
     let http_addr = listener.local_addr()?;
+    let metrics = crate::telemetry::install_metrics(&config.name);
     let incarnation = incarnation();
+    let (incoming, transport) = match &config.tls {
+        Some(paths) => {
+            let (incoming, transport) = crate::cluster::tls::load(paths)?;
+            (Some(incoming), transport)
+        }
+        None => (None, Transport::Plain),
+    };
     let mesh = Mesh::start(MeshConfig {
         name: config.name.clone(),
         incarnation,
         bind: config.cluster_addr,
         advertise_host: config.advertise_host(),
         cookie: config.cookie.expose().to_owned(),
-        incoming: None,
-        transport: Transport::Plain,
+        incoming,
+        transport,
     })
     .await?;
     let actors = match start_actors(&config, Some(mesh.clone()), incarnation).await {
@@ -161,7 +169,8 @@ pub async fn start(config: Config) -> Result<RunningNode> {
         Gateway::new(actors.ctx.clone()),
         config.api_tokens.clone(),
         config.max_body_bytes,
-    );
+    )
+    .with_metrics(metrics);
     let (http_stop, mut stop_rx) = watch::channel(false);
     let app = router(state);
     let http = tokio::spawn(async move {
@@ -219,6 +228,7 @@ pub async fn run(config: Config) -> Result<()> {
     tracing::info!(
         http = %node.http_addr,
         cluster = %config.advertise_addr,
+        tls = config.tls.is_some(),
         database = %config.db_path.as_ref().map_or("remote (via process group)".to_owned(), |p| p.display().to_string()),
         "node {} is up", config.name
     );

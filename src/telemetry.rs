@@ -1,9 +1,19 @@
-//! Logs: tracing to stderr, as text for people or JSON for machines; every line names the node.
+//! Logs and metrics.
 //!
+//! Logs: tracing to stderr, as text for people or JSON for machines; every line names the node,
+//! and lines emitted while serving a request carry its request id (the `request` span).
 //! Levels: INFO for state changes (node up, member joined/left/suspected, ownership moved,
 //! actor restarted), WARN for degraded service, ERROR for what needs a human, DEBUG per message.
+//!
+//! Metrics: the `metrics` facade everywhere, exported in Prometheus text format on `/metrics`.
+//! [`METRICS`] is the catalogue (name, kind, help); the README documents the same list and a
+//! test keeps the two in step.
 
 use std::fmt;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use tracing::Subscriber;
 use tracing_subscriber::EnvFilter;
@@ -87,4 +97,175 @@ where
             None => writer.write_str(&line),
         }
     }
+}
+
+/// Kind of a metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    /// Monotonic count.
+    Counter,
+    /// Value that goes up and down.
+    Gauge,
+    /// Distribution (Prometheus histogram).
+    Histogram,
+}
+
+/// Every metric the node exports: (name, kind, help). Labels are given in the help text.
+pub const METRICS: &[(&str, MetricKind, &str)] = &[
+    (
+        "customer_http_requests_total",
+        MetricKind::Counter,
+        "HTTP requests by method, route and status",
+    ),
+    (
+        "customer_http_request_seconds",
+        MetricKind::Histogram,
+        "HTTP request latency by method and route",
+    ),
+    (
+        "customer_actors_active",
+        MetricKind::Gauge,
+        "Customer actors alive on this node",
+    ),
+    (
+        "customer_actors_activated_total",
+        MetricKind::Counter,
+        "Customer actors started (activations)",
+    ),
+    (
+        "customer_actors_passivated_total",
+        MetricKind::Counter,
+        "Customer actors stopped for idleness, deletion or an ownership move",
+    ),
+    (
+        "customer_actors_restarted_total",
+        MetricKind::Counter,
+        "Customer actors that panicked and were cleaned up",
+    ),
+    (
+        "customer_remote_calls_total",
+        MetricKind::Counter,
+        "Calls to another node's Registry by op and outcome (ok, error)",
+    ),
+    (
+        "customer_remote_call_seconds",
+        MetricKind::Histogram,
+        "Latency of calls to another node's Registry by op",
+    ),
+    (
+        "customer_routing_retries_total",
+        MetricKind::Counter,
+        "Requests retried against a recomputed owner, by op",
+    ),
+    (
+        "customer_db_call_seconds",
+        MetricKind::Histogram,
+        "Latency of calls to the database actor by op (local or remote)",
+    ),
+    (
+        "customer_db_batch_size",
+        MetricKind::Histogram,
+        "Writes per group-commit transaction (database node only)",
+    ),
+    (
+        "customer_db_commit_seconds",
+        MetricKind::Histogram,
+        "Time to apply and commit one batch, fsync included (database node only)",
+    ),
+    (
+        "customer_db_batch_failures_total",
+        MetricKind::Counter,
+        "Batches whose transaction failed (none of their writes acknowledged)",
+    ),
+    (
+        "customer_version_conflicts_total",
+        MetricKind::Counter,
+        "Stale writes rejected by the database compare-and-set (fencing)",
+    ),
+    (
+        "customer_cluster_members",
+        MetricKind::Gauge,
+        "Members in this node's placement view, itself included",
+    ),
+    (
+        "customer_placement_changes_total",
+        MetricKind::Counter,
+        "Placement views published (membership changes and local stalls)",
+    ),
+    (
+        "customer_heartbeat_misses_total",
+        MetricKind::Counter,
+        "Heartbeat pings that failed or timed out",
+    ),
+    (
+        "customer_heartbeat_suspicions_total",
+        MetricKind::Counter,
+        "Members suspected after half the failure timeout of silence",
+    ),
+    (
+        "customer_members_evicted_total",
+        MetricKind::Counter,
+        "Members evicted by the failure detector",
+    ),
+    (
+        "customer_node_child_restarts_total",
+        MetricKind::Counter,
+        "Registry/database/membership actors restarted by the supervisor, by child",
+    ),
+];
+
+/// Latency buckets (seconds) for every `*_seconds` histogram: 50 µs to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+
+/// Batch-size buckets for `customer_db_batch_size`.
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+
+static METRICS_HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder (once; later calls return the same handle)
+/// and starts its upkeep. Every series carries the label `node`.
+pub fn install_metrics(node: &str) -> Option<PrometheusHandle> {
+    METRICS_HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .add_global_label("node", node)
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("customer_db_batch_size".into()),
+                        BATCH_BUCKETS,
+                    )
+                });
+            let handle = match builder.and_then(|b| b.install_recorder()) {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics recorder not installed");
+                    return None;
+                }
+            };
+            for (name, kind, help) in METRICS {
+                match kind {
+                    MetricKind::Counter => metrics::describe_counter!(*name, *help),
+                    MetricKind::Gauge => metrics::describe_gauge!(*name, *help),
+                    MetricKind::Histogram => metrics::describe_histogram!(*name, *help),
+                }
+            }
+            let upkeep = handle.clone();
+            std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(Duration::from_secs(5));
+                        upkeep.run_upkeep();
+                    }
+                })
+                .ok();
+            Some(handle)
+        })
+        .clone()
 }

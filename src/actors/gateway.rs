@@ -248,6 +248,9 @@ impl Gateway {
             call(&registry, self.ctx.request_timeout, build).await
         };
         if remote {
+            let outcome = if value.is_ok() { "ok" } else { "error" };
+            metrics::counter!("customer_remote_calls_total", "op" => op, "outcome" => outcome)
+                .increment(1);
             metrics::histogram!("customer_remote_call_seconds", "op" => op)
                 .record(started.elapsed().as_secs_f64());
         }

@@ -197,6 +197,8 @@ impl Actor for Membership {
             dials.want(seed, now);
         }
         let ticker = myself.send_interval(args.heartbeat, || MembershipMsg::Tick);
+        metrics::gauge!("customer_cluster_members")
+            .set(args.view_tx.borrow().ring.members.len() as f64);
         let ping_deadline = (args.heartbeat * 2).max(Duration::from_millis(100));
         let state = MembershipState {
             detector: Detector::new(args.failure_timeout, ping_deadline),

@@ -92,8 +92,6 @@ impl NodeSpec {
             format!("127.0.0.1:{}", self.http_port),
             "--cluster-addr".into(),
             self.cluster_addr(),
-            "--cookie".into(),
-            self.cookie.clone(),
             "--heartbeat-ms".into(),
             "200".into(),
             "--failure-timeout-ms".into(),
@@ -101,6 +99,10 @@ impl NodeSpec {
             "--request-timeout-ms".into(),
             "3000".into(),
         ];
+        if !self.cookie.is_empty() {
+            a.push("--cookie".into());
+            a.push(self.cookie.clone());
+        }
         if let Some(db) = &self.db_path {
             a.push("--db-path".into());
             a.push(db.display().to_string());
