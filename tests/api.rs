@@ -591,3 +591,73 @@ async fn unicode_and_sql_metacharacters_are_data() {
         StatusCode::OK
     );
 }
+
+#[tokio::test]
+async fn the_openapi_document_is_valid_and_matches_the_router() {
+    let app = app().await;
+    let r = send(&app, empty("GET", "/openapi.json")).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let spec = r.body;
+    assert!(spec["openapi"].as_str().unwrap().starts_with("3.1"));
+    assert_eq!(spec["info"]["title"], "customer-cluster");
+    let paths = spec["paths"].as_object().unwrap();
+
+    // Every route the router serves is documented...
+    let served = [
+        ("/v1/customers", vec!["get", "post"]),
+        ("/v1/customers/{id}", vec!["get", "put", "patch", "delete"]),
+        ("/v1/cluster", vec!["get"]),
+        ("/health", vec!["get"]),
+        ("/ready", vec!["get"]),
+        ("/metrics", vec!["get"]),
+        ("/openapi.json", vec!["get"]),
+    ];
+    let mut documented: Vec<&String> = paths.keys().collect();
+    documented.sort();
+    let mut expected: Vec<&str> = served.iter().map(|(p, _)| *p).collect();
+    expected.sort();
+    assert_eq!(documented, expected);
+
+    // ...and every documented operation exists on the router, with its responses described.
+    for (path, methods) in &served {
+        let ops = paths[*path].as_object().unwrap();
+        let mut documented_methods: Vec<&String> = ops.keys().collect();
+        documented_methods.sort();
+        let mut want = methods.clone();
+        want.sort();
+        assert_eq!(documented_methods, want, "{path}");
+        for method in methods {
+            let op = &ops[*method];
+            assert!(
+                !op["responses"].as_object().unwrap().is_empty(),
+                "{method} {path}"
+            );
+            let uri = path.replace("{id}", "01900000-0000-7000-8000-000000000000");
+            let reply = send(&app, json_req(&method.to_uppercase(), &uri, json!({}))).await;
+            assert!(
+                !matches!(reply.error_code(), "method_not_allowed")
+                    && !(reply.status == StatusCode::NOT_FOUND
+                        && reply.body["error"]["message"] == "no such route"),
+                "{method} {path} is documented but not routed"
+            );
+        }
+    }
+    // Referenced schemas exist.
+    for schema in [
+        "CustomerJson",
+        "CustomerInput",
+        "CustomerPatchInput",
+        "ListResponse",
+        "ClusterJson",
+        "ErrorBody",
+    ] {
+        assert!(
+            spec["components"]["schemas"][schema].is_object(),
+            "{schema}"
+        );
+    }
+    assert_eq!(
+        spec["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+}

@@ -9,11 +9,12 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorBody};
 use super::json::{
     ClusterJson, CustomerJson, FieldsBody, JsonBody, ListQuery, ListResponse, MemberJson,
     merge_patch,
 };
+use super::openapi::{CustomerInput, CustomerPatchInput};
 use super::{AppState, OWNER_NODE};
 use crate::actors::gateway::Routed;
 use crate::cluster::placement;
@@ -32,6 +33,19 @@ const READY_TIMEOUT: Duration = Duration::from_millis(1000);
 type ApiResult = Result<Response, ApiError>;
 
 /// `POST /v1/customers`
+#[utoipa::path(post, path = "/v1/customers", tag = "customers",
+    request_body(content = CustomerInput, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created; Location and ETag set", body = CustomerJson),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 409, description = "Email in use, or id exists with other fields", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 422, description = "Invalid field", body = ErrorBody),
+        (status = 503, description = "Database or owner unavailable; Retry-After set", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
 pub async fn create(State(s): State<AppState>, JsonBody(body): JsonBody<FieldsBody>) -> ApiResult {
     let id = match &body.id {
         Some(raw) => parse_customer_id(raw).map_err(|e| ApiError::Unprocessable(e.to_string()))?,
@@ -48,12 +62,39 @@ pub async fn create(State(s): State<AppState>, JsonBody(body): JsonBody<FieldsBo
 }
 
 /// `GET /v1/customers/{id}`
+#[utoipa::path(get, path = "/v1/customers/{id}", tag = "customers",
+    params(("id" = String, Path, description = "Customer UUID")),
+    responses(
+        (status = 200, description = "The customer; ETag set", body = CustomerJson),
+        (status = 400, description = "Malformed id", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No such customer", body = ErrorBody),
+        (status = 503, description = "Database or owner unavailable", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
 pub async fn get_one(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult {
     let id = path_id(&id)?;
     Ok(customer_response(StatusCode::OK, s.gateway.get(id).await?))
 }
 
 /// `PUT /v1/customers/{id}` — full replace, optional `If-Match`.
+#[utoipa::path(put, path = "/v1/customers/{id}", tag = "customers",
+    params(("id" = String, Path, description = "Customer UUID"),
+           ("If-Match" = Option<String>, Header, description = "Expected version, e.g. \"3\"")),
+    request_body(content = CustomerInput, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Replaced", body = CustomerJson),
+        (status = 400, description = "Malformed JSON, id or If-Match", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No such customer", body = ErrorBody),
+        (status = 409, description = "Email in use", body = ErrorBody),
+        (status = 412, description = "If-Match does not match the current version", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 422, description = "Invalid field", body = ErrorBody),
+        (status = 503, description = "Database or owner unavailable", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
 pub async fn replace(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -75,6 +116,23 @@ pub async fn replace(
 }
 
 /// `PATCH /v1/customers/{id}` — JSON merge patch, optional `If-Match`.
+#[utoipa::path(patch, path = "/v1/customers/{id}", tag = "customers",
+    params(("id" = String, Path, description = "Customer UUID"),
+           ("If-Match" = Option<String>, Header, description = "Expected version, e.g. \"3\"")),
+    request_body(content = CustomerPatchInput, content_type = "application/merge-patch+json"),
+    responses(
+        (status = 200, description = "Patched", body = CustomerJson),
+        (status = 400, description = "Malformed JSON, id or If-Match", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No such customer", body = ErrorBody),
+        (status = 409, description = "Email in use", body = ErrorBody),
+        (status = 412, description = "If-Match does not match the current version", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 422, description = "Not an object, read-only or unknown member, or invalid field", body = ErrorBody),
+        (status = 503, description = "Database or owner unavailable", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
 pub async fn patch(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -91,6 +149,18 @@ pub async fn patch(
 }
 
 /// `DELETE /v1/customers/{id}`
+#[utoipa::path(delete, path = "/v1/customers/{id}", tag = "customers",
+    params(("id" = String, Path, description = "Customer UUID"),
+           ("If-Match" = Option<String>, Header, description = "Expected version")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "Malformed id or If-Match", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No such customer", body = ErrorBody),
+        (status = 412, description = "If-Match does not match the current version", body = ErrorBody),
+        (status = 503, description = "Database or owner unavailable", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
 pub async fn delete(
     State(s): State<AppState>,
     Path(id): Path<String>,
@@ -104,6 +174,15 @@ pub async fn delete(
 }
 
 /// `GET /v1/customers?limit=&after=`
+#[utoipa::path(get, path = "/v1/customers", tag = "customers",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "One page ordered by id; `next` is the cursor for the following page", body = ListResponse),
+        (status = 400, description = "Bad limit, cursor or unknown parameter", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 503, description = "Database unavailable", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
 pub async fn list(
     State(s): State<AppState>,
     query: Result<Query<ListQuery>, QueryRejection>,
@@ -135,6 +214,12 @@ pub async fn list(
 }
 
 /// `GET /v1/cluster`
+#[utoipa::path(get, path = "/v1/cluster", tag = "cluster",
+    responses(
+        (status = 200, description = "Members, owned shares, active actors, database nodes", body = ClusterJson),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
 pub async fn cluster(State(s): State<AppState>) -> ApiResult {
     let ctx = s.gateway.context();
     let view = ctx.view();
@@ -170,12 +255,19 @@ pub async fn cluster(State(s): State<AppState>) -> ApiResult {
 }
 
 /// `GET /health` — the process is up and serving HTTP.
+#[utoipa::path(get, path = "/health", tag = "cluster",
+    responses((status = 200, description = "The process serves HTTP")))]
 pub async fn health(State(s): State<AppState>) -> Response {
     Json(json!({"status": "ok", "node": s.gateway.node_name()})).into_response()
 }
 
 /// `GET /ready` — this node can serve customer requests: its Registry runs and a database
 /// answers.
+#[utoipa::path(get, path = "/ready", tag = "cluster",
+    responses(
+        (status = 200, description = "Ready: a database answers and this node is a member"),
+        (status = 503, description = "Not ready", body = ErrorBody),
+    ))]
 pub async fn ready(State(s): State<AppState>) -> ApiResult {
     let ctx = s.gateway.context();
     let db = tokio::time::timeout(READY_TIMEOUT, ctx.db.ping())
@@ -192,6 +284,30 @@ pub async fn ready(State(s): State<AppState>) -> ApiResult {
         "members": view.ring.names(),
     }))
     .into_response())
+}
+
+/// `GET /metrics` — Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "cluster",
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
+pub async fn metrics(State(s): State<AppState>) -> Response {
+    match &s.metrics {
+        Some(handle) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            handle.render(),
+        )
+            .into_response(),
+        None => ApiError::Service(Error::Unavailable(
+            "metrics are not enabled in this process".into(),
+        ))
+        .into_response(),
+    }
+}
+
+/// `GET /openapi.json` — the API description, generated from the code.
+#[utoipa::path(get, path = "/openapi.json", tag = "cluster",
+    responses((status = 200, description = "This document")))]
+pub async fn openapi() -> Response {
+    Json(super::openapi::spec()).into_response()
 }
 
 fn path_id(raw: &str) -> Result<CustomerId, ApiError> {

@@ -18,7 +18,7 @@ use super::error::ApiError;
 use crate::customer::{Customer, CustomerPatch, FieldPatch, FieldsInput};
 
 /// A customer as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CustomerJson {
     /// UUID.
     pub id: String,
@@ -122,7 +122,8 @@ pub fn merge_patch(doc: &Value) -> Result<CustomerPatch, ApiError> {
 }
 
 /// Query of `GET /v1/customers`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Page size, 1..=1000 (default 50).
@@ -132,7 +133,7 @@ pub struct ListQuery {
 }
 
 /// Response of `GET /v1/customers`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ListResponse {
     /// Customers ordered by id.
     pub items: Vec<CustomerJson>,
@@ -141,7 +142,7 @@ pub struct ListResponse {
 }
 
 /// Response of `GET /v1/cluster`: the cluster as this node sees it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ClusterJson {
     /// The node that answered.
     pub node: String,
@@ -154,7 +155,7 @@ pub struct ClusterJson {
 }
 
 /// One member in [`ClusterJson`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct MemberJson {
     /// Node name.
     pub name: String,

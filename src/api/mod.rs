@@ -15,6 +15,7 @@ pub mod error;
 pub mod handlers;
 pub mod json;
 pub mod middleware;
+pub mod openapi;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -22,6 +23,8 @@ use std::sync::atomic::AtomicU64;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
+
+use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::actors::gateway::Gateway;
 use crate::config::Secret;
@@ -45,6 +48,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Source of generated request ids.
     pub request_seq: Arc<AtomicU64>,
+    /// Prometheus exposition, when a recorder is installed.
+    pub metrics: Option<PrometheusHandle>,
 }
 
 impl AppState {
@@ -55,7 +60,14 @@ impl AppState {
             tokens: Arc::new(tokens),
             max_body_bytes,
             request_seq: Arc::new(AtomicU64::new(0)),
+            metrics: None,
         }
+    }
+
+    /// Serves `/metrics` from `handle`.
+    pub fn with_metrics(mut self, handle: Option<PrometheusHandle>) -> Self {
+        self.metrics = handle;
+        self
     }
 }
 
@@ -75,6 +87,8 @@ pub fn router(state: AppState) -> Router {
         .merge(v1)
         .route("/health", get(health))
         .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
