@@ -5,6 +5,7 @@
 //! * [`mesh`] — the ractor_cluster NodeServer, session events, dialing.
 //! * [`membership`] — who is alive: hello handshake, heartbeats, eviction, re-dialing; the
 //!   published placement view and the freshness lease.
+//! * [`tls`] — optional mutual TLS between nodes.
 //! * [`detector`] — the pure failure-detector, re-dial and stall rules membership applies.
 //!
 //! Delivery guarantees (from ractor_cluster over one TCP session per peer pair):
@@ -26,3 +27,4 @@ pub mod membership;
 pub mod mesh;
 pub mod placement;
 pub mod protocol;
+pub mod tls;
