@@ -634,12 +634,10 @@ async fn the_openapi_document_is_valid_and_matches_the_router() {
             );
             let uri = path.replace("{id}", "01900000-0000-7000-8000-000000000000");
             let reply = send(&app, json_req(&method.to_uppercase(), &uri, json!({}))).await;
-            assert!(
-                !matches!(reply.error_code(), "method_not_allowed")
-                    && !(reply.status == StatusCode::NOT_FOUND
-                        && reply.body["error"]["message"] == "no such route"),
-                "{method} {path} is documented but not routed"
-            );
+            let unrouted = reply.error_code() == "method_not_allowed"
+                || (reply.status == StatusCode::NOT_FOUND
+                    && reply.body["error"]["message"] == "no such route");
+            assert!(!unrouted, "{method} {path} is documented but not routed");
         }
     }
     // Referenced schemas exist.

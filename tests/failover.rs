@@ -221,8 +221,13 @@ async fn a_gracefully_stopped_node_hands_over_without_client_errors() {
         assert_eq!(r.status, 200, "{id} through {}", node.spec.name);
         assert_ne!(r.header("x-owner-node"), Some("g2"));
         let v: Value = r.json().unwrap();
-        assert_eq!((v["name"].as_str().unwrap(), v["version"].as_u64().unwrap()), (name.as_str(), *version));
-        let w = node.patch(id, json!({"name": format!("{name} after-leave")})).await;
+        assert_eq!(
+            (v["name"].as_str().unwrap(), v["version"].as_u64().unwrap()),
+            (name.as_str(), *version)
+        );
+        let w = node
+            .patch(id, json!({"name": format!("{name} after-leave")}))
+            .await;
         assert_eq!(w.status, 200, "{:?}", w.body);
     }
 }
