@@ -78,6 +78,17 @@ pub enum Command {
         #[command(flatten)]
         opts: ClientOpts,
     },
+    /// Import customers from a CSV (name,email[,phone][,address]) or JSON Lines file.
+    ///
+    /// Exits non-zero when any row was rejected; rejected rows are never partially written.
+    Import {
+        /// What to import.
+        #[command(flatten)]
+        args: crate::client::import::ImportArgs,
+        /// Connection options.
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
     /// Run a steady read/write workload for failover experiments and report what clients saw
     /// (used by scripts/failover.sh).
     Workload(crate::client::workload::WorkloadArgs),

@@ -50,6 +50,23 @@ async fn main() -> ExitCode {
             }
             Err(e) => fail(&e),
         },
+        Command::Import { args, opts } => {
+            let client = match opts.client() {
+                Ok(c) => c,
+                Err(e) => return fail(&e),
+            };
+            match customer_cluster::client::import::run(&client, &args).await {
+                Ok(summary) => {
+                    println!("{}", summary.render());
+                    if summary.rejected.is_empty() {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => fail(&e),
+            }
+        }
         Command::Create { args, opts } => print(commands::create(&opts, &args).await),
         Command::Get { args, opts } => print(commands::get(&opts, &args).await),
         Command::List { args, opts } => print(commands::list(&opts, &args).await),

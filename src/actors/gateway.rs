@@ -61,17 +61,27 @@ impl Gateway {
     }
 
     /// Creates a customer with `id` (fresh unless the client supplied one for idempotency).
-    pub async fn create(&self, id: CustomerId, fields: CustomerFields) -> Result<Routed<Customer>> {
+    /// The flag is false when the id already existed with the same fields (an idempotent replay
+    /// of an earlier request), true when this request stored it.
+    pub async fn create(
+        &self,
+        id: CustomerId,
+        fields: CustomerFields,
+    ) -> Result<(Routed<Customer>, bool)> {
         let customer = Customer::new(id, fields, super::now_micros());
+        let created_at = customer.created_at;
         let timeout = self.ctx.request_timeout;
-        self.route(id, "create", move |reply| {
-            let request = CreateRequest {
-                customer: customer.clone(),
-                deadline_ms: deadline_after(timeout),
-            };
-            RegistryMsg::CreateCustomer(Wire::ok(request), reply)
-        })
-        .await
+        let routed = self
+            .route(id, "create", move |reply| {
+                let request = CreateRequest {
+                    customer: customer.clone(),
+                    deadline_ms: deadline_after(timeout),
+                };
+                RegistryMsg::CreateCustomer(Wire::ok(request), reply)
+            })
+            .await?;
+        let created_now = routed.value.created_at == created_at;
+        Ok((routed, created_now))
     }
 
     /// Reads a customer.

@@ -436,11 +436,13 @@ mod tests {
             .create(new_customer_id(), fields("A", "a@x.io"))
             .await
             .unwrap()
+            .0
             .value;
         let b = gateway
             .create(new_customer_id(), fields("B", "b@x.io"))
             .await
             .unwrap()
+            .0
             .value;
         assert_eq!(stats(&registry).await.activations, 2);
 

@@ -37,6 +37,7 @@ type ApiResult = Result<Response, ApiError>;
     request_body(content = CustomerInput, content_type = "application/json"),
     responses(
         (status = 201, description = "Created; Location and ETag set", body = CustomerJson),
+        (status = 200, description = "Idempotent replay: this id already exists with these fields", body = CustomerJson),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
         (status = 409, description = "Email in use, or id exists with other fields", body = ErrorBody),
@@ -52,9 +53,14 @@ pub async fn create(State(s): State<AppState>, JsonBody(body): JsonBody<FieldsBo
         None => new_customer_id(),
     };
     let fields = validate(body.input())?;
-    let routed = s.gateway.create(id, fields).await?;
+    let (routed, created_now) = s.gateway.create(id, fields).await?;
     let location = format!("/v1/customers/{}", routed.value.id);
-    let mut response = customer_response(StatusCode::CREATED, routed);
+    let status = if created_now {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let mut response = customer_response(status, routed);
     if let Ok(v) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, v);
     }
