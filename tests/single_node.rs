@@ -247,3 +247,32 @@ async fn the_cli_does_crud_against_a_running_node() {
     let (ok, _, err) = run(&["get", &id]);
     assert!(!ok && err.contains("404"), "{err}");
 }
+
+#[tokio::test]
+async fn status_watch_keeps_refreshing_the_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = db_node(&dir, "watched");
+    node.wait_ready(READY).await;
+    let out_path = dir.path().join("watch.out");
+    let out = std::fs::File::create(&out_path).unwrap();
+    let _child = support::ChildGuard(
+        Command::new(BIN)
+            .args([
+                "status",
+                "--watch",
+                "1",
+                "--node",
+                &format!("127.0.0.1:{}", node.spec.http_port),
+            ])
+            .stdout(out)
+            .spawn()
+            .unwrap(),
+    );
+    let refreshes = support::wait_until("two refreshes", Duration::from_secs(20), || async {
+        let text = std::fs::read_to_string(&out_path).unwrap_or_default();
+        let n = text.matches("cluster as seen by watched").count();
+        (n >= 2).then_some(n)
+    })
+    .await;
+    assert!(refreshes >= 2);
+}

@@ -355,6 +355,16 @@ impl TestCluster {
     }
 }
 
+/// Kills and reaps a child process when dropped (for helper processes that are not nodes).
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Extracts `id` from a customer response.
 pub fn id_of(r: &HttpResponse) -> String {
     let v: Value = r.json().expect("json body");
