@@ -1,0 +1,128 @@
+//! Memory per active customer actor: activate N customers on one in-process node, read the
+//! resident set size before and after, then passivate them all and read it again.
+//!
+//! Run: `cargo bench --bench memory` (N defaults to 100000; override with CC_MEMORY_CUSTOMERS).
+
+use std::time::{Duration, Instant};
+
+use customer_cluster::cluster::protocol::{RegistryMsg, RegistryStats, call, registry_name};
+use customer_cluster::codec::Wire;
+use customer_cluster::config::Config;
+use customer_cluster::customer::{Customer, CustomerFields, CustomerId, new_customer_id};
+use customer_cluster::node::start_actors;
+use futures::StreamExt;
+use ractor::ActorRef;
+
+/// Resident set size in bytes, from /proc/self/statm.
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf with a valid name has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+    pages * page
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}
+
+async fn stats(registry: &ActorRef<RegistryMsg>) -> RegistryStats {
+    call(registry, Duration::from_secs(30), |r| {
+        RegistryMsg::Stats(Wire::ok(()), r)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let n: usize = std::env::var("CC_MEMORY_CUSTOMERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::local("bench-memory", Some(dir.path().join("m.db")));
+    // Long enough to measure the loaded state, short enough that the idle sweep (which also
+    // returns freed heap to the OS) empties the node soon after.
+    config.idle_timeout = Duration::from_secs(15);
+    let node = start_actors(&config, None, 1).await.unwrap();
+    let registry: ActorRef<RegistryMsg> = ractor::registry::where_is(registry_name(&config.name))
+        .unwrap()
+        .into();
+
+    let started = Instant::now();
+    let ids: Vec<CustomerId> = futures::stream::iter(0..n)
+        .map(|i| {
+            let db = node.ctx.db.clone();
+            async move {
+                let c = Customer::new(
+                    new_customer_id(),
+                    CustomerFields {
+                        name: format!("Customer {i}"),
+                        email: format!("memory{i}@example.com"),
+                        phone: Some("+1 555 0100".into()),
+                        address: Some("1 Main Street, Springfield".into()),
+                    },
+                    1,
+                );
+                db.insert(c).await.unwrap().id
+            }
+        })
+        .buffer_unordered(256)
+        .collect()
+        .await;
+    println!(
+        "stored {n} customers in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let baseline = rss_bytes();
+    let started = Instant::now();
+    futures::stream::iter(ids.iter().copied())
+        .map(|id| {
+            let registry = registry.clone();
+            async move {
+                call(&registry, Duration::from_secs(30), |r| {
+                    RegistryMsg::GetOrCreateCustomerActor(Wire::ok(id), r)
+                })
+                .await
+                .unwrap()
+            }
+        })
+        .buffer_unordered(256)
+        .for_each(|_| async {})
+        .await;
+    let active = stats(&registry).await.active_customers;
+    let loaded = rss_bytes();
+    println!(
+        "activated {active} actors in {:.1} s ({:.0}/s)",
+        started.elapsed().as_secs_f64(),
+        active as f64 / started.elapsed().as_secs_f64()
+    );
+    println!("RSS before activation: {:.1} MiB", mib(baseline));
+    println!("RSS with {active} active actors: {:.1} MiB", mib(loaded));
+    println!(
+        "=> {:.0} bytes per active customer actor (state, mailbox, task, registry entry)",
+        (loaded.saturating_sub(baseline)) as f64 / active.max(1) as f64
+    );
+
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(120);
+    while stats(&registry).await.active_customers > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The registry trims the heap 2 s after a large sweep.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = rss_bytes();
+    println!(
+        "idle sweep passivated them all after {:.1} s; RSS now {:.1} MiB ({:.1} MiB above the pre-activation baseline)",
+        started.elapsed().as_secs_f64(),
+        mib(after),
+        mib(after.saturating_sub(baseline))
+    );
+    node.supervisor.stop(None);
+}

@@ -1,0 +1,264 @@
+//! Micro-benchmarks (criterion): placement lookup, the wire codec, group commit against one
+//! commit per write, and activating a customer actor from the database.
+//!
+//! Run: `cargo bench --bench micro` (or `scripts/bench.sh`, which prints ratios).
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use customer_cluster::cluster::placement::owner_of;
+use customer_cluster::cluster::protocol::{
+    Activation, CreateRequest, CustomerCommand, CustomerPage, NodeInfo, PROTOCOL_VERSION,
+    RegistryMsg, RouteRequest, call, registry_name,
+};
+use customer_cluster::codec::Wire;
+use customer_cluster::config::Config;
+use customer_cluster::customer::{
+    Customer, CustomerFields, CustomerPatch, FieldPatch, new_customer_id,
+};
+use customer_cluster::node::start_actors;
+use customer_cluster::storage::WriteOp;
+use customer_cluster::storage::engine::{Engine, EngineConfig};
+use ractor::{ActorRef, BytesConvertable};
+
+fn customer(i: usize) -> Customer {
+    Customer::new(
+        new_customer_id(),
+        CustomerFields {
+            name: format!("Customer number {i}"),
+            email: format!("customer{i}-{}@example.com", std::process::id()),
+            phone: Some("+1 555 0100".into()),
+            address: Some("1 Infinite Loop, Cupertino".into()),
+        },
+        1_700_000_000_000_000,
+    )
+}
+
+fn placement(c: &mut Criterion) {
+    let mut group = c.benchmark_group("placement");
+    let ids: Vec<_> = (0..1024).map(|_| new_customer_id()).collect();
+    for n in [3usize, 5, 16] {
+        let members: Vec<String> = (1..=n).map(|i| format!("node-{i}")).collect();
+        group.bench_with_input(BenchmarkId::new("owner_of", n), &members, |b, members| {
+            let mut k = 0;
+            b.iter(|| {
+                k = (k + 1) % ids.len();
+                black_box(owner_of(
+                    members.iter().map(String::as_str),
+                    ids[k].as_bytes(),
+                ))
+            })
+        });
+    }
+    group.finish();
+}
+
+fn round_trip<T>(
+    c: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    value: T,
+) where
+    T: serde::Serialize + serde::de::DeserializeOwned + Clone,
+{
+    let bytes = Wire::ok(value.clone()).into_bytes();
+    c.bench_function(format!("encode/{name}"), |b| {
+        b.iter(|| black_box(Wire::ok(value.clone()).into_bytes()))
+    });
+    c.bench_function(format!("decode/{name}"), |b| {
+        b.iter(|| black_box(Wire::<T>::from_bytes(bytes.clone())))
+    });
+}
+
+fn codec(c: &mut Criterion) {
+    let mut group = c.benchmark_group("codec");
+    let cust = customer(1);
+    round_trip(&mut group, "customer", cust.clone());
+    round_trip(
+        &mut group,
+        "create_request",
+        CreateRequest {
+            customer: cust.clone(),
+            deadline_ms: 1,
+        },
+    );
+    round_trip(
+        &mut group,
+        "route_patch",
+        RouteRequest {
+            id: cust.id,
+            command: CustomerCommand::Patch {
+                patch: CustomerPatch {
+                    name: FieldPatch::Set("New name".into()),
+                    ..Default::default()
+                },
+                if_match: Some(3),
+            },
+            deadline_ms: 1,
+        },
+    );
+    round_trip(
+        &mut group,
+        "route_get",
+        RouteRequest {
+            id: cust.id,
+            command: CustomerCommand::Get,
+            deadline_ms: 1,
+        },
+    );
+    round_trip(
+        &mut group,
+        "node_info",
+        NodeInfo {
+            name: "n1".into(),
+            protocol_version: PROTOCOL_VERSION,
+            cluster_addr: "127.0.0.1:4701".into(),
+            http_addr: "127.0.0.1:8081".into(),
+            hosts_db: true,
+            incarnation: 1,
+        },
+    );
+    round_trip(
+        &mut group,
+        "activation",
+        Activation {
+            node: "n1".into(),
+            version: 7,
+        },
+    );
+    round_trip(
+        &mut group,
+        "page_100",
+        CustomerPage {
+            items: (0..100).map(customer).collect(),
+            next: Some(cust.id),
+        },
+    );
+    group.finish();
+}
+
+/// Durable writes: `batch` concurrent inserts, acknowledged after commit.
+fn group_commit(c: &mut Criterion) {
+    const WRITES: usize = 256;
+    let mut group = c.benchmark_group("durable_writes");
+    group.throughput(Throughput::Elements(WRITES as u64));
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(8));
+    for (label, max_batch) in [("group_commit", 512usize), ("commit_per_write", 1)] {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&EngineConfig {
+            path: dir.path().join("b.db"),
+            max_batch,
+            readers: 1,
+        })
+        .unwrap();
+        let mut n = 0usize;
+        group.bench_function(label, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let (tx, rx) = mpsc::channel();
+                    let started = Instant::now();
+                    for _ in 0..WRITES {
+                        n += 1;
+                        let tx = tx.clone();
+                        engine.write(
+                            WriteOp::Insert(customer(n)),
+                            Box::new(move |r| tx.send(r.is_ok()).unwrap()),
+                        );
+                    }
+                    for _ in 0..WRITES {
+                        assert!(rx.recv().unwrap());
+                    }
+                    total += started.elapsed();
+                }
+                total
+            })
+        });
+        engine.shutdown();
+    }
+    group.finish();
+}
+
+/// Activating a customer actor whose row must be loaded from the database.
+fn activation(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::local("bench-activation", Some(dir.path().join("a.db")));
+    let (node, registry, ids) = rt.block_on(async {
+        let node = start_actors(&config, None, 1).await.unwrap();
+        let registry: ActorRef<RegistryMsg> =
+            ractor::registry::where_is(registry_name(&config.name))
+                .unwrap()
+                .into();
+        let mut ids = Vec::new();
+        for i in 0..2000 {
+            let c = node.ctx.db.insert(customer(i)).await.unwrap();
+            ids.push(c.id);
+        }
+        (node, registry, Arc::new(ids))
+    });
+    let timeout = Duration::from_secs(5);
+    let mut group = c.benchmark_group("actor");
+    group.bench_function("activate_from_database", |b| {
+        let mut k = 0;
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    k = (k + 1) % ids.len();
+                    let id = ids[k];
+                    // Make sure it is passive, then time the activation alone.
+                    call(&registry, timeout, |r| {
+                        RegistryMsg::RemoveCustomerActor(Wire::ok(id), r)
+                    })
+                    .await
+                    .unwrap();
+                    let started = Instant::now();
+                    call(&registry, timeout, |r| {
+                        RegistryMsg::GetOrCreateCustomerActor(Wire::ok(id), r)
+                    })
+                    .await
+                    .unwrap();
+                    total += started.elapsed();
+                }
+                total
+            })
+        })
+    });
+    group.bench_function("call_active_actor", |b| {
+        let id = ids[0];
+        rt.block_on(async {
+            call(&registry, timeout, |r| {
+                RegistryMsg::GetOrCreateCustomerActor(Wire::ok(id), r)
+            })
+            .await
+            .unwrap();
+        });
+        b.iter(|| {
+            rt.block_on(async {
+                let get = RouteRequest {
+                    id,
+                    command: CustomerCommand::Get,
+                    deadline_ms: u64::MAX,
+                };
+                black_box(
+                    call(&registry, timeout, |r| RegistryMsg::Route(Wire::ok(get), r))
+                        .await
+                        .unwrap(),
+                )
+            })
+        })
+    });
+    group.finish();
+    node.supervisor.stop(None);
+}
+
+criterion_group!(benches, placement, codec, group_commit, activation);
+criterion_main!(benches);
