@@ -30,12 +30,14 @@
 //! * [`cluster`] — wire protocol, placement, membership.
 //! * [`actors`] — supervisor, registry, customer and database actors; the gateway.
 //! * [`api`] — axum router and the error→HTTP mapping; [`client`] — CLI client.
+//! * [`bench`](mod@bench) — load generator: closed/open loop, owner-aware routing, latencies.
 //! * [`config`], [`node`], [`telemetry`], [`cli`] — wiring.
 
 #![warn(missing_docs)]
 
 pub mod actors;
 pub mod api;
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod cluster;
