@@ -89,6 +89,11 @@ pub enum Command {
         #[command(flatten)]
         opts: ClientOpts,
     },
+    /// Load generator: closed- or open-loop load against one or more nodes; prints
+    /// throughput and latency percentiles (see BENCHMARKS.md and scripts/bench.sh).
+    Bench(Box<crate::bench::BenchArgs>),
+    /// Print saved `bench --out` results as a table, and ratios between runs.
+    BenchReport(crate::bench::compare::ReportArgs),
     /// Run a steady read/write workload for failover experiments and report what clients saw
     /// (used by scripts/failover.sh).
     Workload(crate::client::workload::WorkloadArgs),

@@ -39,6 +39,20 @@ async fn main() -> ExitCode {
                 tokio::time::sleep(std::time::Duration::from_secs(secs.max(1))).await;
             },
         },
+        Command::Bench(args) => match customer_cluster::bench::run(&args).await {
+            Ok(result) => {
+                print!("{}", result.render());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        },
+        Command::BenchReport(args) => match customer_cluster::bench::compare::run(&args) {
+            Ok(out) => {
+                print!("{out}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        },
         Command::Workload(args) => match customer_cluster::client::workload::run(&args).await {
             Ok(report) => {
                 println!("{}", report.render());

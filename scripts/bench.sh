@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Benchmarks with baselines from the same invocation. Builds release, then:
+#   3-node cluster (n1 hosts the database):
+#     ceiling   GET /health on one node (the HTTP stack with no cluster work)
+#     get-local GET routed to each key's owner (no hop)
+#     get-remote GET routed to a non-owner (one remote hop)
+#     mix       80% GET / 20% PATCH, uniform keys, any entry node
+#     mix-zipf  the same with zipf(0.99) keys
+#     create    POST only (durable writes through the cluster)
+#   1-node cluster (baseline for the price of distribution):
+#     mix, create (group commit), create with --db-max-batch 1 (one fsync per write)
+# and prints every run plus ratios: CRUD ÷ ceiling, remote ÷ local, 3-node ÷ 1-node, group
+# commit ÷ one commit per write. Results (JSON) stay in $CC_RUN_DIR/bench.
+#
+# Usage: scripts/bench.sh [--quick] [--micro]
+#   --quick  3 s per run instead of 10 (a smoke run)
+#   --micro  also run the criterion micro-benchmarks and the memory benchmark
+# Env: CC_RUN_DIR (default ./run/bench), CC_BENCH_S, CC_BENCH_CONCURRENCY (default 32), CC_BENCH_KEYS (2000)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export CC_RUN_DIR="${CC_RUN_DIR:-$ROOT/run/bench}"
+export CC_PROFILE=release
+CLUSTER="$ROOT/scripts/cluster.sh"
+BIN="$ROOT/target/release/customer-cluster"
+OUT="$CC_RUN_DIR/results"
+SECS="${CC_BENCH_S:-10}"
+CONC="${CC_BENCH_CONCURRENCY:-32}"
+KEYS="${CC_BENCH_KEYS:-2000}"
+MICRO=0
+for arg in "$@"; do
+  case "$arg" in
+    --quick) SECS=3 ;;
+    --micro) MICRO=1 ;;
+    *) echo "bench.sh: unknown argument $arg (use --quick, --micro)" >&2; exit 2 ;;
+  esac
+done
+
+trap '"$CLUSTER" down > /dev/null 2>&1 || true' EXIT INT TERM
+
+NODES3="http://127.0.0.1:8081,http://127.0.0.1:8082,http://127.0.0.1:8083"
+
+fresh_cluster() {
+  local n="$1"
+  "$CLUSTER" down > /dev/null 2>&1 || true
+  rm -f "$CC_RUN_DIR"/n*.db "$CC_RUN_DIR"/n*.db-wal "$CC_RUN_DIR"/n*.db-shm
+  "$CLUSTER" up "$n" > "$CC_RUN_DIR/up-$n.log"
+  # shellcheck source=/dev/null
+  source "$CC_RUN_DIR/env"
+}
+
+# run NAME LABEL KEYS [bench flags...]
+run() {
+  local name="$1" label="$2" keys="$3"
+  shift 3
+  "$BIN" bench --label "$label" --duration-s "$SECS" --warmup-s 1 --concurrency "$CONC" \
+    --keys "$keys" --out "$OUT/$name.json" "$@" > "$OUT/$name.txt"
+  head -n 3 "$OUT/$name.txt"
+}
+
+mkdir -p "$OUT"
+rm -f "$OUT"/*.json "$OUT"/*.txt
+echo "== machine: $(nproc) cores; nodes and load generator share them =="
+echo
+echo "== 3-node cluster =="
+fresh_cluster 3
+run ceiling     "ceiling: GET /health" 1         --nodes http://127.0.0.1:8081 --path /health
+run get_local   "3 nodes: GET via owner" "$KEYS"  --nodes "$NODES3" --route owner --mix get=100
+run get_remote  "3 nodes: GET via non-owner" "$KEYS" --nodes "$NODES3" --route non-owner --mix get=100
+run mix3        "3 nodes: 80/20 get/update" "$KEYS" --nodes "$NODES3" --route any --mix get=80,update=20
+run mix3_zipf   "3 nodes: 80/20 zipf(0.99)" "$KEYS" --nodes "$NODES3" --route any --mix get=80,update=20 --distribution zipf
+run create3     "3 nodes: create" 1              --nodes "$NODES3" --route any --mix create=100
+
+echo
+echo "== 1-node cluster (baseline) =="
+fresh_cluster 1
+run mix1        "1 node: 80/20 get/update" "$KEYS" --nodes http://127.0.0.1:8081 --mix get=80,update=20
+run create1     "1 node: create (group commit)" 1 --nodes http://127.0.0.1:8081 --mix create=100
+CC_NODE_ARGS="--db-max-batch 1" fresh_cluster 1
+run create1_nogc "1 node: create, 1 fsync/write" 1 --nodes http://127.0.0.1:8081 --mix create=100
+"$CLUSTER" down > /dev/null
+
+echo
+echo "== results =="
+r() { echo "$1=$OUT/$2.json/$OUT/$3.json"; }
+"$BIN" bench-report "$OUT"/{ceiling,get_local,get_remote,mix3,mix3_zipf,create3,mix1,create1,create1_nogc}.json \
+  --ratio "$(r 'GET via owner ÷ ceiling' get_local ceiling)" \
+  --ratio "$(r 'remote hop ÷ local (GET)' get_remote get_local)" \
+  --ratio "$(r '3-node ÷ 1-node (80/20 mix)' mix3 mix1)" \
+  --ratio "$(r 'zipf ÷ uniform (3-node mix)' mix3_zipf mix3)" \
+  --ratio "$(r '3-node ÷ 1-node (create)' create3 create1)" \
+  --ratio "$(r 'group commit ÷ 1 fsync/write (create)' create1 create1_nogc)" \
+  | tee "$OUT/summary.txt"
+
+if [[ "$MICRO" == 1 ]]; then
+  echo
+  echo "== micro-benchmarks (criterion) =="
+  (cd "$ROOT" && cargo bench --bench micro -- --warm-up-time 1 --measurement-time 3 2>/dev/null | grep -E "^[a-z_/0-9]+ +time:|^[a-z_/0-9]+$|time:|thrpt:")
+  echo
+  echo "== memory per active customer actor =="
+  (cd "$ROOT" && cargo bench --bench memory 2>/dev/null | grep -vE "^(Compiling|Finished|Running)")
+fi
