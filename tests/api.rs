@@ -659,3 +659,44 @@ async fn the_openapi_document_is_valid_and_matches_the_router() {
         "bearer"
     );
 }
+
+#[tokio::test]
+async fn failed_creates_and_misses_leave_no_actor_behind() {
+    let app = app().await;
+    create(&app, "Only", "only@example.com").await;
+    for i in 0..3 {
+        let dup = send(
+            &app,
+            json_req(
+                "POST",
+                "/v1/customers",
+                json!({"name": format!("D{i}"), "email": "only@example.com"}),
+            ),
+        )
+        .await;
+        assert_eq!(dup.status, StatusCode::CONFLICT);
+        let miss = send(
+            &app,
+            empty(
+                "GET",
+                &format!("/v1/customers/01900000-0000-7000-8000-00000000000{i}"),
+            ),
+        )
+        .await;
+        assert_eq!(miss.status, StatusCode::NOT_FOUND);
+    }
+    // Retirement is asynchronous (the actor tells its registry); poll briefly.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let c = send(&app, empty("GET", "/v1/cluster")).await;
+        let active = c.body["members"][0]["active_customers"].as_u64().unwrap();
+        if active == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{active} actors active, expected only the one customer's"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

@@ -167,13 +167,12 @@ impl Actor for CustomerActor {
                     Ok(()) => state.create(request.customer).await,
                     Err(e) => Err(e),
                 };
+                state.release_if_empty(&myself);
                 let _ = reply.send(Wire(result));
             }
             CustomerMsg::Command(request, reply) => {
                 let result = state.run(&request.command, request.deadline_ms).await;
-                if state.cached.is_none() {
-                    state.release(&myself);
-                }
+                state.release_if_empty(&myself);
                 let _ = reply.send(Wire(result));
             }
             CustomerMsg::Activate(reply) => {
@@ -181,9 +180,7 @@ impl Actor for CustomerActor {
                     node: state.ctx.name.clone(),
                     version: c.version,
                 });
-                if state.cached.is_none() {
-                    state.release(&myself);
-                }
+                state.release_if_empty(&myself);
                 let _ = reply.send(Wire(result));
             }
             CustomerMsg::Passivate => myself.stop(None),
@@ -289,8 +286,12 @@ impl CustomerState {
         self.cached = Some(Cached { customer, epoch });
     }
 
-    /// Tells the Registry this actor holds nothing, so it can be retired.
-    fn release(&self, myself: &ActorRef<CustomerMsg>) {
+    /// Tells the Registry this actor holds nothing (absent, deleted, or a create that failed),
+    /// so it can be retired: actors exist only for customers that exist.
+    fn release_if_empty(&self, myself: &ActorRef<CustomerMsg>) {
+        if self.cached.is_some() {
+            return;
+        }
         let pid = myself.get_id().pid();
         let _ = self
             .registry
