@@ -346,6 +346,7 @@ impl MembershipState {
                 // election): swap the route, the member set is unchanged.
                 existing.registry = registry.into();
                 existing.info = info;
+                self.publish_routes();
             }
             _ => {
                 let restarted = self.peers.contains_key(&name);
@@ -393,6 +394,7 @@ impl MembershipState {
             if let Some(peer) = self.peers.get_mut(&node) {
                 peer.registry = other.clone().into();
             }
+            self.publish_routes();
             self.greet(myself, other);
             return;
         }
@@ -458,6 +460,17 @@ impl MembershipState {
         }
         self.last_tick = now;
         self.args.lease.renew();
+        // Safety net: a route whose remote actor has stopped is dropped even if its
+        // process-group leave was missed.
+        let dead: Vec<ActorCell> = self
+            .peers
+            .values()
+            .filter(|p| p.registry.get_status() >= ractor::ActorStatus::Stopping)
+            .map(|p| p.registry.get_cell())
+            .collect();
+        for cell in dead {
+            self.on_registry_left(myself, &cell);
+        }
         self.ping(myself, now);
         for verdict in self.detector.evaluate(now) {
             match verdict {
@@ -552,8 +565,36 @@ impl MembershipState {
         }
     }
 
-    /// Publishes the view for the current peers and tells the local Registry.
+    /// Publishes a view for a changed member set (new epoch) and tells the local Registry.
     fn publish(&mut self, why: &str) {
+        let (members, registries) = self.members_and_routes();
+        let previous = self.args.view_tx.borrow().clone();
+        let ring = previous.ring.next(members);
+        let epoch = ring.epoch;
+        tracing::info!(epoch, members = ?ring.names(), why, "placement view published");
+        metrics::gauge!("customer_cluster_members").set(ring.members.len() as f64);
+        metrics::counter!("customer_placement_changes_total").increment(1);
+        self.args
+            .view_tx
+            .send_replace(Arc::new(View { ring, registries }));
+        if let Some(cell) = ractor::registry::where_is(registry_name(&self.args.info.name)) {
+            let registry: ActorRef<RegistryMsg> = cell.into();
+            let _ = registry.cast(RegistryMsg::PlacementChanged(Wire::ok(epoch)));
+        }
+    }
+
+    /// Publishes new routes to the same members (a peer's Registry is now reached over
+    /// another session): same ring and epoch, so no cached state is invalidated.
+    fn publish_routes(&mut self) {
+        let (_, registries) = self.members_and_routes();
+        let ring = self.args.view_tx.borrow().ring.clone();
+        tracing::debug!(epoch = ring.epoch, "member routes updated");
+        self.args
+            .view_tx
+            .send_replace(Arc::new(View { ring, registries }));
+    }
+
+    fn members_and_routes(&self) -> (Vec<Member>, HashMap<String, ActorRef<RegistryMsg>>) {
         let local = Member {
             name: self.args.info.name.clone(),
             cluster_addr: self.args.info.cluster_addr.clone(),
@@ -571,19 +612,7 @@ impl MembershipState {
             });
             registries.insert(name.clone(), p.registry.clone());
         }
-        let previous = self.args.view_tx.borrow().clone();
-        let ring = previous.ring.next(members);
-        let epoch = ring.epoch;
-        tracing::info!(epoch, members = ?ring.names(), why, "placement view published");
-        metrics::gauge!("customer_cluster_members").set(ring.members.len() as f64);
-        metrics::counter!("customer_placement_changes_total").increment(1);
-        self.args
-            .view_tx
-            .send_replace(Arc::new(View { ring, registries }));
-        if let Some(cell) = ractor::registry::where_is(registry_name(&self.args.info.name)) {
-            let registry: ActorRef<RegistryMsg> = cell.into();
-            let _ = registry.cast(RegistryMsg::PlacementChanged(Wire::ok(epoch)));
-        }
+        (members, registries)
     }
 }
 
