@@ -25,6 +25,9 @@ use crate::error::{Error, Result};
 use crate::storage::WriteOp;
 use crate::storage::engine::{Done, Engine, EngineConfig, ReadJob};
 
+/// How long a caller waits for a database actor to reappear before `Unavailable` (503).
+pub const DB_REAPPEAR_WAIT: Duration = Duration::from_millis(500);
+
 /// The Database actor.
 pub struct Database;
 
@@ -200,12 +203,26 @@ impl DatabaseClient {
         names
     }
 
+    /// The database actor, waiting up to [`DB_REAPPEAR_WAIT`] for one to (re)appear — a
+    /// reconnecting session re-announces it within milliseconds — before answering
+    /// `Unavailable`.
+    async fn resolve_soon(&self) -> Result<ActorRef<DatabaseMsg>> {
+        let deadline = Instant::now() + DB_REAPPEAR_WAIT.min(self.timeout);
+        loop {
+            match self.resolve() {
+                Ok(db) => return Ok(db),
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
+
     async fn call<T: Send + 'static>(
         &self,
         op: &'static str,
         build: impl FnOnce(RpcReplyPort<Wire<T>>) -> DatabaseMsg,
     ) -> Result<T> {
-        let db = self.resolve()?;
+        let db = self.resolve_soon().await?;
         let started = Instant::now();
         let result = call(&db, self.timeout, build).await;
         metrics::histogram!("customer_db_call_seconds", "op" => op)
