@@ -97,6 +97,15 @@ pub enum Command {
     /// Run a steady read/write workload for failover experiments and report what clients saw
     /// (used by scripts/failover.sh).
     Workload(crate::client::workload::WorkloadArgs),
+    /// Measure round trips of a bare Registry ping from one node (--node) to a member.
+    Ping {
+        /// Target and count.
+        #[command(flatten)]
+        args: crate::client::commands::PingArgs,
+        /// Connection options.
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
     /// Show the cluster as one node sees it: members, owned share, active actors, database.
     Status {
         /// Refresh.

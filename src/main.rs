@@ -81,6 +81,7 @@ async fn main() -> ExitCode {
                 Err(e) => fail(&e),
             }
         }
+        Command::Ping { args, opts } => print(commands::ping(&opts, &args).await),
         Command::Create { args, opts } => print(commands::create(&opts, &args).await),
         Command::Get { args, opts } => print(commands::get(&opts, &args).await),
         Command::List { args, opts } => print(commands::list(&opts, &args).await),

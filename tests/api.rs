@@ -497,6 +497,36 @@ async fn cluster_health_and_ready_describe_this_node() {
 }
 
 #[tokio::test]
+async fn ping_measures_round_trips_to_a_member_and_refuses_unknown_nodes_and_bad_counts() {
+    let app = app().await;
+    let cluster = send(&app, empty("GET", "/v1/cluster")).await;
+    let me = cluster.body["node"].as_str().unwrap().to_owned();
+    let r = send(
+        &app,
+        empty("GET", &format!("/v1/cluster/ping/{me}?count=50")),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.body["count"], 50);
+    let (p50, p99, max) = (
+        r.body["p50_us"].as_u64().unwrap(),
+        r.body["p99_us"].as_u64().unwrap(),
+        r.body["max_us"].as_u64().unwrap(),
+    );
+    assert!(p50 <= p99 && p99 <= max && max > 0);
+    assert_eq!(
+        send(&app, empty("GET", "/v1/cluster/ping/nobody"))
+            .await
+            .status,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    for bad in ["count=0", "count=10001", "count=x"] {
+        let r = send(&app, empty("GET", &format!("/v1/cluster/ping/{me}?{bad}"))).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+}
+
+#[tokio::test]
 async fn without_a_database_requests_fail_fast_with_503_and_retry_after() {
     let app = app_with(false, &[]).await;
     let r = send(
@@ -607,6 +637,7 @@ async fn the_openapi_document_is_valid_and_matches_the_router() {
         ("/v1/customers", vec!["get", "post"]),
         ("/v1/customers/{id}", vec!["get", "put", "patch", "delete"]),
         ("/v1/cluster", vec!["get"]),
+        ("/v1/cluster/ping/{node}", vec!["get"]),
         ("/health", vec!["get"]),
         ("/ready", vec!["get"]),
         ("/metrics", vec!["get"]),
@@ -632,7 +663,9 @@ async fn the_openapi_document_is_valid_and_matches_the_router() {
                 !op["responses"].as_object().unwrap().is_empty(),
                 "{method} {path}"
             );
-            let uri = path.replace("{id}", "01900000-0000-7000-8000-000000000000");
+            let uri = path
+                .replace("{id}", "01900000-0000-7000-8000-000000000000")
+                .replace("{node}", "nobody");
             let reply = send(&app, json_req(&method.to_uppercase(), &uri, json!({}))).await;
             let unrouted = reply.error_code() == "method_not_allowed"
                 || (reply.status == StatusCode::NOT_FOUND

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::error::{ApiError, ErrorBody};
 use super::json::{
-    ClusterJson, CustomerJson, FieldsBody, JsonBody, ListQuery, ListResponse, MemberJson,
+    ClusterJson, CustomerJson, FieldsBody, JsonBody, ListQuery, ListResponse, MemberJson, PingJson,
     merge_patch,
 };
 use super::openapi::{CustomerInput, CustomerPatchInput};
@@ -256,6 +256,54 @@ pub async fn cluster(State(s): State<AppState>) -> ApiResult {
         epoch: view.ring.epoch,
         members,
         db_members: ctx.db.members(&ctx.name),
+    })
+    .into_response())
+}
+
+/// Most pings one `/v1/cluster/ping` request may send.
+pub const MAX_PINGS: u32 = 10_000;
+
+/// `GET /v1/cluster/ping/{node}?count=N` — sequential round trips of a bare Registry ping from
+/// this node to `node` (itself included): the cost of one hop, without customer work.
+#[utoipa::path(get, path = "/v1/cluster/ping/{node}", tag = "cluster",
+    params(("node" = String, Path, description = "Member name"),
+           ("count" = Option<u32>, Query, description = "Pings to send, 1..=10000 (default 100)")),
+    responses(
+        (status = 200, description = "Round-trip percentiles", body = PingJson),
+        (status = 400, description = "Bad count", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 503, description = "No such member, or it does not answer", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn ping(
+    State(s): State<AppState>,
+    Path(node): Path<String>,
+    query: Result<Query<std::collections::HashMap<String, String>>, QueryRejection>,
+) -> ApiResult {
+    let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let count = match q.get("count") {
+        None => 100,
+        Some(raw) => raw
+            .parse::<u32>()
+            .ok()
+            .filter(|c| (1..=MAX_PINGS).contains(c))
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!("count must be an integer from 1 to {MAX_PINGS}"))
+            })?,
+    };
+    let mut rtts = Vec::with_capacity(count as usize);
+    for seq in 0..u64::from(count) {
+        rtts.push(s.gateway.ping(&node, seq).await?.as_micros() as u64);
+    }
+    rtts.sort_unstable();
+    let at = |p: f64| rtts[((rtts.len() - 1) as f64 * p).round() as usize];
+    Ok(Json(PingJson {
+        node,
+        count,
+        p50_us: at(0.50),
+        p99_us: at(0.99),
+        max_us: at(1.0),
+        mean_us: rtts.iter().sum::<u64>() / u64::from(count),
     })
     .into_response())
 }

@@ -175,6 +175,23 @@ pub struct MemberJson {
     pub this_node: bool,
 }
 
+/// Response of `GET /v1/cluster/ping/{node}`: round trips of a bare Registry ping.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PingJson {
+    /// The node pinged.
+    pub node: String,
+    /// Pings sent (sequentially).
+    pub count: u32,
+    /// Median round trip, µs.
+    pub p50_us: u64,
+    /// 99th percentile, µs.
+    pub p99_us: u64,
+    /// Slowest, µs.
+    pub max_us: u64,
+    /// Mean, µs.
+    pub mean_us: u64,
+}
+
 /// A JSON request body, with rejections in the API's error format.
 pub struct JsonBody<T>(pub T);
 

@@ -82,6 +82,7 @@ pub fn router(state: AppState) -> Router {
             get(get_one).put(replace).patch(patch).delete(delete),
         )
         .route("/v1/cluster", get(cluster))
+        .route("/v1/cluster/ping/{node}", get(ping))
         .route_layer(from_fn_with_state(state.clone(), middleware::auth));
     Router::new()
         .merge(v1)

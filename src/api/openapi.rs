@@ -6,7 +6,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
 
 use super::error::{ErrorBody, ErrorDetail};
 use super::handlers;
-use super::json::{ClusterJson, CustomerJson, ListResponse, MemberJson};
+use super::json::{ClusterJson, CustomerJson, ListResponse, MemberJson, PingJson};
 
 /// Body of POST and PUT (documentation shape of [`super::json::FieldsBody`]).
 #[derive(ToSchema)]
@@ -55,6 +55,7 @@ pub struct CustomerPatchInput {
         handlers::patch,
         handlers::delete,
         handlers::cluster,
+        handlers::ping,
         handlers::health,
         handlers::ready,
         handlers::metrics,
@@ -67,6 +68,7 @@ pub struct CustomerPatchInput {
         ListResponse,
         ClusterJson,
         MemberJson,
+        PingJson,
         ErrorBody,
         ErrorDetail
     )),

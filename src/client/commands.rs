@@ -119,6 +119,16 @@ pub struct DeleteArgs {
     pub if_match: Option<u64>,
 }
 
+/// `ping`
+#[derive(Debug, Clone, clap::Args)]
+pub struct PingArgs {
+    /// Member to ping (from the node given by --node).
+    pub target: String,
+    /// Sequential pings to send.
+    #[arg(long, default_value_t = 1000)]
+    pub count: u32,
+}
+
 /// `status`
 #[derive(Debug, Clone, clap::Args)]
 pub struct StatusArgs {
@@ -252,6 +262,30 @@ pub async fn list(opts: &ClientOpts, args: &ListArgs) -> Result<String, ClientEr
         let _ = write!(out, "; more after {n} (use --after {n} or --all)");
     }
     Ok(out)
+}
+
+/// Runs `ping`: round trips of a bare Registry ping from `--node` to the target member.
+pub async fn ping(opts: &ClientOpts, args: &PingArgs) -> Result<String, ClientError> {
+    let path = format!(
+        "/v1/cluster/ping/{}?count={}",
+        urlencode(&args.target),
+        args.count
+    );
+    let r = opts.client()?.get(&path).await?.ok()?;
+    if opts.json {
+        return Ok(String::from_utf8_lossy(&r.body).into_owned());
+    }
+    let v: serde_json::Value = r.json()?;
+    Ok(format!(
+        "{} -> {}: {} pings, p50 {} µs, p99 {} µs, max {} µs, mean {} µs",
+        r.header("x-entry-node").unwrap_or("?"),
+        args.target,
+        v["count"],
+        v["p50_us"],
+        v["p99_us"],
+        v["max_us"],
+        v["mean_us"]
+    ))
 }
 
 /// Runs `status` once.
