@@ -162,6 +162,9 @@ pub struct DatabaseClient {
     local_name: String,
     timeout: Duration,
     warned_multiple: Arc<AtomicBool>,
+    /// The remote Database actor last resolved; reused while it runs, so a call does not
+    /// scan the process group (measurable on nodes without a database: every load and write).
+    remote: Arc<std::sync::Mutex<Option<ActorCell>>>,
 }
 
 impl DatabaseClient {
@@ -171,6 +174,7 @@ impl DatabaseClient {
             local_name: database_name(node),
             timeout,
             warned_multiple: Arc::new(AtomicBool::new(false)),
+            remote: Arc::new(std::sync::Mutex::new(None)),
         }
     }
 
@@ -179,6 +183,13 @@ impl DatabaseClient {
         if let Some(cell) = ractor::registry::where_is(self.local_name.clone()) {
             return Ok(cell.into());
         }
+        let mut cached = self.remote.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(cell) = cached
+            .as_ref()
+            .filter(|c| c.get_status() < ractor::ActorStatus::Stopping)
+        {
+            return Ok(cell.clone().into());
+        }
         let members = remote_members();
         if members.len() > 1 && !self.warned_multiple.swap(true, Ordering::Relaxed) {
             tracing::error!(
@@ -186,10 +197,10 @@ impl DatabaseClient {
                 "more than one database node is in the cluster; with SQLite they hold different data. Using the first by name"
             );
         }
-        members
-            .into_iter()
-            .next()
-            .map(|(_, cell)| cell.into())
+        let first = members.into_iter().next().map(|(_, cell)| cell);
+        cached.clone_from(&first);
+        first
+            .map(ActorRef::from)
             .ok_or_else(|| Error::Unavailable("no database node is reachable".into()))
     }
 
