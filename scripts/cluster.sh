@@ -85,12 +85,11 @@ start_node() {
   i="$(node_index "$name")"
   [[ -n "$(live_pid "$name")" ]] && { echo "$name already runs (pid $(live_pid "$name"))"; return 0; }
   args=(node --cookie-file "$RUN/cookie" --api-token-file "$RUN/token" --data-dir "$RUN")
-  if [[ -f "$ROOT/config/node$i.toml" ]]; then
-    args+=(--config "$ROOT/config/node$i.toml")
-  else
-    args+=(--name "$name" --http-addr "127.0.0.1:$((BASE_HTTP + i))"
-           --cluster-addr "127.0.0.1:$((BASE_CLUSTER + i))" --seeds "127.0.0.1:$((BASE_CLUSTER + 1))")
-  fi
+  # config/nodeK.toml (if any) supplies the rest, e.g. node 1's database; the flags below win
+  # over it so CC_BASE_HTTP / CC_BASE_CLUSTER can move the whole cluster to other ports.
+  [[ -f "$ROOT/config/node$i.toml" ]] && args+=(--config "$ROOT/config/node$i.toml")
+  args+=(--name "$name" --http-addr "127.0.0.1:$((BASE_HTTP + i))" --cluster-addr "127.0.0.1:$((BASE_CLUSTER + i))")
+  (( i > 1 )) && args+=(--seeds "127.0.0.1:$((BASE_CLUSTER + 1))")
   # shellcheck disable=SC2206
   [[ -n "${CC_NODE_ARGS:-}" ]] && args+=(${CC_NODE_ARGS})
   nohup "$BIN" "${args[@]}" >> "$RUN/$name.log" 2>&1 < /dev/null &
