@@ -7,8 +7,10 @@
 #     mix       80% GET / 20% PATCH, uniform keys, any entry node
 #     mix-zipf  the same with zipf(0.99) keys
 #     create    POST only (durable writes through the cluster)
+#     ping      bare Registry round trips n1 -> n1 and n1 -> n2 (the cost of one hop)
+#     get-*-1k  the same GETs open-loop at 1000 req/s (latency without queueing)
 #   1-node cluster (baseline for the price of distribution):
-#     mix, create (group commit), create with --db-max-batch 1 (one fsync per write)
+#     GET (closed loop and @1k/s), mix, create (group commit), create with --db-max-batch 1
 # and prints every run plus ratios: CRUD ÷ ceiling, remote ÷ local, 3-node ÷ 1-node, group
 # commit ÷ one commit per write. Results (JSON) stay in $CC_RUN_DIR/bench.
 #
@@ -70,11 +72,20 @@ run get_remote  "3 nodes: GET via non-owner" "$KEYS" --nodes "$NODES3" --route n
 run mix3        "3 nodes: 80/20 get/update" "$KEYS" --nodes "$NODES3" --route any --mix get=80,update=20
 run mix3_zipf   "3 nodes: 80/20 zipf(0.99)" "$KEYS" --nodes "$NODES3" --route any --mix get=80,update=20 --distribution zipf
 run create3     "3 nodes: create" 1              --nodes "$NODES3" --route any --mix create=100
+# Open loop at a modest fixed rate: latency without queueing (coordinated omission corrected).
+run get_local_1k  "3 nodes: GET via owner @1k/s" "$KEYS"     --nodes "$NODES3" --route owner --mix get=100 --rate 1000
+run get_remote_1k "3 nodes: GET via non-owner @1k/s" "$KEYS" --nodes "$NODES3" --route non-owner --mix get=100 --rate 1000
+echo
+echo "bare Registry ping, sequential (no customer work):"
+"$BIN" ping n1 --count 2000 --node http://127.0.0.1:8081 | tee "$OUT/ping_local.txt"
+"$BIN" ping n2 --count 2000 --node http://127.0.0.1:8081 | tee "$OUT/ping_remote.txt"
 
 echo
 echo "== 1-node cluster (baseline) =="
 fresh_cluster 1
 run mix1        "1 node: 80/20 get/update" "$KEYS" --nodes http://127.0.0.1:8081 --mix get=80,update=20
+run get1        "1 node: GET (active customer)" "$KEYS" --nodes http://127.0.0.1:8081 --mix get=100
+run get1_1k     "1 node: GET @1k/s" "$KEYS"      --nodes http://127.0.0.1:8081 --mix get=100 --rate 1000
 run create1     "1 node: create (group commit)" 1 --nodes http://127.0.0.1:8081 --mix create=100
 CC_NODE_ARGS="--db-max-batch 1" fresh_cluster 1
 run create1_nogc "1 node: create, 1 fsync/write" 1 --nodes http://127.0.0.1:8081 --mix create=100
@@ -83,9 +94,11 @@ run create1_nogc "1 node: create, 1 fsync/write" 1 --nodes http://127.0.0.1:8081
 echo
 echo "== results =="
 r() { echo "$1=$OUT/$2.json/$OUT/$3.json"; }
-"$BIN" bench-report "$OUT"/{ceiling,get_local,get_remote,mix3,mix3_zipf,create3,mix1,create1,create1_nogc}.json \
+"$BIN" bench-report "$OUT"/{ceiling,get_local,get_remote,get_local_1k,get_remote_1k,mix3,mix3_zipf,create3,get1,get1_1k,mix1,create1,create1_nogc}.json \
   --ratio "$(r 'GET via owner ÷ ceiling' get_local ceiling)" \
-  --ratio "$(r 'remote hop ÷ local (GET)' get_remote get_local)" \
+  --ratio "$(r 'remote hop ÷ local (GET, closed loop)' get_remote get_local)" \
+  --ratio "$(r 'remote hop ÷ local (GET @1k/s)' get_remote_1k get_local_1k)" \
+  --ratio "$(r '3-node via owner ÷ 1-node (GET)' get_local get1)" \
   --ratio "$(r '3-node ÷ 1-node (80/20 mix)' mix3 mix1)" \
   --ratio "$(r 'zipf ÷ uniform (3-node mix)' mix3_zipf mix3)" \
   --ratio "$(r '3-node ÷ 1-node (create)' create3 create1)" \
