@@ -276,3 +276,28 @@ async fn status_watch_keeps_refreshing_the_table() {
     .await;
     assert!(refreshes >= 2);
 }
+
+#[test]
+fn a_node_whose_ports_are_taken_exits_with_a_clear_message() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let free = support::free_port();
+    for (cluster, http, what) in [(port, free, "cluster connections"), (free, port, "HTTP")] {
+        let out = Command::new(BIN)
+            .args(["node", "--name", "x", "--cookie", "c"])
+            .args([
+                "--cluster-addr",
+                &format!("127.0.0.1:{cluster}"),
+                "--http-addr",
+                &format!("127.0.0.1:{http}"),
+            ])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!("cannot listen for {what}")),
+            "{stderr}"
+        );
+    }
+}

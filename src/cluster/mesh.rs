@@ -134,6 +134,13 @@ pub struct Mesh {
 impl Mesh {
     /// Starts the NodeServer listening on `config.bind`.
     pub async fn start(config: MeshConfig) -> Result<Self> {
+        // Probe the address first: the NodeServer reports a taken port only as a startup panic.
+        std::net::TcpListener::bind(config.bind).map_err(|e| {
+            Error::InvalidInput(format!(
+                "cannot listen for cluster connections on {}: {e}",
+                config.bind
+            ))
+        })?;
         // With TLS, ractor_cluster's transitive auto-connects would be plain TCP and fail;
         // Membership dials every member explicitly anyway.
         let mode = match config.transport {
