@@ -9,6 +9,7 @@ use axum::body::Body;
 use axum::http::{Request, header};
 use customer_cluster::actors::gateway::Gateway;
 use customer_cluster::api::{AppState, router};
+use customer_cluster::client::encode_segment as encode;
 use customer_cluster::config::Config;
 use customer_cluster::node::start_actors;
 use proptest::prelude::*;
@@ -63,17 +64,6 @@ fn status_of(method: &str, uri: &str, body: Option<String>, content_type: &str) 
             .status()
             .as_u16()
     })
-}
-
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn arb_text() -> impl Strategy<Value = String> {

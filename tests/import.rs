@@ -6,20 +6,12 @@ mod support;
 use std::process::Command;
 use std::time::Duration;
 
-use serde_json::Value;
 use support::{BIN, NodeSpec, TestNode};
 
 async fn emails(node: &TestNode) -> Vec<String> {
-    let v: Value = node
-        .client
-        .get("/v1/customers?limit=1000")
+    let mut out: Vec<String> = node
+        .list_all()
         .await
-        .unwrap()
-        .json()
-        .unwrap();
-    let mut out: Vec<String> = v["items"]
-        .as_array()
-        .unwrap()
         .iter()
         .map(|c| c["email"].as_str().unwrap().to_owned())
         .collect();

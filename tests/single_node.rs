@@ -74,15 +74,8 @@ async fn every_acknowledged_write_survives_sigkill_and_restart() {
             None => assert_eq!(r.status, 404, "deleted {id} came back"),
         }
     }
-    let list: Value = node
-        .client
-        .get("/v1/customers?limit=1000")
-        .await
-        .unwrap()
-        .json()
-        .unwrap();
     let live = expected.values().filter(|v| v.is_some()).count();
-    assert_eq!(list["items"].as_array().unwrap().len(), live);
+    assert_eq!(node.list_all().await.len(), live);
 }
 
 #[tokio::test]

@@ -332,32 +332,50 @@ mod tests {
         .await
     }
 
-    #[tokio::test]
-    async fn a_stale_second_activation_is_fenced_reloads_and_never_overwrites_a_newer_write() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = crate::config::Config::local("fencing-test", Some(dir.path().join("c.db")));
-        let node = crate::node::start_actors(&config, None, 1).await.unwrap();
-        let registry: ActorRef<RegistryMsg> =
-            ractor::registry::where_is(registry_name(&config.name))
+    /// A node with one stored customer, and a way to spawn actors for that customer outside
+    /// the Registry (as a second activation would be).
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        node: crate::node::NodeActors,
+        registry: ActorRef<RegistryMsg>,
+        customer: Customer,
+    }
+
+    impl Fixture {
+        async fn new(name: &str) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let config = crate::config::Config::local(name, Some(dir.path().join("c.db")));
+            let node = crate::node::start_actors(&config, None, 1).await.unwrap();
+            let registry = ractor::registry::where_is(registry_name(&config.name))
                 .unwrap()
                 .into();
-        let c = node
-            .ctx
-            .db
-            .insert(Customer::new(new_customer_id(), row(1).fields, 1))
-            .await
-            .unwrap();
-        // Two activations of one customer, as during a membership change.
-        let spawn = || {
+            let new = Customer::new(new_customer_id(), row(1).fields, 1);
+            let customer = node.ctx.db.insert(new).await.unwrap();
+            Self {
+                _dir: dir,
+                node,
+                registry,
+                customer,
+            }
+        }
+
+        async fn activation(&self) -> ActorRef<CustomerMsg> {
             let args = CustomerArgs {
-                id: c.id,
-                ctx: node.ctx.clone(),
-                registry: registry.clone(),
+                id: self.customer.id,
+                ctx: self.node.ctx.clone(),
+                registry: self.registry.clone(),
             };
-            Actor::spawn(None, CustomerActor, args)
-        };
-        let (first, _) = spawn().await.unwrap();
-        let (stale, _) = spawn().await.unwrap();
+            Actor::spawn(None, CustomerActor, args).await.unwrap().0
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stale_second_activation_is_fenced_reloads_and_never_overwrites_a_newer_write() {
+        let f = Fixture::new("fencing-test").await;
+        let (node, c) = (&f.node, &f.customer);
+        // Two activations of one customer, as during a membership change.
+        let first = f.activation().await;
+        let stale = f.activation().await;
         let get = RouteRequest {
             id: c.id,
             command: CustomerCommand::Get,
@@ -392,30 +410,14 @@ mod tests {
         assert_eq!(stored, merged);
         first.stop(None);
         stale.stop(None);
-        node.supervisor.stop(None);
+        f.node.supervisor.stop(None);
     }
 
     #[tokio::test]
     async fn an_expired_request_is_refused_without_writing() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = crate::config::Config::local("deadline-test", Some(dir.path().join("c.db")));
-        let node = crate::node::start_actors(&config, None, 1).await.unwrap();
-        let registry: ActorRef<RegistryMsg> =
-            ractor::registry::where_is(registry_name(&config.name))
-                .unwrap()
-                .into();
-        let c = node
-            .ctx
-            .db
-            .insert(Customer::new(new_customer_id(), row(1).fields, 1))
-            .await
-            .unwrap();
-        let args = CustomerArgs {
-            id: c.id,
-            ctx: node.ctx.clone(),
-            registry,
-        };
-        let (actor, _) = Actor::spawn(None, CustomerActor, args).await.unwrap();
+        let f = Fixture::new("deadline-test").await;
+        let (node, c) = (&f.node, &f.customer);
+        let actor = f.activation().await;
         let mut late = patch("name", "too late");
         late.deadline_ms = 1;
         assert!(matches!(send(&actor, late).await, Err(Error::Timeout(_))));

@@ -233,7 +233,7 @@ pub async fn list(opts: &ClientOpts, args: &ListArgs) -> Result<String, ClientEr
     loop {
         let mut path = format!("/v1/customers?limit={}", args.limit);
         if let Some(a) = &after {
-            let _ = write!(path, "&after={}", urlencode(a));
+            let _ = write!(path, "&after={}", super::encode_segment(a));
         }
         let page: ListResponse = client.get(&path).await?.ok()?.json()?;
         items.extend(page.items);
@@ -268,7 +268,7 @@ pub async fn list(opts: &ClientOpts, args: &ListArgs) -> Result<String, ClientEr
 pub async fn ping(opts: &ClientOpts, args: &PingArgs) -> Result<String, ClientError> {
     let path = format!(
         "/v1/cluster/ping/{}?count={}",
-        urlencode(&args.target),
+        super::encode_segment(&args.target),
         args.count
     );
     let r = opts.client()?.get(&path).await?.ok()?;
@@ -360,19 +360,7 @@ fn render_customer(opts: &ClientOpts, r: &HttpResponse) -> Result<String, Client
 }
 
 fn customer_path(id: &str) -> String {
-    format!("/v1/customers/{}", urlencode(id))
-}
-
-/// Percent-encodes everything but unreserved characters, so any id text stays one segment.
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    format!("/v1/customers/{}", super::encode_segment(id))
 }
 
 #[cfg(test)]

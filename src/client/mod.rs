@@ -208,6 +208,19 @@ impl HttpClient {
     }
 }
 
+/// Percent-encodes everything but RFC 3986 unreserved characters, so any text (an id typed
+/// by a user, a cursor) stays exactly one path segment or query value.
+pub fn encode_segment(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 fn normalize_base(raw: &str) -> Result<String, ClientError> {
     let raw = raw.trim().trim_end_matches('/');
     if raw.starts_with("https://") {

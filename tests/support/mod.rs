@@ -260,6 +260,17 @@ impl TestNode {
             .expect("patch request")
     }
 
+    /// Every customer (one page of up to 1000), as JSON objects.
+    pub async fn list_all(&self) -> Vec<Value> {
+        let r = self
+            .client
+            .get("/v1/customers?limit=1000")
+            .await
+            .expect("list request");
+        let v: Value = r.json().expect("list body");
+        v["items"].as_array().cloned().unwrap_or_default()
+    }
+
     /// `GET /v1/cluster` as JSON.
     pub async fn cluster(&self) -> Option<Value> {
         let r = self.client.get("/v1/cluster").await.ok()?;
