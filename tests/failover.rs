@@ -11,6 +11,11 @@ use support::{TestCluster, TestNode, id_of};
 
 const CUSTOMERS: usize = 200;
 
+/// The tests in this file run one at a time: each one starts three nodes and then measures how
+/// fast they notice a lost peer, so three clusters sharing two cores would mostly test the
+/// scheduler. A tokio mutex is not poisoned when a test fails, so one failure stays one failure.
+static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The last acknowledged state of each customer: (name, version).
 type Acked = HashMap<String, (String, u64)>;
 
@@ -128,6 +133,7 @@ async fn assert_no_stale_reads(nodes: &[&TestNode], acked: &Acked) {
 
 #[tokio::test]
 async fn a_killed_node_loses_nothing_and_owns_customers_again_after_restart() {
+    let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
     let mut cluster = TestCluster::start("k", 3, &[]).await;
     let mut acked = seed(&cluster, "kill").await;
 
@@ -165,6 +171,7 @@ async fn a_killed_node_loses_nothing_and_owns_customers_again_after_restart() {
 
 #[tokio::test]
 async fn a_frozen_node_is_evicted_and_serves_no_stale_state_after_it_resumes() {
+    let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
     let cluster = TestCluster::start("s", 3, &[]).await;
     let mut acked = seed(&cluster, "freeze").await;
     // Make s3 hold cached state for the customers it owns.
@@ -195,6 +202,7 @@ async fn a_frozen_node_is_evicted_and_serves_no_stale_state_after_it_resumes() {
 
 #[tokio::test]
 async fn a_gracefully_stopped_node_hands_over_without_client_errors() {
+    let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
     let mut cluster = TestCluster::start("g", 3, &[]).await;
     let acked = seed(&cluster, "graceful").await;
     let owned_by_g2 = {
