@@ -161,21 +161,37 @@ impl CustomerPatch {
 }
 
 /// Validates raw input into [`CustomerFields`]: trims, checks presence, lengths and syntax.
+/// Every invalid field is reported (joined with "; "), so a client fixes a form in one round.
 pub fn validate(input: FieldsInput) -> Result<CustomerFields> {
-    let name = required_text(input.name, "name", MAX_NAME_CHARS)?;
-    let email = required_text(input.email, "email", MAX_EMAIL_CHARS)?;
-    check_email(&email)?;
-    let phone = optional_text(input.phone, "phone", MAX_PHONE_CHARS)?;
-    if let Some(p) = &phone {
-        check_phone(p)?;
+    let mut problems = Vec::new();
+    let mut keep = |r: Result<Option<String>>| {
+        r.unwrap_or_else(|e| {
+            problems.push(match e {
+                Error::InvalidInput(m) => m,
+                other => other.to_string(),
+            });
+            None
+        })
+    };
+    let name = keep(required_text(input.name, "name", MAX_NAME_CHARS).map(Some));
+    let email = keep(
+        required_text(input.email, "email", MAX_EMAIL_CHARS)
+            .and_then(|e| check_email(&e).map(|()| Some(e))),
+    );
+    let phone = keep(
+        optional_text(input.phone, "phone", MAX_PHONE_CHARS)
+            .and_then(|p| p.map_or(Ok(None), |p| check_phone(&p).map(|()| Some(p)))),
+    );
+    let address = keep(optional_text(input.address, "address", MAX_ADDRESS_CHARS));
+    match (name, email) {
+        (Some(name), Some(email)) if problems.is_empty() => Ok(CustomerFields {
+            name,
+            email,
+            phone,
+            address,
+        }),
+        _ => Err(Error::InvalidInput(problems.join("; "))),
     }
-    let address = optional_text(input.address, "address", MAX_ADDRESS_CHARS)?;
-    Ok(CustomerFields {
-        name,
-        email,
-        phone,
-        address,
-    })
 }
 
 fn required_text(value: Option<String>, field: &str, max: usize) -> Result<String> {
@@ -199,7 +215,7 @@ fn optional_text(value: Option<String>, field: &str, max: usize) -> Result<Optio
     let chars = trimmed.chars().count();
     if chars > max {
         return Err(Error::InvalidInput(format!(
-            "{field} is {chars} characters long; at most {max} allowed"
+            "{field} is {chars} characters long, more than the {max} allowed"
         )));
     }
     Ok(Some(trimmed.to_owned()))
@@ -341,6 +357,20 @@ mod tests {
             validate(i).unwrap().phone.as_deref(),
             Some("+1 (555) 010-9999")
         );
+    }
+
+    #[test]
+    fn every_invalid_field_is_reported_at_once() {
+        let mut i = input("", "not-an-email");
+        i.phone = Some("call me".into());
+        i.address = Some("x".repeat(MAX_ADDRESS_CHARS + 1));
+        let Err(Error::InvalidInput(message)) = validate(i) else {
+            panic!("invalid input accepted");
+        };
+        for field in ["name is required", "email", "phone", "address"] {
+            assert!(message.contains(field), "{field} missing from {message:?}");
+        }
+        assert_eq!(message.matches("; ").count(), 3, "{message}");
     }
 
     #[test]
