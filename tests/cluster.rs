@@ -144,3 +144,66 @@ async fn a_node_with_a_wrong_cookie_never_becomes_a_member() {
         vec!["intruder".to_string()]
     );
 }
+
+#[tokio::test]
+async fn a_second_database_node_makes_the_cluster_refuse_requests_until_it_leaves() {
+    let cluster = TestCluster::start("d", 2, &[]).await;
+    let before = cluster.nodes[1]
+        .create("Before", "before@example.com")
+        .await;
+    assert_eq!(before.status, 201, "{:?}", before.body);
+
+    // An operator mistake: a third node with its own SQLite file joins.
+    let mut spec = NodeSpec::new("d3");
+    spec.db_path = Some(cluster.dir.path().join("second.db"));
+    spec.seeds = vec![cluster.nodes[0].spec.cluster_addr()];
+    let mut second = TestNode::start(spec, cluster.dir.path());
+
+    // Writes through any node are refused with a 503 that names both database nodes.
+    let d2 = &cluster.nodes[1];
+    let mut attempt = 0;
+    let refusal = wait_until(
+        "writes are refused while two databases are present",
+        Duration::from_secs(60),
+        || {
+            attempt += 1;
+            let email = format!("during{attempt}@example.com");
+            async move {
+                let r = d2.create("During", &email).await;
+                (r.status == 503).then_some(r)
+            }
+        },
+    )
+    .await;
+    let body: Value = refusal.json().unwrap();
+    assert_eq!(body["error"]["code"], "unavailable");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("more than one database node in the cluster (d1, d3)"),
+        "{message}"
+    );
+    let ready = cluster.nodes[0].client.get("/ready").await.unwrap();
+    assert_eq!(ready.status, 503, "d1 reports ready with two databases");
+    assert!(
+        cluster.nodes[0]
+            .log()
+            .contains("another node also hosts a database")
+    );
+
+    // Once the extra database node is gone, service resumes by itself, with the old data.
+    assert_eq!(second.terminate(Duration::from_secs(20)), Some(0));
+    cluster.nodes[0].wait_ready(Duration::from_secs(30)).await;
+    let after = wait_until("writes succeed again", Duration::from_secs(30), || async {
+        let r = cluster.nodes[1].create("After", "after@example.com").await;
+        (r.status == 201).then_some(r)
+    })
+    .await;
+    assert_eq!(after.header("x-entry-node"), Some("d2"));
+    let r = cluster.nodes[1].get(&id_of(&before)).await;
+    assert_eq!(r.status, 200);
+    assert!(
+        cluster.nodes[0]
+            .log()
+            .contains("this is the only database node again")
+    );
+}

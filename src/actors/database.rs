@@ -6,14 +6,18 @@
 //! process group `customer-db.v1`, which is how nodes without `--db-path` find it.
 //!
 //! The client prefers a Database actor in this process (registered by name), else the remote
-//! group member whose node name sorts first — every node picks the same one. With SQLite
-//! there should be exactly one; a second one is a configuration error that is logged.
+//! group member whose node name sorts first. With SQLite there must be exactly one: SQLite
+//! files are not replicated, so two database nodes would each take writes the other never
+//! sees. Each Database actor therefore watches its group and, while another node's Database
+//! actor is in it, refuses every request with `Unavailable` (503) and says why in the log and
+//! in the error. The cluster fails closed until the operator stops one; then service resumes
+//! by itself.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::pg::GroupChangeMessage;
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use crate::cluster::protocol::{
     self, DATABASE_GROUP, DatabaseMsg, DeleteRequest, ListRequest, UpdateRequest, call,
@@ -44,6 +48,45 @@ pub struct DatabaseState {
     node: String,
     /// `None` only during shutdown.
     engine: Option<Engine>,
+    /// Other nodes whose Database actor is in the group; while any exist, requests are refused.
+    rivals: Vec<String>,
+}
+
+impl DatabaseState {
+    /// Recomputes [`Self::rivals`] from the process group and logs a change.
+    fn check_rivals(&mut self) {
+        let mut rivals: Vec<String> = remote_members()
+            .into_iter()
+            .map(|(node, _)| node)
+            .filter(|node| *node != self.node)
+            .collect();
+        rivals.dedup();
+        if rivals == self.rivals {
+            return;
+        }
+        if rivals.is_empty() {
+            tracing::info!("this is the only database node again; serving database requests");
+        } else {
+            tracing::error!(
+                others = ?rivals,
+                "another node also hosts a database; SQLite is not replicated, so every database request is refused until only one database node remains (stop the others or restart them without --db-path)"
+            );
+        }
+        self.rivals = rivals;
+    }
+
+    /// The error every request gets while another database node is in the cluster.
+    fn refusal(&self) -> Option<Error> {
+        (!self.rivals.is_empty()).then(|| {
+            let mut nodes = self.rivals.clone();
+            nodes.push(self.node.clone());
+            nodes.sort();
+            Error::Unavailable(format!(
+                "more than one database node in the cluster ({}); SQLite is not replicated, so requests are refused until only one remains",
+                nodes.join(", ")
+            ))
+        })
+    }
 }
 
 impl Actor for Database {
@@ -59,11 +102,31 @@ impl Actor for Database {
         let config = args.engine.clone();
         let engine = tokio::task::spawn_blocking(move || Engine::open(&config)).await??;
         ractor::pg::join(DATABASE_GROUP.to_owned(), vec![myself.get_cell()]);
+        ractor::pg::monitor(DATABASE_GROUP.to_owned(), myself.get_cell());
         tracing::info!(path = %args.engine.path.display(), max_batch = args.engine.max_batch, "database actor started");
-        Ok(DatabaseState {
+        let mut state = DatabaseState {
             node: args.node,
             engine: Some(engine),
-        })
+            rivals: Vec::new(),
+        };
+        state.check_rivals();
+        Ok(state)
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if let SupervisionEvent::ProcessGroupChanged(
+            GroupChangeMessage::Join(_, group, _) | GroupChangeMessage::Leave(_, group, _),
+        ) = event
+            && group == DATABASE_GROUP
+        {
+            state.check_rivals();
+        }
+        Ok(())
     }
 
     async fn post_stop(
@@ -71,6 +134,7 @@ impl Actor for Database {
         myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        ractor::pg::demonitor(DATABASE_GROUP.to_owned(), myself.get_id());
         ractor::pg::leave(DATABASE_GROUP.to_owned(), vec![myself.get_cell()]);
         if let Some(engine) = state.engine.take() {
             // Finish every queued write before the process may exit.
@@ -89,6 +153,10 @@ impl Actor for Database {
         let Some(engine) = state.engine.as_ref() else {
             return Ok(());
         };
+        if let Some(err) = state.refusal() {
+            refuse(message, err);
+            return Ok(());
+        }
         match message {
             DatabaseMsg::Ping(_, reply) => {
                 let _ = reply.send(Wire::ok(state.node.clone()));
@@ -151,6 +219,21 @@ fn expect_row(reply: RpcReplyPort<Wire<Customer>>) -> Done<Option<Customer>> {
     })
 }
 
+/// Answers `message` with `err` without touching storage.
+fn refuse(message: DatabaseMsg, err: Error) {
+    fn send<T>(reply: RpcReplyPort<Wire<T>>, err: Error) {
+        let _ = reply.send(Wire(Err(err)));
+    }
+    match message {
+        DatabaseMsg::Ping(_, reply) => send(reply, err),
+        DatabaseMsg::InsertCustomer(_, reply) => send(reply, err),
+        DatabaseMsg::GetCustomer(_, reply) => send(reply, err),
+        DatabaseMsg::UpdateCustomer(_, reply) => send(reply, err),
+        DatabaseMsg::DeleteCustomer(_, reply) => send(reply, err),
+        DatabaseMsg::ListCustomers(_, reply) => send(reply, err),
+    }
+}
+
 fn reject<T>(reply: RpcReplyPort<Wire<T>>, err: Error) {
     tracing::warn!(error = %err, "rejected an undecodable database request");
     let _ = reply.send(Wire(Err(err)));
@@ -161,7 +244,6 @@ fn reject<T>(reply: RpcReplyPort<Wire<T>>, err: Error) {
 pub struct DatabaseClient {
     local_name: String,
     timeout: Duration,
-    warned_multiple: Arc<AtomicBool>,
     /// The remote Database actor last resolved; reused while it runs, so a call does not
     /// scan the process group (measurable on nodes without a database: every load and write).
     remote: Arc<std::sync::Mutex<Option<ActorCell>>>,
@@ -173,7 +255,6 @@ impl DatabaseClient {
         Self {
             local_name: database_name(node),
             timeout,
-            warned_multiple: Arc::new(AtomicBool::new(false)),
             remote: Arc::new(std::sync::Mutex::new(None)),
         }
     }
@@ -190,14 +271,7 @@ impl DatabaseClient {
         {
             return Ok(cell.clone().into());
         }
-        let members = remote_members();
-        if members.len() > 1 && !self.warned_multiple.swap(true, Ordering::Relaxed) {
-            tracing::error!(
-                members = ?members.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
-                "more than one database node is in the cluster; with SQLite they hold different data. Using the first by name"
-            );
-        }
-        let first = members.into_iter().next().map(|(_, cell)| cell);
+        let first = remote_members().into_iter().next().map(|(_, cell)| cell);
         cached.clone_from(&first);
         first
             .map(ActorRef::from)
