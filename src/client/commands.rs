@@ -183,7 +183,7 @@ pub async fn update(opts: &ClientOpts, args: &UpdateArgs) -> Result<String, Clie
         patch.insert("address".into(), Value::Null);
     }
     if patch.is_empty() {
-        return Err(ClientError::Decode(
+        return Err(ClientError::Local(
             "nothing to update: give at least one of --name --email --phone --address --clear-phone --clear-address".into(),
         ));
     }

@@ -97,11 +97,11 @@ pub fn read_rows(
             .to_ascii_lowercase(),
     };
     let file = std::fs::File::open(path)
-        .map_err(|e| ClientError::Decode(format!("cannot open {}: {e}", path.display())))?;
+        .map_err(|e| ClientError::Local(format!("cannot open {}: {e}", path.display())))?;
     match format.as_str() {
         "csv" => read_csv(file),
         "jsonl" | "ndjson" => Ok(read_jsonl(std::io::BufReader::new(file))),
-        other => Err(ClientError::Decode(format!(
+        other => Err(ClientError::Local(format!(
             "unknown format {other:?}: use a .csv or .jsonl file, or --format csv|jsonl"
         ))),
     }
@@ -114,7 +114,7 @@ fn read_csv(file: std::fs::File) -> Result<(Vec<Row>, Vec<Rejected>), ClientErro
         .from_reader(file);
     let headers = reader
         .headers()
-        .map_err(|e| ClientError::Decode(format!("unreadable CSV header: {e}")))?
+        .map_err(|e| ClientError::Local(format!("unreadable CSV header: {e}")))?
         .clone();
     let column = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name));
     for h in headers.iter() {
@@ -122,13 +122,13 @@ fn read_csv(file: std::fs::File) -> Result<(Vec<Row>, Vec<Rejected>), ClientErro
             .iter()
             .any(|k| h.eq_ignore_ascii_case(k))
         {
-            return Err(ClientError::Decode(format!(
+            return Err(ClientError::Local(format!(
                 "unknown CSV column {h:?} (expected name,email,phone,address)"
             )));
         }
     }
     let (Some(name), Some(email)) = (column("name"), column("email")) else {
-        return Err(ClientError::Decode(
+        return Err(ClientError::Local(
             "the CSV header needs name and email columns".into(),
         ));
     };
@@ -323,14 +323,14 @@ async fn send_row(client: &HttpClient, row: Row) -> (u64, Result<bool, String>) 
 
 fn write_rejects(path: &Path, rejected: &[Rejected]) -> Result<(), ClientError> {
     let mut w = csv::Writer::from_path(path)
-        .map_err(|e| ClientError::Decode(format!("cannot write {}: {e}", path.display())))?;
-    let io = |e: csv::Error| ClientError::Decode(format!("writing {}: {e}", path.display()));
+        .map_err(|e| ClientError::Local(format!("cannot write {}: {e}", path.display())))?;
+    let io = |e: csv::Error| ClientError::Local(format!("writing {}: {e}", path.display()));
     w.write_record(["line", "reason"]).map_err(io)?;
     for r in rejected {
         w.write_record([r.line.to_string(), r.reason.clone()])
             .map_err(io)?;
     }
-    w.flush().map_err(|e| ClientError::Decode(e.to_string()))
+    w.flush().map_err(|e| ClientError::Local(e.to_string()))
 }
 
 impl ImportSummary {
@@ -362,6 +362,17 @@ impl ImportSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_missing_file_is_a_local_error_that_names_the_file() {
+        let err = read_rows(Path::new("/nonexistent/customers.csv"), None).unwrap_err();
+        assert!(matches!(err, ClientError::Local(_)), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with("cannot open /nonexistent/customers.csv"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn row_ids_are_stable_and_distinct() {

@@ -54,6 +54,10 @@ pub enum ClientError {
     /// The body was not what we expected.
     #[error("unexpected response: {0}")]
     Decode(String),
+    /// A problem on this side, before or after talking to a node: an unreadable file, an
+    /// unusable argument.
+    #[error("{0}")]
+    Local(String),
 }
 
 /// A response with its body read.

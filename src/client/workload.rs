@@ -222,7 +222,7 @@ pub async fn run(args: &WorkloadArgs) -> Result<WorkloadReport, ClientError> {
     if let Some(path) = &args.out {
         let text = serde_json::to_string_pretty(&report).unwrap_or_default();
         std::fs::write(path, text)
-            .map_err(|e| ClientError::Decode(format!("writing {}: {e}", path.display())))?;
+            .map_err(|e| ClientError::Local(format!("writing {}: {e}", path.display())))?;
     }
     Ok(report)
 }
