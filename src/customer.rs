@@ -35,9 +35,16 @@ pub fn new_customer_id() -> CustomerId {
 }
 
 /// Parses a customer id from a URL path segment or CLI argument.
+/// An id that is not a UUID is echoed back in the error, cut to a readable length.
 pub fn parse_customer_id(raw: &str) -> Result<CustomerId> {
-    Uuid::try_parse(raw)
-        .map_err(|_| Error::InvalidInput(format!("malformed customer id {raw:?}: expected a UUID")))
+    const ECHO_CHARS: usize = 64;
+    Uuid::try_parse(raw).map_err(|_| {
+        let shown = match raw.char_indices().nth(ECHO_CHARS) {
+            Some((cut, _)) => format!("{:?}… ({} characters)", &raw[..cut], raw.chars().count()),
+            None => format!("{raw:?}"),
+        };
+        Error::InvalidInput(format!("malformed customer id {shown}: expected a UUID"))
+    })
 }
 
 /// The user-editable fields of a customer, validated: holding one means the rules below passed.
@@ -357,6 +364,19 @@ mod tests {
             validate(i).unwrap().phone.as_deref(),
             Some("+1 (555) 010-9999")
         );
+    }
+
+    #[test]
+    fn a_malformed_id_is_echoed_cut_to_a_readable_length() {
+        let Err(Error::InvalidInput(short)) = parse_customer_id("nope") else {
+            panic!("accepted")
+        };
+        assert_eq!(short, "malformed customer id \"nope\": expected a UUID");
+        let Err(Error::InvalidInput(long)) = parse_customer_id(&"é".repeat(5000)) else {
+            panic!("accepted")
+        };
+        assert!(long.contains("… (5000 characters)"), "{long}");
+        assert!(long.chars().count() < 150, "{long}");
     }
 
     #[test]

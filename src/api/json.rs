@@ -233,9 +233,14 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     }
 }
 
-/// Parses JSON: syntax errors are 400, shape errors 422.
+/// Parses JSON: syntax errors are 400, shape errors 422. Every body this API takes is an
+/// object, and serde would describe an array or a scalar in terms of the struct's first
+/// field ("expected a string"), so those get a plainer message.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data if !bytes.trim_ascii_start().starts_with(b"{") => {
+            ApiError::Unprocessable("the body must be a JSON object".into())
+        }
         serde_json::error::Category::Data => ApiError::Unprocessable(e.to_string()),
         _ => ApiError::BadRequest(format!("malformed JSON: {e}")),
     })
@@ -289,5 +294,11 @@ mod tests {
             parse::<FieldsBody>(b"{\"nmae\": \"x\"}"),
             Err(ApiError::Unprocessable(_))
         ));
+        for not_an_object in [&b" [1, 2]"[..], b"\"Ada\"", b"7", b"null"] {
+            match parse::<FieldsBody>(not_an_object) {
+                Err(ApiError::Unprocessable(m)) => assert_eq!(m, "the body must be a JSON object"),
+                other => panic!("{not_an_object:?}: {other:?}"),
+            }
+        }
     }
 }
