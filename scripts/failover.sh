@@ -77,15 +77,16 @@ until grep -q "workload running" "$RUN/workload.err" 2>/dev/null; do
 done
 
 sleep "$PHASE_S"
-event kill n2
+# Leaving events are stamped after the signal: recovery counts only writes sent after it.
 "$CLUSTER" kill n2 > /dev/null
+event kill n2
 sleep "$PHASE_S"
 event restart n2
 "$CLUSTER" restart n2 > /dev/null
 wait_members n1 3
 sleep "$PHASE_S"
-event freeze n3
 "$CLUSTER" freeze n3 > /dev/null
+event freeze n3
 sleep "$PHASE_S"
 event thaw n3
 "$CLUSTER" thaw n3 > /dev/null

@@ -61,6 +61,9 @@ pub struct WorkloadArgs {
 /// One observed request.
 #[derive(Debug, Clone)]
 struct Sample {
+    /// When the request was sent, ms since the Unix epoch.
+    started_ms: u64,
+    /// When its answer (or failure) arrived.
     at_ms: u64,
     customer: usize,
     write: bool,
@@ -299,6 +302,7 @@ async fn worker(
         let path = format!("/v1/customers/{id}");
         let next = seq.get(&customer).copied().unwrap_or(0) + 1;
         let name = format!("w{next}");
+        let started_ms = now_ms();
         let result = if write {
             clients[node]
                 .json(Method::PATCH, &path, &json!({"name": name}), &[])
@@ -333,6 +337,7 @@ async fn worker(
         let failed = !matches!(outcome, Outcome::Ok);
         if let Ok(mut s) = shared.samples.lock() {
             s.push(Sample {
+                started_ms,
                 at_ms: now_ms(),
                 customer,
                 write,
@@ -590,8 +595,13 @@ fn event_report(event: &Event, samples: &[Sample], observations: &[Observation])
         for c in moved_set {
             let first = samples
                 .iter()
+                // Only writes sent after the event: one already in flight may have been
+                // served by the old owner just before it went away.
                 .filter(|s| {
-                    s.customer == c && s.write && s.at_ms >= event.at_ms && s.outcome == Outcome::Ok
+                    s.customer == c
+                        && s.write
+                        && s.started_ms >= event.at_ms
+                        && s.outcome == Outcome::Ok
                 })
                 .map(|s| s.at_ms - event.at_ms)
                 .min();
@@ -715,6 +725,40 @@ mod tests {
         ];
         assert_eq!(detection(&o, "n2", 50, false), Some(250));
         assert_eq!(detection(&o, "n2", 0, true), Some(100));
+    }
+
+    #[test]
+    fn recovery_counts_only_writes_sent_after_the_event() {
+        let write = |customer, started_ms, at_ms, owner: &str| Sample {
+            started_ms,
+            at_ms,
+            customer,
+            write: true,
+            outcome: Outcome::Ok,
+            owner: Some(owner.into()),
+        };
+        let samples = vec![
+            write(0, 900, 950, "n3"),
+            write(1, 900, 960, "n3"),
+            write(2, 900, 970, "n3"),
+            write(3, 900, 980, "n1"),
+            // In flight when n3 froze at 1000: answered by n3 just before; not a recovery.
+            write(0, 990, 1010, "n3"),
+            write(1, 995, 1015, "n3"),
+            // Sent after the freeze, answered by the new owners after eviction.
+            write(0, 1020, 4000, "n1"),
+            write(1, 1500, 4100, "n2"),
+            write(2, 1600, 4200, "n2"),
+            write(3, 1700, 1750, "n1"),
+        ];
+        let event = Event {
+            at_ms: 1000,
+            kind: "freeze".into(),
+            node: "n3".into(),
+        };
+        let r = event_report(&event, &samples, &[]);
+        assert_eq!(r.moved_customers, 3);
+        assert_eq!(r.recovery_ms, Some([3100, 3200, 3200]));
     }
 
     #[test]
