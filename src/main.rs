@@ -42,7 +42,16 @@ async fn main() -> ExitCode {
         Command::Bench(args) => match customer_cluster::bench::run(&args).await {
             Ok(result) => {
                 print!("{}", result.render());
-                ExitCode::SUCCESS
+                if !args.cleanup || result.path.is_some() {
+                    return ExitCode::SUCCESS;
+                }
+                match customer_cluster::bench::cleanup(&args, &result.run_tag).await {
+                    Ok(n) => {
+                        println!("  cleanup: removed the {n} customers this run created");
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => fail(&e),
+                }
             }
             Err(e) => fail(&e),
         },

@@ -294,3 +294,44 @@ fn a_node_whose_ports_are_taken_exits_with_a_clear_message() {
         );
     }
 }
+
+#[tokio::test]
+async fn bench_cleanup_removes_only_the_customers_the_run_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = db_node(&dir, "bench");
+    node.wait_ready(READY).await;
+    let keep = node.create("Keep Me", "keep@example.com").await;
+    assert_eq!(keep.status, 201);
+    let url = format!("127.0.0.1:{}", node.spec.http_port);
+    let out = tokio::process::Command::new(BIN)
+        .args([
+            "bench",
+            "--nodes",
+            &url,
+            "--duration-s",
+            "1",
+            "--warmup-s",
+            "0",
+        ])
+        .args(["--keys", "30", "--concurrency", "4"])
+        .args(["--mix", "get=50,create=30,delete=20", "--cleanup"])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let removed: usize = stdout
+        .split("cleanup: removed the ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no cleanup line in {stdout}"));
+    assert!(removed >= 30, "{stdout}");
+    let left = node.list_all().await;
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(left[0]["email"], "keep@example.com");
+}

@@ -99,6 +99,10 @@ pub struct BenchArgs {
     /// Per-request deadline, ms.
     #[arg(long, default_value_t = DEFAULT_TIMEOUT_MS)]
     pub timeout_ms: u64,
+    /// After the run, delete every customer it created (found by the run tag in their
+    /// email, `bench-<tag>-…@example.com`). Without it they stay in the database.
+    #[arg(long)]
+    pub cleanup: bool,
 }
 
 impl Default for BenchArgs {
@@ -121,6 +125,7 @@ impl Default for BenchArgs {
             label: None,
             seed: 1,
             timeout_ms: DEFAULT_TIMEOUT_MS,
+            cleanup: false,
         }
     }
 }

@@ -23,8 +23,8 @@
 //! against the same cluster never collide. A delete retires its key and then creates a
 //! replacement, so the key population stays the same size (see [`keys`]).
 //!
-//! Deliberately not done: removing the customers a run created (they stay, tagged
-//! `bench-<run_tag>-…@example.com`); HTTPS (the client refuses it); coordinating several
+//! The customers a run created stay, tagged `bench-<run_tag>-…@example.com`, unless
+//! `--cleanup` deletes them afterwards ([`cleanup`]). Deliberately not done: HTTPS (the client refuses it); coordinating several
 //! generator processes; separating the generator's own CPU use from the nodes' when both
 //! share a host.
 //!
@@ -116,6 +116,14 @@ pub enum BenchError {
         /// The failure.
         reason: String,
     },
+    /// Removing the run's customers (`--cleanup`) failed part-way.
+    #[error("cleanup stopped after removing {removed} customers: {reason}")]
+    Cleanup {
+        /// Deleted before the failure.
+        removed: usize,
+        /// The failure.
+        reason: String,
+    },
     /// A worker task died (a bug).
     #[error("a bench worker failed: {0}")]
     Worker(String),
@@ -140,6 +148,68 @@ pub async fn run(args: &BenchArgs) -> Result<BenchResult, BenchError> {
         write_result(path, &result).await?;
     }
     Ok(result)
+}
+
+/// Deletes every customer whose email carries `run_tag` (as [`EmailGen`] makes them), listing
+/// through the first `--nodes` URL; returns how many were removed. Deletes that find the
+/// customer already gone count as removed.
+pub async fn cleanup(args: &BenchArgs, run_tag: &str) -> Result<usize, BenchError> {
+    use futures::StreamExt;
+
+    const DELETES_IN_FLIGHT: usize = 64;
+    let url = node_urls(args).into_iter().next().unwrap_or_default();
+    let timeout = Duration::from_millis(args.timeout_ms);
+    let client =
+        crate::client::HttpClient::new(&url, args.token.clone(), timeout).map_err(|e| {
+            BenchError::InvalidNode {
+                url: url.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+    let failed = |removed: usize| {
+        move |e: crate::client::ClientError| BenchError::Cleanup {
+            removed,
+            reason: e.to_string(),
+        }
+    };
+    let prefix = format!("bench-{run_tag}-");
+    let mut ids = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = client
+            .list_page(1000, after.as_deref())
+            .await
+            .map_err(failed(0))?;
+        let mine = page
+            .items
+            .into_iter()
+            .filter(|c| c.email.starts_with(&prefix));
+        ids.extend(mine.map(|c| c.id));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    let deletes = futures::stream::iter(ids)
+        .map(|id| {
+            let client = &client;
+            async move {
+                let path = format!("/v1/customers/{}", crate::client::encode_segment(&id));
+                let r = client.send(hyper::Method::DELETE, &path, None, &[]).await?;
+                match r.status.as_u16() {
+                    204 | 404 => Ok(()),
+                    _ => r.ok().map(drop),
+                }
+            }
+        })
+        .buffer_unordered(DELETES_IN_FLIGHT);
+    let mut deletes = std::pin::pin!(deletes);
+    let mut removed = 0;
+    while let Some(outcome) = deletes.next().await {
+        outcome.map_err(failed(removed))?;
+        removed += 1;
+    }
+    Ok(removed)
 }
 
 /// Discovers the nodes and preloads the keys (none with `--path`).

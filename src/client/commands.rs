@@ -10,7 +10,7 @@ use hyper::Method;
 use serde_json::{Map, Value, json};
 
 use super::{ClientError, HttpClient, HttpResponse};
-use crate::api::json::{ClusterJson, CustomerJson, ListResponse};
+use crate::api::json::{ClusterJson, CustomerJson};
 
 /// Options shared by every client command.
 #[derive(Debug, Clone, clap::Args)]
@@ -231,11 +231,7 @@ pub async fn list(opts: &ClientOpts, args: &ListArgs) -> Result<String, ClientEr
     let mut items = Vec::new();
     let mut next;
     loop {
-        let mut path = format!("/v1/customers?limit={}", args.limit);
-        if let Some(a) = &after {
-            let _ = write!(path, "&after={}", super::encode_segment(a));
-        }
-        let page: ListResponse = client.get(&path).await?.ok()?.json()?;
+        let page = client.list_page(args.limit, after.as_deref()).await?;
         items.extend(page.items);
         next = page.next;
         if !args.all || next.is_none() {

@@ -199,6 +199,20 @@ impl HttpClient {
         self.send(Method::GET, path, None, &[]).await
     }
 
+    /// One page of `GET /v1/customers`: up to `limit` customers after the cursor `after`.
+    pub async fn list_page(
+        &self,
+        limit: u32,
+        after: Option<&str>,
+    ) -> Result<crate::api::json::ListResponse, ClientError> {
+        let mut path = format!("/v1/customers?limit={limit}");
+        if let Some(a) = after {
+            path.push_str("&after=");
+            path.push_str(&encode_segment(a));
+        }
+        self.get(&path).await?.ok()?.json()
+    }
+
     /// A request with a JSON body.
     pub async fn json<T: Serialize>(
         &self,
