@@ -180,6 +180,14 @@ impl EmailGen {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         (n, format!("bench-{}-{n}@example.com", self.tag))
     }
+
+    /// True when `email` has this run's shape, `bench-<tag>-…`.
+    pub fn made(&self, email: &str) -> bool {
+        email
+            .strip_prefix("bench-")
+            .and_then(|rest| rest.strip_prefix(self.tag.as_str()))
+            .is_some_and(|rest| rest.starts_with('-'))
+    }
 }
 
 /// A random run tag: 10 hex digits from the random bits of a UUIDv7.
@@ -191,6 +199,16 @@ pub fn run_tag() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_recognises_its_own_emails_and_no_others() {
+        let run = EmailGen::new("abc");
+        let (_, mine) = run.next();
+        assert!(run.made(&mine));
+        assert!(!run.made(&EmailGen::new("abcd").next().1));
+        assert!(!run.made(&EmailGen::new("ab").next().1));
+        assert!(!run.made("abc@example.com"));
+    }
 
     fn table(n: usize) -> KeyTable {
         KeyTable::new((0..n).map(|i| (format!("id{i}"), Some(i % 2))).collect())

@@ -24,9 +24,9 @@
 //! replacement, so the key population stays the same size (see [`keys`]).
 //!
 //! The customers a run created stay, tagged `bench-<run_tag>-…@example.com`, unless
-//! `--cleanup` deletes them afterwards ([`cleanup`]). Deliberately not done: HTTPS (the client refuses it); coordinating several
-//! generator processes; separating the generator's own CPU use from the nodes' when both
-//! share a host.
+//! `--cleanup` deletes them afterwards ([`cleanup`]). Deliberately not done: HTTPS (the
+//! client refuses it); coordinating several generator processes; separating the generator's
+//! own CPU use from the nodes' when both share a host.
 //!
 //! Pure parts, each unit-tested: [`args`] (flags, validation), [`mix`] (parsing, drawing),
 //! [`sampler`] (PRNG, uniform and Zipf keys), [`plan`] (routing, open-loop schedule), [`keys`]
@@ -150,66 +150,19 @@ pub async fn run(args: &BenchArgs) -> Result<BenchResult, BenchError> {
     Ok(result)
 }
 
-/// Deletes every customer whose email carries `run_tag` (as [`EmailGen`] makes them), listing
-/// through the first `--nodes` URL; returns how many were removed. Deletes that find the
-/// customer already gone count as removed.
+/// Deletes every customer this run created (their emails carry `run_tag`, as [`EmailGen`]
+/// makes them), listing through the first `--nodes` URL; returns how many were removed.
 pub async fn cleanup(args: &BenchArgs, run_tag: &str) -> Result<usize, BenchError> {
-    use futures::StreamExt;
-
-    const DELETES_IN_FLIGHT: usize = 64;
     let url = node_urls(args).into_iter().next().unwrap_or_default();
     let timeout = Duration::from_millis(args.timeout_ms);
     let client =
         crate::client::HttpClient::new(&url, args.token.clone(), timeout).map_err(|e| {
             BenchError::InvalidNode {
-                url: url.clone(),
+                url,
                 reason: e.to_string(),
             }
         })?;
-    let failed = |removed: usize| {
-        move |e: crate::client::ClientError| BenchError::Cleanup {
-            removed,
-            reason: e.to_string(),
-        }
-    };
-    let prefix = format!("bench-{run_tag}-");
-    let mut ids = Vec::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = client
-            .list_page(1000, after.as_deref())
-            .await
-            .map_err(failed(0))?;
-        let mine = page
-            .items
-            .into_iter()
-            .filter(|c| c.email.starts_with(&prefix));
-        ids.extend(mine.map(|c| c.id));
-        match page.next {
-            Some(next) => after = Some(next),
-            None => break,
-        }
-    }
-    let deletes = futures::stream::iter(ids)
-        .map(|id| {
-            let client = &client;
-            async move {
-                let path = format!("/v1/customers/{}", crate::client::encode_segment(&id));
-                let r = client.send(hyper::Method::DELETE, &path, None, &[]).await?;
-                match r.status.as_u16() {
-                    204 | 404 => Ok(()),
-                    _ => r.ok().map(drop),
-                }
-            }
-        })
-        .buffer_unordered(DELETES_IN_FLIGHT);
-    let mut deletes = std::pin::pin!(deletes);
-    let mut removed = 0;
-    while let Some(outcome) = deletes.next().await {
-        outcome.map_err(failed(removed))?;
-        removed += 1;
-    }
-    Ok(removed)
+    setup::remove_run(&client, &EmailGen::new(run_tag)).await
 }
 
 /// Discovers the nodes and preloads the keys (none with `--path`).

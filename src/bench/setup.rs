@@ -10,22 +10,27 @@
 //! the nodes, and remembers each one's id and owner. Each create carries a client-chosen id,
 //! so a retry after a lost answer replays the create (200) instead of duplicating it or
 //! failing on the now-taken email.
+//!
+//! **Removal** (`--cleanup`) lists every customer and deletes those whose email carries the
+//! run's tag, [`DELETES_IN_FLIGHT`] at a time.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use hyper::Method;
+use hyper::{Method, StatusCode};
 use serde_json::json;
 
 use super::BenchError;
 use super::keys::{EmailGen, KeyTable};
 use crate::api::OWNER_NODE;
 use crate::api::json::ClusterJson;
-use crate::client::{ClientError, HttpClient, HttpResponse};
+use crate::client::{ClientError, HttpClient, HttpResponse, customer_path};
 
 /// Preload creates in flight at once.
 const PRELOAD_IN_FLIGHT: usize = 64;
+/// Cleanup deletes in flight at once.
+const DELETES_IN_FLIGHT: usize = 64;
 /// Attempts per keyed create (preload and replacements); retries reuse the client-chosen id,
 /// so a create whose answer was lost is replayed, not duplicated.
 const CREATE_ATTEMPTS: u32 = 3;
@@ -141,6 +146,52 @@ pub(super) async fn preload(
     }
     tracing::info!(count, elapsed = ?started.elapsed(), "preloaded customers");
     Ok(KeyTable::new(entries))
+}
+
+/// Deletes every customer whose email `emails` could have made; returns how many. A delete
+/// that finds the customer already gone counts as removed.
+pub(super) async fn remove_run(
+    client: &HttpClient,
+    emails: &EmailGen,
+) -> Result<usize, BenchError> {
+    let failed = |removed: usize| {
+        move |e: ClientError| BenchError::Cleanup {
+            removed,
+            reason: e.to_string(),
+        }
+    };
+    let mut ids = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = client
+            .list_page(1000, after.as_deref())
+            .await
+            .map_err(failed(0))?;
+        let mine = page.items.into_iter().filter(|c| emails.made(&c.email));
+        ids.extend(mine.map(|c| c.id));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    let deletes = futures::stream::iter(ids)
+        .map(|id| async move {
+            let r = client
+                .send(Method::DELETE, &customer_path(&id), None, &[])
+                .await?;
+            match r.status {
+                StatusCode::NO_CONTENT | StatusCode::NOT_FOUND => Ok(()),
+                _ => r.ok().map(drop),
+            }
+        })
+        .buffer_unordered(DELETES_IN_FLIGHT);
+    let mut deletes = std::pin::pin!(deletes);
+    let mut removed = 0;
+    while let Some(outcome) = deletes.next().await {
+        outcome.map_err(failed(removed))?;
+        removed += 1;
+    }
+    Ok(removed)
 }
 
 /// Creates one customer with a client-chosen id; returns its id and owner node name, or an

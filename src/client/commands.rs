@@ -9,7 +9,7 @@ use std::time::Duration;
 use hyper::Method;
 use serde_json::{Map, Value, json};
 
-use super::{ClientError, HttpClient, HttpResponse};
+use super::{ClientError, HttpClient, HttpResponse, customer_path};
 use crate::api::json::{ClusterJson, CustomerJson};
 
 /// Options shared by every client command.
@@ -353,10 +353,6 @@ fn render_customer(opts: &ClientOpts, r: &HttpResponse) -> Result<String, Client
         r.header("x-owner-node").unwrap_or("?"),
         r.header("x-entry-node").unwrap_or("?"),
     ))
-}
-
-fn customer_path(id: &str) -> String {
-    format!("/v1/customers/{}", super::encode_segment(id))
 }
 
 #[cfg(test)]

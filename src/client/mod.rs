@@ -239,6 +239,11 @@ pub fn encode_segment(s: &str) -> String {
         .collect()
 }
 
+/// The path of one customer, `id` encoded as one segment whatever it contains.
+pub fn customer_path(id: &str) -> String {
+    format!("/v1/customers/{}", encode_segment(id))
+}
+
 fn normalize_base(raw: &str) -> Result<String, ClientError> {
     let raw = raw.trim().trim_end_matches('/');
     if raw.starts_with("https://") {
