@@ -221,21 +221,22 @@ fn expect_row(reply: RpcReplyPort<Wire<Customer>>) -> Done<Option<Customer>> {
 
 /// Answers `message` with `err` without touching storage.
 fn refuse(message: DatabaseMsg, err: Error) {
-    fn send<T>(reply: RpcReplyPort<Wire<T>>, err: Error) {
-        let _ = reply.send(Wire(Err(err)));
-    }
     match message {
-        DatabaseMsg::Ping(_, reply) => send(reply, err),
-        DatabaseMsg::InsertCustomer(_, reply) => send(reply, err),
-        DatabaseMsg::GetCustomer(_, reply) => send(reply, err),
-        DatabaseMsg::UpdateCustomer(_, reply) => send(reply, err),
-        DatabaseMsg::DeleteCustomer(_, reply) => send(reply, err),
-        DatabaseMsg::ListCustomers(_, reply) => send(reply, err),
+        DatabaseMsg::Ping(_, reply) => send_err(reply, err),
+        DatabaseMsg::InsertCustomer(_, reply) => send_err(reply, err),
+        DatabaseMsg::GetCustomer(_, reply) => send_err(reply, err),
+        DatabaseMsg::UpdateCustomer(_, reply) => send_err(reply, err),
+        DatabaseMsg::DeleteCustomer(_, reply) => send_err(reply, err),
+        DatabaseMsg::ListCustomers(_, reply) => send_err(reply, err),
     }
 }
 
 fn reject<T>(reply: RpcReplyPort<Wire<T>>, err: Error) {
     tracing::warn!(error = %err, "rejected an undecodable database request");
+    send_err(reply, err);
+}
+
+fn send_err<T>(reply: RpcReplyPort<Wire<T>>, err: Error) {
     let _ = reply.send(Wire(Err(err)));
 }
 
