@@ -31,6 +31,7 @@
 //! * [`actors`] — supervisor, registry, customer and database actors; the gateway.
 //! * [`api`] — axum router and the error→HTTP mapping; [`client`] — CLI client.
 //! * [`bench`](mod@bench) — load generator: closed/open loop, owner-aware routing, latencies.
+//! * [`clock`] — every clock the crate reads (wall clock for records, the raw holder clock).
 //! * [`config`], [`node`], [`telemetry`], [`cli`] — wiring.
 
 #![warn(missing_docs)]
@@ -40,6 +41,7 @@ pub mod api;
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod cluster;
 pub mod codec;
 pub mod config;

@@ -11,7 +11,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use ractor::{Actor, ActorRef};
 use tokio::net::TcpListener;
@@ -53,14 +52,6 @@ pub struct NodeActors {
     pub supervisor: ActorRef<SupervisorMsg>,
     /// Completes when the supervisor stops.
     pub supervisor_done: JoinHandle<()>,
-}
-
-/// Milliseconds since the Unix epoch: this process start's incarnation number.
-fn incarnation() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
 }
 
 /// Starts the actor tree of a node. Without a `mesh` the node stays alone (in-process tests).
@@ -140,7 +131,7 @@ pub async fn start(config: Config) -> Result<RunningNode> {
     })?;
     let http_addr = listener.local_addr()?;
     let metrics = crate::telemetry::install_metrics(&config.name);
-    let incarnation = incarnation();
+    let incarnation = crate::clock::incarnation();
     let (incoming, transport) = match &config.tls {
         Some(paths) => {
             let (incoming, transport) = crate::cluster::tls::load(paths)?;

@@ -19,7 +19,8 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
 
-use super::{Counters, NodeContext, now_micros};
+use super::{Counters, NodeContext};
+use crate::clock::now_micros;
 use crate::cluster::protocol::{
     Activation, CreateRequest, CustomerCommand, DeleteRequest, RegistryMsg, RouteRequest,
     UpdateRequest, check_deadline,

@@ -68,7 +68,7 @@ impl Gateway {
         id: CustomerId,
         fields: CustomerFields,
     ) -> Result<(Routed<Customer>, bool)> {
-        let customer = Customer::new(id, fields, super::now_micros());
+        let customer = Customer::new(id, fields, crate::clock::now_micros());
         let created_at = customer.created_at;
         let timeout = self.ctx.request_timeout;
         let routed = self

@@ -24,8 +24,8 @@ use tokio::task::JoinHandle;
 use super::customer::{CustomerActor, CustomerArgs, CustomerMsg};
 use super::{Counters, NodeContext};
 use crate::cluster::protocol::{
-    CustomerPage, ListRequest, NodeInfo, PROTOCOL_VERSION, REGISTRY_GROUP, RegistryMsg,
-    RegistryStats, registry_name,
+    CustomerPage, ListRequest, NodeInfo, REGISTRY_GROUP, RegistryMsg, RegistryStats, check_peer,
+    registry_name,
 };
 use crate::codec::Wire;
 use crate::customer::CustomerId;
@@ -73,18 +73,6 @@ pub fn idle_ids<'a>(
 /// How often the idle sweep runs: a quarter of the idle timeout, between 100 ms and 10 s.
 pub fn sweep_period(idle_timeout: Duration) -> Duration {
     (idle_timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(10))
-}
-
-/// Checks a peer's protocol version.
-pub fn check_peer(peer: &NodeInfo) -> Result<()> {
-    if peer.protocol_version == PROTOCOL_VERSION {
-        Ok(())
-    } else {
-        Err(Error::InvalidInput(format!(
-            "node {} speaks protocol v{}, this node v{PROTOCOL_VERSION}",
-            peer.name, peer.protocol_version
-        )))
-    }
 }
 
 impl Actor for Registry {
@@ -565,20 +553,5 @@ mod tests {
             sweep_period(Duration::from_millis(10)),
             Duration::from_millis(100)
         );
-    }
-
-    #[test]
-    fn peers_of_another_protocol_version_are_refused() {
-        let mut peer = NodeInfo {
-            name: "old".into(),
-            protocol_version: PROTOCOL_VERSION,
-            cluster_addr: "a:1".into(),
-            http_addr: "a:2".into(),
-            hosts_db: false,
-            incarnation: 1,
-        };
-        assert!(check_peer(&peer).is_ok());
-        peer.protocol_version += 1;
-        assert!(check_peer(&peer).is_err());
     }
 }

@@ -27,7 +27,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::{ClientError, HttpClient};
-use crate::cluster::protocol::now_ms;
+use crate::clock::now_ms;
 
 /// Flags of `customer-cluster workload`.
 #[derive(Debug, Clone, clap::Args)]

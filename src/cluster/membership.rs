@@ -32,8 +32,9 @@ use tokio::sync::watch;
 use super::detector::{Detector, DialPlan, Verdict, was_stalled};
 use super::mesh::{Mesh, SessionEvent, SessionEventKind};
 use super::placement::{Member, Ring};
-use super::protocol::{NodeInfo, REGISTRY_GROUP, RegistryMsg, call, node_of, registry_name};
-use crate::actors::registry::check_peer;
+use super::protocol::{
+    NodeInfo, REGISTRY_GROUP, RegistryMsg, call, check_peer, node_of, registry_name,
+};
 use crate::codec::Wire;
 use crate::error::{Error, Result};
 

@@ -17,6 +17,7 @@ use ractor::{ActorRef, RpcReplyPort};
 use ractor_cluster::RactorClusterMessage;
 use serde::{Deserialize, Serialize};
 
+use crate::clock::now_ms;
 use crate::codec::Wire;
 use crate::customer::{Customer, CustomerFields, CustomerId, CustomerPatch};
 use crate::error::{Error, Result};
@@ -45,6 +46,18 @@ pub fn database_name(node: &str) -> String {
 /// The node name in a registered actor name produced by [`registry_name`] or [`database_name`].
 pub fn node_of(actor_name: &str) -> Option<&str> {
     actor_name.split_once('/').map(|(_, node)| node)
+}
+
+/// Checks a peer's protocol version: a peer becomes a member only when it speaks ours.
+pub fn check_peer(peer: &NodeInfo) -> Result<()> {
+    if peer.protocol_version == PROTOCOL_VERSION {
+        Ok(())
+    } else {
+        Err(Error::InvalidInput(format!(
+            "node {} speaks protocol v{}, this node v{PROTOCOL_VERSION}",
+            peer.name, peer.protocol_version
+        )))
+    }
 }
 
 /// What a node tells its peers about itself when they meet.
@@ -132,14 +145,6 @@ pub struct CreateRequest {
     pub customer: Customer,
     /// Same meaning as [`RouteRequest::deadline_ms`].
     pub deadline_ms: u64,
-}
-
-/// Wall-clock ms since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or_default()
 }
 
 /// A deadline `timeout` from now.
@@ -435,5 +440,20 @@ mod tests {
         assert_eq!(node_of(&registry_name("n1")), Some("n1"));
         assert_eq!(node_of(&database_name("db-node")), Some("db-node"));
         assert_eq!(node_of("unrelated"), None);
+    }
+
+    #[test]
+    fn peers_of_another_protocol_version_are_refused() {
+        let mut peer = NodeInfo {
+            name: "old".into(),
+            protocol_version: PROTOCOL_VERSION,
+            cluster_addr: "a:1".into(),
+            http_addr: "a:2".into(),
+            hosts_db: false,
+            incarnation: 1,
+        };
+        assert!(check_peer(&peer).is_ok());
+        peer.protocol_version += 1;
+        assert!(check_peer(&peer).is_err());
     }
 }

@@ -1,0 +1,107 @@
+//! Every clock the crate reads, in one place, so it is plain which time means what.
+//!
+//! * **Wall clock** ([`now_ms`], [`now_micros`]): for humans and records only —
+//!   `created_at`/`updated_at`, log and report timestamps, and this process start's
+//!   incarnation number ([`incarnation`]). It can jump (NTP, an operator), so no safety
+//!   decision reads it, and it is never compared across hosts.
+//! * **Holder clock** ([`holder_now`]): `CLOCK_MONOTONIC_RAW` plus the time the host spent
+//!   suspended. It is never slewed by NTP and keeps counting through a suspend, which is what
+//!   a lease holder needs to count down its own lease (DESIGN §6 L3). Pure code takes time as
+//!   an argument; only actor edges read these functions.
+//!
+//! Deliberately not here: synchronised clocks of any kind. Across hosts the crate sends
+//! durations, never instants.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Wall-clock milliseconds since the Unix epoch (0 if the clock is before 1970).
+pub fn now_ms() -> u64 {
+    since_epoch().as_millis() as u64
+}
+
+/// Wall-clock microseconds since the Unix epoch, for `created_at`/`updated_at`.
+pub fn now_micros() -> i64 {
+    since_epoch().as_micros() as i64
+}
+
+/// A number that tells this process start apart from earlier starts of the same node name:
+/// the wall-clock milliseconds at start. Used for logs and peer admission; where a collision
+/// would matter (lease rows) a random incarnation is used instead.
+pub fn incarnation() -> u64 {
+    now_ms()
+}
+
+fn since_epoch() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+fn read(clock: libc::clockid_t) -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; clock_gettime only writes into it.
+    let rc = unsafe { libc::clock_gettime(clock, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// A reading of the holder clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HolderInstant {
+    /// `CLOCK_MONOTONIC_RAW + (CLOCK_BOOTTIME − CLOCK_MONOTONIC)`, since an arbitrary origin.
+    pub at: Duration,
+    /// The suspend offset (`CLOCK_BOOTTIME − CLOCK_MONOTONIC`) at that moment. A lease renew
+    /// whose send and reply straddle a change of this offset earns nothing (Linux measures
+    /// suspend only to about a second).
+    pub suspended: Duration,
+}
+
+/// Reads the holder clock (DESIGN §6 L3).
+pub fn holder_now() -> HolderInstant {
+    let boot = read(libc::CLOCK_BOOTTIME);
+    let mono = read(libc::CLOCK_MONOTONIC);
+    let raw = read(libc::CLOCK_MONOTONIC_RAW);
+    let suspended = boot.saturating_sub(mono);
+    HolderInstant {
+        at: raw + suspended,
+        suspended,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_holder_clock_never_goes_backwards() {
+        let mut last = holder_now();
+        for _ in 0..1000 {
+            let now = holder_now();
+            assert!(now.at >= last.at, "{now:?} < {last:?}");
+            last = now;
+        }
+    }
+
+    #[test]
+    fn the_holder_clock_advances_with_real_time() {
+        let a = holder_now();
+        std::thread::sleep(Duration::from_millis(20));
+        let b = holder_now();
+        let elapsed = b.at - a.at;
+        assert!(elapsed >= Duration::from_millis(19), "{elapsed:?}");
+        assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+    }
+
+    #[test]
+    fn wall_clock_readings_agree_in_their_units() {
+        let ms = now_ms();
+        let us = now_micros();
+        assert!(ms > 1_600_000_000_000, "the wall clock is set");
+        assert!((us / 1000 - ms as i64).abs() < 1000);
+    }
+}
