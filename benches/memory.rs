@@ -5,7 +5,9 @@
 
 use std::time::{Duration, Instant};
 
-use customer_cluster::cluster::protocol::{RegistryMsg, RegistryStats, call, registry_name};
+use customer_cluster::cluster::protocol::{
+    CustomerCommand, RegistryMsg, RegistryStats, RouteRequest, call, registry_name,
+};
 use customer_cluster::codec::Wire;
 use customer_cluster::config::Config;
 use customer_cluster::customer::{Customer, CustomerFields, CustomerId, new_customer_id};
@@ -86,8 +88,14 @@ async fn main() {
         .map(|id| {
             let registry = registry.clone();
             async move {
+                // A read activates the customer's actor, loaded from the database.
+                let get = RouteRequest {
+                    id,
+                    command: CustomerCommand::Get,
+                    deadline_ms: u64::MAX,
+                };
                 call(&registry, Duration::from_secs(30), |r| {
-                    RegistryMsg::GetOrCreateCustomerActor(Wire::ok(id), r)
+                    RegistryMsg::Route(Wire::ok(get), r)
                 })
                 .await
                 .unwrap()

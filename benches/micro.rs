@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use customer_cluster::cluster::placement::owner_of;
 use customer_cluster::cluster::protocol::{
-    Activation, CreateRequest, CustomerCommand, CustomerPage, NodeInfo, PROTOCOL_VERSION,
-    RegistryMsg, RouteRequest, call, registry_name,
+    CreateRequest, CustomerCommand, CustomerPage, NodeInfo, PROTOCOL_VERSION, RegistryMsg,
+    RouteRequest, call, registry_name,
 };
 use customer_cluster::codec::Wire;
 use customer_cluster::config::Config;
@@ -122,14 +122,6 @@ fn codec(c: &mut Criterion) {
     );
     round_trip(
         &mut group,
-        "activation",
-        Activation {
-            node: "n1".into(),
-            version: 7,
-        },
-    );
-    round_trip(
-        &mut group,
         "page_100",
         CustomerPage {
             items: (0..100).map(customer).collect(),
@@ -207,25 +199,24 @@ fn activation(c: &mut Criterion) {
     let timeout = Duration::from_secs(5);
     let mut group = c.benchmark_group("actor");
     group.bench_function("activate_from_database", |b| {
-        let mut k = 0;
+        // Each iteration reads a stored customer whose actor is not active yet: the timed
+        // part is spawning the actor, loading its row and answering.
+        let mut i = ids.len();
         b.iter_custom(|iters| {
             rt.block_on(async {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    k = (k + 1) % ids.len();
-                    let id = ids[k];
-                    // Make sure it is passive, then time the activation alone.
-                    call(&registry, timeout, |r| {
-                        RegistryMsg::RemoveCustomerActor(Wire::ok(id), r)
-                    })
-                    .await
-                    .unwrap();
+                    i += 1;
+                    let id = node.ctx.db.insert(customer(i)).await.unwrap().id;
+                    let get = RouteRequest {
+                        id,
+                        command: CustomerCommand::Get,
+                        deadline_ms: u64::MAX,
+                    };
                     let started = Instant::now();
-                    call(&registry, timeout, |r| {
-                        RegistryMsg::GetOrCreateCustomerActor(Wire::ok(id), r)
-                    })
-                    .await
-                    .unwrap();
+                    call(&registry, timeout, |r| RegistryMsg::Route(Wire::ok(get), r))
+                        .await
+                        .unwrap();
                     total += started.elapsed();
                 }
                 total
@@ -235,11 +226,14 @@ fn activation(c: &mut Criterion) {
     group.bench_function("call_active_actor", |b| {
         let id = ids[0];
         rt.block_on(async {
-            call(&registry, timeout, |r| {
-                RegistryMsg::GetOrCreateCustomerActor(Wire::ok(id), r)
-            })
-            .await
-            .unwrap();
+            let get = RouteRequest {
+                id,
+                command: CustomerCommand::Get,
+                deadline_ms: u64::MAX,
+            };
+            call(&registry, timeout, |r| RegistryMsg::Route(Wire::ok(get), r))
+                .await
+                .unwrap();
         });
         b.iter(|| {
             rt.block_on(async {

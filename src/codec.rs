@@ -16,7 +16,7 @@
 //! (`cluster::protocol::PROTOCOL_VERSION`). Nodes of different protocol versions do not talk.
 
 use bincode::config::{Configuration, Limit, LittleEndian, Varint};
-use ractor::BytesConvertable;
+use ractor::{BytesConvertable, RpcReplyPort};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -80,16 +80,24 @@ impl<T> Wire<T> {
         Self(Ok(value))
     }
 
-    /// Unwraps into the carried result.
-    pub fn into_result(self) -> Result<T> {
-        self.0
+    /// Opens a request argument for a handler: the value together with its reply port, or —
+    /// when the argument did not decode — `None` after answering the caller with the error,
+    /// so a garbled request never leaves its caller waiting for a timeout.
+    pub fn open<R>(self, reply: RpcReplyPort<Wire<R>>) -> Option<(T, RpcReplyPort<Wire<R>>)> {
+        match self.0 {
+            Ok(value) => Some((value, reply)),
+            Err(err) => {
+                tracing::warn!(error = %err, "rejected an undecodable request");
+                answer(reply, Err(err));
+                None
+            }
+        }
     }
 }
 
-impl<T> From<Result<T>> for Wire<T> {
-    fn from(result: Result<T>) -> Self {
-        Self(result)
-    }
+/// Answers a request. A caller that gave up (its port is closed) is not an error here.
+pub fn answer<T>(reply: RpcReplyPort<Wire<T>>, result: Result<T>) {
+    let _ = reply.send(Wire(result));
 }
 
 impl<T: Serialize + DeserializeOwned> BytesConvertable for Wire<T> {

@@ -77,6 +77,8 @@ pub async fn start_actors(
         lease: lease.clone(),
         db: DatabaseClient::new(&config.name, config.request_timeout),
         counters: Counters::default(),
+        #[cfg(test)]
+        faults: Default::default(),
     });
     let info = NodeInfo {
         name: config.name.clone(),

@@ -4,7 +4,7 @@
 #![no_main]
 
 use customer_cluster::cluster::protocol::{
-    Activation, CreateRequest, CustomerPage, DatabaseMsg, DeleteRequest, ListRequest, NodeInfo,
+    CreateRequest, CustomerPage, DatabaseMsg, DeleteRequest, ListRequest, NodeInfo,
     RegistryMsg, RegistryStats, RouteRequest, UpdateRequest,
 };
 use customer_cluster::codec::Wire;
@@ -16,11 +16,9 @@ use ractor::message::SerializedMessage;
 const REGISTRY_VARIANTS: &[&str] = &[
     "Hello",
     "Ping",
-    "GetOrCreateCustomerActor",
     "CreateCustomer",
     "Route",
     "ListCustomers",
-    "RemoveCustomerActor",
     "Stats",
     "PlacementChanged",
     "Sweep",
@@ -48,7 +46,6 @@ fn decode_all(data: &[u8]) {
     let _ = Wire::<UpdateRequest>::from_bytes(bytes());
     let _ = Wire::<DeleteRequest>::from_bytes(bytes());
     let _ = Wire::<RegistryStats>::from_bytes(bytes());
-    let _ = Wire::<Activation>::from_bytes(bytes());
     let _ = Wire::<(CustomerId, u64)>::from_bytes(bytes());
     let _ = Wire::<String>::from_bytes(bytes());
 }

@@ -9,8 +9,11 @@
 //! Cached state is trusted only while (a) the placement epoch is the one it was loaded under
 //! and (b) the node's lease is valid. Otherwise it reloads first: a membership change or a
 //! stall means another activation may have written meanwhile. If a write is still rejected as
-//! stale (fencing), it reloads, counts the conflict, and re-applies the command to the fresh
-//! row — a client's `If-Match` is checked against that fresh row.
+//! stale (fencing), the command is **not** re-applied: the caller gets `Unavailable` (nothing
+//! was applied; retry), the cache is dropped and the conflict counted. Re-applying would turn
+//! the compare-and-set fence into a no-op: a command queued in a stale activation would land
+//! on top of writes acknowledged after its caller gave up. Any failed write drops the cache
+//! too, because a write whose outcome is unknown may still have committed.
 //!
 //! The decision logic lives in [`plan`] (pure); the actor only does I/O around it.
 
@@ -22,17 +25,14 @@ use ractor_cluster::RactorMessage;
 use super::{Counters, NodeContext};
 use crate::clock::now_micros;
 use crate::cluster::protocol::{
-    Activation, CreateRequest, CustomerCommand, DeleteRequest, RegistryMsg, RouteRequest,
-    UpdateRequest, check_deadline,
+    CreateRequest, CustomerCommand, DeleteRequest, RegistryMsg, RouteRequest, UpdateRequest,
+    check_deadline,
 };
 use crate::codec::Wire;
 use crate::customer::{
     Customer, CustomerFields, CustomerId, FieldsInput, check_precondition, validate,
 };
 use crate::error::{Error, Result};
-
-/// How many times a write is re-applied after a fencing rejection before giving up (409).
-pub const MAX_CONFLICT_RETRIES: usize = 3;
 
 /// Messages of a customer actor. Local-only: never sent across nodes.
 #[derive(RactorMessage)]
@@ -41,8 +41,6 @@ pub enum CustomerMsg {
     Create(CreateRequest, RpcReplyPort<Wire<Customer>>),
     /// Run a command.
     Command(RouteRequest, RpcReplyPort<Wire<Option<Customer>>>),
-    /// Load (if needed) and report.
-    Activate(RpcReplyPort<Wire<Activation>>),
     /// Stop after everything queued before this message. Sent only by the Registry.
     Passivate,
 }
@@ -117,8 +115,6 @@ pub fn plan(command: &CustomerCommand, current: &Customer) -> Result<Plan> {
             check_precondition(*if_match, current.version)?;
             Ok(Plan::Delete { expected_version })
         }
-        #[cfg(test)]
-        CustomerCommand::Crash => panic!("test fault injected into customer {}", current.id),
     }
 }
 
@@ -176,14 +172,6 @@ impl Actor for CustomerActor {
                 state.release_if_empty(&myself);
                 let _ = reply.send(Wire(result));
             }
-            CustomerMsg::Activate(reply) => {
-                let result = state.current().await.map(|c| Activation {
-                    node: state.ctx.name.clone(),
-                    version: c.version,
-                });
-                state.release_if_empty(&myself);
-                let _ = reply.send(Wire(result));
-            }
             CustomerMsg::Passivate => myself.stop(None),
         }
         Ok(())
@@ -219,67 +207,83 @@ impl CustomerState {
         command: &CustomerCommand,
         deadline_ms: u64,
     ) -> Result<Option<Customer>> {
-        for _ in 0..=MAX_CONFLICT_RETRIES {
-            check_deadline(deadline_ms)?;
-            let current = self.current().await?;
-            let plan = plan(command, &current)?;
-            if !matches!(plan, Plan::Reply(_)) {
-                // The caller may have given up and retried elsewhere: never start a write late.
-                check_deadline(deadline_ms)?;
-            }
-            let outcome = match plan {
-                Plan::Reply(row) => return Ok(Some(row)),
-                Plan::Update {
+        check_deadline(deadline_ms)?;
+        #[cfg(test)]
+        if self.ctx.faults.take_panic(self.id) {
+            panic!("test fault injected into customer {}", self.id);
+        }
+        let current = self.current().await?;
+        let plan = match plan(command, &current)? {
+            Plan::Reply(row) => return Ok(Some(row)),
+            write => write,
+        };
+        // The caller may have given up and retried elsewhere: never start a write late.
+        check_deadline(deadline_ms)?;
+        let outcome = self.write(plan).await;
+        self.settle(outcome)
+    }
+
+    /// Sends a planned write to the database.
+    async fn write(&self, plan: Plan) -> Result<Option<Customer>> {
+        match plan {
+            Plan::Reply(row) => Ok(Some(row)),
+            Plan::Update {
+                fields,
+                expected_version,
+            } => {
+                let id = self.id;
+                let now = now_micros();
+                let update = UpdateRequest {
+                    id,
                     fields,
                     expected_version,
-                } => self
-                    .ctx
-                    .db
-                    .update(UpdateRequest {
-                        id: self.id,
-                        fields,
-                        expected_version,
-                        now: now_micros(),
-                    })
-                    .await
-                    .map(Some),
-                Plan::Delete { expected_version } => self
-                    .ctx
-                    .db
-                    .delete(DeleteRequest {
-                        id: self.id,
-                        expected_version: Some(expected_version),
-                    })
-                    .await
-                    .map(|()| None),
-            };
-            match outcome {
-                Ok(Some(row)) => {
-                    self.cache(row.clone());
-                    return Ok(Some(row));
-                }
-                Ok(None) => {
-                    self.cached = None;
-                    return Ok(None);
-                }
-                Err(Error::VersionConflict { expected, current }) => {
-                    Counters::bump(&self.ctx.counters.version_conflicts);
-                    metrics::counter!("customer_version_conflicts_total").increment(1);
-                    tracing::info!(customer = %self.id, expected, current, "stale write fenced by the database; reloading and re-applying");
-                    self.cached = None;
-                }
-                Err(err) => {
-                    if matches!(err, Error::NotFound(_)) {
-                        self.cached = None;
-                    }
-                    return Err(err);
-                }
+                    now,
+                };
+                self.ctx.db.update(update).await.map(Some)
+            }
+            Plan::Delete { expected_version } => {
+                let expected_version = Some(expected_version);
+                let delete = DeleteRequest {
+                    id: self.id,
+                    expected_version,
+                };
+                self.ctx.db.delete(delete).await.map(|()| None)
             }
         }
-        Err(Error::Conflict(format!(
-            "customer {} kept changing under concurrent writers; try again",
+    }
+
+    /// Keeps the cache true to a write's outcome, and turns a fenced write into "not
+    /// applied, retry" (see the module doc: never re-apply).
+    fn settle(&mut self, outcome: Result<Option<Customer>>) -> Result<Option<Customer>> {
+        match outcome {
+            Ok(Some(row)) => {
+                self.cache(row.clone());
+                Ok(Some(row))
+            }
+            Ok(None) => {
+                self.cached = None;
+                Ok(None)
+            }
+            Err(Error::VersionConflict { expected, current }) => {
+                self.cached = None;
+                Err(self.fenced(expected, current))
+            }
+            Err(err) => {
+                self.cached = None;
+                Err(err)
+            }
+        }
+    }
+
+    /// Counts and logs a write the database fenced, and says what the caller should do.
+    fn fenced(&self, expected: u64, current: u64) -> Error {
+        Counters::bump(&self.ctx.counters.version_conflicts);
+        metrics::counter!("customer_version_conflicts_total").increment(1);
+        tracing::info!(customer = %self.id, expected, current, "stale write fenced by the database; not applied");
+        Error::Unavailable(format!(
+            "customer {} was written elsewhere since this node loaded it (version {current}, expected {expected}); nothing was applied, retry",
             self.id
-        )))
+        ))
     }
 
     fn cache(&mut self, customer: Customer) {
@@ -371,7 +375,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_stale_second_activation_is_fenced_reloads_and_never_overwrites_a_newer_write() {
+    async fn a_stale_second_activation_is_fenced_not_reapplied_and_never_overwrites_a_newer_write()
+    {
         let f = Fixture::new("fencing-test").await;
         let (node, c) = (&f.node, &f.customer);
         // Two activations of one customer, as during a membership change.
@@ -391,7 +396,16 @@ mod tests {
         assert_eq!(newer.version, 2);
         let conflicts = Counters::read(&node.ctx.counters.version_conflicts);
 
-        // The stale activation writes from version 1: fenced, reloaded, re-applied on top.
+        // The stale activation writes from version 1: fenced, and NOT re-applied.
+        let fenced = send(&stale, patch("name", "written by the stale")).await;
+        assert!(matches!(fenced, Err(Error::Unavailable(_))), "{fenced:?}");
+        assert_eq!(
+            Counters::read(&node.ctx.counters.version_conflicts),
+            conflicts + 1
+        );
+        assert_eq!(node.ctx.db.get(c.id).await.unwrap().unwrap(), newer);
+
+        // A retry runs against a fresh load and keeps the newer write.
         let merged = send(&stale, patch("name", "written by the stale"))
             .await
             .unwrap()
@@ -402,11 +416,6 @@ mod tests {
             merged.fields.address.as_deref(),
             Some("written by the first")
         );
-        assert_eq!(
-            Counters::read(&node.ctx.counters.version_conflicts),
-            conflicts + 1
-        );
-
         let stored = node.ctx.db.get(c.id).await.unwrap().unwrap();
         assert_eq!(stored, merged);
         first.stop(None);

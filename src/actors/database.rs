@@ -23,7 +23,7 @@ use crate::cluster::protocol::{
     self, DATABASE_GROUP, DatabaseMsg, DeleteRequest, ListRequest, UpdateRequest, call,
     database_name, node_of,
 };
-use crate::codec::Wire;
+use crate::codec::{Wire, answer};
 use crate::customer::{Customer, CustomerId};
 use crate::error::{Error, Result};
 use crate::storage::WriteOp;
@@ -73,6 +73,23 @@ impl DatabaseState {
             );
         }
         self.rivals = rivals;
+    }
+
+    /// Opens a request for handling: `None` once the caller has been answered instead —
+    /// with the refusal while another database node is in the cluster, or with the decoding
+    /// error of a garbled argument.
+    fn admit<T, R>(
+        &self,
+        request: Wire<T>,
+        reply: RpcReplyPort<Wire<R>>,
+    ) -> Option<(T, RpcReplyPort<Wire<R>>)> {
+        match self.refusal() {
+            Some(err) => {
+                answer(reply, Err(err));
+                None
+            }
+            None => request.open(reply),
+        }
     }
 
     /// The error every request gets while another database node is in the cluster.
@@ -153,91 +170,83 @@ impl Actor for Database {
         let Some(engine) = state.engine.as_ref() else {
             return Ok(());
         };
-        if let Some(err) = state.refusal() {
-            refuse(message, err);
-            return Ok(());
-        }
         match message {
-            DatabaseMsg::Ping(_, reply) => {
-                let _ = reply.send(Wire::ok(state.node.clone()));
+            DatabaseMsg::Ping(request, reply) => {
+                if let Some(((), reply)) = state.admit(request, reply) {
+                    answer(reply, Ok(state.node.clone()));
+                }
             }
-            DatabaseMsg::InsertCustomer(Wire(req), reply) => match req {
-                Ok(c) => engine.write(WriteOp::Insert(c), expect_row(reply)),
-                Err(e) => reject(reply, e),
-            },
-            DatabaseMsg::GetCustomer(Wire(req), reply) => match req {
-                Ok(id) => engine.read(ReadJob::Get(id, done(reply))),
-                Err(e) => reject(reply, e),
-            },
-            DatabaseMsg::UpdateCustomer(Wire(req), reply) => match req {
-                Ok(u) => engine.write(
-                    WriteOp::Update {
-                        id: u.id,
-                        fields: u.fields,
-                        expected_version: u.expected_version,
-                        now: u.now,
-                    },
-                    expect_row(reply),
-                ),
-                Err(e) => reject(reply, e),
-            },
-            DatabaseMsg::DeleteCustomer(Wire(req), reply) => match req {
-                Ok(d) => engine.write(
-                    WriteOp::Delete {
-                        id: d.id,
-                        expected_version: d.expected_version,
-                    },
-                    Box::new(move |r| {
-                        let _ = reply.send(Wire(r.map(|_| ())));
-                    }),
-                ),
-                Err(e) => reject(reply, e),
-            },
-            DatabaseMsg::ListCustomers(Wire(req), reply) => match req {
-                Ok(l) => engine.read(ReadJob::List {
-                    after: l.after,
-                    limit: l.limit,
-                    done: done(reply),
-                }),
-                Err(e) => reject(reply, e),
-            },
+            DatabaseMsg::InsertCustomer(request, reply) => {
+                if let Some((c, reply)) = state.admit(request, reply) {
+                    engine.write(WriteOp::Insert(c), expect_row(reply));
+                }
+            }
+            DatabaseMsg::GetCustomer(request, reply) => {
+                if let Some((id, reply)) = state.admit(request, reply) {
+                    engine.read(ReadJob::Get(id, done(reply)));
+                }
+            }
+            DatabaseMsg::UpdateCustomer(request, reply) => {
+                if let Some((u, reply)) = state.admit(request, reply) {
+                    engine.write(u.into(), expect_row(reply));
+                }
+            }
+            DatabaseMsg::DeleteCustomer(request, reply) => {
+                if let Some((d, reply)) = state.admit(request, reply) {
+                    engine.write(d.into(), expect_deleted(reply));
+                }
+            }
+            DatabaseMsg::ListCustomers(request, reply) => {
+                if let Some((l, reply)) = state.admit(request, reply) {
+                    engine.read(list_job(l, done(reply)));
+                }
+            }
         }
         Ok(())
     }
 }
 
+impl From<UpdateRequest> for WriteOp {
+    fn from(u: UpdateRequest) -> Self {
+        WriteOp::Update {
+            id: u.id,
+            fields: u.fields,
+            expected_version: u.expected_version,
+            now: u.now,
+        }
+    }
+}
+
+impl From<DeleteRequest> for WriteOp {
+    fn from(d: DeleteRequest) -> Self {
+        WriteOp::Delete {
+            id: d.id,
+            expected_version: d.expected_version,
+        }
+    }
+}
+
+fn list_job(l: ListRequest, done: Done<Vec<Customer>>) -> ReadJob {
+    ReadJob::List {
+        after: l.after,
+        limit: l.limit,
+        done,
+    }
+}
+
 fn done<T: Send + 'static>(reply: RpcReplyPort<Wire<T>>) -> Done<T> {
-    Box::new(move |r| {
-        let _ = reply.send(Wire(r));
-    })
+    Box::new(move |r| answer(reply, r))
 }
 
 fn expect_row(reply: RpcReplyPort<Wire<Customer>>) -> Done<Option<Customer>> {
     Box::new(move |r: Result<Option<Customer>>| {
         let r = r.and_then(|c| c.ok_or_else(|| Error::Internal("write returned no row".into())));
-        let _ = reply.send(Wire(r));
+        answer(reply, r);
     })
 }
 
-/// Answers `message` with `err` without touching storage.
-fn refuse(message: DatabaseMsg, err: Error) {
-    match message {
-        DatabaseMsg::Ping(_, reply) => send_err(reply, err),
-        DatabaseMsg::InsertCustomer(_, reply) => send_err(reply, err),
-        DatabaseMsg::GetCustomer(_, reply) => send_err(reply, err),
-        DatabaseMsg::UpdateCustomer(_, reply) => send_err(reply, err),
-        DatabaseMsg::DeleteCustomer(_, reply) => send_err(reply, err),
-        DatabaseMsg::ListCustomers(_, reply) => send_err(reply, err),
-    }
-}
-
-fn reject<T>(reply: RpcReplyPort<Wire<T>>, err: Error) {
-    tracing::warn!(error = %err, "rejected an undecodable database request");
-    send_err(reply, err);
-}
-
-fn send_err<T>(reply: RpcReplyPort<Wire<T>>, err: Error) {
-    let _ = reply.send(Wire(Err(err)));
+fn expect_deleted(reply: RpcReplyPort<Wire<()>>) -> Done<Option<Customer>> {
+    Box::new(move |r: Result<Option<Customer>>| answer(reply, r.map(|_| ())))
 }
 
 /// Reaches the Database actor from anywhere in this node, with a deadline on every call.

@@ -55,6 +55,33 @@ pub struct NodeContext {
     pub db: DatabaseClient,
     /// Counters shared by the Registry and customer actors.
     pub counters: Counters,
+    /// Faults a test injects into this node; kept out of every wire type.
+    #[cfg(test)]
+    pub faults: TestFaults,
+}
+
+/// Faults that in-process tests inject (DESIGN §10's "fault hooks inside the process").
+#[cfg(test)]
+#[derive(Default)]
+pub struct TestFaults {
+    /// The customer whose actor panics on its next command (supervision tests).
+    pub panic_customer: std::sync::Mutex<Option<crate::customer::CustomerId>>,
+}
+
+#[cfg(test)]
+impl TestFaults {
+    /// True once for `id` after it was armed with [`TestFaults::panic_customer`].
+    pub fn take_panic(&self, id: crate::customer::CustomerId) -> bool {
+        let mut armed = self
+            .panic_customer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if *armed == Some(id) {
+            *armed = None;
+            return true;
+        }
+        false
+    }
 }
 
 impl NodeContext {

@@ -27,7 +27,7 @@ use crate::cluster::protocol::{
     CustomerPage, ListRequest, NodeInfo, REGISTRY_GROUP, RegistryMsg, RegistryStats, check_peer,
     registry_name,
 };
-use crate::codec::Wire;
+use crate::codec::{Wire, answer};
 use crate::customer::CustomerId;
 use crate::error::{Error, Result};
 use crate::storage::MAX_PAGE_SIZE;
@@ -45,15 +45,27 @@ pub struct RegistryArgs {
 
 /// State of the Registry.
 pub struct RegistryState {
+    /// Shared node context: name, timeouts, placement view, database client, counters.
     ctx: Arc<NodeContext>,
+    /// What we answer peers' `Hello` with.
     info: NodeInfo,
+    /// The customer actors active here, by customer: where requests are delivered. An entry
+    /// is removed the moment retirement starts, so a request that arrives after it activates a
+    /// fresh actor instead of queueing behind `Passivate`.
     active: HashMap<CustomerId, Active>,
+    /// The reverse index, by actor id: supervision events name only the actor, and an actor
+    /// that stops or panics must be mapped back to its customer — and told apart from a
+    /// successor already in `active` for the same customer.
     by_actor: HashMap<ActorId, CustomerId>,
+    /// The periodic idle sweep; aborted when the Registry stops.
     sweeper: Option<JoinHandle<()>>,
 }
 
+/// One active customer actor.
 struct Active {
+    /// Where its messages go.
     actor: ActorRef<CustomerMsg>,
+    /// Last delivery, for the idle sweep.
     last_used: Instant,
 }
 
@@ -116,75 +128,37 @@ impl Actor for Registry {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            RegistryMsg::Hello(Wire(peer), reply) => {
-                let answer = peer
-                    .and_then(|p| check_peer(&p))
-                    .map(|()| state.info.clone());
-                let _ = reply.send(Wire(answer));
+            RegistryMsg::Hello(peer, reply) => {
+                let info = state.info.clone();
+                answer(reply, peer.0.and_then(|p| check_peer(&p)).map(|()| info));
             }
-            RegistryMsg::Ping(Wire(seq), reply) => {
-                let _ = reply.send(Wire(seq));
-            }
-            RegistryMsg::GetOrCreateCustomerActor(Wire(id), reply) => match id {
-                Ok(id) => {
-                    state
-                        .deliver(&myself, id, CustomerMsg::Activate(reply))
-                        .await
-                }
-                Err(e) => {
-                    let _ = reply.send(Wire(Err(e)));
-                }
-            },
-            RegistryMsg::CreateCustomer(Wire(request), reply) => match request {
-                Ok(r) => {
+            RegistryMsg::Ping(Wire(seq), reply) => answer(reply, seq),
+            RegistryMsg::CreateCustomer(request, reply) => {
+                if let Some((r, reply)) = request.open(reply) {
                     let id = r.customer.id;
                     state
                         .deliver(&myself, id, CustomerMsg::Create(r, reply))
-                        .await
+                        .await;
                 }
-                Err(e) => {
-                    let _ = reply.send(Wire(Err(e)));
-                }
-            },
-            RegistryMsg::Route(Wire(req), reply) => match req {
-                Ok(r) => {
+            }
+            RegistryMsg::Route(request, reply) => {
+                if let Some((r, reply)) = request.open(reply) {
                     let id = r.id;
                     state
                         .deliver(&myself, id, CustomerMsg::Command(r, reply))
                         .await;
                 }
-                Err(e) => {
-                    let _ = reply.send(Wire(Err(e)));
+            }
+            RegistryMsg::ListCustomers(request, reply) => {
+                if let Some((r, reply)) = request.open(reply) {
+                    let db = state.ctx.db.clone();
+                    tokio::spawn(async move { answer(reply, list_page(&db, r).await) });
                 }
-            },
-            RegistryMsg::ListCustomers(Wire(req), reply) => {
-                let db = state.ctx.db.clone();
-                tokio::spawn(async move {
-                    let page = match req {
-                        Ok(r) => list_page(&db, r).await,
-                        Err(e) => Err(e),
-                    };
-                    let _ = reply.send(Wire(page));
-                });
             }
-            RegistryMsg::RemoveCustomerActor(Wire(id), reply) => {
-                let removed = id.map(|id| state.retire(&id, "removed on request"));
-                let _ = reply.send(Wire(removed));
-            }
-            RegistryMsg::Stats(_, reply) => {
-                let _ = reply.send(Wire::ok(state.stats()));
-            }
+            RegistryMsg::Stats(_, reply) => answer(reply, Ok(state.stats())),
             RegistryMsg::PlacementChanged(_) => state.drop_unowned(),
             RegistryMsg::Sweep(_) => state.sweep(),
-            RegistryMsg::Release(Wire(Ok((id, pid)))) => {
-                if state
-                    .active
-                    .get(&id)
-                    .is_some_and(|a| a.actor.get_id().pid() == pid)
-                {
-                    state.retire(&id, "holds no row");
-                }
-            }
+            RegistryMsg::Release(Wire(Ok((id, pid)))) => state.release(id, pid),
             RegistryMsg::Release(Wire(Err(_))) => {}
         }
         Ok(())
@@ -287,6 +261,18 @@ impl RegistryState {
         Ok(actor)
     }
 
+    /// A customer actor reported it holds nothing: retire it, unless a successor (another
+    /// pid) has taken its place meanwhile.
+    fn release(&mut self, id: CustomerId, pid: u64) {
+        if self
+            .active
+            .get(&id)
+            .is_some_and(|a| a.actor.get_id().pid() == pid)
+        {
+            self.retire(&id, "holds no row");
+        }
+    }
+
     /// Removes the entry and queues `Passivate`. Returns whether there was an actor.
     fn retire(&mut self, id: &CustomerId, why: &str) -> bool {
         let Some(active) = self.active.remove(id) else {
@@ -384,15 +370,8 @@ fn release_memory_after(passivated: usize) {
 /// Answers a message that could not be delivered, so its caller never waits for a timeout.
 fn fail(msg: CustomerMsg, err: Error) {
     match msg {
-        CustomerMsg::Create(_, reply) => {
-            let _ = reply.send(Wire(Err(err)));
-        }
-        CustomerMsg::Command(_, reply) => {
-            let _ = reply.send(Wire(Err(err)));
-        }
-        CustomerMsg::Activate(reply) => {
-            let _ = reply.send(Wire(Err(err)));
-        }
+        CustomerMsg::Create(_, reply) => answer(reply, Err(err)),
+        CustomerMsg::Command(_, reply) => answer(reply, Err(err)),
         CustomerMsg::Passivate => {}
     }
 }
@@ -456,9 +435,10 @@ mod tests {
             .value;
         assert_eq!(stats(&registry).await.activations, 2);
 
+        *node.ctx.faults.panic_customer.lock().unwrap() = Some(a.id);
         let crash = RouteRequest {
             id: a.id,
-            command: CustomerCommand::Crash,
+            command: CustomerCommand::Get,
             deadline_ms: u64::MAX,
         };
         let crashed = call(&registry, Duration::from_secs(5), |r| {

@@ -101,9 +101,6 @@ pub enum CustomerCommand {
         /// Client precondition.
         if_match: Option<u64>,
     },
-    /// Test-only fault: the customer actor panics while handling it.
-    #[cfg(test)]
-    Crash,
 }
 
 impl CustomerCommand {
@@ -114,14 +111,7 @@ impl CustomerCommand {
             Self::Replace { .. } => "replace",
             Self::Patch { .. } => "patch",
             Self::Delete { .. } => "delete",
-            #[cfg(test)]
-            Self::Crash => "crash",
         }
-    }
-
-    /// True for commands that write.
-    pub fn is_write(&self) -> bool {
-        !matches!(self, Self::Get)
     }
 }
 
@@ -183,15 +173,6 @@ pub struct CustomerPage {
     pub next: Option<CustomerId>,
 }
 
-/// Result of activating a customer actor without running a command.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Activation {
-    /// Node whose actor is now active.
-    pub node: String,
-    /// Version loaded from the database.
-    pub version: u64,
-}
-
 /// A Registry's counters.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegistryStats {
@@ -242,9 +223,6 @@ pub enum RegistryMsg {
     /// Heartbeat: echoes the sequence number.
     #[rpc]
     Ping(Wire<u64>, RpcReplyPort<Wire<u64>>),
-    /// Ensures the customer's actor is active here (loading it from the database).
-    #[rpc]
-    GetOrCreateCustomerActor(Wire<CustomerId>, RpcReplyPort<Wire<Activation>>),
     /// Creates a customer (id chosen by the entry node; idempotent by id).
     #[rpc]
     CreateCustomer(Wire<CreateRequest>, RpcReplyPort<Wire<Customer>>),
@@ -254,9 +232,6 @@ pub enum RegistryMsg {
     /// Lists customers from the database.
     #[rpc]
     ListCustomers(Wire<ListRequest>, RpcReplyPort<Wire<CustomerPage>>),
-    /// Passivates the customer's actor if active; replies whether one was.
-    #[rpc]
-    RemoveCustomerActor(Wire<CustomerId>, RpcReplyPort<Wire<bool>>),
     /// Counters of this Registry.
     #[rpc]
     Stats(Wire<()>, RpcReplyPort<Wire<RegistryStats>>),
@@ -392,10 +367,6 @@ mod tests {
             items: vec![c.clone(), c.clone()],
             next: Some(c.id),
         });
-        round_trip(Activation {
-            node: "n2".into(),
-            version: 9,
-        });
         round_trip(RegistryStats {
             node: "n3".into(),
             active_customers: 5,
@@ -416,6 +387,187 @@ mod tests {
         round_trip(());
         round_trip("n1".to_string());
         round_trip(true);
+    }
+
+    /// The protocol version the golden bytes below belong to, and the bytes: one fixed value of
+    /// every type that crosses nodes, encoded as it goes on the wire (hex). A failure here
+    /// means the wire format changed: bump [`PROTOCOL_VERSION`] (and the group names), then
+    /// regenerate the table from the test's output.
+    const GOLDEN: (u32, &str) = (
+        1,
+        "
+        node_info 00026e31010e3132372e302e302e313a343730310e3132372e302e302e313a38303831012a
+        customer 001001910000000070008000000000000001045a6fc3ab0f7a6f65406578616d706c652e636f6d01062b31203535350003fd00803c3048140c00fd02803c3048140c00
+        create 001001910000000070008000000000000001045a6fc3ab0f7a6f65406578616d706c652e636f6d01062b31203535350003fd00803c3048140c00fd02803c3048140c0009
+        route_get 0010019100000000700080000000000000010007
+        route_replace 00100191000000007000800000000000000101045a6fc3ab0f7a6f65406578616d706c652e636f6d01062b312035353500010307
+        route_patch 001001910000000070008000000000000001020201780001000007
+        route_delete 00100191000000007000800000000000000103010107
+        list 000110019100000000700080000000000000010a
+        page 00011001910000000070008000000000000001045a6fc3ab0f7a6f65406578616d706c652e636f6d01062b31203535350003fd00803c3048140c00fd02803c3048140c0000
+        stats 00026e330506010002
+        update 001001910000000070008000000000000001045a6fc3ab0f7a6f65406578616d706c652e636f6d01062b312035353500040a
+        delete 00100191000000007000800000000000000100
+        release 0010019100000000700080000000000000014d
+        error 01040102
+        absent 0000
+        ping 0007
+        ",
+    );
+
+    fn golden_customer() -> Customer {
+        Customer {
+            id: CustomerId::from_u128(0x0191_0000_0000_7000_8000_0000_0000_0001),
+            fields: CustomerFields {
+                name: "Zoë".into(),
+                email: "zoe@example.com".into(),
+                phone: Some("+1 555".into()),
+                address: None,
+            },
+            version: 3,
+            created_at: 1_700_000_000_000_000,
+            updated_at: 1_700_000_000_000_001,
+        }
+    }
+
+    fn hex<T: Serialize + serde::de::DeserializeOwned>(value: T) -> String {
+        hex_of(Wire::ok(value))
+    }
+
+    fn hex_of<T: Serialize + serde::de::DeserializeOwned>(wire: Wire<T>) -> String {
+        wire.into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    fn golden_table() -> Vec<(&'static str, String)> {
+        let c = golden_customer();
+        let patch = CustomerPatch {
+            name: FieldPatch::Set("x".into()),
+            phone: FieldPatch::Clear,
+            ..Default::default()
+        };
+        let route = |command| RouteRequest {
+            id: c.id,
+            command,
+            deadline_ms: 7,
+        };
+        vec![
+            (
+                "node_info",
+                hex(NodeInfo {
+                    name: "n1".into(),
+                    protocol_version: 1,
+                    cluster_addr: "127.0.0.1:4701".into(),
+                    http_addr: "127.0.0.1:8081".into(),
+                    hosts_db: true,
+                    incarnation: 42,
+                }),
+            ),
+            ("customer", hex(c.clone())),
+            (
+                "create",
+                hex(CreateRequest {
+                    customer: c.clone(),
+                    deadline_ms: 9,
+                }),
+            ),
+            ("route_get", hex(route(CustomerCommand::Get))),
+            (
+                "route_replace",
+                hex(route(CustomerCommand::Replace {
+                    fields: c.fields.clone(),
+                    if_match: Some(3),
+                })),
+            ),
+            (
+                "route_patch",
+                hex(route(CustomerCommand::Patch {
+                    patch,
+                    if_match: None,
+                })),
+            ),
+            (
+                "route_delete",
+                hex(route(CustomerCommand::Delete { if_match: Some(1) })),
+            ),
+            (
+                "list",
+                hex(ListRequest {
+                    after: Some(c.id),
+                    limit: 10,
+                }),
+            ),
+            (
+                "page",
+                hex(CustomerPage {
+                    items: vec![c.clone()],
+                    next: None,
+                }),
+            ),
+            (
+                "stats",
+                hex(RegistryStats {
+                    node: "n3".into(),
+                    active_customers: 5,
+                    activations: 6,
+                    passivations: 1,
+                    restarts: 0,
+                    version_conflicts: 2,
+                }),
+            ),
+            (
+                "update",
+                hex(UpdateRequest {
+                    id: c.id,
+                    fields: c.fields.clone(),
+                    expected_version: 4,
+                    now: 5,
+                }),
+            ),
+            (
+                "delete",
+                hex(DeleteRequest {
+                    id: c.id,
+                    expected_version: None,
+                }),
+            ),
+            ("release", hex((c.id, 77u64))),
+            (
+                "error",
+                hex_of(Wire::<u64>(Err(Error::VersionConflict {
+                    expected: 1,
+                    current: 2,
+                }))),
+            ),
+            ("absent", hex(None::<Customer>)),
+            ("ping", hex(7u64)),
+        ]
+    }
+
+    #[test]
+    fn wire_bytes_are_pinned_by_golden_values() {
+        let actual: Vec<String> = golden_table()
+            .into_iter()
+            .map(|(name, bytes)| format!("{name} {bytes}"))
+            .collect();
+        let actual = actual.join("\n");
+        let (version, expected) = GOLDEN;
+        assert_eq!(
+            version, PROTOCOL_VERSION,
+            "the golden bytes belong to protocol v{version}: regenerate them for this version"
+        );
+        assert_eq!(
+            actual,
+            expected
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join("\n"),
+            "the wire format changed: bump PROTOCOL_VERSION and regenerate GOLDEN from:\n{actual}"
+        );
     }
 
     #[test]
