@@ -70,12 +70,12 @@ impl Gateway {
     ) -> Result<(Routed<Customer>, bool)> {
         let customer = Customer::new(id, fields, crate::clock::now_micros());
         let created_at = customer.created_at;
-        let timeout = self.ctx.request_timeout;
+        let deadline_ms = deadline_after(self.ctx.request_timeout);
         let routed = self
             .route(id, "create", move |reply| {
                 let request = CreateRequest {
                     customer: customer.clone(),
-                    deadline_ms: deadline_after(timeout),
+                    deadline_ms,
                 };
                 RegistryMsg::CreateCustomer(Wire::ok(request), reply)
             })
@@ -113,12 +113,12 @@ impl Gateway {
 
     /// Deletes a customer.
     pub async fn delete(&self, id: CustomerId, if_match: Option<u64>) -> Result<Routed<()>> {
-        let command = CustomerCommand::Delete { if_match };
+        let request = self.route_request(id, CustomerCommand::Delete { if_match });
         let mut attempts = 0;
         let routed = self
             .route(id, "delete", |reply| {
                 attempts += 1;
-                RegistryMsg::Route(Wire::ok(self.route_request(id, command.clone())), reply)
+                RegistryMsg::Route(Wire::ok(request.clone()), reply)
             })
             .await;
         match routed {
@@ -180,9 +180,10 @@ impl Gateway {
 
     async fn command(&self, id: CustomerId, command: CustomerCommand) -> Result<Routed<Customer>> {
         let op = command.name();
+        let request = self.route_request(id, command);
         let routed = self
             .route(id, op, |reply| {
-                RegistryMsg::Route(Wire::ok(self.route_request(id, command.clone())), reply)
+                RegistryMsg::Route(Wire::ok(request.clone()), reply)
             })
             .await?;
         match routed.value {
@@ -196,8 +197,9 @@ impl Gateway {
         }
     }
 
-    /// A routed command whose deadline is one request timeout from now (each attempt gets
-    /// its own).
+    /// A routed command whose deadline is one request timeout from now. Every attempt of one
+    /// request carries this same deadline: a retry must never extend the time in which an
+    /// earlier attempt, delayed somewhere, could still start its write.
     fn route_request(&self, id: CustomerId, command: CustomerCommand) -> RouteRequest {
         RouteRequest {
             id,
@@ -213,9 +215,10 @@ impl Gateway {
         op: &'static str,
         mut build: impl FnMut(RpcReplyPort<Wire<T>>) -> RegistryMsg,
     ) -> Result<Routed<T>> {
+        let deadline = Instant::now() + self.ctx.request_timeout;
         let mut view_rx = self.ctx.view.clone();
         let view = view_rx.borrow_and_update().clone();
-        let first = self.call_owner(&view, id, op, &mut build).await;
+        let first = self.call_owner(&view, id, op, deadline, &mut build).await;
         let err = match first {
             Err(e) if e.is_retryable() => e,
             other => return other,
@@ -226,7 +229,7 @@ impl Gateway {
         let _ = tokio::time::timeout(RETRY_VIEW_WAIT, view_rx.changed()).await;
         let view = view_rx.borrow_and_update().clone();
         tracing::info!(customer = %id, op, error = %err, from = ?owner_before, to = ?view.ring.owner(&id).map(|m| &m.name), "retrying against the recomputed owner");
-        self.call_owner(&view, id, op, &mut build).await
+        self.call_owner(&view, id, op, deadline, &mut build).await
     }
 
     async fn call_owner<T: Send + 'static>(
@@ -234,8 +237,15 @@ impl Gateway {
         view: &View,
         id: CustomerId,
         op: &'static str,
+        deadline: Instant,
         build: &mut impl FnMut(RpcReplyPort<Wire<T>>) -> RegistryMsg,
     ) -> Result<Routed<T>> {
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        if timeout.is_zero() {
+            return Err(Error::Timeout(
+                "the request's deadline passed before a retry".into(),
+            ));
+        }
         let owner = view
             .ring
             .owner(&id)
@@ -249,13 +259,13 @@ impl Gateway {
             // Fail fast when membership drops the owner mid-call (e.g. evicted while frozen)
             // instead of waiting out the whole deadline; the caller then retries.
             tokio::select! {
-                r = call(&registry, self.ctx.request_timeout, build) => r,
+                r = call(&registry, timeout, build) => r,
                 () = self.left_view(&owner) => Err(Error::Unavailable(format!(
                     "owner {owner} left the cluster during the call"
                 ))),
             }
         } else {
-            call(&registry, self.ctx.request_timeout, build).await
+            call(&registry, timeout, build).await
         };
         if remote {
             let outcome = if value.is_ok() { "ok" } else { "error" };
