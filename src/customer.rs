@@ -219,6 +219,12 @@ fn optional_text(value: Option<String>, field: &str, max: usize) -> Result<Optio
             "{field} must not contain control characters"
         )));
     }
+    if let Some(c) = trimmed.chars().find(|c| is_bidi_control(*c)) {
+        return Err(Error::InvalidInput(format!(
+            "{field} must not contain the bidirectional control U+{:04X}: it can make text display differently from what is stored",
+            c as u32
+        )));
+    }
     let chars = trimmed.chars().count();
     if chars > max {
         return Err(Error::InvalidInput(format!(
@@ -239,6 +245,12 @@ fn check_email(email: &str) -> Result<()> {
     if email.chars().any(char::is_whitespace) {
         return Err(bad());
     }
+    if let Some(c) = email.chars().find(|c| is_format_char(*c)) {
+        return Err(Error::InvalidInput(format!(
+            "email must not contain the invisible character U+{:04X}",
+            c as u32
+        )));
+    }
     let labels: Vec<&str> = domain.split('.').collect();
     let label_ok = |l: &&str| {
         !l.is_empty()
@@ -256,12 +268,37 @@ fn check_email(email: &str) -> Result<()> {
 fn check_phone(phone: &str) -> Result<()> {
     let allowed = |c: char| c.is_ascii_digit() || " +-().".contains(c);
     let digits = phone.chars().filter(char::is_ascii_digit).count();
-    if !phone.chars().all(allowed) || digits < 3 {
+    if !phone.chars().all(allowed) {
         return Err(Error::InvalidInput(format!(
-            "phone {phone:?} must be digits with optional spaces and +-()."
+            "phone {phone:?} may contain only digits, spaces and the characters + - ( ) ."
+        )));
+    }
+    if digits < 3 {
+        return Err(Error::InvalidInput(format!(
+            "phone {phone:?} must contain at least 3 digits"
         )));
     }
     Ok(())
+}
+
+/// Bidirectional embedding, override and isolate controls (U+202A–202E, U+2066–2069). They
+/// make stored text display differently from its characters ("Trojan Source" spoofing), and no
+/// real name needs them: right-to-left names render correctly without explicit controls.
+/// Joiners (U+200C ZWNJ, U+200D ZWJ), which Persian, Indic scripts and emoji sequences need,
+/// are deliberately not in this set.
+pub fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Unicode general category `Cf` (format characters, Unicode 15): invisible characters such as
+/// U+200B ZERO WIDTH SPACE or U+FEFF. An address containing one looks identical to one without
+/// it, so two "different" emails would read the same to a person: they are refused in emails.
+pub fn is_format_char(c: char) -> bool {
+    matches!(c as u32,
+        0x00AD | 0x0600..=0x0605 | 0x061C | 0x06DD | 0x070F | 0x0890..=0x0891 | 0x08E2
+        | 0x180E | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x2064 | 0x2066..=0x206F
+        | 0xFEFF | 0xFFF9..=0xFFFB | 0x110BD | 0x110CD | 0x13430..=0x1343F
+        | 0x1BCA0..=0x1BCA3 | 0x1D173..=0x1D17A | 0xE0001 | 0xE0020..=0xE007F)
 }
 
 /// Checks a client's `If-Match` against the current version.
@@ -324,6 +361,87 @@ mod tests {
             validate(input(&too_long, "a@b.co")),
             Err(Error::InvalidInput(_))
         ));
+    }
+
+    #[test]
+    fn bidi_controls_are_refused_in_every_text_field() {
+        for c in ['\u{202A}', '\u{202E}', '\u{2066}', '\u{2069}'] {
+            let spoof = format!("Ada{c}ecalevol");
+            assert!(validate(input(&spoof, "a@b.co")).is_err(), "name {c:?}");
+            let mut with_address = input("Ada", "a@b.co");
+            with_address.address = Some(spoof.clone());
+            let err = validate(with_address).unwrap_err().to_string();
+            assert!(
+                err.contains("address") && err.contains("bidirectional"),
+                "{err}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_bidi_control_anywhere_in_any_field_is_refused(
+            text in "[a-zA-Zé ]{1,40}",
+            at in 0usize..40,
+            control in proptest::sample::select(vec!['\u{202A}', '\u{202B}', '\u{202C}', '\u{202D}', '\u{202E}', '\u{2066}', '\u{2067}', '\u{2068}', '\u{2069}']),
+            field in 0usize..3,
+        ) {
+            let mut chars: Vec<char> = format!("x{text}x").chars().collect();
+            chars.insert(at.min(chars.len() - 1) + 1, control);
+            let spoof: String = chars.into_iter().collect();
+            let mut fields = input("Ada", "a@b.co");
+            match field {
+                0 => fields.name = Some(spoof),
+                1 => fields.address = Some(spoof),
+                _ => fields.email = Some(format!("a{}@b.co", spoof.replace(' ', ""))),
+            }
+            proptest::prop_assert!(validate(fields).is_err());
+        }
+
+        #[test]
+        fn names_with_joiners_between_letters_are_accepted(
+            parts in proptest::collection::vec("[a-zA-Zа-яمهرناز]{1,8}", 1..5),
+        ) {
+            let name = parts.join("\u{200C}");
+            proptest::prop_assert_eq!(validate(input(&name, "a@b.co")).unwrap().name, name);
+        }
+    }
+
+    #[test]
+    fn joiners_that_real_names_need_are_accepted() {
+        // Persian "Mehrnaz" written with U+200C ZERO WIDTH NON-JOINER.
+        let persian = "مهر\u{200C}ناز";
+        assert_eq!(validate(input(persian, "m@b.co")).unwrap().name, persian);
+        let family = "👩\u{200D}👩\u{200D}👧 Family";
+        assert!(validate(input(family, "f@b.co")).is_ok());
+    }
+
+    #[test]
+    fn invisible_characters_are_refused_in_emails() {
+        for c in ['\u{200B}', '\u{FEFF}', '\u{00AD}', '\u{2060}', '\u{200C}'] {
+            let email = format!("jo{c}se@example.com");
+            let err = validate(input("José", &email)).unwrap_err().to_string();
+            assert!(err.contains("invisible"), "{c:?}: {err}");
+        }
+        assert!(validate(input("José", "josé@example.com")).is_ok());
+    }
+
+    #[test]
+    fn the_phone_error_says_the_rule_that_was_broken() {
+        let few = validate(FieldsInput {
+            phone: Some("12".into()),
+            ..input("Ada", "a@b.co")
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(few.contains("at least 3 digits"), "{few}");
+        let letters = validate(FieldsInput {
+            phone: Some("555-CALL".into()),
+            ..input("Ada", "a@b.co")
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(letters.contains("only digits"), "{letters}");
     }
 
     #[test]
