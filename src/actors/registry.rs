@@ -509,6 +509,44 @@ mod tests {
         node.supervisor.stop(None);
     }
 
+    #[tokio::test]
+    async fn a_maximal_page_says_whether_another_page_follows() {
+        for stored in [999usize, 1000, 1001] {
+            let dir = tempfile::tempdir().unwrap();
+            let name = format!("page-boundary-{stored}");
+            let config = Config::local(&name, Some(dir.path().join("c.db")));
+            let node = crate::node::start_actors(&config, None, 1).await.unwrap();
+            let inserts = (0..stored).map(|i| {
+                let db = node.ctx.db.clone();
+                let email = format!("p{i}@example.com");
+                async move {
+                    let c =
+                        crate::customer::Customer::new(new_customer_id(), fields("P", &email), 1);
+                    db.insert(c).await.unwrap();
+                }
+            });
+            futures::future::join_all(inserts).await;
+
+            let max = ListRequest {
+                after: None,
+                limit: MAX_PAGE_SIZE,
+            };
+            let first = list_page(&node.ctx.db, max).await.unwrap();
+            assert_eq!(first.items.len(), stored.min(1000), "{stored} stored");
+            assert_eq!(first.next.is_some(), stored > 1000, "{stored} stored");
+            if let Some(after) = first.next {
+                let rest = ListRequest {
+                    after: Some(after),
+                    limit: MAX_PAGE_SIZE,
+                };
+                let second = list_page(&node.ctx.db, rest).await.unwrap();
+                assert_eq!(second.items.len(), stored - 1000);
+                assert_eq!(second.next, None);
+            }
+            node.supervisor.stop(None);
+        }
+    }
+
     #[test]
     fn only_entries_idle_for_the_full_timeout_are_swept() {
         let now = Instant::now();

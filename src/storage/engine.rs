@@ -48,7 +48,7 @@ pub enum ReadJob {
     List {
         /// Keyset cursor: return ids strictly greater.
         after: Option<CustomerId>,
-        /// Page size, clamped to [`super::MAX_PAGE_SIZE`].
+        /// Rows to read, clamped to [`super::MAX_LIST_ROWS`].
         limit: u32,
         /// Completion.
         done: Done<Vec<Customer>>,

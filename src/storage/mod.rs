@@ -27,6 +27,11 @@ use crate::error::Result;
 /// Largest page a list may return; bounds memory and the size of one cluster message.
 pub const MAX_PAGE_SIZE: u32 = 1000;
 
+/// Most rows one store read returns: a full page plus one, whose presence tells the caller
+/// that a next page exists (clamping to [`MAX_PAGE_SIZE`] here would make every maximal page
+/// look like the last one).
+pub const MAX_LIST_ROWS: u32 = MAX_PAGE_SIZE + 1;
+
 /// One write, applied inside a batch transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WriteOp {
@@ -65,6 +70,7 @@ pub trait Store: Send + 'static {
     /// Reads one customer.
     fn get(&mut self, id: &CustomerId) -> Result<Option<Customer>>;
 
-    /// Lists customers ordered by id, strictly after `after`, at most `limit` of them.
+    /// Lists customers ordered by id, strictly after `after`, at most `limit` of them (clamped
+    /// to [`MAX_LIST_ROWS`]).
     fn list(&mut self, after: Option<&CustomerId>, limit: u32) -> Result<Vec<Customer>>;
 }

@@ -92,7 +92,7 @@ impl Store for SqliteStore {
     }
 
     fn list(&mut self, after: Option<&CustomerId>, limit: u32) -> Result<Vec<Customer>> {
-        let limit = limit.clamp(1, super::MAX_PAGE_SIZE);
+        let limit = limit.clamp(1, super::MAX_LIST_ROWS);
         let after = after.map(|id| id.to_string()).unwrap_or_default();
         let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT {COLUMNS} FROM customers WHERE id > ?1 ORDER BY id LIMIT ?2"
