@@ -6,6 +6,7 @@
 //! silently downgrading.
 
 pub mod commands;
+pub mod exit;
 pub mod import;
 pub mod workload;
 
