@@ -62,17 +62,7 @@ async fn main() -> ExitCode {
             }
             Err(e) => fail(&e),
         },
-        Command::Workload(args) => match customer_cluster::client::workload::run(&args).await {
-            Ok(report) => {
-                println!("{}", report.render());
-                if report.lost_acknowledged_writes > 0 || report.stale_reads > 0 {
-                    eprintln!("error: the workload saw lost acknowledged writes or stale reads");
-                    return ExitCode::FAILURE;
-                }
-                ExitCode::SUCCESS
-            }
-            Err(e) => fail(&e),
-        },
+        Command::Workload(args) => customer_cluster::faults::command(&args).await.finish(),
         Command::Import { args, opts } => {
             let client = match opts.client() {
                 Ok(c) => c,
