@@ -349,15 +349,8 @@ impl<'a> Worker<'a> {
         let next = self.seq.get(&customer).copied().unwrap_or(0) + 1;
         let name = format!("w{next}");
         let started_ms = now_ms();
-        let client = &self.clients[node];
-        let path = customer_path(&id);
-        let result = if write {
-            let patch = json!({"name": name});
-            client.json(Method::PATCH, &path, &patch, &[]).await
-        } else {
-            client.get(&path).await
-        };
-        let (outcome, owner) = match result {
+        let write_name = write.then_some(name.as_str());
+        let (outcome, owner) = match self.send(node, &id, write_name).await {
             Err(_) => {
                 self.skip_until[node] = Instant::now() + SKIP_UNREACHABLE;
                 (Outcome::EntryUnreachable, None)
@@ -384,6 +377,25 @@ impl<'a> Worker<'a> {
             owner,
         });
         ok
+    }
+
+    /// Through entry node `node`: a PATCH of the customer's name when `write_name` is given,
+    /// else a GET.
+    async fn send(
+        &self,
+        node: usize,
+        id: &str,
+        write_name: Option<&str>,
+    ) -> Result<HttpResponse, ClientError> {
+        let client = &self.clients[node];
+        let path = customer_path(id);
+        match write_name {
+            Some(name) => {
+                let patch = json!({"name": name});
+                client.json(Method::PATCH, &path, &patch, &[]).await
+            }
+            None => client.get(&path).await,
+        }
     }
 }
 
