@@ -7,6 +7,7 @@
 # and a report: detection time per event, how long the customers the node owned took to be
 # written again (p50/p99/max), errors clients saw, customers per node before/after, stale
 # reads and acknowledged writes lost (both must be 0; the script exits non-zero otherwise).
+# The workload and its report are `customer-cluster workload` (src/faults/).
 #
 # Usage: scripts/failover.sh            (phases of CC_PHASE_S seconds, default 8)
 # Env:   CC_RUN_DIR (default ./run/failover), CC_PROFILE (release|debug), CC_PHASE_S,

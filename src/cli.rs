@@ -96,7 +96,7 @@ pub enum Command {
     BenchReport(crate::bench::compare::ReportArgs),
     /// Run a steady read/write workload for failover experiments and report what clients saw
     /// (used by scripts/failover.sh).
-    Workload(crate::client::workload::WorkloadArgs),
+    Workload(crate::faults::WorkloadArgs),
     /// Measure round trips of a bare Registry ping from one node (--node) to a member.
     Ping {
         /// Target and count.

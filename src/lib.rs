@@ -29,8 +29,10 @@
 //! * [`storage`] — SQLite store and the group-commit engine on dedicated threads.
 //! * [`cluster`] — wire protocol, placement, membership.
 //! * [`actors`] — supervisor, registry, customer and database actors; the gateway.
-//! * [`api`] — axum router and the error→HTTP mapping; [`client`] — CLI client.
+//! * [`api`] — axum router and the error→HTTP mapping; [`client`] — CLI client and how
+//!   every subcommand ends (output, exit code).
 //! * [`bench`](mod@bench) — load generator: closed/open loop, owner-aware routing, latencies.
+//! * [`faults`] — fault testing: the failover workload, what it recorded, and its report.
 //! * [`clock`] — every clock the crate reads (wall clock for records, the raw holder clock).
 //! * [`config`], [`node`], [`telemetry`], [`cli`] — wiring.
 
@@ -47,6 +49,7 @@ pub mod codec;
 pub mod config;
 pub mod customer;
 pub mod error;
+pub mod faults;
 pub mod node;
 pub mod storage;
 pub mod telemetry;

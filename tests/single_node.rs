@@ -335,3 +335,57 @@ async fn bench_cleanup_removes_only_the_customers_the_run_created() {
     assert_eq!(left.len(), 1, "{left:?}");
     assert_eq!(left[0]["email"], "keep@example.com");
 }
+
+#[tokio::test]
+async fn the_failover_workload_verifies_every_acknowledged_write_and_reports_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = db_node(&dir, "wl");
+    node.wait_ready(READY).await;
+    let events = dir.path().join("events");
+    let now_ms = customer_cluster::clock::now_ms();
+    std::fs::write(&events, format!("{now_ms} restart wl\n")).unwrap();
+    let report_path = dir.path().join("failover.json");
+    let out = tokio::process::Command::new(BIN)
+        .args(["workload", "--nodes"])
+        .arg(format!("http://127.0.0.1:{}", node.spec.http_port))
+        .args([
+            "--customers",
+            "6",
+            "--concurrency",
+            "2",
+            "--duration-s",
+            "2",
+        ])
+        .arg("--events")
+        .arg(&events)
+        .arg("--out")
+        .arg(&report_path)
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stderr.contains("workload running"), "{stderr}");
+    for line in [
+        "restart  wl   detected after",
+        "stale reads: 0",
+        "acknowledged writes lost: 0",
+    ] {
+        assert!(stdout.contains(line), "no {line:?} in {stdout}");
+    }
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
+    assert!(report["writes_ok"].as_u64().unwrap() > 0, "{report}");
+    assert!(report["reads_ok"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(report["owners_after"]["wl"], 6, "{report}");
+    assert_eq!(report["events"][0]["event"]["kind"], "restart", "{report}");
+    let stored = node.list_all().await;
+    let final_names: Vec<&str> = stored.iter().filter_map(|c| c["name"].as_str()).collect();
+    assert_eq!(final_names.len(), 6);
+    assert!(
+        final_names.iter().all(|n| *n != "w0"),
+        "every customer was written: {final_names:?}"
+    );
+}

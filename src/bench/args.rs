@@ -190,6 +190,12 @@ fn parse_mix(args: &BenchArgs) -> Result<Mix, BenchError> {
     })
 }
 
+/// Whether the run's customers are deleted afterwards: asked with `--cleanup`, and only a
+/// run of the mix creates customers (a `--path` run only GETs that path, so it has none).
+pub fn wants_cleanup(args: &BenchArgs) -> bool {
+    args.cleanup && args.path.is_none()
+}
+
 pub(super) fn node_urls(args: &BenchArgs) -> Vec<String> {
     let urls = args.nodes.iter().map(|n| n.trim().to_owned());
     urls.filter(|n| !n.is_empty()).collect()
@@ -210,6 +216,17 @@ mod tests {
         let mut a = BenchArgs::default();
         f(&mut a);
         a
+    }
+
+    #[test]
+    fn only_a_mix_run_asked_to_clean_up_deletes_its_customers() {
+        assert!(!wants_cleanup(&args(|_| {})), "kept unless asked");
+        assert!(wants_cleanup(&args(|a| a.cleanup = true)));
+        let path_run = args(|a| {
+            a.cleanup = true;
+            a.path = Some("/health".into());
+        });
+        assert!(!wants_cleanup(&path_run), "a --path run created nothing");
     }
 
     #[test]

@@ -24,9 +24,10 @@
 //! replacement, so the key population stays the same size (see [`keys`]).
 //!
 //! The customers a run created stay, tagged `bench-<run_tag>-…@example.com`, unless
-//! `--cleanup` deletes them afterwards ([`cleanup`]). Deliberately not done: HTTPS (the
-//! client refuses it); coordinating several generator processes; separating the generator's
-//! own CPU use from the nodes' when both share a host.
+//! `--cleanup` deletes them afterwards ([`cleanup`], when [`args::wants_cleanup`]; [`command`]
+//! is the subcommand). Deliberately not done: HTTPS (the client refuses it); coordinating
+//! several generator processes; separating the generator's own CPU use from the nodes' when
+//! both share a host.
 //!
 //! Pure parts, each unit-tested: [`args`] (flags, validation), [`mix`] (parsing, drawing),
 //! [`sampler`] (PRNG, uniform and Zipf keys), [`plan`] (routing, open-loop schedule), [`keys`]
@@ -49,7 +50,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use args::{BenchArgs, Distribution};
-use args::{Settings, node_urls, validate};
+use args::{Settings, node_urls, validate, wants_cleanup};
 use keys::{EmailGen, KeyTable, run_tag};
 use mix::Mix;
 pub use plan::Route;
@@ -57,6 +58,8 @@ use recorder::Recorder;
 pub use report::{BenchNode, BenchResult, LatencySummary, OpResult, ratio_line};
 use setup::Target;
 use workload::{Phases, Workload};
+
+use crate::client::exit::Ending;
 
 /// Why a run could not start or finish.
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +138,26 @@ pub enum BenchError {
         /// Why.
         reason: String,
     },
+}
+
+/// `customer-cluster bench`: runs the benchmark, prints its result, then deletes the run's
+/// customers if [`args::wants_cleanup`]. The result is printed before the clean-up starts
+/// (deleting thousands of customers takes a while), and stays printed if the clean-up fails.
+pub async fn command(args: &BenchArgs) -> Ending {
+    let result = match run(args).await {
+        Ok(result) => result,
+        Err(e) => return Ending::failed(&e),
+    };
+    print!("{}", result.render());
+    if !wants_cleanup(args) {
+        return Ending::Done(String::new());
+    }
+    match cleanup(args, &result.run_tag).await {
+        Ok(n) => Ending::Done(format!(
+            "  cleanup: removed the {n} customers this run created\n"
+        )),
+        Err(e) => Ending::failed(&e),
+    }
 }
 
 /// Runs a benchmark: discover, preload, warm up, measure, report (and write `--out`).

@@ -1,7 +1,7 @@
 //! The CLI client commands: create / get / list / update / delete / status.
 //!
 //! Human-readable output by default, the node's JSON with `--json` (for scripts). Any failure
-//! is one line on stderr and a non-zero exit code (see `main.rs`).
+//! is one line on stderr and a non-zero exit code (the policy is in [`super::exit`]).
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -9,6 +9,7 @@ use std::time::Duration;
 use hyper::Method;
 use serde_json::{Map, Value, json};
 
+use super::exit::Ending;
 use super::{ClientError, HttpClient, HttpResponse, customer_path};
 use crate::api::json::{ClusterJson, CustomerJson};
 
@@ -284,6 +285,28 @@ pub async fn ping(opts: &ClientOpts, args: &PingArgs) -> Result<String, ClientEr
     ))
 }
 
+/// Runs `status`: once, or with `--watch` again and again until interrupted, clearing the
+/// screen before each table. A refresh that fails shows its error in place of the table and
+/// the watch goes on (a node restarting is what one watches for).
+pub async fn status_command(opts: &ClientOpts, args: &StatusArgs) -> Ending {
+    let Some(secs) = args.watch else {
+        return Ending::line(status(opts).await);
+    };
+    let period = watch_period(secs);
+    loop {
+        let ending = Ending::line(status(opts).await);
+        print!("\x1b[2J\x1b[H");
+        ending.print();
+        tokio::time::sleep(period).await;
+    }
+}
+
+/// The pause between two `status --watch` refreshes: as asked, but at least a second, so a
+/// `--watch 0` does not hammer the node.
+pub fn watch_period(secs: u64) -> Duration {
+    Duration::from_secs(secs.max(1))
+}
+
 /// Runs `status` once.
 pub async fn status(opts: &ClientOpts) -> Result<String, ClientError> {
     let r = opts.client()?.get("/v1/cluster").await?.ok()?;
@@ -363,6 +386,13 @@ mod tests {
     #[test]
     fn ids_stay_one_path_segment() {
         assert_eq!(customer_path("a/b c"), "/v1/customers/a%2Fb%20c");
+    }
+
+    #[test]
+    fn a_status_watch_refreshes_as_asked_but_at_most_once_a_second() {
+        assert_eq!(watch_period(0), Duration::from_secs(1));
+        assert_eq!(watch_period(1), Duration::from_secs(1));
+        assert_eq!(watch_period(5), Duration::from_secs(5));
     }
 
     #[test]

@@ -22,6 +22,8 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 use xxhash_rust::xxh3::xxh3_128;
 
+use super::commands::ClientOpts;
+use super::exit::Ending;
 use super::{ClientError, HttpClient};
 use crate::customer::{FieldsInput, validate};
 
@@ -227,6 +229,19 @@ fn parse_json_row(text: &str) -> Result<FieldsInput, String> {
     Ok(input)
 }
 
+/// `customer-cluster import`: runs the import through `--node` and reports. Rows rejected
+/// make it a failure (exit code 1), so scripts notice; the summary already lists them.
+pub async fn command(opts: &ClientOpts, args: &ImportArgs) -> Ending {
+    let client = match opts.client() {
+        Ok(c) => c,
+        Err(e) => return Ending::failed(&e),
+    };
+    match run(&client, args).await {
+        Ok(summary) => summary.ending(),
+        Err(e) => Ending::failed(&e),
+    }
+}
+
 /// Runs an import against `client`.
 pub async fn run(client: &HttpClient, args: &ImportArgs) -> Result<ImportSummary, ClientError> {
     let (rows, mut rejected) = read_rows(&args.file, args.format.as_deref())?;
@@ -334,6 +349,19 @@ fn write_rejects(path: &Path, rejected: &[Rejected]) -> Result<(), ClientError> 
 }
 
 impl ImportSummary {
+    /// How the command ends: the summary on stdout, and a failure when any row was rejected.
+    pub fn ending(&self) -> Ending {
+        let stdout = self.render() + "\n";
+        if self.rejected.is_empty() {
+            Ending::Done(stdout)
+        } else {
+            Ending::Findings {
+                stdout,
+                error: None,
+            }
+        }
+    }
+
     /// Human-readable summary: counts, then reasons grouped with their first lines.
     pub fn render(&self) -> String {
         let mut out = format!(
@@ -362,6 +390,30 @@ impl ImportSummary {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_import_with_a_rejected_row_fails_and_still_prints_its_summary() {
+        let clean = ImportSummary {
+            created: 2,
+            replayed: 0,
+            rejected: vec![],
+        };
+        assert!(matches!(clean.ending(), Ending::Done(out) if out.starts_with("created 2 row(s)")));
+        let rejected = ImportSummary {
+            rejected: vec![Rejected {
+                line: 3,
+                reason: "invalid email".into(),
+            }],
+            ..clean
+        };
+        match rejected.ending() {
+            Ending::Findings { stdout, error } => {
+                assert!(stdout.contains("line 3: invalid email"), "{stdout}");
+                assert_eq!(error, None, "the summary already says why");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
 
     #[test]
     fn a_missing_file_is_a_local_error_that_names_the_file() {

@@ -1,13 +1,14 @@
-//! A small HTTP/1.1 client for the node API, used by the CLI commands, the load generator and
-//! the tests. One keep-alive connection pool per client; every request has a deadline.
+//! A small HTTP/1.1 client for the node API, used by the CLI commands, the load generator, the
+//! failover workload and the tests. One keep-alive connection pool per client; every request
+//! has a deadline. [`exit`] says how every subcommand ends: its output and its exit code.
 //!
 //! Deliberately plain HTTP: the node API is meant to sit behind a TLS-terminating proxy when
 //! it leaves the host, and the client refuses `https://` URLs with a clear message rather than
 //! silently downgrading.
 
 pub mod commands;
+pub mod exit;
 pub mod import;
-pub mod workload;
 
 use std::time::Duration;
 

@@ -1,0 +1,48 @@
+//! Fault testing: does the cluster keep its promises (DESIGN.md §6) while nodes crash, freeze,
+//! come back and leave?
+//!
+//! Jepsen's method, in-tree, as a pipeline:
+//!
+//! ```text
+//!  workload ──▶ history ──▶ checker ──▶ report
+//!  clients do    what each    decides     what a person reads, and the
+//!  real HTTP     request      whether     verdict that sets the exit
+//!  requests      saw, when    the cluster code of `customer-cluster workload`
+//!                             kept its promise
+//! ```
+//!
+//! * **workload** ([`workload`]) — concurrent clients keep writing and reading customers
+//!   through rotating entry nodes while something outside (`scripts/failover.sh`, a test)
+//!   injects faults and appends each one to an events file. Each customer is written by one
+//!   client, sequentially, so "its last acknowledged write" is well defined.
+//! * **history** — every request is recorded with the time it was sent, the time its answer
+//!   came back, what came back, and which node owned the customer; next to it, the member
+//!   lists each node reported every 100 ms.
+//! * **checker** — today two direct checks: a read that returns a version older than the
+//!   customer's last acknowledged write is a *stale read* (judged as the answer comes in); at
+//!   the end, a customer whose stored state is behind its last acknowledged write counts as a
+//!   *lost acknowledged write*. A linearizability checker over the full history joins here.
+//! * **report** ([`report`]) — totals, a per-second timeline, and around each event how long
+//!   the survivors took to notice and how long until the customers that moved were written
+//!   again. Any stale read or lost write makes the run a failure (exit code 1).
+//!
+//! Deliberately not here: injecting the faults (the driving script or test does it, so the
+//! same workload serves every kind of fault); clock synchronisation between the workload's
+//! host and the nodes (every time in the history is read on the workload's host).
+
+pub mod report;
+pub mod workload;
+
+pub use report::{Event, EventReport, WorkloadReport};
+pub use workload::WorkloadArgs;
+
+use crate::client::exit::Ending;
+
+/// `customer-cluster workload`: runs the workload and ends with its report, a failure if the
+/// report found a stale read or a lost write.
+pub async fn command(args: &WorkloadArgs) -> Ending {
+    match workload::run(args).await {
+        Ok(report) => report.ending(),
+        Err(e) => Ending::failed(&e),
+    }
+}
