@@ -109,6 +109,56 @@ mod tests {
     }
 
     #[test]
+    fn shipped_migrations_are_never_edited() {
+        // Append-only: a database migrated by an older binary must end up with the same schema
+        // as a new one. If this fails, undo the edit and add a new migration instead; append
+        // the new one's hash here.
+        let hashes: Vec<u64> = MIGRATIONS
+            .iter()
+            .map(|sql| xxhash_rust::xxh3::xxh3_64(sql.as_bytes()))
+            .collect();
+        assert_eq!(hashes, GOLDEN);
+    }
+
+    const GOLDEN: [u64; 4] = [
+        3_066_139_734_361_182_192,
+        11_179_909_018_587_875_527,
+        8_533_377_482_470_824_501,
+        10_432_355_395_005_300_299,
+    ];
+
+    #[test]
+    fn the_latest_schema_has_every_table_and_one_row_per_shard() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type IN ('table', 'index') AND name NOT LIKE 'sqlite_%' ORDER BY name")
+            .unwrap();
+        let names: Vec<String> = stmt
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(
+            names,
+            [
+                "applied_requests",
+                "applied_requests_by_age",
+                "customers",
+                "customers_live_email",
+                "node_leases",
+                "shard_leases"
+            ]
+        );
+        let (count, max): (u32, u32) = conn
+            .query_row("SELECT count(*), max(shard) FROM shard_leases", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((count, max), (1024, 1023));
+    }
+
+    #[test]
     fn a_newer_schema_is_refused() {
         let mut conn = Connection::open_in_memory().unwrap();
         conn.pragma_update(None, "user_version", 999).unwrap();
