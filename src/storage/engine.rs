@@ -1,12 +1,21 @@
 //! Runs a [`Store`] on dedicated OS threads with group commit.
 //!
-//! * **Writer thread.** Blocks for the first queued write, then drains whatever else is
-//!   already queued (up to `max_batch`), applies the lot in one transaction, commits once (one
-//!   fsync), and only then completes every write in the batch. Under load, batches grow by
-//!   themselves and the fsync cost is shared; at low load a lone write commits immediately, so
-//!   group commit adds no latency. `max_batch = 1` gives classic one-commit-per-write.
-//! * **Reader threads.** Serve gets and lists from read-only connections; WAL lets them run
-//!   while the writer commits. A read issued after a write was acknowledged sees that write.
+//! * **Writer thread.** Owns the one writing connection and serves two queues:
+//!   - **lease jobs** ([`LeaseJob`]: renew, register, takeover, grant, release, clear, settle,
+//!     prune) come first: each is its own short transaction, and every one queued is served
+//!     before the next write batch starts. A renew therefore never waits behind more than the
+//!     batch already committing, and is never part of a write batch (DESIGN §6 L2).
+//!   - **writes** ([`WriteJob`]): blocks for the first, drains whatever else is already queued
+//!     (up to `max_batch`), applies the lot in one transaction, commits once (one fsync), and
+//!     only then completes every write in the batch. Under load, batches grow by themselves and
+//!     the fsync cost is shared; at low load a lone write commits immediately, so group commit
+//!     adds no latency. `max_batch = 1` gives classic one-commit-per-write.
+//!
+//!   Grants and fenced writes share this one connection, so a write's token check and its
+//!   commit cannot be interleaved with a grant (F1 on SQLite).
+//! * **Reader threads.** Serve gets, lists and the lease table from read-only connections; WAL
+//!   lets them run while the writer commits. A read issued after a write was acknowledged sees
+//!   that write.
 //!
 //! Completion is a callback run on the storage thread; the database actor passes one that
 //! sends on an RPC reply port (a non-blocking send), so no tokio worker ever waits on SQLite.
@@ -18,10 +27,13 @@ use std::path::PathBuf;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, Select, Sender};
 
 use super::sqlite::SqliteStore;
-use super::{Store, WriteOp, WriteOutcome};
+use super::{
+    Grant, Holder, Observed, Registration, Release, Renewal, RequestStamp, Settlement, ShardId,
+    ShardLease, Store, Takeover, Write, WriteOp, WriteOutcome,
+};
 use crate::customer::{Customer, CustomerId};
 use crate::error::{Error, Result};
 
@@ -34,15 +46,154 @@ pub type Done<T> = Box<dyn FnOnce(Result<T>) + Send>;
 
 /// A queued write and what to do once it is durable.
 pub struct WriteJob {
-    /// The write.
-    pub op: WriteOp,
+    /// The write, with its fence and request stamp.
+    pub write: Write,
     /// Called after commit (or with the error that prevented it).
-    pub done: Done<Option<Customer>>,
+    pub done: Done<WriteOutcome>,
+}
+
+/// A queued lease or request-id operation: served by the writer before any queued write, each
+/// in its own transaction. Each variant is the [`Store`] method of the same name.
+pub enum LeaseJob {
+    /// [`Store::register`].
+    Register {
+        /// Node name.
+        node: String,
+        /// This process's incarnation.
+        incarnation: u64,
+        /// Completion.
+        done: Done<Registration>,
+    },
+    /// [`Store::renew`].
+    Renew {
+        /// Who renews.
+        me: Holder,
+        /// Renew number.
+        k: u64,
+        /// Completion.
+        done: Done<Renewal>,
+    },
+    /// [`Store::takeover`].
+    Takeover {
+        /// Who takes over.
+        contender: Holder,
+        /// The row observed unchanged for TTL.
+        victim: Observed,
+        /// Shards to grant.
+        shards: Vec<ShardId>,
+        /// Completion.
+        done: Done<Takeover>,
+    },
+    /// [`Store::takeover_own_row`].
+    TakeoverOwnRow {
+        /// The new incarnation.
+        incarnation: u64,
+        /// The own row as observed unchanged for TTL.
+        observed: Observed,
+        /// Shards to grant.
+        shards: Vec<ShardId>,
+        /// Completion.
+        done: Done<Takeover>,
+    },
+    /// [`Store::grant`].
+    Grant {
+        /// Who is granted.
+        contender: Holder,
+        /// Shards to grant.
+        shards: Vec<ShardId>,
+        /// Completion.
+        done: Done<Grant>,
+    },
+    /// [`Store::release`].
+    Release {
+        /// The shard.
+        shard: ShardId,
+        /// The token it is held at.
+        token: u64,
+        /// Completion.
+        done: Done<Release>,
+    },
+    /// [`Store::clear_incarnation`].
+    ClearIncarnation {
+        /// Node name.
+        node: String,
+        /// This process's incarnation.
+        incarnation: u64,
+        /// Completion: true if cleared.
+        done: Done<bool>,
+    },
+    /// [`Store::settle`].
+    Settle {
+        /// The request attempt whose outcome is unknown.
+        stamp: RequestStamp,
+        /// Completion.
+        done: Done<Settlement>,
+    },
+    /// [`Store::prune_requests`].
+    PruneRequests {
+        /// Cutoff, wall-clock µs.
+        older_than: i64,
+        /// Completion: how many ids were removed.
+        done: Done<u64>,
+    },
+}
+
+impl LeaseJob {
+    /// Runs the job on `store` and completes it.
+    fn run(self, store: &mut dyn Store) {
+        match self {
+            Self::Register {
+                node,
+                incarnation,
+                done,
+            } => done(store.register(&node, incarnation)),
+            Self::Renew { me, k, done } => done(store.renew(&me, k)),
+            Self::Takeover {
+                contender,
+                victim,
+                shards,
+                done,
+            } => done(store.takeover(&contender, &victim, &shards)),
+            Self::TakeoverOwnRow {
+                incarnation,
+                observed,
+                shards,
+                done,
+            } => done(store.takeover_own_row(incarnation, &observed, &shards)),
+            Self::Grant {
+                contender,
+                shards,
+                done,
+            } => done(store.grant(&contender, &shards)),
+            Self::Release { shard, token, done } => done(store.release(shard, token)),
+            Self::ClearIncarnation {
+                node,
+                incarnation,
+                done,
+            } => done(store.clear_incarnation(&node, incarnation)),
+            Self::Settle { stamp, done } => done(store.settle(&stamp)),
+            Self::PruneRequests { older_than, done } => done(store.prune_requests(older_than)),
+        }
+    }
+
+    /// Completes the job with `err` without running it.
+    fn fail(self, err: Error) {
+        match self {
+            Self::Register { done, .. } => done(Err(err)),
+            Self::Renew { done, .. } => done(Err(err)),
+            Self::Takeover { done, .. } | Self::TakeoverOwnRow { done, .. } => done(Err(err)),
+            Self::Grant { done, .. } => done(Err(err)),
+            Self::Release { done, .. } => done(Err(err)),
+            Self::ClearIncarnation { done, .. } => done(Err(err)),
+            Self::Settle { done, .. } => done(Err(err)),
+            Self::PruneRequests { done, .. } => done(Err(err)),
+        }
+    }
 }
 
 /// A queued read.
 pub enum ReadJob {
-    /// Fetch one customer.
+    /// Fetch one live customer.
     Get(CustomerId, Done<Option<Customer>>),
     /// Fetch one page ordered by id.
     List {
@@ -53,6 +204,8 @@ pub enum ReadJob {
         /// Completion.
         done: Done<Vec<Customer>>,
     },
+    /// Every shard lease row, for routing and reconcile (committed values only).
+    LeaseTable(Done<Vec<ShardLease>>),
 }
 
 /// Tunables of the engine.
@@ -68,6 +221,7 @@ pub struct EngineConfig {
 
 /// Handle to the storage threads. Cheap to share by reference; submit never blocks.
 pub struct Engine {
+    lease_tx: Sender<LeaseJob>,
     write_tx: Sender<WriteJob>,
     read_tx: Sender<ReadJob>,
     threads: Vec<JoinHandle<()>>,
@@ -78,11 +232,12 @@ impl Engine {
     /// call from a blocking context.
     pub fn open(config: &EngineConfig) -> Result<Self> {
         let writer = SqliteStore::open(&config.path)?;
+        let (lease_tx, lease_rx) = crossbeam_channel::unbounded();
         let (write_tx, write_rx) = crossbeam_channel::unbounded();
         let (read_tx, read_rx) = crossbeam_channel::unbounded();
         let mut threads = vec![spawn_named("db-writer", {
             let max = config.max_batch.max(1);
-            move || write_loop(writer, &write_rx, max)
+            move || write_loop(writer, &lease_rx, &write_rx, max)
         })?];
         for i in 0..config.readers.max(1) {
             let reader = SqliteStore::open_reader(&config.path)?;
@@ -92,16 +247,35 @@ impl Engine {
             })?);
         }
         Ok(Self {
+            lease_tx,
             write_tx,
             read_tx,
             threads,
         })
     }
 
-    /// Queues a write; `done` runs once it is committed or failed.
+    /// Queues an unfenced write without a request id (the behaviour before leases); `done`
+    /// runs once it is committed or failed, with the outcome flattened by
+    /// [`WriteOutcome::into_result`].
     pub fn write(&self, op: WriteOp, done: Done<Option<Customer>>) {
-        if let Err(rejected) = self.write_tx.send(WriteJob { op, done }) {
+        self.submit(
+            op.into(),
+            Box::new(move |r: Result<WriteOutcome>| done(r.and_then(WriteOutcome::into_result))),
+        );
+    }
+
+    /// Queues a write with its fence and request stamp; `done` gets its full outcome once the
+    /// batch committed (or the error that prevented the commit).
+    pub fn submit(&self, write: Write, done: Done<WriteOutcome>) {
+        if let Err(rejected) = self.write_tx.send(WriteJob { write, done }) {
             (rejected.0.done)(Err(stopped()));
+        }
+    }
+
+    /// Queues a lease or request-id job; it runs before any write queued with it.
+    pub fn lease(&self, job: LeaseJob) {
+        if let Err(rejected) = self.lease_tx.send(job) {
+            rejected.0.fail(stopped());
         }
     }
 
@@ -111,12 +285,14 @@ impl Engine {
             match rejected.0 {
                 ReadJob::Get(_, done) => done(Err(stopped())),
                 ReadJob::List { done, .. } => done(Err(stopped())),
+                ReadJob::LeaseTable(done) => done(Err(stopped())),
             }
         }
     }
 
     /// Closes the queues and waits until every queued request has been completed.
     pub fn shutdown(self) {
+        drop(self.lease_tx);
         drop(self.write_tx);
         drop(self.read_tx);
         for t in self.threads {
@@ -137,6 +313,11 @@ fn spawn_named(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHand
 /// Returns `None` once the queue is closed and empty.
 pub fn next_batch<T>(rx: &Receiver<T>, max: usize) -> Option<Vec<T>> {
     let first = rx.recv().ok()?;
+    Some(fill(first, rx, max))
+}
+
+/// `first` plus whatever is already queued on `rx`, up to `max` in all.
+fn fill<T>(first: T, rx: &Receiver<T>, max: usize) -> Vec<T> {
     let mut batch = Vec::with_capacity(max.min(64));
     batch.push(first);
     while batch.len() < max {
@@ -145,26 +326,79 @@ pub fn next_batch<T>(rx: &Receiver<T>, max: usize) -> Option<Vec<T>> {
             Err(_) => break,
         }
     }
-    Some(batch)
+    batch
 }
 
-fn write_loop(mut store: impl Store, rx: &Receiver<WriteJob>, max_batch: usize) {
-    while let Some(batch) = next_batch(rx, max_batch) {
-        let (ops, dones): (Vec<WriteOp>, Vec<Done<Option<Customer>>>) =
-            batch.into_iter().map(|j| (j.op, j.done)).unzip();
-        let started = Instant::now();
-        let result = store.write_batch(&ops);
-        metrics::histogram!("customer_db_batch_size").record(ops.len() as f64);
-        metrics::histogram!("customer_db_commit_seconds").record(started.elapsed().as_secs_f64());
-        complete(result, dones);
+/// What the writer does next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next<L, W> {
+    /// One lease job, in its own transaction.
+    Lease(L),
+    /// A batch of writes, in one transaction.
+    Writes(Vec<W>),
+}
+
+/// The writer's schedule: a queued lease job always goes first; otherwise a batch of the
+/// writes already queued (up to `max`); otherwise block until either queue has something.
+/// Returns `None` once both queues are closed and empty.
+pub fn next_job<L, W>(
+    leases: &Receiver<L>,
+    writes: &Receiver<W>,
+    max: usize,
+) -> Option<Next<L, W>> {
+    loop {
+        let lease_closed = match leases.try_recv() {
+            Ok(job) => return Some(Next::Lease(job)),
+            Err(e) => e.is_disconnected(),
+        };
+        let writes_closed = match writes.try_recv() {
+            Ok(first) => return Some(Next::Writes(fill(first, writes, max))),
+            Err(e) => e.is_disconnected(),
+        };
+        if lease_closed && writes_closed {
+            return None;
+        }
+        // Wait without taking anything, then take in priority order above.
+        let mut ready = Select::new();
+        if !lease_closed {
+            ready.recv(leases);
+        }
+        if !writes_closed {
+            ready.recv(writes);
+        }
+        ready.ready();
     }
 }
 
-fn complete(result: Result<Vec<WriteOutcome>>, dones: Vec<Done<Option<Customer>>>) {
+fn write_loop(
+    mut store: impl Store,
+    leases: &Receiver<LeaseJob>,
+    writes: &Receiver<WriteJob>,
+    max_batch: usize,
+) {
+    while let Some(next) = next_job(leases, writes, max_batch) {
+        match next {
+            Next::Lease(job) => job.run(&mut store),
+            Next::Writes(batch) => write_batch(&mut store, batch),
+        }
+    }
+}
+
+fn write_batch(store: &mut impl Store, batch: Vec<WriteJob>) {
+    let (writes, dones): (Vec<Write>, Vec<Done<WriteOutcome>>) =
+        batch.into_iter().map(|j| (j.write, j.done)).unzip();
+    let started = Instant::now();
+    let result = store.write_batch(&writes);
+    metrics::histogram!("customer_db_batch_size").record(writes.len() as f64);
+    metrics::histogram!("customer_db_commit_seconds").record(started.elapsed().as_secs_f64());
+    complete(result, dones);
+}
+
+fn complete(result: Result<Vec<WriteOutcome>>, dones: Vec<Done<WriteOutcome>>) {
     match result {
         Ok(outcomes) => {
             for (done, outcome) in dones.into_iter().zip(outcomes) {
-                done(outcome);
+                done(Ok(outcome));
             }
         }
         Err(err) => {
@@ -184,6 +418,7 @@ fn read_loop(mut store: impl Store, rx: &Receiver<ReadJob>) {
         match job {
             ReadJob::Get(id, done) => done(store.get(&id)),
             ReadJob::List { after, limit, done } => done(store.list(after.as_ref(), limit)),
+            ReadJob::LeaseTable(done) => done(store.lease_table()),
         }
     }
 }
@@ -216,12 +451,122 @@ mod tests {
     }
 
     #[test]
+    fn a_queued_lease_job_goes_before_queued_writes() {
+        let (lease_tx, leases) = crossbeam_channel::unbounded();
+        let (write_tx, writes) = crossbeam_channel::unbounded();
+        for w in 0..5 {
+            write_tx.send(w).unwrap();
+        }
+        lease_tx.send("renew").unwrap();
+        lease_tx.send("grant").unwrap();
+        assert_eq!(next_job(&leases, &writes, 3), Some(Next::Lease("renew")));
+        assert_eq!(next_job(&leases, &writes, 3), Some(Next::Lease("grant")));
+        assert_eq!(
+            next_job(&leases, &writes, 3),
+            Some(Next::Writes(vec![0, 1, 2]))
+        );
+        // A renew that arrives while writes are still queued is served before the next batch.
+        lease_tx.send("renew").unwrap();
+        assert_eq!(next_job(&leases, &writes, 3), Some(Next::Lease("renew")));
+        assert_eq!(
+            next_job(&leases, &writes, 3),
+            Some(Next::Writes(vec![3, 4]))
+        );
+    }
+
+    #[test]
+    fn the_writer_drains_both_queues_before_it_stops() {
+        let (lease_tx, leases) = crossbeam_channel::unbounded::<&str>();
+        let (write_tx, writes) = crossbeam_channel::unbounded();
+        write_tx.send(1).unwrap();
+        drop(lease_tx);
+        drop(write_tx);
+        assert_eq!(next_job(&leases, &writes, 8), Some(Next::Writes(vec![1])));
+        assert_eq!(next_job(&leases, &writes, 8), None);
+    }
+
+    #[test]
+    fn the_writer_waits_for_whichever_queue_fills_first() {
+        let (lease_tx, leases) = crossbeam_channel::unbounded();
+        let (write_tx, writes) = crossbeam_channel::unbounded::<u32>();
+        let sender = std::thread::spawn(move || {
+            lease_tx.send("renew").unwrap();
+            write_tx
+        });
+        assert_eq!(next_job(&leases, &writes, 8), Some(Next::Lease("renew")));
+        drop(sender.join().unwrap());
+        assert_eq!(next_job(&leases, &writes, 8), None);
+    }
+
+    #[test]
+    fn lease_jobs_and_fenced_writes_share_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&EngineConfig {
+            path: dir.path().join("l.db"),
+            max_batch: 8,
+            readers: 1,
+        })
+        .unwrap();
+        let (tx, rx) = mpsc::channel();
+        engine.lease(LeaseJob::Register {
+            node: "n1".into(),
+            incarnation: 7,
+            done: Box::new(move |r| tx.send(r).unwrap()),
+        });
+        let Ok(Registration::Registered { epoch }) = rx.recv().unwrap() else {
+            panic!("register failed");
+        };
+        let me = Holder {
+            node: "n1".into(),
+            incarnation: 7,
+            epoch,
+        };
+        let (tx, rx) = mpsc::channel();
+        engine.lease(LeaseJob::Grant {
+            contender: me,
+            shards: vec![3],
+            done: Box::new(move |r| tx.send(r).unwrap()),
+        });
+        let Ok(Grant::Granted(granted)) = rx.recv().unwrap() else {
+            panic!("grant failed");
+        };
+        let token = granted[0].token;
+        let fields = validate(FieldsInput {
+            name: Some("A".into()),
+            email: Some("a@x.io".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        let c = Customer::new(new_customer_id(), fields, 1);
+        let (tx, rx) = mpsc::channel();
+        for t in [token - 1, token] {
+            let tx = tx.clone();
+            let write = Write {
+                op: WriteOp::Insert(c.clone()),
+                fence: Some(super::super::Fence { shard: 3, token: t }),
+                request: None,
+            };
+            engine.submit(write, Box::new(move |r| tx.send(r).unwrap()));
+        }
+        assert!(matches!(
+            rx.recv().unwrap(),
+            Ok(WriteOutcome::Fenced { .. })
+        ));
+        assert_eq!(rx.recv().unwrap(), Ok(WriteOutcome::Decided(Ok(Some(c)))));
+        let (tx, rx) = mpsc::channel();
+        engine.read(ReadJob::LeaseTable(Box::new(move |r| tx.send(r).unwrap())));
+        let table = rx.recv().unwrap().unwrap();
+        assert_eq!(table[3].holder.as_deref(), Some("n1"));
+        engine.shutdown();
+    }
+
+    #[test]
     fn a_failed_batch_fails_every_write_in_it() {
         let (tx, rx) = mpsc::channel();
-        let dones: Vec<Done<Option<Customer>>> = (0..3)
+        let dones: Vec<Done<WriteOutcome>> = (0..3)
             .map(|_| {
                 let tx = tx.clone();
-                Box::new(move |r: Result<Option<Customer>>| tx.send(r).unwrap()) as Done<_>
+                Box::new(move |r: Result<WriteOutcome>| tx.send(r).unwrap()) as Done<_>
             })
             .collect();
         complete(Err(Error::Internal("disk full".into())), dones);

@@ -23,6 +23,55 @@ pub const MIGRATIONS: &[&str] = &[
         created_at INTEGER NOT NULL,
         updated_at INTEGER NOT NULL
     ) WITHOUT ROWID;",
+    // 2: tombstones (DESIGN §6 F5). A delete keeps the row with `deleted = 1`, so versions never
+    // repeat for an id and a create on a deleted id is refused. Email becomes unique among live
+    // rows only (still case-insensitive ASCII), which needs the inline UNIQUE gone: SQLite
+    // cannot drop a constraint, so the table is rebuilt and every row copied as live.
+    "CREATE TABLE customers_v2 (
+        id         TEXT    NOT NULL PRIMARY KEY,
+        name       TEXT    NOT NULL,
+        email      TEXT    NOT NULL COLLATE NOCASE,
+        phone      TEXT,
+        address    TEXT,
+        version    INTEGER NOT NULL CHECK (version >= 1),
+        deleted    INTEGER NOT NULL DEFAULT 0 CHECK (deleted IN (0, 1)),
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    INSERT INTO customers_v2 (id, name, email, phone, address, version, deleted, created_at, updated_at)
+        SELECT id, name, email, phone, address, version, 0, created_at, updated_at FROM customers;
+    DROP TABLE customers;
+    ALTER TABLE customers_v2 RENAME TO customers;
+    CREATE UNIQUE INDEX customers_live_email ON customers (email COLLATE NOCASE) WHERE deleted = 0;",
+    // 3: request ids (F1, F3, F4). `result` is 'aborted' or the JSON of the stored answer; it is
+    // NULL only inside the transaction that claims the id. `body_hash` is a u64 stored as its
+    // two's-complement i64. `applied_at` (wall-clock µs) serves pruning only.
+    "CREATE TABLE applied_requests (
+        request_id  TEXT    NOT NULL PRIMARY KEY,
+        customer_id TEXT,
+        body_hash   INTEGER NOT NULL,
+        attempt     INTEGER NOT NULL,
+        result      TEXT,
+        applied_at  INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX applied_requests_by_age ON applied_requests (applied_at);",
+    // 4: leases (L1). Incarnations are u64 stored as their two's-complement i64. One row per
+    // shard, created here, so grants and fences are plain UPDATEs and SELECTs of existing rows.
+    "CREATE TABLE node_leases (
+        node        TEXT    NOT NULL PRIMARY KEY,
+        incarnation INTEGER,
+        epoch       INTEGER NOT NULL CHECK (epoch >= 1),
+        seq         INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID;
+    CREATE TABLE shard_leases (
+        shard              INTEGER NOT NULL PRIMARY KEY CHECK (shard >= 0 AND shard < 1024),
+        holder             TEXT,
+        holder_incarnation INTEGER,
+        holder_epoch       INTEGER,
+        token              INTEGER NOT NULL DEFAULT 0
+    );
+    WITH RECURSIVE n(shard) AS (SELECT 0 UNION ALL SELECT shard + 1 FROM n WHERE shard < 1023)
+    INSERT INTO shard_leases (shard) SELECT shard FROM n;",
 ];
 
 /// Applies every pending migration. Refuses a database from a newer release.
@@ -57,6 +106,56 @@ mod tests {
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!(v, MIGRATIONS.len() as u32);
+    }
+
+    #[test]
+    fn shipped_migrations_are_never_edited() {
+        // Append-only: a database migrated by an older binary must end up with the same schema
+        // as a new one. If this fails, undo the edit and add a new migration instead; append
+        // the new one's hash here.
+        let hashes: Vec<u64> = MIGRATIONS
+            .iter()
+            .map(|sql| xxhash_rust::xxh3::xxh3_64(sql.as_bytes()))
+            .collect();
+        assert_eq!(hashes, GOLDEN);
+    }
+
+    const GOLDEN: [u64; 4] = [
+        3_066_139_734_361_182_192,
+        11_179_909_018_587_875_527,
+        8_533_377_482_470_824_501,
+        10_432_355_395_005_300_299,
+    ];
+
+    #[test]
+    fn the_latest_schema_has_every_table_and_one_row_per_shard() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type IN ('table', 'index') AND name NOT LIKE 'sqlite_%' ORDER BY name")
+            .unwrap();
+        let names: Vec<String> = stmt
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(
+            names,
+            [
+                "applied_requests",
+                "applied_requests_by_age",
+                "customers",
+                "customers_live_email",
+                "node_leases",
+                "shard_leases"
+            ]
+        );
+        let (count, max): (u32, u32) = conn
+            .query_row("SELECT count(*), max(shard) FROM shard_leases", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((count, max), (1024, 1023));
     }
 
     #[test]

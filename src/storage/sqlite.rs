@@ -1,16 +1,33 @@
 //! The embedded SQLite store: WAL, `synchronous=FULL`, prepared statements, parameterised SQL.
 //!
-//! One writer connection applies batches (see [`Store::write_batch`]); any number of read-only
-//! connections serve gets and lists concurrently from WAL snapshots. Constraint violations are
-//! domain outcomes (409/404), reported per write without aborting the batch; any other SQLite
-//! error aborts the whole batch so that nothing in it is acknowledged.
+//! One writer connection applies batches (see [`Store::write_batch`]) and every lease
+//! operation; any number of read-only connections serve gets, lists and the lease table
+//! concurrently from WAL snapshots. Because grants and fenced writes share the one writer
+//! connection, the token a write checks cannot change before it commits: the fence is atomic
+//! by construction (PostgreSQL needs `SELECT … FOR SHARE` for the same guarantee).
+//!
+//! Each write runs in its own savepoint (DESIGN §6 F1): claim the request id, check the fence,
+//! compare-and-set, store the result. A fenced write or a version miss rolls its savepoint
+//! back; constraint violations are domain outcomes (409/404) reported per write; any other
+//! SQLite error aborts the whole batch so that nothing in it is acknowledged.
+//!
+//! The request-id statements are in [`requests`](self::requests), the lease statements in
+//! [`leases`](self::leases).
+
+mod leases;
+mod requests;
 
 use std::path::Path;
 use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Row, Transaction, params};
 
-use super::{Store, WriteOp, WriteOutcome, cas, migrations};
+use super::leases::{
+    Grant, Holder, NodeLease, Observed, Registration, Release, Renewal, ShardId, ShardLease,
+    Takeover,
+};
+use super::requests::{RequestStamp, Settlement, StoredResult};
+use super::{Store, Write, WriteOp, WriteOutcome, cas, migrations};
 use crate::customer::{Customer, CustomerFields, CustomerId, is_same_create};
 use crate::error::{Error, Result};
 
@@ -51,75 +68,206 @@ impl SqliteStore {
         conn.busy_timeout(BUSY_TIMEOUT)?;
         Ok(Self { conn })
     }
+}
 
-    /// Applies one write inside the batch transaction.
-    fn apply(tx: &Transaction<'_>, op: &WriteOp) -> WriteOutcome {
-        match op {
-            WriteOp::Insert(customer) => insert(tx, customer).map(Some),
-            WriteOp::Update {
-                id,
-                fields,
-                expected_version,
-                now,
-            } => update(tx, id, fields, *expected_version, *now).map(Some),
-            WriteOp::Delete {
-                id,
-                expected_version,
-            } => delete(tx, id, *expected_version).map(|()| None),
+/// What becomes of a write's savepoint.
+enum Fate {
+    /// Release it: its effects join the batch.
+    Keep(WriteOutcome),
+    /// Roll it back, request id included: nothing of this write stays.
+    Undo(WriteOutcome),
+}
+
+/// Runs one write in its own savepoint. `Err` only for errors that must abort the batch.
+fn write_one(tx: &mut Transaction<'_>, write: &Write) -> Result<WriteOutcome> {
+    let sp = tx.savepoint()?; // dropped without commit = rolled back
+    match steps(&sp, write)? {
+        Fate::Keep(outcome) => {
+            sp.commit()?;
+            Ok(outcome)
+        }
+        Fate::Undo(outcome) => {
+            sp.finish()?;
+            Ok(outcome)
         }
     }
 }
 
-impl Store for SqliteStore {
-    fn write_batch(&mut self, ops: &[WriteOp]) -> Result<Vec<WriteOutcome>> {
-        let tx = self.conn.transaction()?;
-        let mut outcomes = Vec::with_capacity(ops.len());
-        for op in ops {
-            let outcome = Self::apply(&tx, op);
-            if let Err(Error::Internal(msg)) = &outcome {
-                // Not a domain outcome: the transaction may be unusable. Roll it all back
-                // (dropping `tx`) so nothing in this batch is acknowledged.
-                return Err(Error::Internal(msg.clone()));
+/// F1 steps (i)–(iv) for one write.
+fn steps(conn: &Connection, write: &Write) -> Result<Fate> {
+    if let Some(stamp) = &write.request {
+        match requests::claim(conn, stamp, &write.op.customer_id())? {
+            requests::Claim::Ours => {}
+            requests::Claim::Answered(Ok(stored)) => {
+                return Ok(Fate::Keep(WriteOutcome::Replayed(stored)));
             }
-            outcomes.push(outcome);
+            requests::Claim::Answered(Err(e)) => {
+                return Ok(Fate::Undo(WriteOutcome::Decided(Err(e))));
+            }
+        }
+    }
+    if let Some(fence) = write.fence {
+        match leases::shard_row(conn, fence.shard)? {
+            Some(row) if row.token == fence.token => {}
+            Some(row) => {
+                return Ok(Fate::Undo(WriteOutcome::Fenced {
+                    holder: row.holder,
+                    token: row.token,
+                }));
+            }
+            None => {
+                let err = Error::InvalidInput(format!("no shard {}", fence.shard));
+                return Ok(Fate::Undo(WriteOutcome::Decided(Err(err))));
+            }
+        }
+    }
+    let result = apply(conn, &write.op);
+    if let Err(Error::Internal(msg)) = &result {
+        // Not a domain outcome: the transaction may be unusable. The caller rolls it all back
+        // so nothing in this batch is acknowledged.
+        return Err(Error::Internal(msg.clone()));
+    }
+    match (&write.request, StoredResult::of(&result)) {
+        (Some(stamp), Some(stored)) => {
+            requests::record(conn, stamp, &stored)?;
+            Ok(Fate::Keep(WriteOutcome::Decided(result)))
+        }
+        // A version miss is no final answer: forget the id so the writer's retry can apply.
+        (Some(_), None) => Ok(Fate::Undo(WriteOutcome::Decided(result))),
+        (None, _) => Ok(Fate::Keep(WriteOutcome::Decided(result))),
+    }
+}
+
+/// Applies one change (F1 step iii).
+fn apply(conn: &Connection, op: &WriteOp) -> Result<Option<Customer>> {
+    match op {
+        WriteOp::Insert(customer) => insert(conn, customer).map(Some),
+        WriteOp::Update {
+            id,
+            fields,
+            expected_version,
+            now,
+        } => update(conn, id, fields, *expected_version, *now).map(Some),
+        WriteOp::Delete {
+            id,
+            expected_version,
+        } => delete(conn, id, *expected_version).map(|()| None),
+    }
+}
+
+impl Store for SqliteStore {
+    fn write_batch(&mut self, writes: &[Write]) -> Result<Vec<WriteOutcome>> {
+        let mut tx = self.conn.transaction()?;
+        let mut outcomes = Vec::with_capacity(writes.len());
+        for write in writes {
+            // An error here drops `tx`: the whole batch rolls back.
+            outcomes.push(write_one(&mut tx, write)?);
         }
         tx.commit()?;
         Ok(outcomes)
     }
 
     fn get(&mut self, id: &CustomerId) -> Result<Option<Customer>> {
-        select(&self.conn, id)
+        select_live(&self.conn, id)
     }
 
     fn list(&mut self, after: Option<&CustomerId>, limit: u32) -> Result<Vec<Customer>> {
         let limit = limit.clamp(1, super::MAX_LIST_ROWS);
         let after = after.map(|id| id.to_string()).unwrap_or_default();
         let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM customers WHERE id > ?1 ORDER BY id LIMIT ?2"
+            "SELECT {COLUMNS} FROM customers WHERE id > ?1 AND deleted = 0 ORDER BY id LIMIT ?2"
         ))?;
         let rows = stmt.query_map(params![after, limit], from_row)?;
         rows.map(|r| r.map_err(Error::from).and_then(|c| c))
             .collect()
     }
+
+    fn settle(&mut self, stamp: &RequestStamp) -> Result<Settlement> {
+        requests::settle(&mut self.conn, stamp)
+    }
+
+    fn prune_requests(&mut self, older_than: i64) -> Result<u64> {
+        requests::prune(&self.conn, older_than)
+    }
+
+    fn register(&mut self, node: &str, incarnation: u64) -> Result<Registration> {
+        leases::register(&mut self.conn, node, incarnation)
+    }
+
+    fn renew(&mut self, me: &Holder, k: u64) -> Result<Renewal> {
+        leases::renew(&mut self.conn, me, k)
+    }
+
+    fn takeover(
+        &mut self,
+        contender: &Holder,
+        victim: &Observed,
+        shards: &[ShardId],
+    ) -> Result<Takeover> {
+        leases::takeover(&mut self.conn, contender, victim, shards)
+    }
+
+    fn takeover_own_row(
+        &mut self,
+        incarnation: u64,
+        observed: &Observed,
+        shards: &[ShardId],
+    ) -> Result<Takeover> {
+        leases::takeover_own_row(&mut self.conn, incarnation, observed, shards)
+    }
+
+    fn grant(&mut self, contender: &Holder, shards: &[ShardId]) -> Result<Grant> {
+        leases::grant(&mut self.conn, contender, shards)
+    }
+
+    fn release(&mut self, shard: ShardId, token: u64) -> Result<Release> {
+        leases::release(&mut self.conn, shard, token)
+    }
+
+    fn clear_incarnation(&mut self, node: &str, incarnation: u64) -> Result<bool> {
+        leases::clear_incarnation(&self.conn, node, incarnation)
+    }
+
+    fn lease_table(&mut self) -> Result<Vec<ShardLease>> {
+        leases::lease_table(&self.conn)
+    }
+
+    fn node_table(&mut self) -> Result<Vec<NodeLease>> {
+        leases::node_table(&self.conn)
+    }
 }
 
-fn select(conn: &Connection, id: &CustomerId) -> Result<Option<Customer>> {
-    let mut stmt =
-        conn.prepare_cached(&format!("SELECT {COLUMNS} FROM customers WHERE id = ?1"))?;
+/// A live (not deleted) customer.
+fn select_live(conn: &Connection, id: &CustomerId) -> Result<Option<Customer>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM customers WHERE id = ?1 AND deleted = 0"
+    ))?;
     let row = stmt.query_row([id.to_string()], from_row).optional()?;
     row.transpose()
 }
 
-fn stored_version(tx: &Transaction<'_>, id: &CustomerId) -> Result<Option<u64>> {
-    let mut stmt = tx.prepare_cached("SELECT version FROM customers WHERE id = ?1")?;
+/// Whether the id exists only as a tombstone.
+fn is_tombstone(conn: &Connection, id: &CustomerId) -> Result<bool> {
+    let mut stmt = conn.prepare_cached("SELECT deleted FROM customers WHERE id = ?1")?;
+    let deleted = stmt
+        .query_row([id.to_string()], |r| r.get::<_, bool>(0))
+        .optional()?;
+    Ok(deleted == Some(true))
+}
+
+/// The version of a live customer; `None` if absent or deleted (so a write on a tombstone
+/// explains itself as not found).
+fn live_version(conn: &Connection, id: &CustomerId) -> Result<Option<u64>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT version FROM customers WHERE id = ?1 AND deleted = 0")?;
     Ok(stmt
         .query_row([id.to_string()], |r| r.get::<_, i64>(0))
         .optional()?
         .map(|v| v as u64))
 }
 
-fn insert(tx: &Transaction<'_>, c: &Customer) -> Result<Customer> {
-    if let Some(existing) = select(tx, &c.id)? {
+fn insert(conn: &Connection, c: &Customer) -> Result<Customer> {
+    if let Some(existing) = select_live(conn, &c.id)? {
         return if is_same_create(&existing.fields, &c.fields) {
             Ok(existing)
         } else {
@@ -129,7 +277,13 @@ fn insert(tx: &Transaction<'_>, c: &Customer) -> Result<Customer> {
             )))
         };
     }
-    let mut stmt = tx.prepare_cached(&format!(
+    if is_tombstone(conn, &c.id)? {
+        return Err(Error::Conflict(format!(
+            "customer {} was deleted; its id cannot be reused",
+            c.id
+        )));
+    }
+    let mut stmt = conn.prepare_cached(&format!(
         "INSERT INTO customers ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
     ))?;
     let f = &c.fields;
@@ -150,17 +304,17 @@ fn insert(tx: &Transaction<'_>, c: &Customer) -> Result<Customer> {
 }
 
 fn update(
-    tx: &Transaction<'_>,
+    conn: &Connection,
     id: &CustomerId,
     fields: &CustomerFields,
     expected: u64,
     now: i64,
 ) -> Result<Customer> {
-    let mut stmt = tx.prepare_cached(&format!(
+    let mut stmt = conn.prepare_cached(&format!(
         "UPDATE customers
             SET name = ?1, email = ?2, phone = ?3, address = ?4,
                 version = version + 1, updated_at = max(updated_at, ?5)
-          WHERE id = ?6 AND version = ?7
+          WHERE id = ?6 AND version = ?7 AND deleted = 0
       RETURNING {COLUMNS}"
     ))?;
     let res = stmt
@@ -181,21 +335,25 @@ fn update(
         Ok(Some(row)) => row,
         Ok(None) => Err(cas::explain_miss(
             id,
-            stored_version(tx, id)?,
+            live_version(conn, id)?,
             Some(expected),
         )),
         Err(e) => Err(constraint_or(e, fields)),
     }
 }
 
-fn delete(tx: &Transaction<'_>, id: &CustomerId, expected: Option<u64>) -> Result<()> {
-    let mut stmt =
-        tx.prepare_cached("DELETE FROM customers WHERE id = ?1 AND (?2 IS NULL OR version = ?2)")?;
+/// Leaves a tombstone at the next version: the row and its version history stay, so the
+/// version can never be handed out again for this id (F5).
+fn delete(conn: &Connection, id: &CustomerId, expected: Option<u64>) -> Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE customers SET deleted = 1, version = version + 1
+          WHERE id = ?1 AND deleted = 0 AND (?2 IS NULL OR version = ?2)",
+    )?;
     let deleted = stmt.execute(params![id.to_string(), expected.map(|v| v as i64)])?;
     if deleted == 1 {
         Ok(())
     } else {
-        Err(cas::explain_miss(id, stored_version(tx, id)?, expected))
+        Err(cas::explain_miss(id, live_version(conn, id)?, expected))
     }
 }
 
@@ -237,7 +395,7 @@ fn from_row(row: &Row<'_>) -> rusqlite::Result<Result<Customer>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::customer::{FieldsInput, new_customer_id, validate};
+    use crate::storage::suite;
 
     fn store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
@@ -245,178 +403,57 @@ mod tests {
         (dir, store)
     }
 
-    fn fields(name: &str, email: &str) -> CustomerFields {
-        validate(FieldsInput {
-            name: Some(name.into()),
-            email: Some(email.into()),
-            ..Default::default()
-        })
-        .unwrap()
-    }
-
-    fn one(store: &mut SqliteStore, op: WriteOp) -> WriteOutcome {
-        store.write_batch(&[op]).unwrap().remove(0)
-    }
-
-    #[test]
-    fn insert_get_update_delete_round_trip() {
-        let (_d, mut s) = store();
-        let c = Customer::new(new_customer_id(), fields("Ada", "ada@x.io"), 10);
-        assert_eq!(
-            one(&mut s, WriteOp::Insert(c.clone())).unwrap(),
-            Some(c.clone())
-        );
-        assert_eq!(s.get(&c.id).unwrap(), Some(c.clone()));
-
-        let updated = one(
-            &mut s,
-            WriteOp::Update {
-                id: c.id,
-                fields: fields("Ada L", "ada@x.io"),
-                expected_version: 1,
-                now: 20,
-            },
-        )
-        .unwrap()
-        .unwrap();
-        assert_eq!((updated.version, updated.updated_at), (2, 20));
-        assert_eq!(updated.fields.name, "Ada L");
-
-        let gone = one(
-            &mut s,
-            WriteOp::Delete {
-                id: c.id,
-                expected_version: Some(2),
-            },
-        );
-        assert_eq!(gone, Ok(None));
-        assert_eq!(s.get(&c.id).unwrap(), None);
-    }
-
-    #[test]
-    fn a_stale_update_is_rejected_and_leaves_the_newer_row() {
-        let (_d, mut s) = store();
-        let c = Customer::new(new_customer_id(), fields("Ada", "ada@x.io"), 10);
-        one(&mut s, WriteOp::Insert(c.clone())).unwrap();
-        let newer = WriteOp::Update {
-            id: c.id,
-            fields: fields("Newer", "ada@x.io"),
-            expected_version: 1,
-            now: 20,
-        };
-        one(&mut s, newer).unwrap();
-        let stale = WriteOp::Update {
-            id: c.id,
-            fields: fields("Stale", "ada@x.io"),
-            expected_version: 1,
-            now: 30,
-        };
-        assert_eq!(
-            one(&mut s, stale),
-            Err(Error::VersionConflict {
-                expected: 1,
-                current: 2
-            })
-        );
-        assert_eq!(s.get(&c.id).unwrap().unwrap().fields.name, "Newer");
-    }
-
-    #[test]
-    fn duplicate_email_is_a_conflict_case_insensitively() {
-        let (_d, mut s) = store();
-        let a = Customer::new(new_customer_id(), fields("A", "same@x.io"), 1);
-        let b = Customer::new(new_customer_id(), fields("B", "SAME@x.io"), 1);
-        one(&mut s, WriteOp::Insert(a)).unwrap();
-        assert!(matches!(
-            one(&mut s, WriteOp::Insert(b)),
-            Err(Error::Conflict(_))
-        ));
-    }
-
-    #[test]
-    fn a_replayed_insert_is_idempotent_and_a_different_body_conflicts() {
-        let (_d, mut s) = store();
-        let c = Customer::new(new_customer_id(), fields("A", "a@x.io"), 1);
-        one(&mut s, WriteOp::Insert(c.clone())).unwrap();
-        let mut replay = c.clone();
-        replay.created_at = 99; // a retry computes a new timestamp; the stored row wins
-        assert_eq!(
-            one(&mut s, WriteOp::Insert(replay)).unwrap(),
-            Some(c.clone())
-        );
-        let mut other = c.clone();
-        other.fields.name = "B".into();
-        assert!(matches!(
-            one(&mut s, WriteOp::Insert(other)),
-            Err(Error::Conflict(_))
-        ));
-    }
-
-    #[test]
-    fn failed_writes_in_a_batch_do_not_abort_the_others() {
-        let (_d, mut s) = store();
-        let a = Customer::new(new_customer_id(), fields("A", "a@x.io"), 1);
-        let dup = Customer::new(new_customer_id(), fields("Dup", "a@x.io"), 1);
-        let b = Customer::new(new_customer_id(), fields("B", "b@x.io"), 1);
-        let missing = WriteOp::Delete {
-            id: new_customer_id(),
-            expected_version: None,
-        };
-        let out = s
-            .write_batch(&[
-                WriteOp::Insert(a.clone()),
-                WriteOp::Insert(dup),
-                missing,
-                WriteOp::Insert(b.clone()),
-            ])
-            .unwrap();
-        assert!(out[0].is_ok() && out[3].is_ok());
-        assert!(matches!(out[1], Err(Error::Conflict(_))));
-        assert!(matches!(out[2], Err(Error::NotFound(_))));
-        assert!(s.get(&a.id).unwrap().is_some() && s.get(&b.id).unwrap().is_some());
-    }
-
-    #[test]
-    fn list_pages_by_id_with_a_keyset_cursor() {
-        let (_d, mut s) = store();
-        let mut ids = Vec::new();
-        for i in 0..25 {
-            let c = Customer::new(new_customer_id(), fields("C", &format!("c{i}@x.io")), 1);
-            ids.push(c.id);
-            one(&mut s, WriteOp::Insert(c)).unwrap();
-        }
-        ids.sort_by_key(|id| id.to_string());
-        let mut seen = Vec::new();
-        let mut after = None;
-        loop {
-            let page = s.list(after.as_ref(), 10).unwrap();
-            if page.is_empty() {
-                break;
-            }
-            after = page.last().map(|c| c.id);
-            seen.extend(page.into_iter().map(|c| c.id));
-        }
-        assert_eq!(seen, ids);
-    }
+    // The engine-neutral behaviour suite, one test per behaviour, on a fresh SQLite file each.
+    crate::store_suite!(store());
 
     #[test]
     fn a_reader_sees_committed_writes() {
         let (dir, mut s) = store();
         let mut r = SqliteStore::open_reader(&dir.path().join("c.db")).unwrap();
-        let c = Customer::new(new_customer_id(), fields("A", "a@x.io"), 1);
-        one(&mut s, WriteOp::Insert(c.clone())).unwrap();
+        let c = suite::customer("A", "a@x.io");
+        s.write_batch(&[WriteOp::Insert(c.clone()).into()]).unwrap();
         assert_eq!(r.get(&c.id).unwrap(), Some(c));
+        assert_eq!(r.lease_table().unwrap().len(), 1024);
     }
 
     #[test]
-    fn sql_metacharacters_and_unicode_are_stored_verbatim() {
-        let (_d, mut s) = store();
-        let c = Customer::new(
-            new_customer_id(),
-            fields("Robert'); DROP TABLE customers;-- 🐘", "bobby@x.io"),
-            1,
-        );
-        one(&mut s, WriteOp::Insert(c.clone())).unwrap();
-        assert_eq!(s.get(&c.id).unwrap(), Some(c));
+    fn a_version_1_database_keeps_its_rows_when_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        let c = suite::customer("Old", "old@x.io");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(migrations::MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                &format!(
+                    "INSERT INTO customers ({COLUMNS}) VALUES (?1, ?2, ?3, NULL, NULL, 3, 5, 6)"
+                ),
+                params![c.id.to_string(), c.fields.name, c.fields.email],
+            )
+            .unwrap();
+        }
+        let mut s = SqliteStore::open(&path).unwrap();
+        let kept = s.get(&c.id).unwrap().unwrap();
+        assert_eq!((kept.version, kept.created_at, kept.updated_at), (3, 5, 6));
+        assert_eq!(kept.fields, c.fields);
+        // The migrated table has the new rules: the email is taken while the row lives...
+        let twin = suite::customer("Twin", "OLD@x.io");
+        let taken = s
+            .write_batch(&[WriteOp::Insert(twin.clone()).into()])
+            .unwrap();
+        assert!(matches!(
+            taken[0],
+            WriteOutcome::Decided(Err(Error::Conflict(_)))
+        ));
+        // ...and free again once it is deleted.
+        let del = WriteOp::Delete {
+            id: c.id,
+            expected_version: Some(3),
+        };
+        s.write_batch(&[del.into()]).unwrap();
+        let freed = s.write_batch(&[WriteOp::Insert(twin).into()]).unwrap();
+        assert!(matches!(freed[0], WriteOutcome::Decided(Ok(Some(_)))));
+        assert_eq!(s.lease_table().unwrap().len(), 1024);
     }
 }
