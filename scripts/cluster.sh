@@ -407,6 +407,10 @@ cmd_partition() {
   for x in $side_a; do
     for y in $side_b; do
       [[ "$x" != "$y" ]] || die "n$x is on both sides"
+    done
+  done
+  for x in $side_a; do
+    for y in $side_b; do
       a=$((x < y ? x : y)); b=$((x < y ? y : x))
       echo "$a $b" >> "$NETNS_CUTS"
     done
