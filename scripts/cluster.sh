@@ -12,6 +12,16 @@
 #   scripts/cluster.sh restart NODE  start a node again (killing it first if it runs)
 #   scripts/cluster.sh logs NODE [-f] print (or follow) a node's log
 #
+# Partitions on one machine (root; `nft` from the nftables package):
+#   scripts/cluster.sh up [N] --netns       each node in its own network namespace with its own
+#                                           address 10.213.X.k (X = 0 unless taken), joined by a
+#                                           bridge; the host reaches every node at 10.213.X.k
+#   scripts/cluster.sh partition A B        cut A from B both ways (comma lists: n1,n2 n3); cuts add up
+#   scripts/cluster.sh isolate NODE         cut NODE from every other node
+#   scripts/cluster.sh heal                 remove every cut
+# A cut drops packets (connections hang, as on a real network); `down` also removes the
+# namespaces, the bridge and the host's veth, and a failed `up --netns` removes them at once.
+#
 # NODE is n2 or 2. State lives in $CC_RUN_DIR (default ./run): PID files, logs, the database,
 # the cookie and API token files, and an env file to `source`. Only processes whose PID files
 # this script wrote are ever signalled, and only after checking they still run our binary.
@@ -27,6 +37,15 @@ BASE_HTTP="${CC_BASE_HTTP:-8080}"
 BASE_CLUSTER="${CC_BASE_CLUSTER:-4700}"
 WAIT_S="${CC_WAIT_S:-60}"
 BIN="$ROOT/target/$PROFILE/customer-cluster"
+# With `up --netns`: the namespace tag, subnet octet and host count, and the cut node pairs.
+NETNS_STATE="$RUN/netns.env"
+NETNS_CUTS="$RUN/netns.cuts"
+# Shared with the Rust test lab (tests/support/netns.rs) so parallel labs never pick one subnet.
+NETNS_LOCK="/tmp/customer-cluster-netlab.lock"
+NETNS_TABLE="cc_nemesis"
+NETNS_TAG=""
+NETNS_SUBNET=""
+NETNS_HOSTS=0
 
 die() { echo "cluster.sh: $*" >&2; exit 1; }
 
@@ -38,7 +57,12 @@ node_name() {
   echo "n$n"
 }
 node_index() { echo "${1#n}"; }
-http_url() { echo "http://127.0.0.1:$((BASE_HTTP + $(node_index "$1")))"; }
+netns_on() { [[ -n "$NETNS_TAG" ]]; }
+# The address a node binds: its namespace's with --netns, else loopback.
+node_ip() {
+  if netns_on; then echo "10.213.$NETNS_SUBNET.$(node_index "$1")"; else echo "127.0.0.1"; fi
+}
+http_url() { echo "http://$(node_ip "$1"):$((BASE_HTTP + $(node_index "$1")))"; }
 pid_file() { echo "$RUN/$1.pid"; }
 
 # PID of a node if it is running our binary, else empty.
@@ -88,11 +112,17 @@ start_node() {
   # config/nodeK.toml (if any) supplies the rest, e.g. node 1's database; the flags below win
   # over it so CC_BASE_HTTP / CC_BASE_CLUSTER can move the whole cluster to other ports.
   [[ -f "$ROOT/config/node$i.toml" ]] && args+=(--config "$ROOT/config/node$i.toml")
-  args+=(--name "$name" --http-addr "127.0.0.1:$((BASE_HTTP + i))" --cluster-addr "127.0.0.1:$((BASE_CLUSTER + i))")
-  (( i > 1 )) && args+=(--seeds "127.0.0.1:$((BASE_CLUSTER + 1))")
+  args+=(--name "$name" --http-addr "$(node_ip "$name"):$((BASE_HTTP + i))" --cluster-addr "$(node_ip "$name"):$((BASE_CLUSTER + i))")
+  (( i > 1 )) && args+=(--seeds "$(node_ip n1):$((BASE_CLUSTER + 1))")
   # shellcheck disable=SC2206
   [[ -n "${CC_NODE_ARGS:-}" ]] && args+=(${CC_NODE_ARGS})
-  nohup "$BIN" "${args[@]}" >> "$RUN/$name.log" 2>&1 < /dev/null &
+  local launch=("$BIN")
+  if netns_on; then
+    (( i <= NETNS_HOSTS )) || die "$name has no namespace (up --netns made $NETNS_HOSTS)"
+    # `ip netns exec` execs the binary, so $! below is the node's own PID.
+    launch=(ip netns exec "$(netns_name "$name")" "$BIN")
+  fi
+  nohup "${launch[@]}" "${args[@]}" >> "$RUN/$name.log" 2>&1 < /dev/null &
   echo $! > "$(pid_file "$name")"
   echo "started $name (pid $!, $(http_url "$name"), log $RUN/$name.log)"
 }
@@ -122,13 +152,25 @@ wait_converged() {
 }
 
 cmd_up() {
-  local n="${1:-3}" i
-  [[ "$n" =~ ^[1-9][0-9]*$ ]] || die "up takes a node count, got '$n'"
+  local n=3 netns=0 arg i
+  for arg in "$@"; do
+    case "$arg" in
+      --netns) netns=1 ;;
+      *) [[ "$arg" =~ ^[1-9][0-9]*$ ]] || die "up takes a node count and --netns, got '$arg'"; n="$arg" ;;
+    esac
+  done
+  if [[ "$netns" == 1 ]]; then
+    netns_preflight
+    # Anything failing from here on stops what started and removes the namespaces.
+    trap 'rc=$?; if [[ $rc != 0 ]]; then echo "up --netns failed; cleaning up" >&2; cmd_down; fi' EXIT
+    netns_up "$n"
+  fi
   build
   secrets
   for ((i = 1; i <= n; i++)); do start_node "n$i"; done
   echo "waiting until every node sees $n members..."
   wait_converged "$n"
+  trap - EXIT
   echo
   "$BIN" status --node "$(http_url n1)" --token "$(cat "$RUN/token")"
   echo
@@ -183,6 +225,7 @@ cmd_down() {
     rm -f "$(pid_file "$name")"
   done
   [[ "$any" == 1 ]] && echo "cluster stopped" || echo "no node was running"
+  if netns_on; then netns_down; fi
 }
 
 cmd_status() {
@@ -198,6 +241,9 @@ cmd_status() {
       [[ -z "$asked" ]] && asked="$name"
     fi
   done
+  if netns_on; then
+    echo "network namespaces ${NETNS_TAG}n1..n$NETNS_HOSTS on 10.213.$NETNS_SUBNET.0/24, cuts: $(netns_cuts_text)"
+  fi
   [[ -n "$asked" ]] || { echo "no node is running"; return 0; }
   echo
   "$BIN" status --node "$(http_url "$asked")" --token "$(cat "$RUN/token")"
@@ -222,9 +268,175 @@ cmd_logs() {
   if [[ "${2:-}" == "-f" ]]; then tail -n 50 -f "$RUN/$name.log"; else tail -n 100 "$RUN/$name.log"; fi
 }
 
+# ---- network namespaces (up --netns) -------------------------------------------------------
+#
+# Layout, as in tests/support/netns.rs: a hub namespace holds bridge br0 (in its own namespace
+# so the host's firewall never sees the bridged frames); each node's namespace has eth0 with
+# 10.213.X.k on it; the host gets 10.213.X.254 on veth <tag> so curl and the CLI reach every
+# node. Names carry the PID of the `up` that made them, and are written to $NETNS_STATE before
+# anything is created, so `down` can always remove them.
+
+netns_name() { echo "${NETNS_TAG}n$(node_index "$1")"; }
+
+load_netns() {
+  if [[ -f "$NETNS_STATE" ]]; then
+    # shellcheck disable=SC1090
+    source "$NETNS_STATE"
+  fi
+}
+
+# A third octet no address on this host uses yet; 0 when free.
+free_subnet() {
+  local used x
+  used="$(ip -o -4 addr show | grep -o 'inet 10\.213\.[0-9]*\.' | cut -d. -f3 | sort -un || true)"
+  for x in $(seq 0 255); do
+    grep -qx "$x" <<< "$used" || { echo "$x"; return 0; }
+  done
+  die "every 10.213.X.0/24 is in use"
+}
+
+# Checks that need no cleanup when they fail: nothing has been created yet.
+netns_preflight() {
+  local name
+  (( EUID == 0 )) || die "--netns needs root (network namespaces and nftables)"
+  command -v nft > /dev/null || die "nft not found (apt-get install -y nftables)"
+  [[ ! -f "$NETNS_STATE" ]] || die "namespaces of an earlier 'up --netns' exist ($NETNS_STATE); 'scripts/cluster.sh down' first"
+  for name in $(known_nodes); do
+    [[ -z "$(live_pid "$name")" ]] || die "$name already runs; 'scripts/cluster.sh down' first"
+  done
+}
+
+netns_up() {
+  local n="$1" i hub ns
+  mkdir -p "$RUN"
+  exec 9> "$NETNS_LOCK"
+  flock 9
+  NETNS_TAG="ccs$$"
+  NETNS_SUBNET="$(free_subnet)"
+  NETNS_HOSTS="$n"
+  printf 'NETNS_TAG=%s\nNETNS_SUBNET=%s\nNETNS_HOSTS=%s\n' "$NETNS_TAG" "$NETNS_SUBNET" "$n" > "$NETNS_STATE"
+  : > "$NETNS_CUTS"
+  hub="${NETNS_TAG}hub"
+  ip netns add "$hub"
+  ip -n "$hub" link set lo up
+  ip -n "$hub" link add br0 type bridge
+  ip -n "$hub" link set br0 up
+  ip link add "$NETNS_TAG" type veth peer name obs netns "$hub"
+  ip -n "$hub" link set obs master br0 up
+  ip addr add "10.213.$NETNS_SUBNET.254/24" dev "$NETNS_TAG"
+  ip link set "$NETNS_TAG" up
+  exec 9>&-
+  for ((i = 1; i <= n; i++)); do
+    ns="$(netns_name "n$i")"
+    ip netns add "$ns"
+    ip -n "$hub" link add "n$i" type veth peer name eth0 netns "$ns"
+    ip -n "$hub" link set "n$i" master br0 up
+    ip -n "$ns" addr add "10.213.$NETNS_SUBNET.$i/24" dev eth0
+    ip -n "$ns" link set eth0 up
+    ip -n "$ns" link set lo up
+    echo "namespace $ns: n$i at 10.213.$NETNS_SUBNET.$i"
+  done
+  echo "host: 10.213.$NETNS_SUBNET.254 on $NETNS_TAG (bridge br0 in namespace $hub)"
+}
+
+# Removes every namespace and the host veth; kills whatever still runs inside (nodes were
+# already stopped by cmd_down through their PID files).
+netns_down() {
+  local i ns pid
+  for ((i = 1; i <= NETNS_HOSTS; i++)); do
+    ns="$(netns_name "n$i")"
+    for pid in $(ip netns pids "$ns" 2> /dev/null || true); do kill -KILL "$pid" 2> /dev/null || true; done
+    ip netns del "$ns" 2> /dev/null || true
+  done
+  ip link del "$NETNS_TAG" 2> /dev/null || true
+  ip netns del "${NETNS_TAG}hub" 2> /dev/null || true
+  rm -f "$NETNS_STATE" "$NETNS_CUTS"
+  echo "removed namespaces ${NETNS_TAG}* and 10.213.$NETNS_SUBNET.0/24"
+  NETNS_TAG=""
+}
+
+need_netns() {
+  netns_on || die "no namespaces: start the cluster with 'scripts/cluster.sh up --netns'"
+}
+
+# "n1,n2" -> "1 2", checking each node has a namespace.
+node_list() {
+  local name i
+  for name in ${1//,/ }; do
+    i="$(node_index "$(node_name "$name")")"
+    (( i >= 1 && i <= NETNS_HOSTS )) || die "n$i has no namespace (hosts n1..n$NETNS_HOSTS)"
+    echo "$i"
+  done
+}
+
+netns_cuts_text() {
+  [[ -s "$NETNS_CUTS" ]] || { echo "none"; return 0; }
+  awk '{printf "%sn%s<->n%s", (NR > 1 ? ", " : ""), $1, $2} END {print ""}' "$NETNS_CUTS"
+}
+
+# Rewrites every namespace's nemesis table from $NETNS_CUTS, one nft transaction per node:
+# drop input from each node it is cut from (both ends do it, so a cut is symmetric).
+netns_apply() {
+  local i peers
+  for ((i = 1; i <= NETNS_HOSTS; i++)); do
+    peers="$(awk -v k="$i" -v net="10.213.$NETNS_SUBNET." \
+      '$1 == k {print net $2} $2 == k {print net $1}' "$NETNS_CUTS" | paste -sd, -)"
+    {
+      echo "add table inet $NETNS_TABLE"
+      echo "delete table inet $NETNS_TABLE"
+      if [[ -n "$peers" ]]; then
+        echo "table inet $NETNS_TABLE {"
+        echo "  chain input {"
+        echo "    type filter hook input priority -300; policy accept;"
+        echo "    ip saddr { $peers } drop"
+        echo "  }"
+        echo "}"
+      fi
+    } | ip netns exec "$(netns_name "n$i")" nft -f -
+  done
+  echo "cuts: $(netns_cuts_text)"
+}
+
+cmd_partition() {
+  local a b x y side_a side_b
+  need_netns
+  [[ $# == 2 ]] || die "partition takes two sides, e.g. 'partition n2 n3' or 'partition n1,n2 n3'"
+  # Assignments, so that a bad node name stops the script (set -e) before anything is cut.
+  side_a="$(node_list "$1")"
+  side_b="$(node_list "$2")"
+  for x in $side_a; do
+    for y in $side_b; do
+      [[ "$x" != "$y" ]] || die "n$x is on both sides"
+    done
+  done
+  for x in $side_a; do
+    for y in $side_b; do
+      a=$((x < y ? x : y)); b=$((x < y ? y : x))
+      echo "$a $b" >> "$NETNS_CUTS"
+    done
+  done
+  sort -un -k1,1 -k2,2 -o "$NETNS_CUTS" "$NETNS_CUTS"
+  netns_apply
+}
+
+cmd_isolate() {
+  local k others i
+  need_netns
+  k="$(node_list "${1:-}")"
+  others="$(for ((i = 1; i <= NETNS_HOSTS; i++)); do [[ "$i" == "$k" ]] || printf 'n%s,' "$i"; done)"
+  cmd_partition "n$k" "${others%,}"
+}
+
+cmd_heal() {
+  need_netns
+  : > "$NETNS_CUTS"
+  netns_apply
+}
+
 main() {
   local cmd="${1:-}"
   shift || true
+  load_netns
   case "$cmd" in
     up) cmd_up "$@" ;;
     down) cmd_down ;;
@@ -235,7 +447,10 @@ main() {
     thaw) signal_node CONT "$@" ;;
     restart) cmd_restart "$@" ;;
     logs) cmd_logs "$@" ;;
-    ""|-h|--help|help) sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' ;;
+    partition) cmd_partition "$@" ;;
+    isolate) cmd_isolate "$@" ;;
+    heal) cmd_heal ;;
+    ""|-h|--help|help) sed -n '2,30p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' ;;
     *) die "unknown command '$cmd' (try --help)" ;;
   esac
 }

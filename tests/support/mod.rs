@@ -2,6 +2,8 @@
 //! loopback ports, wait on conditions (never fixed sleeps), and kill every child on every path.
 #![allow(dead_code)]
 
+pub mod netns;
+
 use std::future::Future;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
