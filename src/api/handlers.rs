@@ -10,11 +10,11 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::error::{ApiError, ErrorBody};
-use super::json::{
-    ClusterJson, CustomerJson, FieldsBody, JsonBody, ListQuery, ListResponse, MemberJson, PingJson,
-    merge_patch,
+use super::json::JsonBody;
+use super::model::{
+    ClusterJson, CustomerInput, CustomerJson, CustomerPatchInput, ListQuery, ListResponse,
+    MemberJson, PingJson,
 };
-use super::openapi::{CustomerInput, CustomerPatchInput};
 use super::{AppState, OWNER_NODE};
 use crate::actors::gateway::Routed;
 use crate::cluster::placement;
@@ -47,7 +47,10 @@ type ApiResult = Result<Response, ApiError>;
         (status = 503, description = "Database or owner unavailable; Retry-After set", body = ErrorBody),
     ),
     security(("bearer" = [])))]
-pub async fn create(State(s): State<AppState>, JsonBody(body): JsonBody<FieldsBody>) -> ApiResult {
+pub async fn create(
+    State(s): State<AppState>,
+    JsonBody(body): JsonBody<CustomerInput>,
+) -> ApiResult {
     let id = match &body.id {
         Some(raw) => parse_customer_id(raw).map_err(|e| ApiError::Unprocessable(e.to_string()))?,
         None => new_customer_id(),
@@ -105,7 +108,7 @@ pub async fn replace(
     State(s): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<FieldsBody>,
+    JsonBody(body): JsonBody<CustomerInput>,
 ) -> ApiResult {
     let id = path_id(&id)?;
     let if_match = if_match(&headers)?;
@@ -147,10 +150,10 @@ pub async fn patch(
 ) -> ApiResult {
     let id = path_id(&id)?;
     let if_match = if_match(&headers)?;
-    let patch = merge_patch(&doc)?;
+    let patch = CustomerPatchInput::from_document(&doc).map_err(ApiError::Unprocessable)?;
     Ok(customer_response(
         StatusCode::OK,
-        s.gateway.patch(id, patch, if_match).await?,
+        s.gateway.patch(id, patch.into(), if_match).await?,
     ))
 }
 
@@ -355,13 +358,6 @@ pub async fn metrics(State(s): State<AppState>) -> Response {
         ))
         .into_response(),
     }
-}
-
-/// `GET /openapi.json` — the API description, generated from the code.
-#[utoipa::path(get, path = "/openapi.json", tag = "cluster",
-    responses((status = 200, description = "This document")))]
-pub async fn openapi() -> Response {
-    Json(super::openapi::spec()).into_response()
 }
 
 fn path_id(raw: &str) -> Result<CustomerId, ApiError> {
