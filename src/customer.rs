@@ -7,7 +7,7 @@
 //! Times are microseconds since the Unix epoch (UTC) in the domain, on the wire and in the
 //! database; the API formats them as RFC 3339.
 //!
-//! Deliberately not here: JSON shapes (`api::json`), SQL rows (`storage`), wire envelopes
+//! Deliberately not here: JSON shapes (`api::model`), SQL rows (`storage`), wire envelopes
 //! (`cluster::protocol`). Each boundary converts at its edge.
 
 use serde::{Deserialize, Serialize};

@@ -309,3 +309,191 @@ impl Gateway {
             .ok_or_else(|| Error::Unavailable(format!("node {member} is not reachable")))
     }
 }
+
+/// Largest page a list may ask for: the storage engine's bound, named here so the API layer
+/// can state and check it without depending on `storage`.
+pub const MAX_PAGE_SIZE: u32 = crate::storage::MAX_PAGE_SIZE;
+
+/// The cluster as this node sees it, for `/v1/cluster` and `customer-cluster status`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterStatus {
+    /// The node that answered.
+    pub node: String,
+    /// Placement epoch of this node's view.
+    pub epoch: u64,
+    /// The members this node places customers on, sorted by name.
+    pub members: Vec<MemberStatus>,
+    /// Nodes whose Database actor this node can reach, sorted.
+    pub db_members: Vec<String>,
+}
+
+/// One member in a [`ClusterStatus`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemberStatus {
+    /// Stable node name.
+    pub name: String,
+    /// Cluster address peers dial.
+    pub cluster_addr: String,
+    /// HTTP API address.
+    pub http_addr: String,
+    /// Whether it hosts a Database actor.
+    pub hosts_db: bool,
+    /// Fraction of the id space placed on it (0..1), estimated over fixed sample keys, so
+    /// every node reports the same figure for the same members.
+    pub owned_share: f64,
+    /// Customer actors active on it now; `None` when its Registry did not answer in time.
+    pub active_customers: Option<u64>,
+    /// Whether this member is the node that answered.
+    pub this_node: bool,
+}
+
+/// What `/ready` reports once this node can serve customer requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Readiness {
+    /// This node.
+    pub node: String,
+    /// The node whose Database actor answered the ping.
+    pub database_node: String,
+    /// Current members, sorted by name (this node among them).
+    pub members: Vec<String>,
+}
+
+/// Views of this node's state for the API: what it may show without reaching into
+/// membership, placement or storage itself.
+impl Gateway {
+    /// `limit` when a list may ask for that many customers (1 to [`MAX_PAGE_SIZE`]), else
+    /// `InvalidInput` saying the bounds.
+    pub fn check_page_size(limit: u32) -> Result<u32> {
+        if (1..=MAX_PAGE_SIZE).contains(&limit) {
+            Ok(limit)
+        } else {
+            Err(Error::InvalidInput(format!(
+                "limit must be an integer from 1 to {MAX_PAGE_SIZE}"
+            )))
+        }
+    }
+
+    /// The cluster as this node sees it. Every member's Registry is asked for its counters
+    /// concurrently, each with `stats_timeout`; one that does not answer is reported without
+    /// them rather than failing the whole status.
+    pub async fn cluster_status(&self, stats_timeout: Duration) -> ClusterStatus {
+        let view = self.ctx.view();
+        let stats = futures::future::join_all(
+            view.ring
+                .members
+                .iter()
+                .map(|m| self.stats_of(&view, &m.name, stats_timeout)),
+        )
+        .await;
+        let active = stats
+            .into_iter()
+            .map(|s| s.ok().map(|st| st.active_customers))
+            .collect::<Vec<_>>();
+        ClusterStatus {
+            node: self.ctx.name.clone(),
+            epoch: view.ring.epoch,
+            members: member_statuses(&view.ring.members, &active, &self.ctx.name),
+            db_members: self.ctx.db.members(&self.ctx.name),
+        }
+    }
+
+    /// Whether this node can serve customer requests: a Database actor answers its ping
+    /// within `db_timeout`, and this node is in its own placement view. `Unavailable`
+    /// otherwise, saying which.
+    pub async fn readiness(&self, db_timeout: Duration) -> Result<Readiness> {
+        let database_node = tokio::time::timeout(db_timeout, self.ctx.db.ping())
+            .await
+            .map_err(|_| Error::Unavailable("database did not answer in time".into()))??;
+        let view = self.ctx.view();
+        let members: Vec<String> = view.ring.names().into_iter().map(str::to_owned).collect();
+        if !members.contains(&self.ctx.name) {
+            return Err(Error::Unavailable("this node is not a member yet".into()));
+        }
+        Ok(Readiness {
+            node: self.ctx.name.clone(),
+            database_node,
+            members,
+        })
+    }
+}
+
+/// Pairs each member with its share of the id space and its active-customer count
+/// (`active[i]` belongs to `members[i]`; `None` = did not answer).
+fn member_statuses(
+    members: &[crate::cluster::placement::Member],
+    active: &[Option<u64>],
+    this_node: &str,
+) -> Vec<MemberStatus> {
+    let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+    let shares = crate::cluster::placement::shares(&names);
+    members
+        .iter()
+        .zip(shares)
+        .zip(active)
+        .map(|((m, (_, share)), active)| MemberStatus {
+            name: m.name.clone(),
+            cluster_addr: m.cluster_addr.clone(),
+            http_addr: m.http_addr.clone(),
+            hosts_db: m.hosts_db,
+            owned_share: share,
+            active_customers: *active,
+            this_node: m.name == this_node,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::placement::Member;
+
+    fn member(name: &str, hosts_db: bool) -> Member {
+        Member {
+            name: name.into(),
+            cluster_addr: format!("{name}:4701"),
+            http_addr: format!("{name}:8081"),
+            hosts_db,
+        }
+    }
+
+    #[test]
+    fn page_sizes_outside_one_to_the_storage_bound_are_refused() {
+        assert_eq!(Gateway::check_page_size(1), Ok(1));
+        assert_eq!(Gateway::check_page_size(MAX_PAGE_SIZE), Ok(MAX_PAGE_SIZE));
+        for bad in [0, MAX_PAGE_SIZE + 1] {
+            match Gateway::check_page_size(bad) {
+                Err(Error::InvalidInput(m)) => {
+                    assert!(m.contains(&MAX_PAGE_SIZE.to_string()), "{m}")
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn member_status_pairs_each_member_with_its_share_and_counters() {
+        let members = [member("n1", true), member("n2", false), member("n3", false)];
+        let statuses = member_statuses(&members, &[Some(4), None, Some(0)], "n2");
+        let names: Vec<&str> = statuses.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["n1", "n2", "n3"]);
+        assert_eq!(
+            statuses
+                .iter()
+                .map(|m| m.active_customers)
+                .collect::<Vec<_>>(),
+            [Some(4), None, Some(0)]
+        );
+        assert_eq!(
+            statuses.iter().map(|m| m.this_node).collect::<Vec<_>>(),
+            [false, true, false]
+        );
+        assert!(statuses[0].hosts_db && !statuses[1].hosts_db);
+        assert_eq!(statuses[2].http_addr, "n3:8081");
+        let total: f64 = statuses.iter().map(|m| m.owned_share).sum();
+        assert!((total - 1.0).abs() < 1e-9, "{total}");
+        let expected = crate::cluster::placement::shares(&["n1", "n2", "n3"]);
+        for (status, (name, share)) in statuses.iter().zip(expected) {
+            assert_eq!((status.name.as_str(), status.owned_share), (name, share));
+        }
+    }
+}

@@ -10,14 +10,13 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::error::{ApiError, ErrorBody};
-use super::json::{
-    ClusterJson, CustomerJson, FieldsBody, JsonBody, ListQuery, ListResponse, MemberJson, PingJson,
-    merge_patch,
+use super::json::JsonBody;
+use super::model::{
+    ClusterJson, CustomerInput, CustomerJson, CustomerPatchInput, ListQuery, ListResponse,
+    MemberJson, PingJson,
 };
-use super::openapi::{CustomerInput, CustomerPatchInput};
 use super::{AppState, OWNER_NODE};
-use crate::actors::gateway::Routed;
-use crate::cluster::placement;
+use crate::actors::gateway::{ClusterStatus, Gateway, Routed};
 use crate::customer::{Customer, CustomerId, new_customer_id, parse_customer_id, validate};
 use crate::error::Error;
 
@@ -47,7 +46,10 @@ type ApiResult = Result<Response, ApiError>;
         (status = 503, description = "Database or owner unavailable; Retry-After set", body = ErrorBody),
     ),
     security(("bearer" = [])))]
-pub async fn create(State(s): State<AppState>, JsonBody(body): JsonBody<FieldsBody>) -> ApiResult {
+pub async fn create(
+    State(s): State<AppState>,
+    JsonBody(body): JsonBody<CustomerInput>,
+) -> ApiResult {
     let id = match &body.id {
         Some(raw) => parse_customer_id(raw).map_err(|e| ApiError::Unprocessable(e.to_string()))?,
         None => new_customer_id(),
@@ -105,7 +107,7 @@ pub async fn replace(
     State(s): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    JsonBody(body): JsonBody<FieldsBody>,
+    JsonBody(body): JsonBody<CustomerInput>,
 ) -> ApiResult {
     let id = path_id(&id)?;
     let if_match = if_match(&headers)?;
@@ -147,10 +149,10 @@ pub async fn patch(
 ) -> ApiResult {
     let id = path_id(&id)?;
     let if_match = if_match(&headers)?;
-    let patch = merge_patch(&doc)?;
+    let patch = CustomerPatchInput::from_document(&doc).map_err(ApiError::Unprocessable)?;
     Ok(customer_response(
         StatusCode::OK,
-        s.gateway.patch(id, patch, if_match).await?,
+        s.gateway.patch(id, patch.into(), if_match).await?,
     ))
 }
 
@@ -196,16 +198,9 @@ pub async fn list(
     let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let limit = match q.limit.as_deref() {
         None => DEFAULT_PAGE_SIZE,
-        Some(raw) => raw
-            .parse::<u32>()
-            .ok()
-            .filter(|l| (1..=crate::storage::MAX_PAGE_SIZE).contains(l))
-            .ok_or_else(|| {
-                ApiError::BadRequest(format!(
-                    "limit must be an integer from 1 to {}",
-                    crate::storage::MAX_PAGE_SIZE
-                ))
-            })?,
+        // Not a number counts as out of range: 0 is never a valid page size.
+        Some(raw) => Gateway::check_page_size(raw.parse().unwrap_or(0))
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?,
     };
     let after = match q.after.as_deref() {
         None | Some("") => None,
@@ -227,37 +222,37 @@ pub async fn list(
     ),
     security(("bearer" = [])))]
 pub async fn cluster(State(s): State<AppState>) -> ApiResult {
-    let ctx = s.gateway.context();
-    let view = ctx.view();
-    let names = view.ring.names();
-    let shares = placement::shares(&names);
-    let mut members = Vec::with_capacity(view.ring.members.len());
-    let stats = futures::future::join_all(
-        view.ring
-            .members
-            .iter()
-            .map(|m| s.gateway.stats_of(&view, &m.name, STATS_TIMEOUT)),
-    )
-    .await;
-    for ((member, (_, share)), stat) in view.ring.members.iter().zip(shares).zip(stats) {
-        members.push(MemberJson {
-            name: member.name.clone(),
-            cluster_addr: member.cluster_addr.clone(),
-            http_addr: member.http_addr.clone(),
-            db: member.hosts_db,
-            owned_share: (share * 10_000.0).round() / 10_000.0,
-            active_customers: stat.as_ref().ok().map(|st| st.active_customers),
-            status: if stat.is_ok() { "up" } else { "unreachable" }.into(),
-            this_node: member.name == ctx.name,
-        });
-    }
-    Ok(Json(ClusterJson {
-        node: ctx.name.clone(),
-        epoch: view.ring.epoch,
+    Ok(Json(cluster_json(s.gateway.cluster_status(STATS_TIMEOUT).await)).into_response())
+}
+
+/// The API shape of a cluster status: shares rounded to four decimals, reachability spelled
+/// out.
+fn cluster_json(status: ClusterStatus) -> ClusterJson {
+    let members = status
+        .members
+        .into_iter()
+        .map(|m| MemberJson {
+            status: if m.active_customers.is_some() {
+                "up"
+            } else {
+                "unreachable"
+            }
+            .into(),
+            name: m.name,
+            cluster_addr: m.cluster_addr,
+            http_addr: m.http_addr,
+            db: m.hosts_db,
+            owned_share: (m.owned_share * 10_000.0).round() / 10_000.0,
+            active_customers: m.active_customers,
+            this_node: m.this_node,
+        })
+        .collect();
+    ClusterJson {
+        node: status.node,
+        epoch: status.epoch,
         members,
-        db_members: ctx.db.members(&ctx.name),
-    })
-    .into_response())
+        db_members: status.db_members,
+    }
 }
 
 /// Most pings one `/v1/cluster/ping` request may send.
@@ -323,19 +318,12 @@ pub async fn health(State(s): State<AppState>) -> Response {
         (status = 503, description = "Not ready", body = ErrorBody),
     ))]
 pub async fn ready(State(s): State<AppState>) -> ApiResult {
-    let ctx = s.gateway.context();
-    let db = tokio::time::timeout(READY_TIMEOUT, ctx.db.ping())
-        .await
-        .map_err(|_| Error::Unavailable("database did not answer in time".into()))??;
-    let view = ctx.view();
-    if !view.ring.names().contains(&ctx.name.as_str()) {
-        return Err(Error::Unavailable("this node is not a member yet".into()).into());
-    }
+    let ready = s.gateway.readiness(READY_TIMEOUT).await?;
     Ok(Json(json!({
         "status": "ready",
-        "node": ctx.name,
-        "database_node": db,
-        "members": view.ring.names(),
+        "node": ready.node,
+        "database_node": ready.database_node,
+        "members": ready.members,
     }))
     .into_response())
 }
@@ -355,13 +343,6 @@ pub async fn metrics(State(s): State<AppState>) -> Response {
         ))
         .into_response(),
     }
-}
-
-/// `GET /openapi.json` — the API description, generated from the code.
-#[utoipa::path(get, path = "/openapi.json", tag = "cluster",
-    responses((status = 200, description = "This document")))]
-pub async fn openapi() -> Response {
-    Json(super::openapi::spec()).into_response()
 }
 
 fn path_id(raw: &str) -> Result<CustomerId, ApiError> {
@@ -412,6 +393,42 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::IF_MATCH, HeaderValue::from_str(v).unwrap());
         h
+    }
+
+    #[test]
+    fn cluster_json_rounds_shares_and_marks_silent_members_unreachable() {
+        use crate::actors::gateway::MemberStatus;
+        let member = |name: &str, share: f64, active: Option<u64>| MemberStatus {
+            name: name.into(),
+            cluster_addr: format!("{name}:4701"),
+            http_addr: format!("{name}:8081"),
+            hosts_db: name == "n1",
+            owned_share: share,
+            active_customers: active,
+            this_node: name == "n2",
+        };
+        let json = cluster_json(ClusterStatus {
+            node: "n2".into(),
+            epoch: 7,
+            members: vec![
+                member("n1", 0.333_349, Some(3)),
+                member("n2", 0.666_651, None),
+            ],
+            db_members: vec!["n1".into()],
+        });
+        assert_eq!((json.node.as_str(), json.epoch), ("n2", 7));
+        assert_eq!(json.db_members, ["n1"]);
+        let [n1, n2] = &json.members[..] else {
+            panic!("{json:?}")
+        };
+        assert_eq!((n1.owned_share, n2.owned_share), (0.3333, 0.6667));
+        assert_eq!((n1.status.as_str(), n1.active_customers), ("up", Some(3)));
+        assert_eq!(
+            (n2.status.as_str(), n2.active_customers),
+            ("unreachable", None)
+        );
+        assert!(n1.db && !n2.db && n2.this_node && !n1.this_node);
+        assert_eq!(n1.http_addr, "n1:8081");
     }
 
     #[test]

@@ -8,13 +8,20 @@
 //! Every node serves every route; the handler never cares where the customer lives. Handlers
 //! are thin: parse and validate input, call the [`Gateway`], shape the response.
 //!
+//! Modules: `model` holds the JSON bodies as plain serde types (no axum, shared with the CLI
+//! client), `json` the axum extractor over them, `handlers` the routes, `openapi` the document
+//! generated from both, `error` the one error→status mapping, `middleware` the layers.
+//!
 //! Deliberately not here: business rules (in `customer`), routing decisions (in
-//! `actors::gateway`), TLS for clients (terminate it in a proxy in front of the node).
+//! `actors::gateway`), TLS for clients (terminate it in a proxy in front of the node). Nothing
+//! here reaches past the actors layer: cluster state and storage limits come through the
+//! [`Gateway`] (checked by `tests/architecture.rs`).
 
 pub mod error;
 pub mod handlers;
 pub mod json;
 pub mod middleware;
+pub mod model;
 pub mod openapi;
 
 use std::sync::Arc;
@@ -89,7 +96,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
-        .route("/openapi.json", get(openapi))
+        .route("/openapi.json", get(openapi::document))
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(state.max_body_bytes))

@@ -1,44 +1,21 @@
 //! The OpenAPI 3.1 description of the API, generated from the handlers' `#[utoipa::path]`
-//! attributes and the JSON types' `ToSchema` derives, served at `/openapi.json`.
+//! attributes and the `ToSchema` derives of the body types in [`super::model`] — the same
+//! types the handlers read and write, so the document cannot drift from the wire — and served
+//! at `/openapi.json` by [`document`].
+//!
+//! Dependencies point one way: this module names the handlers; no handler names this module.
 
+use axum::Json;
+use axum::response::{IntoResponse, Response};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
+use utoipa::{Modify, OpenApi};
 
 use super::error::{ErrorBody, ErrorDetail};
 use super::handlers;
-use super::json::{ClusterJson, CustomerJson, ListResponse, MemberJson, PingJson};
-
-/// Body of POST and PUT (documentation shape of [`super::json::FieldsBody`]).
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct CustomerInput {
-    /// Optional client-chosen UUID (POST only): a retried create with the same id and body
-    /// succeeds once.
-    id: Option<String>,
-    /// Display name, 1..=200 characters.
-    name: String,
-    /// Email address, unique (case-insensitive).
-    email: String,
-    /// Phone number: digits, spaces and `+-().`, at most 32 characters.
-    phone: Option<String>,
-    /// Postal address, at most 500 characters.
-    address: Option<String>,
-}
-
-/// A JSON merge patch (RFC 7396) of a customer: absent members are kept, `null` clears an
-/// optional field, a string replaces. `name` and `email` cannot be null.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct CustomerPatchInput {
-    /// New name.
-    name: Option<String>,
-    /// New email.
-    email: Option<String>,
-    /// New phone, or null to remove it.
-    phone: Option<String>,
-    /// New address, or null to remove it.
-    address: Option<String>,
-}
+use super::model::{
+    ClusterJson, CustomerInput, CustomerJson, CustomerPatchInput, ListResponse, MemberJson,
+    PingJson,
+};
 
 /// The OpenAPI document.
 #[derive(OpenApi)]
@@ -59,7 +36,7 @@ pub struct CustomerPatchInput {
         handlers::health,
         handlers::ready,
         handlers::metrics,
-        handlers::openapi,
+        document,
     ),
     components(schemas(
         CustomerJson,
@@ -93,4 +70,52 @@ impl Modify for BearerAuth {
 /// The document as served.
 pub fn spec() -> utoipa::openapi::OpenApi {
     ApiDoc::openapi()
+}
+
+/// `GET /openapi.json` — the API description, generated from the code.
+#[utoipa::path(get, path = "/openapi.json", tag = "cluster", operation_id = "openapi",
+    responses((status = 200, description = "This document")))]
+pub async fn document() -> Response {
+    Json(spec()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{Value, json};
+
+    fn schema(doc: &Value, name: &str) -> Value {
+        doc["components"]["schemas"][name].clone()
+    }
+
+    #[test]
+    fn request_bodies_are_described_by_the_types_handlers_parse() {
+        let doc = serde_json::to_value(super::spec()).unwrap();
+        let input = schema(&doc, "CustomerInput");
+        assert_eq!(input["required"], json!(["name", "email"]));
+        assert_eq!(input["properties"]["name"]["type"], "string");
+        assert_eq!(
+            input["properties"]["phone"]["type"],
+            json!(["string", "null"])
+        );
+        assert_eq!(input["additionalProperties"], false);
+        let patch = schema(&doc, "CustomerPatchInput");
+        assert!(patch.get("required").is_none(), "{patch}");
+        for member in ["name", "email", "phone", "address"] {
+            assert_eq!(
+                patch["properties"][member]["type"],
+                json!(["string", "null"]),
+                "{member}"
+            );
+        }
+        let body = &doc["paths"]["/v1/customers/{id}"]["patch"]["requestBody"]["content"];
+        assert_eq!(
+            body["application/merge-patch+json"]["schema"]["$ref"],
+            "#/components/schemas/CustomerPatchInput"
+        );
+        let body = &doc["paths"]["/v1/customers"]["post"]["requestBody"]["content"];
+        assert_eq!(
+            body["application/json"]["schema"]["$ref"],
+            "#/components/schemas/CustomerInput"
+        );
+    }
 }

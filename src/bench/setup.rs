@@ -24,7 +24,7 @@ use serde_json::json;
 use super::BenchError;
 use super::keys::{EmailGen, KeyTable};
 use crate::api::OWNER_NODE;
-use crate::api::json::ClusterJson;
+use crate::api::model::ClusterJson;
 use crate::client::{ClientError, HttpClient, HttpResponse, customer_path};
 
 /// Preload creates in flight at once.

@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 
 use super::exit::Ending;
 use super::{ClientError, HttpClient, HttpResponse, customer_path};
-use crate::api::json::{ClusterJson, CustomerJson};
+use crate::api::model::{ClusterJson, CustomerJson};
 
 /// Options shared by every client command.
 #[derive(Debug, Clone, clap::Args)]
@@ -381,7 +381,7 @@ fn render_customer(opts: &ClientOpts, r: &HttpResponse) -> Result<String, Client
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::json::MemberJson;
+    use crate::api::model::MemberJson;
 
     #[test]
     fn ids_stay_one_path_segment() {

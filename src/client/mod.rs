@@ -205,7 +205,7 @@ impl HttpClient {
         &self,
         limit: u32,
         after: Option<&str>,
-    ) -> Result<crate::api::json::ListResponse, ClientError> {
+    ) -> Result<crate::api::model::ListResponse, ClientError> {
         let mut path = format!("/v1/customers?limit={limit}");
         if let Some(a) = after {
             path.push_str("&after=");
