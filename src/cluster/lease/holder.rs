@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::config::LeaseConfig;
+use super::reconcile::{HolderId, Reconciled, ShardLeaseRow, reconcile};
 use crate::clock::HolderInstant;
 use crate::cluster::placement::ShardId;
 
@@ -389,6 +390,45 @@ impl HolderLease {
         })
     }
 
+    /// Reconciles after a grant or release reply was lost (L6): decides per shard from the
+    /// rows and placement, adopts what it should at the stored token, marks LOST what the
+    /// rows no longer give us, and returns every decision for the caller to act on (stop
+    /// actors of LOST shards, send the releases). Empty when unregistered.
+    pub fn reconcile(
+        &mut self,
+        node: &str,
+        rows: &[ShardLeaseRow],
+        placed_here: impl Fn(ShardId) -> bool,
+    ) -> Vec<Reconciled> {
+        let Some(epoch) = self.epoch() else {
+            return Vec::new();
+        };
+        let me = HolderId {
+            node: node.to_owned(),
+            incarnation: self.incarnation,
+            epoch,
+        };
+        let decisions = reconcile(&me, rows, &self.held(), placed_here);
+        for d in &decisions {
+            match *d {
+                Reconciled::Adopt { shard, token } => {
+                    self.shards.insert(shard, Shard::Held { token, epoch });
+                }
+                Reconciled::Release { shard, token } => {
+                    self.shards.insert(shard, Shard::Releasing { token });
+                }
+                Reconciled::Lost { shard } => {
+                    if let Some(entry) = self.shards.get_mut(&shard) {
+                        *entry = Shard::Lost {
+                            token: entry.token(),
+                        };
+                    }
+                }
+            }
+        }
+        decisions
+    }
+
     /// Shards we hold or are releasing under the current epoch, with their tokens, ascending:
     /// what reconcile compares the database rows against.
     pub fn held(&self) -> Vec<(ShardId, u64)> {
@@ -742,6 +782,50 @@ mod tests {
         assert_eq!(
             lease.renew_succeeded(first.k, 1, at(200)),
             Earned::Nothing(Unearned::UnknownRenew)
+        );
+    }
+
+    #[test]
+    fn reconcile_adopts_rows_naming_us_releases_misplaced_ones_and_loses_the_rest() {
+        let mut lease = holding();
+        renew(&mut lease, 0, 10);
+        let row = |shard, holder: &str, inc, token| ShardLeaseRow {
+            shard,
+            holder: Some(holder.into()),
+            holder_incarnation: inc,
+            holder_epoch: 1,
+            token,
+        };
+        // The grant of 8 committed but its reply was lost; 9 is ours but placed elsewhere;
+        // 7 (which we believed held) was granted to n2 meanwhile.
+        let rows = [
+            row(7, "n2", 5, 4),
+            row(8, "n1", INC, 12),
+            row(9, "n1", INC, 2),
+        ];
+        let decisions = lease.reconcile("n1", &rows, |s| s != 9);
+        assert_eq!(
+            decisions,
+            [
+                Reconciled::Lost { shard: 7 },
+                Reconciled::Adopt {
+                    shard: 8,
+                    token: 12
+                },
+                Reconciled::Release { shard: 9, token: 2 },
+            ]
+        );
+        assert_eq!(lease.shard_state(7, at(20)), ShardState::NotHolder);
+        assert_eq!(
+            lease.shard_state(8, at(20)),
+            ShardState::Serve {
+                token: 12,
+                valid_until: ms(1950)
+            }
+        );
+        assert_eq!(
+            lease.shard_status(9, at(20)),
+            Some(ShardStatus::Releasing { token: 2 })
         );
     }
 
