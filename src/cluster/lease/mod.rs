@@ -32,19 +32,22 @@
 //! Per shard, on the holder:
 //!
 //! ```text
-//!            grant / adopt (reconcile)
-//!   (none) ───────────────────────────▶ HELD(T, e) ◀─────────────┐
-//!                                        │   │   │               │ renew of the same epoch e
-//!          clock ≥ valid_until(e)        │   │   └─────────▶ LAPSED(T, e) ── answers not_holder
-//!                                        │   │                   │            at once, keeps caches
-//!   renew hit 0 rows / write fenced /    │   │                   │
-//!   re-registered at a new epoch         ▼   │                   ▼
-//!                                      LOST ◀┼───────────────────┘   stop actors, drop caches
-//!                                            │ graceful move / SIGTERM
-//!                                            ▼
-//!                                       RELEASING(T) ── no new requests, no cache reads; after
-//!                                                       outstanding writes: release at T, forget
+//!   grant, or adopt on reconcile
+//!        │
+//!        ▼          holder clock ≥ valid_until(e)
+//!   HELD(T, e) ──────────────────────────────────▶ LAPSED(T, e)   not_holder at once,
+//!    │   ▲                                          │             caches kept
+//!    │   └──────── a renew of epoch e extends ──────┘
+//!    │
+//!    ├── graceful move / SIGTERM ──▶ RELEASING(T) ── writes settled, release at T ──▶ forgotten
+//!    │                               no new requests, no cache reads
+//!    │
+//!    └── (from HELD, LAPSED or RELEASING) renew hit 0 rows, write with T fenced,
+//!        new epoch registered, or superseded ──▶ LOST: stop actors, drop caches ──▶ forgotten
 //! ```
+//!
+//! Only HELD serves ([`HolderLease::shard_state`] answers `Serve { token, valid_until }`);
+//! every other state answers `not_holder` at once, so a request never waits on a lease.
 //!
 //! # What each rule protects against
 //!
