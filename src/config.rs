@@ -17,6 +17,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::cluster::lease::LeaseConfig;
+use crate::cluster::lease::config::defaults as lease_defaults;
 use crate::error::{Error, Result};
 
 /// One layer of settings; every key optional. Doubles as the clap flags of `node` and the TOML
@@ -127,6 +129,26 @@ pub struct ConfigLayer {
     /// PEM CA bundle that peer certificates must chain to.
     #[arg(long, env = "CUSTOMER_CLUSTER_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
+
+    /// Shard lease period in ms: how long a contender must see a node's lease record
+    /// unchanged before taking its shards over. Same on every node [default: 2000].
+    #[arg(long, env = "CUSTOMER_CLUSTER_LEASE_TTL_MS")]
+    pub lease_ttl_ms: Option<u64>,
+
+    /// Interval between lease renews, in ms; the TTL must be at least 4 times it
+    /// [default: 500].
+    #[arg(long, env = "CUSTOMER_CLUSTER_LEASE_RENEW_MS")]
+    pub lease_renew_ms: Option<u64>,
+
+    /// Lease safety margin in ms, taken off every validity a renew earns; covers clock-rate
+    /// error between hosts up to margin/TTL. Never below TTL x 2ρ/(1+ρ) [default: 50].
+    #[arg(long, env = "CUSTOMER_CLUSTER_LEASE_MARGIN_MS")]
+    pub lease_margin_ms: Option<u64>,
+
+    /// Where GETs are served from: `cache` (the owner's cache, under its lease) or `db`
+    /// (always the database; for hosts whose pauses the guest cannot see) [default: cache].
+    #[arg(long, env = "CUSTOMER_CLUSTER_READ_MODE")]
+    pub read_mode: Option<ReadMode>,
 }
 
 macro_rules! overlay {
@@ -175,6 +197,10 @@ impl ConfigLayer {
             tls_cert,
             tls_key,
             tls_ca,
+            lease_ttl_ms,
+            lease_renew_ms,
+            lease_margin_ms,
+            read_mode,
         )
     }
 }
@@ -188,6 +214,19 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// Where a node serves GETs from (DESIGN §1, §6 R1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadMode {
+    /// From the owner's cache while it holds the shard's lease (HELD, clock before
+    /// `valid_until`, row loaded under the current token); one database read per activation.
+    #[default]
+    Cache,
+    /// Every GET reads the database. For hosts where a pause hidden from the guest (some
+    /// hypervisors) could outlast the lease without the holder clock noticing.
+    Db,
 }
 
 /// A secret string: compared and used, never printed.
@@ -264,6 +303,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Inter-node TLS, when configured.
     pub tls: Option<TlsPaths>,
+    /// Shard lease timing (TTL, renew interval, margin), validated by its L4 rules.
+    pub lease: LeaseConfig,
+    /// Where GETs are served from.
+    pub read_mode: ReadMode,
 }
 
 /// Built-in defaults, in one place.
@@ -354,6 +397,12 @@ impl Config {
             db_readers: layer.db_readers.unwrap_or(defaults::DB_READERS),
             shutdown_grace: ms(layer.shutdown_grace_ms, defaults::SHUTDOWN_GRACE_MS),
             tls: tls_paths(layer.tls_cert, layer.tls_key, layer.tls_ca)?,
+            lease: LeaseConfig {
+                ttl: ms(layer.lease_ttl_ms, lease_defaults::TTL_MS),
+                renew_interval: ms(layer.lease_renew_ms, lease_defaults::RENEW_MS),
+                margin: ms(layer.lease_margin_ms, lease_defaults::MARGIN_MS),
+            },
+            read_mode: layer.read_mode.unwrap_or_default(),
         };
         config.validate()?;
         Ok(config)
@@ -410,7 +459,7 @@ impl Config {
                 )));
             }
         }
-        Ok(())
+        self.lease.validate()
     }
 
     /// Host part of the advertised address (what the NodeServer advertises to peers).
@@ -636,6 +685,90 @@ mod tests {
         let mut l = minimal();
         l.tls_cert = Some("c.pem".into());
         assert!(Config::resolve(l).is_err());
+    }
+
+    #[test]
+    fn lease_timing_and_read_mode_default_to_the_design_values() {
+        let c = Config::resolve(minimal()).unwrap();
+        assert_eq!(c.lease, LeaseConfig::default());
+        assert_eq!(c.lease.ttl, Duration::from_millis(2000));
+        assert_eq!(c.lease.renew_interval, Duration::from_millis(500));
+        assert_eq!(c.lease.margin, Duration::from_millis(50));
+        assert_eq!(c.read_mode, ReadMode::Cache);
+    }
+
+    #[test]
+    fn the_default_file_documents_the_built_in_lease_values() {
+        let layer: ConfigLayer = toml::from_str(include_str!("../config/default.toml")).unwrap();
+        let c = Config::resolve(minimal().over(layer)).unwrap();
+        assert_eq!(c.lease, LeaseConfig::default());
+        assert_eq!(c.read_mode, ReadMode::default());
+    }
+
+    #[test]
+    fn lease_keys_come_from_the_file_and_flags_win() {
+        let file: ConfigLayer = toml::from_str(
+            "lease_ttl_ms = 4000\nlease_renew_ms = 1000\nlease_margin_ms = 80\nread_mode = \"db\"",
+        )
+        .unwrap();
+        let c = Config::resolve(minimal().over(file.clone())).unwrap();
+        assert_eq!(c.lease.ttl, Duration::from_millis(4000));
+        assert_eq!(c.lease.renew_interval, Duration::from_millis(1000));
+        assert_eq!(c.lease.margin, Duration::from_millis(80));
+        assert_eq!(c.read_mode, ReadMode::Db);
+        let flags = ConfigLayer {
+            lease_renew_ms: Some(500),
+            read_mode: Some(ReadMode::Cache),
+            ..minimal()
+        };
+        let c = Config::resolve(flags.over(file)).unwrap();
+        assert_eq!(c.lease.ttl, Duration::from_millis(4000));
+        assert_eq!(c.lease.renew_interval, Duration::from_millis(500));
+        assert_eq!(c.read_mode, ReadMode::Cache);
+    }
+
+    #[test]
+    fn lease_flags_and_read_mode_parse_from_the_command_line() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            layer: ConfigLayer,
+        }
+        let cli = Cli::try_parse_from([
+            "node",
+            "--lease-ttl-ms",
+            "3000",
+            "--lease-renew-ms",
+            "700",
+            "--lease-margin-ms",
+            "60",
+            "--read-mode",
+            "db",
+        ])
+        .unwrap();
+        assert_eq!(cli.layer.lease_ttl_ms, Some(3000));
+        assert_eq!(cli.layer.lease_renew_ms, Some(700));
+        assert_eq!(cli.layer.lease_margin_ms, Some(60));
+        assert_eq!(cli.layer.read_mode, Some(ReadMode::Db));
+        assert!(Cli::try_parse_from(["node", "--read-mode", "disk"]).is_err());
+    }
+
+    #[test]
+    fn unsafe_lease_timings_refuse_to_start_with_a_message() {
+        let refused = |l: ConfigLayer| match Config::resolve(l) {
+            Err(Error::InvalidInput(m)) => m,
+            other => panic!("not refused: {other:?}"),
+        };
+        let mut l = minimal();
+        l.lease_ttl_ms = Some(1000);
+        assert!(refused(l).contains("4 x --lease-renew-ms"));
+        let mut l = minimal();
+        l.lease_margin_ms = Some(1);
+        assert!(refused(l).contains("--lease-margin-ms"));
+        let mut l = minimal();
+        l.lease_margin_ms = Some(2000);
+        assert!(refused(l).contains("lapses between renews"));
     }
 
     #[test]

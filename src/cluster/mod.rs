@@ -1,7 +1,9 @@
 //! The cluster layer: how nodes find each other, agree on placement and talk.
 //!
 //! * [`protocol`] — every message that crosses nodes, the group names, the protocol version.
-//! * [`placement`] — rendezvous hashing of customer ids over member names.
+//! * [`placement`] — rendezvous hashing of customer ids (current) and of the 1024 shards (next)
+//!   over member names.
+//! * [`lease`] — the pure core of shard leases: renew validity, takeover, reconcile (§6).
 //! * [`mesh`] — the ractor_cluster NodeServer, session events, dialing.
 //! * [`membership`] — who is alive: hello handshake, heartbeats, eviction, re-dialing; the
 //!   published placement view and the freshness lease.
@@ -23,6 +25,7 @@
 //! is what keeps such a double activation from overwriting an acknowledged write.
 
 pub mod detector;
+pub mod lease;
 pub mod membership;
 pub mod mesh;
 pub mod placement;

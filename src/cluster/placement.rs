@@ -12,6 +12,18 @@
 //! The hash is xxh3 with a fixed layout and a golden test, so a dependency bump can never
 //! silently move customers. Never use std's `DefaultHasher` here: it may change between
 //! Rust releases.
+//!
+//! ## Two placements, side by side
+//!
+//! * **Current (until the lease wiring lands): per customer id.** [`owner_of`] over the id's
+//!   16 UUID bytes, used by [`Ring::owner`] and the request path today.
+//! * **Next (DESIGN §3): per shard.** The id space is cut into [`SHARDS`] = 1024 shards,
+//!   [`shard_of`]`(id) = xxh3_64(id bytes) % 1024` (the same 16 bytes the id placement
+//!   hashes), and a shard is placed by the same rendezvous rule over member names
+//!   ([`owner_of_shard`], key = the shard number as 2 big-endian bytes). Ownership is then
+//!   leased per shard from the database (`cluster::lease`), in units few enough to renew
+//!   cheaply and many enough to balance. The lease wiring switches [`Ring::owner`] callers to
+//!   [`Ring::shard_owner`]; until then both are kept, each with its own golden table.
 
 use std::sync::Arc;
 
@@ -42,6 +54,39 @@ where
         .map(|m| (score(m, key), m))
         .max()
         .map(|(_, m)| m)
+}
+
+/// A shard number, `0..SHARDS`.
+pub type ShardId = u16;
+
+/// How many shards the id space is cut into. A **protocol constant**: every node and every
+/// `shard_leases` table must agree on it, and changing it moves almost every customer.
+pub const SHARDS: u16 = 1024;
+
+/// The shard of a key: `xxh3_64(key) % SHARDS`. For customers the key is the id's 16 UUID
+/// bytes, exactly as [`owner_of`] hashes them ([`shard_of_customer`]).
+pub fn shard_of(key: &[u8]) -> ShardId {
+    // The remainder is below SHARDS (1024), so it always fits in a u16.
+    (xxh3_64(key) % u64::from(SHARDS)) as ShardId
+}
+
+/// The shard a customer lives in.
+pub fn shard_of_customer(id: &CustomerId) -> ShardId {
+    shard_of(id.as_bytes())
+}
+
+/// The rendezvous key of a shard: its number as 2 big-endian bytes (fixed layout, golden-tested).
+fn shard_key(shard: ShardId) -> [u8; 2] {
+    shard.to_be_bytes()
+}
+
+/// The member that should own `shard` (rendezvous over member names, as [`owner_of`]), or
+/// `None` when there are no members. Which member *may* serve it is the lease's decision.
+pub fn owner_of_shard<'a, I>(members: I, shard: ShardId) -> Option<&'a str>
+where
+    I: IntoIterator<Item = &'a str>,
+{
+    owner_of(members, &shard_key(shard))
 }
 
 /// Number of sample keys used to estimate ownership shares.
@@ -121,6 +166,19 @@ impl Ring {
     /// True when this node owns the customer.
     pub fn is_local_owner(&self, id: &CustomerId) -> bool {
         self.owner(id).is_some_and(|m| m.name == self.local)
+    }
+
+    /// The member that should own `shard` under shard placement (DESIGN §3).
+    pub fn shard_owner(&self, shard: ShardId) -> Option<&Member> {
+        let name = owner_of_shard(self.members.iter().map(|m| m.name.as_str()), shard)?;
+        self.members.iter().find(|m| m.name == name)
+    }
+
+    /// The shards placement gives this node, ascending (the order grants lock rows in).
+    pub fn local_shards(&self) -> Vec<ShardId> {
+        (0..SHARDS)
+            .filter(|s| self.shard_owner(*s).is_some_and(|m| m.name == self.local))
+            .collect()
     }
 
     /// Member names, sorted.
@@ -286,6 +344,180 @@ mod tests {
                 );
             }
         }
+    }
+
+    const GOLDEN_IDS: [&str; 12] = [
+        "77abc86d-5c37-7e26-8ce8-4966b29ddcc9",
+        "2442ffee-de6a-7078-8f47-fb14845f2683",
+        "7fc3c2c1-eb93-74af-89be-e45c15f85978",
+        "336e4be6-f30c-7a46-861e-f5b3323991e1",
+        "899495bb-ab1c-75f7-845b-3cd960010db2",
+        "d7837a73-5e63-7450-8ca5-48bc37308f37",
+        "9b531443-d9d6-76ce-8b32-263a74ea384c",
+        "d1e73bb4-cd64-74b0-8d28-27587bf640ed",
+        "d93d69a1-bf9d-777d-8b99-53a99fab4936",
+        "b9e2abdb-9e65-7233-8d4c-d67f3f7e2d16",
+        "3d199396-b28e-74c9-8417-b1849aa3bb66",
+        "bcafb082-d44c-7afc-8ee8-a248d1598889",
+    ];
+
+    fn shard_owner(members: &[String], shard: ShardId) -> String {
+        owner_of_shard(members.iter().map(String::as_str), shard)
+            .unwrap()
+            .to_owned()
+    }
+
+    #[test]
+    fn golden_shards_and_shard_owners_never_change() {
+        // If this fails, a change moved shards (and with them customers and leases) between
+        // nodes, or changed which shard an id is in. That is a data-placement migration, not a
+        // refactor: do not update the tables without a migration plan.
+        let shards: Vec<ShardId> = GOLDEN_IDS
+            .iter()
+            .map(|i| shard_of_customer(&i.parse().unwrap()))
+            .collect();
+        assert_eq!(
+            shards,
+            [936, 37, 842, 584, 361, 575, 668, 358, 653, 900, 19, 407],
+            "ids moved between shards"
+        );
+        let owners = |n: usize| -> Vec<String> {
+            shards.iter().map(|s| shard_owner(&names(n), *s)).collect()
+        };
+        assert!(owners(1).iter().all(|o| o == "n1"));
+        assert_eq!(owners(3), GOLDEN_SHARD_3, "3-member shard owners moved");
+        assert_eq!(owners(5), GOLDEN_SHARD_5, "5-member shard owners moved");
+        let edges: Vec<String> = [0, 1, 511, SHARDS - 1]
+            .iter()
+            .map(|s| shard_owner(&names(3), *s))
+            .collect();
+        assert_eq!(edges, ["n1", "n2", "n2", "n1"], "edge shards moved");
+    }
+
+    const GOLDEN_SHARD_3: [&str; 12] = [
+        "n2", "n2", "n2", "n1", "n1", "n2", "n2", "n2", "n2", "n3", "n1", "n1",
+    ];
+    const GOLDEN_SHARD_5: [&str; 12] = [
+        "n2", "n5", "n4", "n1", "n1", "n2", "n2", "n5", "n2", "n3", "n1", "n5",
+    ];
+
+    #[test]
+    fn every_shard_number_is_in_range_and_every_shard_gets_customers() {
+        let mut hits = vec![0u32; usize::from(SHARDS)];
+        for k in keys(60_000) {
+            let shard = shard_of_customer(&k);
+            assert!(shard < SHARDS);
+            hits[usize::from(shard)] += 1;
+        }
+        // 60000 / 1024 ≈ 58.6 per shard; an empty or 3x-full shard means a broken hash.
+        assert!(hits.iter().all(|h| (10..180).contains(h)), "{hits:?}");
+    }
+
+    fn shard_counts(members: &[String]) -> HashMap<String, usize> {
+        let mut counts = HashMap::new();
+        for shard in 0..SHARDS {
+            *counts.entry(shard_owner(members, shard)).or_default() += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn shards_are_balanced_within_a_few_percent() {
+        for n in [3, 5] {
+            let counts = shard_counts(&names(n));
+            assert_eq!(counts.len(), n, "every member owns shards");
+            for (m, c) in counts {
+                let share = c as f64 / f64::from(SHARDS);
+                assert!(
+                    (share - 1.0 / n as f64).abs() < 0.04,
+                    "{m} owns {share:.4} of the shards at {n} members"
+                );
+            }
+        }
+        // Customers follow their shards, so their balance is the shards' balance.
+        let members = names(3);
+        let mut customers: HashMap<String, usize> = HashMap::new();
+        let ks = keys(30_000);
+        for k in &ks {
+            *customers
+                .entry(shard_owner(&members, shard_of_customer(k)))
+                .or_default() += 1;
+        }
+        for (m, c) in customers {
+            let share = c as f64 / ks.len() as f64;
+            assert!(
+                (share - 1.0 / 3.0).abs() < 0.05,
+                "{m} owns {share:.4} of customers"
+            );
+        }
+    }
+
+    #[test]
+    fn the_shard_owner_does_not_depend_on_member_order() {
+        let mut members = names(5);
+        let before: Vec<String> = (0..SHARDS).map(|s| shard_owner(&members, s)).collect();
+        members.reverse();
+        members.swap(1, 3);
+        let after: Vec<String> = (0..SHARDS).map(|s| shard_owner(&members, s)).collect();
+        assert_eq!(before, after);
+    }
+
+    #[test]
+    fn a_join_moves_about_one_nth_of_the_shards_and_only_to_the_newcomer() {
+        for n in 2..=6 {
+            let (old, new) = (names(n), names(n + 1));
+            let moved: Vec<ShardId> = (0..SHARDS)
+                .filter(|s| shard_owner(&old, *s) != shard_owner(&new, *s))
+                .collect();
+            let frac = moved.len() as f64 / f64::from(SHARDS);
+            let ideal = 1.0 / (n + 1) as f64;
+            assert!(
+                (frac - ideal).abs() <= 0.04,
+                "{n}->{}: moved {frac:.4}, ideal {ideal:.4}",
+                n + 1
+            );
+            let newcomer = format!("n{}", n + 1);
+            assert!(moved.iter().all(|s| shard_owner(&new, *s) == newcomer));
+        }
+    }
+
+    #[test]
+    fn a_leave_moves_only_the_shards_of_the_leaver() {
+        let all = names(4);
+        let without: Vec<String> = all.iter().filter(|n| *n != "n2").cloned().collect();
+        let mut moved = 0;
+        for shard in 0..SHARDS {
+            let before = shard_owner(&all, shard);
+            if before == "n2" {
+                moved += 1;
+            } else {
+                assert_eq!(shard_owner(&without, shard), before);
+            }
+        }
+        let frac = f64::from(moved) / f64::from(SHARDS);
+        assert!((frac - 0.25).abs() < 0.04, "the leaver held {frac:.4}");
+    }
+
+    #[test]
+    fn the_ring_names_shard_owners_and_lists_its_own_shards_in_order() {
+        let member = |n: &str| Member {
+            name: n.into(),
+            cluster_addr: format!("{n}:1"),
+            http_addr: format!("{n}:2"),
+            hosts_db: false,
+        };
+        let ring = Ring::single(member("n2")).next(vec![member("n1"), member("n2"), member("n3")]);
+        let mine = ring.local_shards();
+        assert!(mine.windows(2).all(|w| w[0] < w[1]), "ascending");
+        for shard in 0..SHARDS {
+            let owner = ring.shard_owner(shard).unwrap();
+            assert_eq!(owner.name, shard_owner(&names(3), shard));
+            assert_eq!(mine.contains(&shard), owner.name == "n2");
+        }
+        assert_eq!(
+            Ring::single(member("n9")).local_shards().len(),
+            usize::from(SHARDS)
+        );
     }
 
     #[test]
