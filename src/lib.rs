@@ -31,6 +31,7 @@
 //! * [`actors`] — supervisor, registry, customer and database actors; the gateway.
 //! * [`api`] — axum router and the error→HTTP mapping; [`client`] — CLI client.
 //! * [`bench`](mod@bench) — load generator: closed/open loop, owner-aware routing, latencies.
+//! * [`faults`] — fault testing: the linearizability checker for recorded histories.
 //! * [`clock`] — every clock the crate reads (wall clock for records, the raw holder clock).
 //! * [`config`], [`node`], [`telemetry`], [`cli`] — wiring.
 
@@ -47,6 +48,7 @@ pub mod codec;
 pub mod config;
 pub mod customer;
 pub mod error;
+pub mod faults;
 pub mod node;
 pub mod storage;
 pub mod telemetry;

@@ -1,0 +1,1817 @@
+//! The linearizability checker of the fault test (DESIGN.md §10).
+//!
+//! A workload of concurrent clients records every operation it sends as an [`Op`]: which
+//! client, which customer (the *key*), what it asked ([`Call`]), when it asked and when the
+//! answer came back (offsets from the start of the run, read from one monotonic clock on the
+//! recording host) and what the answer was ([`Outcome`]). [`check`] takes that history and
+//! decides, per key, whether some sequential order of the operations exists that (a) respects
+//! real time — an operation that returned before another was invoked comes first — and (b) is
+//! a legal run of the model below. That is linearizability (Herlihy & Wing), the promise of §6.
+//!
+//! ## The model: one register per customer
+//!
+//! A customer is `Absent` (never created), `Live { version, value }` or `Deleted` (the server
+//! keeps a tombstone, so versions never repeat and a create on a deleted id is refused).
+//! Values are opaque strings; workloads write unique ones (`"c3-w17"`), which is what makes
+//! checking fast: almost every read pins the write it saw.
+//!
+//! | call | in `Live { v, .. }` | in `Absent` | in `Deleted` |
+//! |---|---|---|---|
+//! | `create(x)` | refused | `Live { 1, x }`, answers version 1 | refused |
+//! | `get` | answers `(v, value)` | not found | not found |
+//! | `put(x, if_match)` | `if_match` absent or `= v`: `Live { v+1, x }`, answers `v+1`; else 412 | 404 | 404 |
+//! | `delete(if_match)` | `if_match` absent or `= v`: `Deleted`; else 412 | 404 | 404 |
+//!
+//! A `PATCH` is recorded as the `put` of the value the response carries.
+//!
+//! ## Outcomes
+//!
+//! * [`Outcome::Ok`] — the server answered and the answer is checked against the model.
+//! * [`Outcome::Fail`] — definitely not applied. A 404 or 412 still says something about the
+//!   state (the model must agree); a 503, or a 409/422 about other fields, says nothing and the
+//!   operation is left out of the search.
+//! * [`Outcome::Info`] — indeterminate (timeout, 504, connection lost): the write may have
+//!   taken effect at any moment after its invoke, or never; its return time is treated as +∞.
+//!   An indeterminate read constrains nothing and is left out.
+//!
+//! ## The search
+//!
+//! Wing & Gong's algorithm with Lowe's memoisation, as Porcupine and Knossos' `wgl` implement
+//! it: the invoke and return events of a key sit in one list in time order; a depth-first
+//! search repeatedly takes an operation whose invoke comes before the first pending return,
+//! applies it to the model, and removes it from the list; when it meets a return it cannot
+//! pass it backtracks. A cache of (set of linearized operations, model state) cuts every
+//! configuration already explored. An indeterminate write never has to be linearized — "never
+//! applied" is always a legal choice for it — so the search succeeds as soon as every
+//! operation with a definite answer is placed, and tries an indeterminate write only where it
+//! applies. Three sound reductions keep that fast with 20 clients and many timeouts:
+//!
+//! * **Observers go first.** A read (or a 404/412) that is legal now and whose call comes before
+//!   the first pending return can be moved to the front of any linearization from here — it
+//!   changes nothing — so it is never a choice point: if the search fails after taking it, it
+//!   fails without it, and backtracking goes straight past it.
+//! * **Unread values are one value.** Only reads compare values, so every value no read
+//!   returned is interned as the same one, and identical indeterminate writes ("twins") are
+//!   tried only in invoke order: k pending twins cost k + 1 configurations, not 2^k.
+//! * **Versions belong to definite operations.** One write makes each version; an
+//!   indeterminate write may not produce a version that a definite write answered, or that a
+//!   read saw with another value.
+//!
+//! Each key gets a step budget ([`CheckOptions::max_steps`]); a key that exhausts it is
+//! reported as [`Verdict::Unknown`] instead of hanging the test.
+//!
+//! We write the search rather than use `stateright`'s `LinearizabilityTester`: that tester
+//! enumerates interleavings without memoisation (exponential on thousands of operations),
+//! assumes each client has at most one operation in flight (a client that timed out moves on
+//! while its write may still land), has no budget and no readable witness, and brings in a
+//! model checker we do not otherwise need.
+//!
+//! ## Counts
+//!
+//! Besides the verdict, two linear scans give numbers that stay readable when the full check
+//! fails (both count only operations with definite answers):
+//!
+//! * **Stale read**: a read that returned a state older than a write acknowledged before the
+//!   read was invoked — a version lower than that write's, any customer after an acknowledged
+//!   delete, or "not found" after an acknowledged create or put when no delete had even been
+//!   invoked before the read returned.
+//! * **Lost acknowledged write**: an acknowledged create or put that answered version `v` with
+//!   value `x` is lost if (a) a read invoked after it returned saw version `v` with a value
+//!   other than `x` (the version was handed out twice: this write was thrown away), or (b) the
+//!   key's final read — the one invoked last — was invoked after it returned and saw a version
+//!   lower than `v`, or "not found" while no delete was invoked before that read returned. A
+//!   workload should end with one read of every key after the faults healed, so (b) judges
+//!   every write.
+//!
+//! ## Failure output
+//!
+//! For a key that is not linearizable the search remembers the deepest point it reached: the
+//! set of operations it managed to linearize, the model state there, and the operation whose
+//! return it could not pass. The [`Witness`] shows the writes that led to that state (back to
+//! the last one acknowledged before the blocked operation was invoked, so a stale read shows
+//! the write it missed), then the operations still pending at that return, less indeterminate
+//! writes that can no longer apply. Reads among them that do not matter are dropped as long as
+//! the rest, started from that state, stays non-linearizable (dropping a read can never turn a
+//! linearizable history into a non-linearizable one, so the shrunk witness is still a genuine
+//! failure). Times print in milliseconds; a 2,000-operation key fails in about ten lines.
+//!
+//! Deliberately not here: histories across keys (each customer is its own register and
+//! linearizability is compositional), lists (§6 R2 promises nothing across items), and
+//! availability, which the fault tests measure from the same history.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::io::{BufRead, Write};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// The version a create gives a customer (mirrors `Customer::new`).
+pub const FIRST_VERSION: u64 = 1;
+
+/// Default search budget per key, in steps (one step = one list entry visited). A history of
+/// 2,000 operations from 10 clients needs a few tens of thousands; the budget leaves room for
+/// indeterminate writes and for failing keys, whose search explores more before giving up.
+pub const DEFAULT_MAX_STEPS: u64 = 5_000_000;
+
+/// Most operations a printed witness lists; the rest are summarised in one line.
+pub const MAX_WITNESS_OPS: usize = 24;
+
+/// Most writes a witness shows as the context that led to its state.
+pub const MAX_CONTEXT_WRITES: usize = 4;
+
+// ------------------------------------------------------------------------------------------
+// History
+// ------------------------------------------------------------------------------------------
+
+/// One operation as a client saw it. Serialised as one JSON object per line (JSON Lines).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Op {
+    /// The client (process) that issued it; only for reading the output, the checker does not
+    /// assume a client waits for one operation before the next.
+    pub client: u32,
+    /// The customer id: each key is checked on its own.
+    pub key: String,
+    /// What was asked.
+    pub call: Call,
+    /// When it was sent, since the start of the run (recording host's monotonic clock).
+    #[serde(rename = "invoke_ns", with = "nanos")]
+    pub invoke: Duration,
+    /// When the answer arrived (or the client gave up), since the start of the run. Ignored
+    /// for [`Outcome::Info`], whose effect may come at any later time.
+    #[serde(rename = "complete_ns", with = "nanos")]
+    pub complete: Duration,
+    /// What came back.
+    pub outcome: Outcome,
+}
+
+/// An operation on one customer, as the workload does it through the HTTP API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Call {
+    /// `POST /v1/customers` writing `value`.
+    Create {
+        /// The value written (unique per write in a workload).
+        value: String,
+    },
+    /// `GET /v1/customers/{id}`.
+    Get,
+    /// `PUT` (or `PATCH`, recorded with the resulting value) of `value`.
+    Put {
+        /// The value the customer has after this write.
+        value: String,
+        /// The `If-Match` version, if the client sent one.
+        if_match: Option<u64>,
+    },
+    /// `DELETE /v1/customers/{id}`.
+    Delete {
+        /// The `If-Match` version, if the client sent one.
+        if_match: Option<u64>,
+    },
+}
+
+/// How an operation ended, from the client's point of view.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The server answered with success.
+    Ok(Reply),
+    /// Definitely not applied.
+    Fail(Refusal),
+    /// Indeterminate: timeout, 504, connection lost. May take effect at any time after invoke,
+    /// or never.
+    Info,
+}
+
+/// A successful answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reply {
+    /// A create answered with the new customer's version.
+    Created {
+        /// Version in the response.
+        version: u64,
+    },
+    /// A read found the customer.
+    Found {
+        /// Version in the response.
+        version: u64,
+        /// Value in the response.
+        value: String,
+    },
+    /// A read answered 404.
+    NotFound,
+    /// A put answered with the customer's new version.
+    Written {
+        /// Version in the response.
+        version: u64,
+    },
+    /// A delete answered 204.
+    Deleted,
+}
+
+/// Why a write was definitely not applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Refusal {
+    /// 404: the customer did not exist (never created, or deleted) when the call took effect.
+    NotFound,
+    /// 412: `If-Match` named another version than the current one.
+    PreconditionFailed,
+    /// Anything that says nothing about this customer's state: 503 (not applied, retry), a 409
+    /// over another customer's email, a 422. Left out of the search.
+    Rejected,
+}
+
+/// Why a saved history could not be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    /// Reading the file failed.
+    #[error("reading history: {0}")]
+    Io(#[from] std::io::Error),
+    /// A line is not an operation.
+    #[error("history line {line}: {reason}")]
+    Parse {
+        /// 1-based line number.
+        line: usize,
+        /// What was wrong with it.
+        reason: String,
+    },
+}
+
+/// Writes `ops` as JSON Lines, one operation per line, so a run can be re-checked later.
+pub fn write_jsonl<W: Write>(ops: &[Op], mut out: W) -> std::io::Result<()> {
+    for op in ops {
+        serde_json::to_writer(&mut out, op)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()
+}
+
+/// Reads a history written by [`write_jsonl`]; blank lines are skipped.
+pub fn read_jsonl<R: BufRead>(input: R) -> Result<Vec<Op>, HistoryError> {
+    let mut ops = Vec::new();
+    for (n, line) in input.lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let op = serde_json::from_str(&line).map_err(|e| HistoryError::Parse {
+            line: n + 1,
+            reason: e.to_string(),
+        })?;
+        ops.push(op);
+    }
+    Ok(ops)
+}
+
+/// Durations as integer nanoseconds: exact, and readable in a JSON line.
+mod nanos {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_nanos)
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Model
+// ------------------------------------------------------------------------------------------
+
+/// The register's state; values are interned per key, so a state is two words and `Copy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum State {
+    Absent,
+    Live { version: u64, value: u32 },
+    Deleted,
+}
+
+/// A call with its value interned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Action {
+    Create(u32),
+    Read,
+    Put(u32, Option<u64>),
+    Delete(Option<u64>),
+}
+
+/// The answer an operation got, in the model's terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// A read saw this (`None` = not found).
+    Read(Option<(u64, u32)>),
+    /// A write applied and answered this version (`None` for a delete).
+    Applied(Option<u64>),
+    /// 404.
+    Missing,
+    /// 412.
+    Precondition,
+    /// Indeterminate write: applies here, or never.
+    MayApply,
+    /// A reply that does not fit the call (e.g. a get answered `Created`): never legal.
+    Impossible,
+}
+
+impl Expect {
+    /// Whether the operation has a definite answer the search must place.
+    fn is_definite(self) -> bool {
+        !matches!(self, Expect::MayApply)
+    }
+
+    /// Whether the operation never changes the state (dropping it keeps a linearizable
+    /// history linearizable).
+    fn is_observer(self) -> bool {
+        matches!(
+            self,
+            Expect::Read(_) | Expect::Missing | Expect::Precondition
+        )
+    }
+}
+
+/// What the model does with `action` in state `s`.
+enum Answer {
+    Read(Option<(u64, u32)>),
+    Applied(State, Option<u64>),
+    Missing,
+    Precondition,
+    Conflict,
+}
+
+fn matches_version(if_match: Option<u64>, version: u64) -> bool {
+    if_match.is_none_or(|m| m == version)
+}
+
+fn apply(s: State, action: Action) -> Answer {
+    match (action, s) {
+        (Action::Read, State::Live { version, value }) => Answer::Read(Some((version, value))),
+        (Action::Read, _) => Answer::Read(None),
+        (Action::Create(value), State::Absent) => {
+            let version = FIRST_VERSION;
+            Answer::Applied(State::Live { version, value }, Some(version))
+        }
+        (Action::Create(_), _) => Answer::Conflict,
+        (Action::Put(value, m), State::Live { version, .. }) if matches_version(m, version) => {
+            let version = version + 1;
+            Answer::Applied(State::Live { version, value }, Some(version))
+        }
+        (Action::Delete(m), State::Live { version, .. }) if matches_version(m, version) => {
+            Answer::Applied(State::Deleted, None)
+        }
+        (Action::Put(..) | Action::Delete(_), State::Live { .. }) => Answer::Precondition,
+        (Action::Put(..) | Action::Delete(_), _) => Answer::Missing,
+    }
+}
+
+/// The state after an operation that got `expect`, or `None` if the model could not have
+/// answered that in state `s`.
+fn step(s: State, action: Action, expect: Expect) -> Option<State> {
+    match (apply(s, action), expect) {
+        (Answer::Read(got), Expect::Read(want)) if got == want => Some(s),
+        (Answer::Read(None), Expect::Missing) => Some(s),
+        (Answer::Applied(next, got), Expect::Applied(want)) if got == want => Some(next),
+        (Answer::Applied(next, _), Expect::MayApply) => Some(next),
+        (Answer::Missing, Expect::Missing) | (Answer::Precondition, Expect::Precondition) => {
+            Some(s)
+        }
+        _ => None,
+    }
+}
+
+/// Interned values of one key. A value no read returned is indistinguishable from any other
+/// such value (only reads compare values), so all of them share [`Values::UNREAD`]; that keeps
+/// the state space small when writes end indeterminate.
+struct Values {
+    ids: HashMap<String, u32>,
+    names: Vec<String>,
+    /// Values some read returned.
+    read: HashSet<String>,
+}
+
+impl Values {
+    const UNREAD: u32 = 0;
+
+    fn new(ops: &[&Op]) -> Self {
+        let read = ops
+            .iter()
+            .filter_map(|op| match &op.outcome {
+                Outcome::Ok(Reply::Found { value, .. }) => Some(value.clone()),
+                _ => None,
+            })
+            .collect();
+        let names = vec!["a value no read returned".to_owned()];
+        Values {
+            ids: HashMap::new(),
+            names,
+            read,
+        }
+    }
+
+    /// The id of a written value.
+    fn written(&mut self, value: &str) -> u32 {
+        if self.read.contains(value) {
+            self.intern(value)
+        } else {
+            Self::UNREAD
+        }
+    }
+
+    fn intern(&mut self, value: &str) -> u32 {
+        if let Some(&id) = self.ids.get(value) {
+            return id;
+        }
+        let id = u32::try_from(self.names.len()).unwrap_or(u32::MAX);
+        self.ids.insert(value.to_owned(), id);
+        self.names.push(value.to_owned());
+        id
+    }
+
+    fn describe(&self, s: State) -> String {
+        match s {
+            State::Absent => "not created".to_owned(),
+            State::Deleted => "deleted".to_owned(),
+            State::Live { version, value } => match self.names.get(value as usize) {
+                Some(name) if value != Self::UNREAD => format!("version {version} = {name:?}"),
+                _ => format!("version {version} = a value no read returned"),
+            },
+        }
+    }
+}
+
+/// One operation of a key, compiled for the search.
+#[derive(Debug, Clone, Copy)]
+struct Event {
+    action: Action,
+    expect: Expect,
+    invoke: u64,
+    /// `None` = +∞ (indeterminate).
+    ret: Option<u64>,
+    /// Index of the operation in the key's history, for reporting.
+    op: usize,
+}
+
+fn ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Compiles the operations that constrain the search; rejected writes and indeterminate
+/// reads are left out.
+fn compile(ops: &[&Op], values: &mut Values) -> Vec<Event> {
+    let mut events = Vec::with_capacity(ops.len());
+    for (i, op) in ops.iter().enumerate() {
+        let action = match &op.call {
+            Call::Create { value } => Action::Create(values.written(value)),
+            Call::Get => Action::Read,
+            Call::Put { value, if_match } => Action::Put(values.written(value), *if_match),
+            Call::Delete { if_match } => Action::Delete(*if_match),
+        };
+        let expect = match (&op.outcome, action) {
+            (Outcome::Fail(Refusal::Rejected), _) | (Outcome::Info, Action::Read) => continue,
+            (Outcome::Info, _) => Expect::MayApply,
+            (Outcome::Fail(Refusal::NotFound), _) | (Outcome::Ok(Reply::NotFound), _) => {
+                Expect::Missing
+            }
+            (Outcome::Fail(Refusal::PreconditionFailed), _) => Expect::Precondition,
+            (Outcome::Ok(Reply::Found { version, value }), Action::Read) => {
+                Expect::Read(Some((*version, values.intern(value))))
+            }
+            (Outcome::Ok(Reply::Created { version }), Action::Create(_))
+            | (Outcome::Ok(Reply::Written { version }), Action::Put(..)) => {
+                Expect::Applied(Some(*version))
+            }
+            (Outcome::Ok(Reply::Deleted), Action::Delete(_)) => Expect::Applied(None),
+            (Outcome::Ok(_), _) => Expect::Impossible,
+        };
+        let ret = expect.is_definite().then(|| ns(op.complete));
+        events.push(Event {
+            action,
+            expect,
+            invoke: ns(op.invoke),
+            ret,
+            op: i,
+        });
+    }
+    events
+}
+
+// ------------------------------------------------------------------------------------------
+// Search
+// ------------------------------------------------------------------------------------------
+
+/// A set of event indices.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Bits(Vec<u64>);
+
+impl Bits {
+    fn new(n: usize) -> Self {
+        Bits(vec![0; n.div_ceil(64)])
+    }
+    fn set(&mut self, i: usize) {
+        self.0[i / 64] |= 1 << (i % 64);
+    }
+    fn clear(&mut self, i: usize) {
+        self.0[i / 64] &= !(1 << (i % 64));
+    }
+    fn contains(&self, i: usize) -> bool {
+        self.0[i / 64] & (1 << (i % 64)) != 0
+    }
+}
+
+const NIL: usize = usize::MAX;
+const HEAD: usize = 0;
+
+/// Where a failed search got furthest.
+#[derive(Debug, Clone)]
+struct Stuck {
+    /// Events linearized there.
+    done: Bits,
+    depth: usize,
+    state: State,
+    /// The event whose return could not be passed.
+    blocked: usize,
+    /// The last linearized events that changed the state, in order (see [`Witness::writers`]).
+    writers: Vec<usize>,
+}
+
+/// How a search ended.
+#[derive(Debug)]
+enum SearchEnd {
+    Linearizable,
+    Stuck(Box<Stuck>),
+    Budget,
+}
+
+/// What trying an operation did.
+enum Take {
+    /// Linearized next.
+    Taken,
+    /// Not legal here (or already explored from here): try the next one.
+    Skipped,
+    /// A legal observer whose successor configuration already failed. An observer legal now
+    /// and minimal can be moved to the front of any linearization from here (it changes
+    /// nothing, and every operation before it in that linearization stays legal), so this
+    /// configuration fails too: no need to try the others.
+    Explored,
+}
+
+struct Frame {
+    event: usize,
+    before: State,
+}
+
+/// One depth-first search over the events of a key (Lowe's variant of Wing & Gong).
+struct Search<'a> {
+    events: &'a [Event],
+    /// Doubly linked list of entries in time order; node 0 is the head.
+    next: Vec<usize>,
+    prev: Vec<usize>,
+    /// Which event and whether it is the call (`true`) or the return, per node.
+    node: Vec<(usize, bool)>,
+    call_node: Vec<usize>,
+    ret_node: Vec<Option<usize>>,
+    /// For an indeterminate write, the previous one (by invoke) with the same action. Twins
+    /// are interchangeable, and the earlier one is available whenever the later one is, so
+    /// the search applies a twin only after its predecessor: k pending identical writes cost
+    /// k + 1 configurations instead of 2^k.
+    twin: Vec<Option<usize>>,
+    /// Versions definite operations reported: `None` when a definite write answered it, else
+    /// the value a read saw. In a linearizable history one write makes each version, so an
+    /// indeterminate write may produce a version only if no definite write did and every read
+    /// of it saw this write's value.
+    claimed: HashMap<u64, Option<u32>>,
+    state: State,
+    done: Bits,
+    stack: Vec<Frame>,
+    cache: HashSet<(Bits, State)>,
+    /// Definite events not yet linearized.
+    remaining: usize,
+    best: Option<Stuck>,
+}
+
+impl<'a> Search<'a> {
+    fn new(events: &'a [Event], initial: State) -> Self {
+        let mut entries: Vec<(u64, bool, usize)> = Vec::with_capacity(events.len() * 2);
+        for (i, e) in events.iter().enumerate() {
+            entries.push((e.invoke, false, i));
+            if let Some(ret) = e.ret {
+                entries.push((ret, true, i));
+            }
+        }
+        // Calls before returns at equal times: a tie counts as overlap, the permissive choice.
+        entries.sort_unstable();
+        let n = entries.len();
+        let mut node = vec![(NIL, false); n + 1];
+        let mut call_node = vec![NIL; events.len()];
+        let mut ret_node = vec![None; events.len()];
+        for (k, &(_, is_ret, i)) in entries.iter().enumerate() {
+            node[k + 1] = (i, !is_ret);
+            if is_ret {
+                ret_node[i] = Some(k + 1);
+            } else {
+                call_node[i] = k + 1;
+            }
+        }
+        let mut last: HashMap<Action, usize> = HashMap::new();
+        let mut twin = vec![None; events.len()];
+        for &(_, is_ret, i) in &entries {
+            if !is_ret && events[i].expect == Expect::MayApply {
+                twin[i] = last.insert(events[i].action, i);
+            }
+        }
+        let mut claimed = HashMap::new();
+        for e in events {
+            match e.expect {
+                Expect::Read(Some((version, value))) => {
+                    claimed.entry(version).or_insert(Some(value));
+                }
+                Expect::Applied(Some(version)) => {
+                    claimed.insert(version, None);
+                }
+                _ => {}
+            }
+        }
+        let next = (0..=n).map(|k| if k < n { k + 1 } else { NIL }).collect();
+        let prev = (0..=n).map(|k| k.wrapping_sub(1)).collect();
+        Search {
+            events,
+            next,
+            prev,
+            node,
+            call_node,
+            ret_node,
+            twin,
+            claimed,
+            state: initial,
+            done: Bits::new(events.len()),
+            stack: Vec::new(),
+            cache: HashSet::new(),
+            remaining: events.iter().filter(|e| e.expect.is_definite()).count(),
+            best: None,
+        }
+    }
+
+    fn unlink(&mut self, k: usize) {
+        let (p, n) = (self.prev[k], self.next[k]);
+        self.next[p] = n;
+        if n != NIL {
+            self.prev[n] = p;
+        }
+    }
+
+    fn relink(&mut self, k: usize) {
+        let (p, n) = (self.prev[k], self.next[k]);
+        self.next[p] = k;
+        if n != NIL {
+            self.prev[n] = k;
+        }
+    }
+
+    /// Tries to linearize event `i` next.
+    fn try_take(&mut self, i: usize) -> Take {
+        let e = self.events[i];
+        if self.twin[i].is_some_and(|t| !self.done.contains(t)) {
+            return Take::Skipped;
+        }
+        let Some(after) = step(self.state, e.action, e.expect) else {
+            return Take::Skipped;
+        };
+        if e.expect == Expect::MayApply && self.claimed_by_another(after) {
+            return Take::Skipped;
+        }
+        self.done.set(i);
+        if !self.cache.insert((self.done.clone(), after)) {
+            self.done.clear(i);
+            return if e.expect.is_observer() {
+                Take::Explored
+            } else {
+                Take::Skipped
+            };
+        }
+        self.stack.push(Frame {
+            event: i,
+            before: self.state,
+        });
+        self.state = after;
+        self.unlink(self.call_node[i]);
+        if let Some(r) = self.ret_node[i] {
+            self.unlink(r);
+            self.remaining -= 1;
+        }
+        Take::Taken
+    }
+
+    fn claimed_by_another(&self, s: State) -> bool {
+        match s {
+            State::Live { version, value } => self
+                .claimed
+                .get(&version)
+                .is_some_and(|&seen| seen != Some(value)),
+            _ => false,
+        }
+    }
+
+    /// Undoes linearizations back to the last real choice and returns the node to resume
+    /// the walk at, or `None` if the stack is empty (the search is over). An observer that was
+    /// legal when taken was no choice (see [`Take::Explored`]): if nothing worked after it,
+    /// nothing works without it, so the search backs up past it.
+    fn backtrack(&mut self) -> Option<usize> {
+        loop {
+            let frame = self.stack.pop()?;
+            let i = frame.event;
+            if let Some(r) = self.ret_node[i] {
+                self.relink(r);
+                self.remaining += 1;
+            }
+            self.relink(self.call_node[i]);
+            self.done.clear(i);
+            self.state = frame.before;
+            if !self.events[i].expect.is_observer() {
+                return Some(self.next[self.call_node[i]]);
+            }
+        }
+    }
+
+    fn remember_stuck(&mut self, blocked: usize) {
+        if self
+            .best
+            .as_ref()
+            .is_some_and(|b| b.depth >= self.stack.len())
+        {
+            return;
+        }
+        let invoked = self.events[blocked].invoke;
+        let mut after = self.state;
+        let mut writers = Vec::new();
+        for frame in self.stack.iter().rev() {
+            if frame.before != after {
+                writers.push(frame.event);
+                let acked_before = self.events[frame.event].ret.is_some_and(|r| r < invoked);
+                if acked_before || writers.len() == MAX_CONTEXT_WRITES {
+                    break;
+                }
+            }
+            after = frame.before;
+        }
+        writers.reverse();
+        self.best = Some(Stuck {
+            done: self.done.clone(),
+            depth: self.stack.len(),
+            state: self.state,
+            blocked,
+            writers,
+        });
+    }
+
+    /// Runs the search for at most `max_steps` steps; returns the verdict and steps used.
+    fn run(mut self, max_steps: u64) -> (SearchEnd, u64) {
+        let mut k = self.next[HEAD];
+        let mut steps = 0;
+        loop {
+            if self.remaining == 0 {
+                return (SearchEnd::Linearizable, steps);
+            }
+            steps += 1;
+            if steps > max_steps {
+                return (SearchEnd::Budget, steps);
+            }
+            let (i, is_call) = if k == NIL { (NIL, false) } else { self.node[k] };
+            if is_call {
+                match self.try_take(i) {
+                    Take::Taken => {
+                        k = self.next[HEAD];
+                        continue;
+                    }
+                    Take::Skipped => {
+                        k = self.next[k];
+                        continue;
+                    }
+                    Take::Explored => {}
+                }
+            } else if i != NIL {
+                self.remember_stuck(i);
+            }
+            k = match self.backtrack_or_end() {
+                Ok(resume) => resume,
+                Err(end) => return (end, steps),
+            };
+        }
+    }
+
+    fn backtrack_or_end(&mut self) -> Result<usize, SearchEnd> {
+        self.backtrack().ok_or_else(|| match self.best.take() {
+            Some(best) => SearchEnd::Stuck(Box::new(best)),
+            None => SearchEnd::Budget,
+        })
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Counts
+// ------------------------------------------------------------------------------------------
+
+/// A read's result in version terms; `None` = not found.
+fn read_result(op: &Op) -> Option<Option<(u64, &str)>> {
+    match (&op.call, &op.outcome) {
+        (Call::Get, Outcome::Ok(Reply::Found { version, value })) => {
+            Some(Some((*version, value.as_str())))
+        }
+        (Call::Get, Outcome::Ok(Reply::NotFound) | Outcome::Fail(Refusal::NotFound)) => Some(None),
+        _ => None,
+    }
+}
+
+/// An acknowledged write's version; `u64::MAX` stands for an acknowledged delete, which every
+/// later state must descend from too.
+fn acked_version(op: &Op) -> Option<u64> {
+    match (&op.call, &op.outcome) {
+        (Call::Create { .. }, Outcome::Ok(Reply::Created { version }))
+        | (Call::Put { .. }, Outcome::Ok(Reply::Written { version })) => Some(*version),
+        (Call::Delete { .. }, Outcome::Ok(Reply::Deleted)) => Some(u64::MAX),
+        _ => None,
+    }
+}
+
+fn written_value(op: &Op) -> Option<&str> {
+    match &op.call {
+        Call::Create { value } | Call::Put { value, .. } => Some(value),
+        _ => None,
+    }
+}
+
+/// Earliest invoke of a delete that may have applied (acknowledged or indeterminate).
+fn first_delete(ops: &[&Op]) -> Option<Duration> {
+    ops.iter()
+        .filter(|op| matches!(op.call, Call::Delete { .. }))
+        .filter(|op| matches!(op.outcome, Outcome::Ok(_) | Outcome::Info))
+        .map(|op| op.invoke)
+        .min()
+}
+
+/// Stale reads of one key (definition in the module doc).
+fn count_stale_reads(ops: &[&Op]) -> usize {
+    let mut acks: Vec<(Duration, u64)> = ops
+        .iter()
+        .filter_map(|op| Some((op.complete, acked_version(op)?)))
+        .collect();
+    acks.sort_unstable();
+    // Highest version acknowledged by each ack time, for a binary search per read.
+    let mut highest = 0;
+    let prefix: Vec<(Duration, u64)> = acks
+        .iter()
+        .map(|&(t, v)| {
+            highest = highest.max(v);
+            (t, highest)
+        })
+        .collect();
+    let delete_from = first_delete(ops);
+    let mut stale = 0;
+    for op in ops {
+        let Some(result) = read_result(op) else {
+            continue;
+        };
+        let before = prefix.partition_point(|&(t, _)| t < op.invoke);
+        let Some(&(_, acked)) = before.checked_sub(1).and_then(|i| prefix.get(i)) else {
+            continue;
+        };
+        let is_stale = match result {
+            Some((version, _)) => version < acked,
+            None => acked != u64::MAX && delete_from.is_none_or(|d| d >= op.complete),
+        };
+        stale += usize::from(is_stale);
+    }
+    stale
+}
+
+/// Acknowledged writes lost (definition in the module doc).
+fn count_lost_writes(ops: &[&Op]) -> usize {
+    let reads: Vec<(&Op, Option<(u64, &str)>)> = ops
+        .iter()
+        .filter_map(|op| Some((*op, read_result(op)?)))
+        .collect();
+    let last_read = reads.iter().max_by_key(|(op, _)| op.invoke);
+    let delete_from = first_delete(ops);
+    let mut lost = 0;
+    for op in ops {
+        let (Some(version), Some(value)) = (acked_version(op), written_value(op)) else {
+            continue;
+        };
+        let overwritten = reads.iter().any(|(r, seen)| {
+            r.invoke > op.complete && seen.is_some_and(|(v, x)| v == version && x != value)
+        });
+        let vanished = last_read.is_some_and(|(r, seen)| {
+            r.invoke > op.complete
+                && match seen {
+                    Some((v, _)) => *v < version,
+                    None => delete_from.is_none_or(|d| d >= r.complete),
+                }
+        });
+        lost += usize::from(overwritten || vanished);
+    }
+    lost
+}
+
+// ------------------------------------------------------------------------------------------
+// Report
+// ------------------------------------------------------------------------------------------
+
+/// Tunables of [`check_with`].
+#[derive(Debug, Clone)]
+pub struct CheckOptions {
+    /// Search steps allowed per key before it is reported [`Verdict::Unknown`].
+    pub max_steps: u64,
+}
+
+impl Default for CheckOptions {
+    fn default() -> Self {
+        CheckOptions {
+            max_steps: DEFAULT_MAX_STEPS,
+        }
+    }
+}
+
+/// The smallest sub-history the checker found that explains a failure.
+#[derive(Debug, Clone)]
+pub struct Witness {
+    /// How many operations the deepest linearization reached, of how many to place.
+    pub depth: usize,
+    /// Operations the search had to place (definite answers and indeterminate writes).
+    pub total: usize,
+    /// The model state at that point, in words.
+    pub state: String,
+    /// The writes that led to that state, in the order the search placed them: back to the
+    /// last one acknowledged before the blocked operation was invoked (at most
+    /// [`MAX_CONTEXT_WRITES`]), so a stale read shows the write it missed.
+    pub writers: Vec<Op>,
+    /// The offending operations, in invoke order: started from `state`, no order of them is
+    /// legal (see `verified`).
+    pub ops: Vec<Op>,
+    /// The operation whose return the search could not pass.
+    pub blocked: Op,
+    /// Whether `ops` alone, started from `state`, was confirmed non-linearizable (false when
+    /// the failure depends on later operations too; `ops` is then where the search stopped).
+    pub verified: bool,
+}
+
+/// The verdict on one key.
+#[derive(Debug, Clone)]
+pub enum Verdict {
+    /// Some legal sequential order respects real time.
+    Linearizable,
+    /// None does; the witness shows where.
+    NotLinearizable(Box<Witness>),
+    /// The search budget ran out first.
+    Unknown {
+        /// Steps spent.
+        steps: u64,
+    },
+}
+
+/// The result for one customer.
+#[derive(Debug, Clone)]
+pub struct KeyReport {
+    /// The customer id.
+    pub key: String,
+    /// Operations recorded for it.
+    pub ops: usize,
+    /// Search steps spent.
+    pub steps: u64,
+    /// The linearizability verdict.
+    pub verdict: Verdict,
+    /// Reads older than a write acknowledged before they were invoked.
+    pub stale_reads: usize,
+    /// Acknowledged writes that later states do not descend from.
+    pub lost_writes: usize,
+}
+
+impl KeyReport {
+    /// Linearizable, with no stale read and no lost write.
+    pub fn is_ok(&self) -> bool {
+        matches!(self.verdict, Verdict::Linearizable)
+            && self.stale_reads == 0
+            && self.lost_writes == 0
+    }
+}
+
+/// The checker's answer for a whole history.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// One entry per key, sorted by key.
+    pub keys: Vec<KeyReport>,
+}
+
+impl Report {
+    /// Every key linearizable, no stale read, no lost write. A key whose search ran out of
+    /// budget is not ok: the fault test must decide, not guess.
+    pub fn is_ok(&self) -> bool {
+        self.keys.iter().all(KeyReport::is_ok)
+    }
+    /// Operations in the history.
+    pub fn ops(&self) -> usize {
+        self.keys.iter().map(|k| k.ops).sum()
+    }
+    /// Keys found not linearizable.
+    pub fn not_linearizable(&self) -> usize {
+        self.count(|v| matches!(v, Verdict::NotLinearizable(_)))
+    }
+    /// Keys whose search ran out of budget.
+    pub fn unknown(&self) -> usize {
+        self.count(|v| matches!(v, Verdict::Unknown { .. }))
+    }
+    /// Stale reads over all keys.
+    pub fn stale_reads(&self) -> usize {
+        self.keys.iter().map(|k| k.stale_reads).sum()
+    }
+    /// Lost acknowledged writes over all keys.
+    pub fn lost_writes(&self) -> usize {
+        self.keys.iter().map(|k| k.lost_writes).sum()
+    }
+    fn count(&self, f: impl Fn(&Verdict) -> bool) -> usize {
+        self.keys.iter().filter(|k| f(&k.verdict)).count()
+    }
+}
+
+/// Checks a history with the default options.
+pub fn check(history: &[Op]) -> Report {
+    check_with(history, &CheckOptions::default())
+}
+
+/// Checks every key of `history` on its own and aggregates the results.
+pub fn check_with(history: &[Op], options: &CheckOptions) -> Report {
+    let mut by_key: BTreeMap<&str, Vec<&Op>> = BTreeMap::new();
+    for op in history {
+        by_key.entry(op.key.as_str()).or_default().push(op);
+    }
+    let keys = by_key
+        .into_iter()
+        .map(|(key, mut ops)| {
+            ops.sort_by_key(|op| op.invoke);
+            check_key(key, &ops, options)
+        })
+        .collect();
+    Report { keys }
+}
+
+fn check_key(key: &str, ops: &[&Op], options: &CheckOptions) -> KeyReport {
+    let mut values = Values::new(ops);
+    let events = compile(ops, &mut values);
+    let (end, steps) = Search::new(&events, State::Absent).run(options.max_steps);
+    let verdict = match end {
+        SearchEnd::Linearizable => Verdict::Linearizable,
+        SearchEnd::Budget => Verdict::Unknown { steps },
+        SearchEnd::Stuck(stuck) => {
+            let witness = witness(ops, &events, &stuck, &values, options);
+            Verdict::NotLinearizable(Box::new(witness))
+        }
+    };
+    KeyReport {
+        key: key.to_owned(),
+        ops: ops.len(),
+        steps,
+        verdict,
+        stale_reads: count_stale_reads(ops),
+        lost_writes: count_lost_writes(ops),
+    }
+}
+
+/// Whether `subset` of `events`, started from `state`, cannot be linearized.
+fn fails_from(events: &[Event], subset: &[usize], state: State, max_steps: u64) -> bool {
+    let sub: Vec<Event> = subset.iter().map(|&i| events[i]).collect();
+    matches!(
+        Search::new(&sub, state).run(max_steps).0,
+        SearchEnd::Stuck(_)
+    )
+}
+
+/// An indeterminate write that no state reachable from `s` lets apply: leaving it out of a
+/// witness changes nothing (versions only grow, and a deleted customer stays deleted).
+fn can_never_apply(e: Event, s: State) -> bool {
+    if e.expect != Expect::MayApply {
+        return false;
+    }
+    match (s, e.action) {
+        (State::Deleted, _) | (State::Live { .. }, Action::Create(_)) => true,
+        (State::Live { version, .. }, Action::Put(_, Some(m)) | Action::Delete(Some(m))) => {
+            m < version
+        }
+        _ => false,
+    }
+}
+
+/// Builds the witness from the deepest point of a failed search (see the module doc).
+fn witness(
+    ops: &[&Op],
+    events: &[Event],
+    stuck: &Stuck,
+    values: &Values,
+    options: &CheckOptions,
+) -> Witness {
+    let horizon = events[stuck.blocked].ret.unwrap_or(u64::MAX);
+    let mut pending: Vec<usize> = (0..events.len())
+        .filter(|&i| !stuck.done.contains(i) && events[i].invoke <= horizon)
+        .filter(|&i| !can_never_apply(events[i], stuck.state))
+        .collect();
+    let verified = fails_from(events, &pending, stuck.state, options.max_steps);
+    if verified {
+        for candidate in pending.clone() {
+            if candidate == stuck.blocked || !events[candidate].expect.is_observer() {
+                continue;
+            }
+            let without: Vec<usize> = pending
+                .iter()
+                .copied()
+                .filter(|&i| i != candidate)
+                .collect();
+            if fails_from(events, &without, stuck.state, options.max_steps) {
+                pending = without;
+            }
+        }
+    }
+    let op_of = |i: usize| ops[events[i].op].clone();
+    Witness {
+        depth: stuck.depth,
+        total: events.len(),
+        state: values.describe(stuck.state),
+        writers: stuck.writers.iter().map(|&i| op_of(i)).collect(),
+        ops: pending.into_iter().map(op_of).collect(),
+        blocked: op_of(stuck.blocked),
+        verified,
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// Display
+// ------------------------------------------------------------------------------------------
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn describe_call(call: &Call) -> String {
+    let if_match = |m: &Option<u64>| m.map(|v| format!(" if-match {v}")).unwrap_or_default();
+    match call {
+        Call::Create { value } => format!("create {value:?}"),
+        Call::Get => "get".to_owned(),
+        Call::Put { value, if_match: m } => format!("put {value:?}{}", if_match(m)),
+        Call::Delete { if_match: m } => format!("delete{}", if_match(m)),
+    }
+}
+
+fn describe_outcome(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Ok(Reply::Created { version } | Reply::Written { version }) => {
+            format!("ok v{version}")
+        }
+        Outcome::Ok(Reply::Found { version, value }) => format!("v{version} {value:?}"),
+        Outcome::Ok(Reply::NotFound) | Outcome::Fail(Refusal::NotFound) => "not found".to_owned(),
+        Outcome::Ok(Reply::Deleted) => "deleted".to_owned(),
+        Outcome::Fail(Refusal::PreconditionFailed) => "412 precondition failed".to_owned(),
+        Outcome::Fail(Refusal::Rejected) => "rejected, not applied".to_owned(),
+        Outcome::Info => "? (indeterminate)".to_owned(),
+    }
+}
+
+impl fmt::Display for Op {
+    /// One line: times in ms, client, call, result.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let end = match self.outcome {
+            Outcome::Info => "∞".to_owned(),
+            _ => format!("{:.3}", ms(self.complete)),
+        };
+        write!(
+            f,
+            "[{:>10.3} .. {end:>10} ms] client {:<3} {} → {}",
+            ms(self.invoke),
+            self.client,
+            describe_call(&self.call),
+            describe_outcome(&self.outcome)
+        )
+    }
+}
+
+impl fmt::Display for Witness {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "    the search linearized {} of {} operations, reaching {}",
+            self.depth, self.total, self.state
+        )?;
+        if !self.writers.is_empty() {
+            writeln!(f, "    after these writes:")?;
+        }
+        for writer in &self.writers {
+            writeln!(f, "      {writer}")?;
+        }
+        let intro = if self.verified {
+            "no order of these is legal from there"
+        } else {
+            "the search could not get past these (the failure also involves later operations)"
+        };
+        writeln!(f, "    {intro}:")?;
+        for op in self.ops.iter().take(MAX_WITNESS_OPS) {
+            let mark = if *op == self.blocked {
+                "   ← cannot be placed"
+            } else {
+                ""
+            };
+            writeln!(f, "      {op}{mark}")?;
+        }
+        if self.ops.len() > MAX_WITNESS_OPS {
+            writeln!(f, "      … and {} more", self.ops.len() - MAX_WITNESS_OPS)?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Report {
+    /// A summary line, then one paragraph per key that is not ok.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{}: {} keys, {} ops; {} not linearizable, {} unknown (budget exhausted); \
+             {} stale reads, {} lost acknowledged writes",
+            if self.is_ok() { "OK" } else { "FAILED" },
+            self.keys.len(),
+            self.ops(),
+            self.not_linearizable(),
+            self.unknown(),
+            self.stale_reads(),
+            self.lost_writes()
+        )?;
+        for key in self.keys.iter().filter(|k| !k.is_ok()) {
+            let verdict = match &key.verdict {
+                Verdict::Linearizable => "linearizable".to_owned(),
+                Verdict::NotLinearizable(_) => "NOT linearizable".to_owned(),
+                Verdict::Unknown { steps } => format!("unknown after {steps} steps"),
+            };
+            writeln!(
+                f,
+                "  key {}: {} ops, {verdict}, {} stale reads, {} lost writes",
+                key.key, key.ops, key.stale_reads, key.lost_writes
+            )?;
+            if let Verdict::NotLinearizable(witness) = &key.verdict {
+                write!(f, "{witness}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::*;
+
+    const KEY: &str = "k";
+
+    fn at(ms: f64) -> Duration {
+        Duration::from_secs_f64(ms / 1000.0)
+    }
+
+    fn op(client: u32, from: f64, to: f64, call: Call, outcome: Outcome) -> Op {
+        Op {
+            client,
+            key: KEY.to_owned(),
+            call,
+            invoke: at(from),
+            complete: at(to),
+            outcome,
+        }
+    }
+
+    fn create(client: u32, from: f64, to: f64, value: &str) -> Op {
+        let call = Call::Create {
+            value: value.to_owned(),
+        };
+        op(
+            client,
+            from,
+            to,
+            call,
+            Outcome::Ok(Reply::Created { version: 1 }),
+        )
+    }
+
+    fn put(client: u32, from: f64, to: f64, value: &str, outcome: Outcome) -> Op {
+        op(
+            client,
+            from,
+            to,
+            Call::Put {
+                value: value.to_owned(),
+                if_match: None,
+            },
+            outcome,
+        )
+    }
+
+    fn put_if(client: u32, span: (f64, f64), value: &str, if_match: u64, outcome: Outcome) -> Op {
+        let call = Call::Put {
+            value: value.to_owned(),
+            if_match: Some(if_match),
+        };
+        op(client, span.0, span.1, call, outcome)
+    }
+
+    fn written(version: u64) -> Outcome {
+        Outcome::Ok(Reply::Written { version })
+    }
+
+    fn get(client: u32, from: f64, to: f64, version: u64, value: &str) -> Op {
+        let reply = Reply::Found {
+            version,
+            value: value.to_owned(),
+        };
+        op(client, from, to, Call::Get, Outcome::Ok(reply))
+    }
+
+    fn get_missing(client: u32, from: f64, to: f64) -> Op {
+        op(client, from, to, Call::Get, Outcome::Ok(Reply::NotFound))
+    }
+
+    fn delete(client: u32, from: f64, to: f64) -> Op {
+        op(
+            client,
+            from,
+            to,
+            Call::Delete { if_match: None },
+            Outcome::Ok(Reply::Deleted),
+        )
+    }
+
+    fn only(report: &Report) -> &KeyReport {
+        assert_eq!(report.keys.len(), 1, "{report}");
+        &report.keys[0]
+    }
+
+    fn assert_linearizable(history: &[Op]) -> Report {
+        let report = check(history);
+        assert!(
+            matches!(only(&report).verdict, Verdict::Linearizable),
+            "{report}"
+        );
+        report
+    }
+
+    fn assert_not_linearizable(history: &[Op]) -> (Report, Witness) {
+        let report = check(history);
+        let Verdict::NotLinearizable(witness) = &only(&report).verdict else {
+            panic!("expected a violation:\n{report}");
+        };
+        let witness = (**witness).clone();
+        assert!(!report.is_ok());
+        (report, witness)
+    }
+
+    #[test]
+    fn a_sequential_history_is_linearizable() {
+        let history = vec![
+            create(0, 0.0, 1.0, "x"),
+            put(1, 2.0, 3.0, "a", written(2)),
+            get(2, 4.0, 5.0, 2, "a"),
+            put_if(0, (6.0, 7.0), "b", 2, written(3)),
+            put_if(
+                1,
+                (8.0, 9.0),
+                "c",
+                2,
+                Outcome::Fail(Refusal::PreconditionFailed),
+            ),
+            get(2, 10.0, 11.0, 3, "b"),
+            op(
+                0,
+                12.0,
+                13.0,
+                Call::Delete { if_match: Some(3) },
+                Outcome::Ok(Reply::Deleted),
+            ),
+            get_missing(1, 14.0, 15.0),
+            put(2, 16.0, 17.0, "d", Outcome::Fail(Refusal::NotFound)),
+            put(2, 18.0, 19.0, "e", Outcome::Fail(Refusal::Rejected)),
+        ];
+        let report = assert_linearizable(&history);
+        assert!(report.is_ok(), "{report}");
+        assert_eq!(
+            (report.ops(), report.stale_reads(), report.lost_writes()),
+            (10, 0, 0)
+        );
+    }
+
+    #[test]
+    fn concurrent_writes_with_overlapping_reads_are_linearizable_in_either_order() {
+        for (first, second) in [("a", "b"), ("b", "a")] {
+            let version_of = |v: &str| if v == first { 2 } else { 3 };
+            let history = vec![
+                create(0, 0.0, 1.0, "x"),
+                put(1, 2.0, 10.0, "a", written(version_of("a"))),
+                put(2, 3.0, 11.0, "b", written(version_of("b"))),
+                get(3, 2.5, 12.0, 1, "x"),
+                get(4, 4.0, 12.0, 2, first),
+                get(5, 5.0, 12.5, 3, second),
+                get(3, 13.0, 14.0, 3, second),
+            ];
+            let report = assert_linearizable(&history);
+            assert!(report.is_ok(), "{report}");
+        }
+    }
+
+    #[test]
+    fn a_stale_read_is_not_linearizable_and_is_counted() {
+        let history = vec![
+            create(0, 0.0, 1.0, "x"),
+            put(1, 2.0, 3.0, "a", written(2)),
+            get(2, 4.0, 5.0, 1, "x"),
+            get(2, 6.0, 7.0, 2, "a"),
+        ];
+        let (report, witness) = assert_not_linearizable(&history);
+        assert_eq!((report.stale_reads(), report.lost_writes()), (1, 0));
+        assert_eq!(witness.blocked, history[2]);
+        assert_eq!(witness.writers, vec![history[1].clone()]);
+        assert!(witness.verified);
+        let text = report.to_string();
+        assert!(text.contains("v1 \"x\"   ← cannot be placed"), "{text}");
+    }
+
+    #[test]
+    fn a_write_the_final_read_does_not_descend_from_is_counted_lost() {
+        let history = vec![
+            create(0, 0.0, 1.0, "x"),
+            put(1, 2.0, 3.0, "a", written(2)),
+            put(1, 4.0, 5.0, "b", written(3)),
+            get(2, 6.0, 7.0, 2, "a"),
+        ];
+        let (report, _) = assert_not_linearizable(&history);
+        assert_eq!((report.lost_writes(), report.stale_reads()), (1, 1));
+    }
+
+    #[test]
+    fn a_version_handed_out_twice_counts_the_overwritten_write_lost() {
+        let history = vec![
+            create(0, 0.0, 1.0, "x"),
+            put(1, 2.0, 3.0, "a", written(2)),
+            put(2, 4.0, 5.0, "b", written(2)),
+            get(3, 6.0, 7.0, 2, "b"),
+        ];
+        let (report, _) = assert_not_linearizable(&history);
+        assert_eq!((report.lost_writes(), report.stale_reads()), (1, 0));
+    }
+
+    #[test]
+    fn an_indeterminate_write_may_or_may_not_have_happened() {
+        let unknown = put(1, 2.0, 3.0, "a", Outcome::Info);
+        let happened = vec![
+            create(0, 0.0, 1.0, "x"),
+            unknown.clone(),
+            get(2, 5.0, 6.0, 2, "a"),
+        ];
+        let never = vec![
+            create(0, 0.0, 1.0, "x"),
+            unknown.clone(),
+            get(2, 5.0, 6.0, 1, "x"),
+            get(2, 100.0, 101.0, 1, "x"),
+        ];
+        let late = vec![
+            create(0, 0.0, 1.0, "x"),
+            unknown,
+            get(2, 5.0, 6.0, 1, "x"),
+            get(2, 100.0, 101.0, 2, "a"),
+        ];
+        for history in [happened, never, late] {
+            assert!(assert_linearizable(&history).is_ok());
+        }
+    }
+
+    #[test]
+    fn an_indeterminate_write_cannot_take_effect_before_it_was_invoked() {
+        let history = vec![
+            create(0, 0.0, 1.0, "x"),
+            get(2, 2.0, 3.0, 2, "a"),
+            put(1, 4.0, 5.0, "a", Outcome::Info),
+        ];
+        assert_not_linearizable(&history);
+    }
+
+    #[test]
+    fn a_read_of_a_value_never_written_is_not_linearizable() {
+        let history = vec![create(0, 0.0, 1.0, "x"), get(1, 2.0, 3.0, 2, "ghost")];
+        let (_, witness) = assert_not_linearizable(&history);
+        assert_eq!(witness.ops, vec![history[1].clone()]);
+    }
+
+    #[test]
+    fn a_version_repeated_by_a_create_after_a_delete_is_not_linearizable() {
+        let history = vec![
+            create(0, 0.0, 1.0, "x"),
+            put(0, 2.0, 3.0, "a", written(2)),
+            delete(0, 4.0, 5.0),
+            create(0, 6.0, 7.0, "y"),
+        ];
+        assert_not_linearizable(&history);
+        let mut refused = history.clone();
+        refused[3].outcome = Outcome::Fail(Refusal::Rejected);
+        assert!(assert_linearizable(&refused).is_ok());
+    }
+
+    #[test]
+    fn a_412_while_the_version_matched_is_not_linearizable() {
+        let refused = put_if(
+            1,
+            (2.0, 3.0),
+            "a",
+            1,
+            Outcome::Fail(Refusal::PreconditionFailed),
+        );
+        assert_not_linearizable(&[create(0, 0.0, 1.0, "x"), refused.clone()]);
+        // A concurrent write that may have landed first explains the 412.
+        let explained = vec![
+            create(0, 0.0, 1.0, "x"),
+            refused,
+            put(2, 1.5, 4.0, "b", written(2)),
+        ];
+        assert!(assert_linearizable(&explained).is_ok());
+    }
+
+    #[test]
+    fn a_write_applied_despite_a_mismatched_if_match_is_not_linearizable() {
+        let history = vec![
+            create(0, 0.0, 1.0, "x"),
+            put(1, 2.0, 3.0, "a", written(2)),
+            put_if(2, (4.0, 5.0), "b", 1, written(3)),
+        ];
+        assert_not_linearizable(&history);
+    }
+
+    #[test]
+    fn keys_are_checked_independently() {
+        let mut history = vec![create(0, 0.0, 1.0, "x"), get(1, 2.0, 3.0, 1, "x")];
+        let mut other = vec![
+            create(0, 0.0, 1.0, "y"),
+            put(1, 2.0, 3.0, "a", written(2)),
+            get(2, 4.0, 5.0, 1, "y"),
+        ];
+        for op in &mut other {
+            op.key = "other".to_owned();
+        }
+        history.extend(other);
+        let report = check(&history);
+        assert_eq!(report.keys.len(), 2);
+        assert_eq!((report.not_linearizable(), report.stale_reads()), (1, 1));
+        let text = report.to_string();
+        assert!(
+            text.starts_with("FAILED: 2 keys, 5 ops; 1 not linearizable"),
+            "{text}"
+        );
+        assert!(
+            text.contains("key other:") && !text.contains("key k:"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_history_round_trips_through_json_lines() {
+        let history = vec![
+            create(0, 0.0, 1.0, "x"),
+            put_if(1, (2.0, 3.0), "a\n\"quoted\"", 1, written(2)),
+            get(2, 4.0, 5.0, 2, "a"),
+            get_missing(2, 4.0, 5.0),
+            put(3, 6.0, 7.0, "b", Outcome::Info),
+            put(3, 8.0, 9.0, "c", Outcome::Fail(Refusal::Rejected)),
+            put_if(
+                3,
+                (8.0, 9.000_001),
+                "d",
+                7,
+                Outcome::Fail(Refusal::PreconditionFailed),
+            ),
+            op(
+                4,
+                10.0,
+                11.0,
+                Call::Delete { if_match: None },
+                Outcome::Fail(Refusal::NotFound),
+            ),
+            delete(4, 12.0, 13.0),
+        ];
+        let mut bytes = Vec::new();
+        write_jsonl(&history, &mut bytes).expect("write to memory");
+        assert_eq!(bytes.iter().filter(|&&b| b == b'\n').count(), history.len());
+        let back = read_jsonl(bytes.as_slice()).expect("read back");
+        assert_eq!(back, history);
+    }
+
+    #[test]
+    fn a_malformed_history_line_is_an_error_naming_the_line() {
+        let text = "\n{\"client\":1}\n";
+        let err = read_jsonl(text.as_bytes()).expect_err("not an operation");
+        assert!(matches!(err, HistoryError::Parse { line: 2, .. }), "{err}");
+    }
+
+    // --- generated histories ---------------------------------------------------------------
+
+    /// SplitMix64: deterministic, no dependency.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    /// A real register driven by `clients` concurrent clients: every operation takes effect at
+    /// a random instant inside its interval, in that order; 2% of writes end indeterminate
+    /// (half of those applied). Returns the history and the value of every version.
+    fn simulate(clients: u32, total: usize, seed: u64) -> (Vec<Op>, Vec<String>) {
+        simulate_with(clients, total, seed, 50)
+    }
+
+    fn simulate_with(
+        clients: u32,
+        total: usize,
+        seed: u64,
+        info_one_in: u64,
+    ) -> (Vec<Op>, Vec<String>) {
+        let mut rng = Rng(seed);
+        // (effect, invoke, return, client), all in µs.
+        let mut planned = Vec::with_capacity(total);
+        for client in 0..clients {
+            let mut t = 1_000 + rng.below(500);
+            for _ in 0..total / clients as usize {
+                let effect = t + rng.below(2_000);
+                let ret = effect + rng.below(2_000);
+                planned.push((effect, t, ret, client));
+                t = ret + rng.below(500);
+            }
+        }
+        planned.sort_unstable();
+        let us = Duration::from_micros;
+        let mut history = vec![create(0, 0.0, 0.5, "c0-w0")];
+        let mut versions = vec![String::new(), "c0-w0".to_owned()];
+        let mut seen = vec![1; clients as usize];
+        for (n, (_, invoke, ret, client)) in planned.into_iter().enumerate() {
+            let current = versions.len() as u64 - 1;
+            let value = format!("c{client}-w{n}");
+            let (call, outcome) = match rng.below(10) {
+                0..5 => {
+                    let reply = Reply::Found {
+                        version: current,
+                        value: versions[current as usize].clone(),
+                    };
+                    (Call::Get, Outcome::Ok(reply))
+                }
+                choice => {
+                    let if_match = (choice >= 8).then_some(seen[client as usize]);
+                    let applies = if_match.is_none_or(|v| v == current);
+                    let indeterminate = rng.below(info_one_in) == 0;
+                    let applies = applies && !(indeterminate && rng.below(2) == 0);
+                    if applies {
+                        versions.push(value.clone());
+                    }
+                    let outcome = match (indeterminate, applies) {
+                        (true, _) => Outcome::Info,
+                        (false, true) => written(current + 1),
+                        (false, false) => Outcome::Fail(Refusal::PreconditionFailed),
+                    };
+                    (Call::Put { value, if_match }, outcome)
+                }
+            };
+            if let Outcome::Ok(Reply::Found { version, .. } | Reply::Written { version }) = outcome
+            {
+                seen[client as usize] = version;
+            }
+            let key = KEY.to_owned();
+            history.push(Op {
+                client,
+                key,
+                call,
+                invoke: us(invoke),
+                complete: us(ret),
+                outcome,
+            });
+        }
+        (history, versions)
+    }
+
+    #[test]
+    fn twenty_clients_with_many_indeterminate_writes_check_within_a_small_budget() {
+        for (clients, one_in) in [(20, 50), (20, 10), (5, 3)] {
+            let (history, _) = simulate_with(clients, 2_000, 5, one_in);
+            let report = check_with(
+                &history,
+                &CheckOptions {
+                    max_steps: DEFAULT_MAX_STEPS / 5,
+                },
+            );
+            assert!(
+                report.is_ok(),
+                "{clients} clients, 1 in {one_in} indeterminate:\n{report}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_generated_history_of_two_thousand_operations_checks_quickly() {
+        let (history, versions) = simulate(10, 2_000, 7);
+        assert!(versions.len() > 300, "the history should write a lot");
+        let started = Instant::now();
+        let report = check(&history);
+        let elapsed = started.elapsed();
+        assert!(report.is_ok(), "{report}");
+        assert!(elapsed < Duration::from_secs(1), "took {elapsed:?}");
+        assert!(
+            report.keys[0].steps < DEFAULT_MAX_STEPS / 10,
+            "steps {}",
+            report.keys[0].steps
+        );
+    }
+
+    #[test]
+    fn a_generated_history_with_one_stale_read_fails_with_a_short_witness() {
+        let clients = 10;
+        let (mut history, versions) = simulate(clients, 2_000, 11);
+        // The first read in the second half after which an acknowledged write of version ≥ 2
+        // completed: make it return the version before that write.
+        let (index, acked) = (history.len() / 2..history.len())
+            .find_map(|i| {
+                let read = &history[i];
+                if read.call != Call::Get {
+                    return None;
+                }
+                let acked = history
+                    .iter()
+                    .filter(|w| w.complete < read.invoke)
+                    .filter_map(|w| match w.outcome {
+                        Outcome::Ok(Reply::Written { version }) => Some(version),
+                        _ => None,
+                    })
+                    .max()?;
+                (acked >= 2).then_some((i, acked))
+            })
+            .expect("a read after an acknowledged write");
+        let older = acked - 1;
+        let value = versions[older as usize].clone();
+        history[index].outcome = Outcome::Ok(Reply::Found {
+            version: older,
+            value,
+        });
+
+        let started = Instant::now();
+        let report = check(&history);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            (report.stale_reads(), report.lost_writes()),
+            (1, 0),
+            "{report}"
+        );
+        let Verdict::NotLinearizable(witness) = &report.keys[0].verdict else {
+            panic!("expected a violation:\n{report}");
+        };
+        assert_eq!(witness.blocked, history[index]);
+        assert!(witness.verified);
+        assert!(
+            (1..=clients as usize).contains(&witness.ops.len()),
+            "witness of {} ops:\n{report}",
+            witness.ops.len()
+        );
+        assert!(
+            (1..=MAX_CONTEXT_WRITES).contains(&witness.writers.len()),
+            "{report}"
+        );
+        let lines = report.to_string().lines().count();
+        assert!(
+            lines <= witness.ops.len() + witness.writers.len() + 5,
+            "{report}"
+        );
+    }
+
+    #[test]
+    fn an_exhausted_budget_is_reported_unknown_not_ok() {
+        let (history, _) = simulate(5, 200, 3);
+        let report = check_with(&history, &CheckOptions { max_steps: 10 });
+        assert!(
+            matches!(report.keys[0].verdict, Verdict::Unknown { steps: 11 }),
+            "{report}"
+        );
+        assert_eq!(report.unknown(), 1);
+        assert!(!report.is_ok());
+        assert!(
+            report.to_string().contains("unknown after 11 steps"),
+            "{report}"
+        );
+    }
+}
