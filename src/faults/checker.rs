@@ -99,12 +99,19 @@
 //! linearizability is compositional), lists (§6 R2 promises nothing across items), and
 //! availability, which the fault tests measure from the same history.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fmt;
-use std::io::{BufRead, Write};
-use std::time::Duration;
+mod counts;
+mod history;
+mod model;
+mod search;
 
-use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+
+pub use history::{Call, HistoryError, Op, Outcome, Refusal, Reply, read_jsonl, write_jsonl};
+
+use counts::{count_lost_writes, count_stale_reads};
+use model::{Action, Event, Expect, State, Values, compile};
+use search::{Search, SearchEnd, Stuck};
 
 /// The version a create gives a customer (mirrors `Customer::new`).
 pub const FIRST_VERSION: u64 = 1;
@@ -119,805 +126,6 @@ pub const MAX_WITNESS_OPS: usize = 24;
 
 /// Most writes a witness shows as the context that led to its state.
 pub const MAX_CONTEXT_WRITES: usize = 4;
-
-// ------------------------------------------------------------------------------------------
-// History
-// ------------------------------------------------------------------------------------------
-
-/// One operation as a client saw it. Serialised as one JSON object per line (JSON Lines).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Op {
-    /// The client (process) that issued it; only for reading the output, the checker does not
-    /// assume a client waits for one operation before the next.
-    pub client: u32,
-    /// The customer id: each key is checked on its own.
-    pub key: String,
-    /// What was asked.
-    pub call: Call,
-    /// When it was sent, since the start of the run (recording host's monotonic clock).
-    #[serde(rename = "invoke_ns", with = "nanos")]
-    pub invoke: Duration,
-    /// When the answer arrived (or the client gave up), since the start of the run. Ignored
-    /// for [`Outcome::Info`], whose effect may come at any later time.
-    #[serde(rename = "complete_ns", with = "nanos")]
-    pub complete: Duration,
-    /// What came back.
-    pub outcome: Outcome,
-}
-
-/// An operation on one customer, as the workload does it through the HTTP API.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Call {
-    /// `POST /v1/customers` writing `value`.
-    Create {
-        /// The value written (unique per write in a workload).
-        value: String,
-    },
-    /// `GET /v1/customers/{id}`.
-    Get,
-    /// `PUT` (or `PATCH`, recorded with the resulting value) of `value`.
-    Put {
-        /// The value the customer has after this write.
-        value: String,
-        /// The `If-Match` version, if the client sent one.
-        if_match: Option<u64>,
-    },
-    /// `DELETE /v1/customers/{id}`.
-    Delete {
-        /// The `If-Match` version, if the client sent one.
-        if_match: Option<u64>,
-    },
-}
-
-/// How an operation ended, from the client's point of view.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    /// The server answered with success.
-    Ok(Reply),
-    /// Definitely not applied.
-    Fail(Refusal),
-    /// Indeterminate: timeout, 504, connection lost. May take effect at any time after invoke,
-    /// or never.
-    Info,
-}
-
-/// A successful answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Reply {
-    /// A create answered with the new customer's version.
-    Created {
-        /// Version in the response.
-        version: u64,
-    },
-    /// A read found the customer.
-    Found {
-        /// Version in the response.
-        version: u64,
-        /// Value in the response.
-        value: String,
-    },
-    /// A read answered 404.
-    NotFound,
-    /// A put answered with the customer's new version.
-    Written {
-        /// Version in the response.
-        version: u64,
-    },
-    /// A delete answered 204.
-    Deleted,
-}
-
-/// Why a write was definitely not applied.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Refusal {
-    /// 404: the customer did not exist (never created, or deleted) when the call took effect.
-    NotFound,
-    /// 412: `If-Match` named another version than the current one.
-    PreconditionFailed,
-    /// Anything that says nothing about this customer's state: 503 (not applied, retry), a 409
-    /// over another customer's email, a 422. Left out of the search.
-    Rejected,
-}
-
-/// Why a saved history could not be read back.
-#[derive(Debug, thiserror::Error)]
-pub enum HistoryError {
-    /// Reading the file failed.
-    #[error("reading history: {0}")]
-    Io(#[from] std::io::Error),
-    /// A line is not an operation.
-    #[error("history line {line}: {reason}")]
-    Parse {
-        /// 1-based line number.
-        line: usize,
-        /// What was wrong with it.
-        reason: String,
-    },
-}
-
-/// Writes `ops` as JSON Lines, one operation per line, so a run can be re-checked later.
-pub fn write_jsonl<W: Write>(ops: &[Op], mut out: W) -> std::io::Result<()> {
-    for op in ops {
-        serde_json::to_writer(&mut out, op)?;
-        out.write_all(b"\n")?;
-    }
-    out.flush()
-}
-
-/// Reads a history written by [`write_jsonl`]; blank lines are skipped.
-pub fn read_jsonl<R: BufRead>(input: R) -> Result<Vec<Op>, HistoryError> {
-    let mut ops = Vec::new();
-    for (n, line) in input.lines().enumerate() {
-        let line = line?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let op = serde_json::from_str(&line).map_err(|e| HistoryError::Parse {
-            line: n + 1,
-            reason: e.to_string(),
-        })?;
-        ops.push(op);
-    }
-    Ok(ops)
-}
-
-/// Durations as integer nanoseconds: exact, and readable in a JSON line.
-mod nanos {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        u64::deserialize(d).map(Duration::from_nanos)
-    }
-}
-
-// ------------------------------------------------------------------------------------------
-// Model
-// ------------------------------------------------------------------------------------------
-
-/// The register's state; values are interned per key, so a state is two words and `Copy`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum State {
-    Absent,
-    Live { version: u64, value: u32 },
-    Deleted,
-}
-
-/// A call with its value interned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Action {
-    Create(u32),
-    Read,
-    Put(u32, Option<u64>),
-    Delete(Option<u64>),
-}
-
-/// The answer an operation got, in the model's terms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Expect {
-    /// A read saw this (`None` = not found).
-    Read(Option<(u64, u32)>),
-    /// A write applied and answered this version (`None` for a delete).
-    Applied(Option<u64>),
-    /// 404.
-    Missing,
-    /// 412.
-    Precondition,
-    /// Indeterminate write: applies here, or never.
-    MayApply,
-    /// A reply that does not fit the call (e.g. a get answered `Created`): never legal.
-    Impossible,
-}
-
-impl Expect {
-    /// Whether the operation has a definite answer the search must place.
-    fn is_definite(self) -> bool {
-        !matches!(self, Expect::MayApply)
-    }
-
-    /// Whether the operation never changes the state (dropping it keeps a linearizable
-    /// history linearizable).
-    fn is_observer(self) -> bool {
-        matches!(
-            self,
-            Expect::Read(_) | Expect::Missing | Expect::Precondition
-        )
-    }
-}
-
-/// What the model does with `action` in state `s`.
-enum Answer {
-    Read(Option<(u64, u32)>),
-    Applied(State, Option<u64>),
-    Missing,
-    Precondition,
-    Conflict,
-}
-
-fn matches_version(if_match: Option<u64>, version: u64) -> bool {
-    if_match.is_none_or(|m| m == version)
-}
-
-fn apply(s: State, action: Action) -> Answer {
-    match (action, s) {
-        (Action::Read, State::Live { version, value }) => Answer::Read(Some((version, value))),
-        (Action::Read, _) => Answer::Read(None),
-        (Action::Create(value), State::Absent) => {
-            let version = FIRST_VERSION;
-            Answer::Applied(State::Live { version, value }, Some(version))
-        }
-        (Action::Create(_), _) => Answer::Conflict,
-        (Action::Put(value, m), State::Live { version, .. }) if matches_version(m, version) => {
-            let version = version + 1;
-            Answer::Applied(State::Live { version, value }, Some(version))
-        }
-        (Action::Delete(m), State::Live { version, .. }) if matches_version(m, version) => {
-            Answer::Applied(State::Deleted, None)
-        }
-        (Action::Put(..) | Action::Delete(_), State::Live { .. }) => Answer::Precondition,
-        (Action::Put(..) | Action::Delete(_), _) => Answer::Missing,
-    }
-}
-
-/// The state after an operation that got `expect`, or `None` if the model could not have
-/// answered that in state `s`.
-fn step(s: State, action: Action, expect: Expect) -> Option<State> {
-    match (apply(s, action), expect) {
-        (Answer::Read(got), Expect::Read(want)) if got == want => Some(s),
-        (Answer::Read(None), Expect::Missing) => Some(s),
-        (Answer::Applied(next, got), Expect::Applied(want)) if got == want => Some(next),
-        (Answer::Applied(next, _), Expect::MayApply) => Some(next),
-        (Answer::Missing, Expect::Missing) | (Answer::Precondition, Expect::Precondition) => {
-            Some(s)
-        }
-        _ => None,
-    }
-}
-
-/// Interned values of one key. A value no read returned is indistinguishable from any other
-/// such value (only reads compare values), so all of them share [`Values::UNREAD`]; that keeps
-/// the state space small when writes end indeterminate.
-struct Values {
-    ids: HashMap<String, u32>,
-    names: Vec<String>,
-    /// Values some read returned.
-    read: HashSet<String>,
-}
-
-impl Values {
-    const UNREAD: u32 = 0;
-
-    fn new(ops: &[&Op]) -> Self {
-        let read = ops
-            .iter()
-            .filter_map(|op| match &op.outcome {
-                Outcome::Ok(Reply::Found { value, .. }) => Some(value.clone()),
-                _ => None,
-            })
-            .collect();
-        let names = vec!["a value no read returned".to_owned()];
-        Values {
-            ids: HashMap::new(),
-            names,
-            read,
-        }
-    }
-
-    /// The id of a written value.
-    fn written(&mut self, value: &str) -> u32 {
-        if self.read.contains(value) {
-            self.intern(value)
-        } else {
-            Self::UNREAD
-        }
-    }
-
-    fn intern(&mut self, value: &str) -> u32 {
-        if let Some(&id) = self.ids.get(value) {
-            return id;
-        }
-        let id = u32::try_from(self.names.len()).unwrap_or(u32::MAX);
-        self.ids.insert(value.to_owned(), id);
-        self.names.push(value.to_owned());
-        id
-    }
-
-    fn describe(&self, s: State) -> String {
-        match s {
-            State::Absent => "not created".to_owned(),
-            State::Deleted => "deleted".to_owned(),
-            State::Live { version, value } => match self.names.get(value as usize) {
-                Some(name) if value != Self::UNREAD => format!("version {version} = {name:?}"),
-                _ => format!("version {version} = a value no read returned"),
-            },
-        }
-    }
-}
-
-/// One operation of a key, compiled for the search.
-#[derive(Debug, Clone, Copy)]
-struct Event {
-    action: Action,
-    expect: Expect,
-    invoke: u64,
-    /// `None` = +∞ (indeterminate).
-    ret: Option<u64>,
-    /// Index of the operation in the key's history, for reporting.
-    op: usize,
-}
-
-fn ns(d: Duration) -> u64 {
-    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
-}
-
-/// Compiles the operations that constrain the search; rejected writes and indeterminate
-/// reads are left out.
-fn compile(ops: &[&Op], values: &mut Values) -> Vec<Event> {
-    let mut events = Vec::with_capacity(ops.len());
-    for (i, op) in ops.iter().enumerate() {
-        let action = match &op.call {
-            Call::Create { value } => Action::Create(values.written(value)),
-            Call::Get => Action::Read,
-            Call::Put { value, if_match } => Action::Put(values.written(value), *if_match),
-            Call::Delete { if_match } => Action::Delete(*if_match),
-        };
-        let expect = match (&op.outcome, action) {
-            (Outcome::Fail(Refusal::Rejected), _) | (Outcome::Info, Action::Read) => continue,
-            (Outcome::Info, _) => Expect::MayApply,
-            (Outcome::Fail(Refusal::NotFound), _) | (Outcome::Ok(Reply::NotFound), _) => {
-                Expect::Missing
-            }
-            (Outcome::Fail(Refusal::PreconditionFailed), _) => Expect::Precondition,
-            (Outcome::Ok(Reply::Found { version, value }), Action::Read) => {
-                Expect::Read(Some((*version, values.intern(value))))
-            }
-            (Outcome::Ok(Reply::Created { version }), Action::Create(_))
-            | (Outcome::Ok(Reply::Written { version }), Action::Put(..)) => {
-                Expect::Applied(Some(*version))
-            }
-            (Outcome::Ok(Reply::Deleted), Action::Delete(_)) => Expect::Applied(None),
-            (Outcome::Ok(_), _) => Expect::Impossible,
-        };
-        let ret = expect.is_definite().then(|| ns(op.complete));
-        events.push(Event {
-            action,
-            expect,
-            invoke: ns(op.invoke),
-            ret,
-            op: i,
-        });
-    }
-    events
-}
-
-// ------------------------------------------------------------------------------------------
-// Search
-// ------------------------------------------------------------------------------------------
-
-/// A set of event indices.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-struct Bits(Vec<u64>);
-
-impl Bits {
-    fn new(n: usize) -> Self {
-        Bits(vec![0; n.div_ceil(64)])
-    }
-    fn set(&mut self, i: usize) {
-        self.0[i / 64] |= 1 << (i % 64);
-    }
-    fn clear(&mut self, i: usize) {
-        self.0[i / 64] &= !(1 << (i % 64));
-    }
-    fn contains(&self, i: usize) -> bool {
-        self.0[i / 64] & (1 << (i % 64)) != 0
-    }
-}
-
-const NIL: usize = usize::MAX;
-const HEAD: usize = 0;
-
-/// Where a failed search got furthest.
-#[derive(Debug, Clone)]
-struct Stuck {
-    /// Events linearized there.
-    done: Bits,
-    depth: usize,
-    state: State,
-    /// The event whose return could not be passed.
-    blocked: usize,
-    /// The last linearized events that changed the state, in order (see [`Witness::writers`]).
-    writers: Vec<usize>,
-}
-
-/// How a search ended.
-#[derive(Debug)]
-enum SearchEnd {
-    Linearizable,
-    Stuck(Box<Stuck>),
-    Budget,
-}
-
-/// What trying an operation did.
-enum Take {
-    /// Linearized next.
-    Taken,
-    /// Not legal here (or already explored from here): try the next one.
-    Skipped,
-    /// A legal observer whose successor configuration already failed. An observer legal now
-    /// and minimal can be moved to the front of any linearization from here (it changes
-    /// nothing, and every operation before it in that linearization stays legal), so this
-    /// configuration fails too: no need to try the others.
-    Explored,
-}
-
-struct Frame {
-    event: usize,
-    before: State,
-}
-
-/// One depth-first search over the events of a key (Lowe's variant of Wing & Gong).
-struct Search<'a> {
-    events: &'a [Event],
-    /// Doubly linked list of entries in time order; node 0 is the head.
-    next: Vec<usize>,
-    prev: Vec<usize>,
-    /// Which event and whether it is the call (`true`) or the return, per node.
-    node: Vec<(usize, bool)>,
-    call_node: Vec<usize>,
-    ret_node: Vec<Option<usize>>,
-    /// For an indeterminate write, the previous one (by invoke) with the same action. Twins
-    /// are interchangeable, and the earlier one is available whenever the later one is, so
-    /// the search applies a twin only after its predecessor: k pending identical writes cost
-    /// k + 1 configurations instead of 2^k.
-    twin: Vec<Option<usize>>,
-    /// Versions definite operations reported: `None` when a definite write answered it, else
-    /// the value a read saw. In a linearizable history one write makes each version, so an
-    /// indeterminate write may produce a version only if no definite write did and every read
-    /// of it saw this write's value.
-    claimed: HashMap<u64, Option<u32>>,
-    state: State,
-    done: Bits,
-    stack: Vec<Frame>,
-    cache: HashSet<(Bits, State)>,
-    /// Definite events not yet linearized.
-    remaining: usize,
-    best: Option<Stuck>,
-}
-
-impl<'a> Search<'a> {
-    fn new(events: &'a [Event], initial: State) -> Self {
-        let mut entries: Vec<(u64, bool, usize)> = Vec::with_capacity(events.len() * 2);
-        for (i, e) in events.iter().enumerate() {
-            entries.push((e.invoke, false, i));
-            if let Some(ret) = e.ret {
-                entries.push((ret, true, i));
-            }
-        }
-        // Calls before returns at equal times: a tie counts as overlap, the permissive choice.
-        entries.sort_unstable();
-        let n = entries.len();
-        let mut node = vec![(NIL, false); n + 1];
-        let mut call_node = vec![NIL; events.len()];
-        let mut ret_node = vec![None; events.len()];
-        for (k, &(_, is_ret, i)) in entries.iter().enumerate() {
-            node[k + 1] = (i, !is_ret);
-            if is_ret {
-                ret_node[i] = Some(k + 1);
-            } else {
-                call_node[i] = k + 1;
-            }
-        }
-        let mut last: HashMap<Action, usize> = HashMap::new();
-        let mut twin = vec![None; events.len()];
-        for &(_, is_ret, i) in &entries {
-            if !is_ret && events[i].expect == Expect::MayApply {
-                twin[i] = last.insert(events[i].action, i);
-            }
-        }
-        let mut claimed = HashMap::new();
-        for e in events {
-            match e.expect {
-                Expect::Read(Some((version, value))) => {
-                    claimed.entry(version).or_insert(Some(value));
-                }
-                Expect::Applied(Some(version)) => {
-                    claimed.insert(version, None);
-                }
-                _ => {}
-            }
-        }
-        let next = (0..=n).map(|k| if k < n { k + 1 } else { NIL }).collect();
-        let prev = (0..=n).map(|k| k.wrapping_sub(1)).collect();
-        Search {
-            events,
-            next,
-            prev,
-            node,
-            call_node,
-            ret_node,
-            twin,
-            claimed,
-            state: initial,
-            done: Bits::new(events.len()),
-            stack: Vec::new(),
-            cache: HashSet::new(),
-            remaining: events.iter().filter(|e| e.expect.is_definite()).count(),
-            best: None,
-        }
-    }
-
-    fn unlink(&mut self, k: usize) {
-        let (p, n) = (self.prev[k], self.next[k]);
-        self.next[p] = n;
-        if n != NIL {
-            self.prev[n] = p;
-        }
-    }
-
-    fn relink(&mut self, k: usize) {
-        let (p, n) = (self.prev[k], self.next[k]);
-        self.next[p] = k;
-        if n != NIL {
-            self.prev[n] = k;
-        }
-    }
-
-    /// Tries to linearize event `i` next.
-    fn try_take(&mut self, i: usize) -> Take {
-        let e = self.events[i];
-        if self.twin[i].is_some_and(|t| !self.done.contains(t)) {
-            return Take::Skipped;
-        }
-        let Some(after) = step(self.state, e.action, e.expect) else {
-            return Take::Skipped;
-        };
-        if e.expect == Expect::MayApply && self.claimed_by_another(after) {
-            return Take::Skipped;
-        }
-        self.done.set(i);
-        if !self.cache.insert((self.done.clone(), after)) {
-            self.done.clear(i);
-            return if e.expect.is_observer() {
-                Take::Explored
-            } else {
-                Take::Skipped
-            };
-        }
-        self.stack.push(Frame {
-            event: i,
-            before: self.state,
-        });
-        self.state = after;
-        self.unlink(self.call_node[i]);
-        if let Some(r) = self.ret_node[i] {
-            self.unlink(r);
-            self.remaining -= 1;
-        }
-        Take::Taken
-    }
-
-    fn claimed_by_another(&self, s: State) -> bool {
-        match s {
-            State::Live { version, value } => self
-                .claimed
-                .get(&version)
-                .is_some_and(|&seen| seen != Some(value)),
-            _ => false,
-        }
-    }
-
-    /// Undoes linearizations back to the last real choice and returns the node to resume
-    /// the walk at, or `None` if the stack is empty (the search is over). An observer that was
-    /// legal when taken was no choice (see [`Take::Explored`]): if nothing worked after it,
-    /// nothing works without it, so the search backs up past it.
-    fn backtrack(&mut self) -> Option<usize> {
-        loop {
-            let frame = self.stack.pop()?;
-            let i = frame.event;
-            if let Some(r) = self.ret_node[i] {
-                self.relink(r);
-                self.remaining += 1;
-            }
-            self.relink(self.call_node[i]);
-            self.done.clear(i);
-            self.state = frame.before;
-            if !self.events[i].expect.is_observer() {
-                return Some(self.next[self.call_node[i]]);
-            }
-        }
-    }
-
-    fn remember_stuck(&mut self, blocked: usize) {
-        if self
-            .best
-            .as_ref()
-            .is_some_and(|b| b.depth >= self.stack.len())
-        {
-            return;
-        }
-        let invoked = self.events[blocked].invoke;
-        let mut after = self.state;
-        let mut writers = Vec::new();
-        for frame in self.stack.iter().rev() {
-            if frame.before != after {
-                writers.push(frame.event);
-                let acked_before = self.events[frame.event].ret.is_some_and(|r| r < invoked);
-                if acked_before || writers.len() == MAX_CONTEXT_WRITES {
-                    break;
-                }
-            }
-            after = frame.before;
-        }
-        writers.reverse();
-        self.best = Some(Stuck {
-            done: self.done.clone(),
-            depth: self.stack.len(),
-            state: self.state,
-            blocked,
-            writers,
-        });
-    }
-
-    /// Runs the search for at most `max_steps` steps; returns the verdict and steps used.
-    fn run(mut self, max_steps: u64) -> (SearchEnd, u64) {
-        let mut k = self.next[HEAD];
-        let mut steps = 0;
-        loop {
-            if self.remaining == 0 {
-                return (SearchEnd::Linearizable, steps);
-            }
-            steps += 1;
-            if steps > max_steps {
-                return (SearchEnd::Budget, steps);
-            }
-            let (i, is_call) = if k == NIL { (NIL, false) } else { self.node[k] };
-            if is_call {
-                match self.try_take(i) {
-                    Take::Taken => {
-                        k = self.next[HEAD];
-                        continue;
-                    }
-                    Take::Skipped => {
-                        k = self.next[k];
-                        continue;
-                    }
-                    Take::Explored => {}
-                }
-            } else if i != NIL {
-                self.remember_stuck(i);
-            }
-            k = match self.backtrack_or_end() {
-                Ok(resume) => resume,
-                Err(end) => return (end, steps),
-            };
-        }
-    }
-
-    fn backtrack_or_end(&mut self) -> Result<usize, SearchEnd> {
-        self.backtrack().ok_or_else(|| match self.best.take() {
-            Some(best) => SearchEnd::Stuck(Box::new(best)),
-            None => SearchEnd::Budget,
-        })
-    }
-}
-
-// ------------------------------------------------------------------------------------------
-// Counts
-// ------------------------------------------------------------------------------------------
-
-/// A read's result in version terms; `None` = not found.
-fn read_result(op: &Op) -> Option<Option<(u64, &str)>> {
-    match (&op.call, &op.outcome) {
-        (Call::Get, Outcome::Ok(Reply::Found { version, value })) => {
-            Some(Some((*version, value.as_str())))
-        }
-        (Call::Get, Outcome::Ok(Reply::NotFound) | Outcome::Fail(Refusal::NotFound)) => Some(None),
-        _ => None,
-    }
-}
-
-/// An acknowledged write's version; `u64::MAX` stands for an acknowledged delete, which every
-/// later state must descend from too.
-fn acked_version(op: &Op) -> Option<u64> {
-    match (&op.call, &op.outcome) {
-        (Call::Create { .. }, Outcome::Ok(Reply::Created { version }))
-        | (Call::Put { .. }, Outcome::Ok(Reply::Written { version })) => Some(*version),
-        (Call::Delete { .. }, Outcome::Ok(Reply::Deleted)) => Some(u64::MAX),
-        _ => None,
-    }
-}
-
-fn written_value(op: &Op) -> Option<&str> {
-    match &op.call {
-        Call::Create { value } | Call::Put { value, .. } => Some(value),
-        _ => None,
-    }
-}
-
-/// Earliest invoke of a delete that may have applied (acknowledged or indeterminate).
-fn first_delete(ops: &[&Op]) -> Option<Duration> {
-    ops.iter()
-        .filter(|op| matches!(op.call, Call::Delete { .. }))
-        .filter(|op| matches!(op.outcome, Outcome::Ok(_) | Outcome::Info))
-        .map(|op| op.invoke)
-        .min()
-}
-
-/// Stale reads of one key (definition in the module doc).
-fn count_stale_reads(ops: &[&Op]) -> usize {
-    let mut acks: Vec<(Duration, u64)> = ops
-        .iter()
-        .filter_map(|op| Some((op.complete, acked_version(op)?)))
-        .collect();
-    acks.sort_unstable();
-    // Highest version acknowledged by each ack time, for a binary search per read.
-    let mut highest = 0;
-    let prefix: Vec<(Duration, u64)> = acks
-        .iter()
-        .map(|&(t, v)| {
-            highest = highest.max(v);
-            (t, highest)
-        })
-        .collect();
-    let delete_from = first_delete(ops);
-    let mut stale = 0;
-    for op in ops {
-        let Some(result) = read_result(op) else {
-            continue;
-        };
-        let before = prefix.partition_point(|&(t, _)| t < op.invoke);
-        let Some(&(_, acked)) = before.checked_sub(1).and_then(|i| prefix.get(i)) else {
-            continue;
-        };
-        let is_stale = match result {
-            Some((version, _)) => version < acked,
-            None => acked != u64::MAX && delete_from.is_none_or(|d| d >= op.complete),
-        };
-        stale += usize::from(is_stale);
-    }
-    stale
-}
-
-/// Acknowledged writes lost (definition in the module doc).
-fn count_lost_writes(ops: &[&Op]) -> usize {
-    let reads: Vec<(&Op, Option<(u64, &str)>)> = ops
-        .iter()
-        .filter_map(|op| Some((*op, read_result(op)?)))
-        .collect();
-    let last_read = reads.iter().max_by_key(|(op, _)| op.invoke);
-    let delete_from = first_delete(ops);
-    let mut lost = 0;
-    for op in ops {
-        let (Some(version), Some(value)) = (acked_version(op), written_value(op)) else {
-            continue;
-        };
-        let overwritten = reads.iter().any(|(r, seen)| {
-            r.invoke > op.complete && seen.is_some_and(|(v, x)| v == version && x != value)
-        });
-        let vanished = last_read.is_some_and(|(r, seen)| {
-            r.invoke > op.complete
-                && match seen {
-                    Some((v, _)) => *v < version,
-                    None => delete_from.is_none_or(|d| d >= r.complete),
-                }
-        });
-        lost += usize::from(overwritten || vanished);
-    }
-    lost
-}
-
-// ------------------------------------------------------------------------------------------
-// Report
-// ------------------------------------------------------------------------------------------
 
 /// Tunables of [`check_with`].
 #[derive(Debug, Clone)]
@@ -1143,56 +351,6 @@ fn witness(
     }
 }
 
-// ------------------------------------------------------------------------------------------
-// Display
-// ------------------------------------------------------------------------------------------
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
-}
-
-fn describe_call(call: &Call) -> String {
-    let if_match = |m: &Option<u64>| m.map(|v| format!(" if-match {v}")).unwrap_or_default();
-    match call {
-        Call::Create { value } => format!("create {value:?}"),
-        Call::Get => "get".to_owned(),
-        Call::Put { value, if_match: m } => format!("put {value:?}{}", if_match(m)),
-        Call::Delete { if_match: m } => format!("delete{}", if_match(m)),
-    }
-}
-
-fn describe_outcome(outcome: &Outcome) -> String {
-    match outcome {
-        Outcome::Ok(Reply::Created { version } | Reply::Written { version }) => {
-            format!("ok v{version}")
-        }
-        Outcome::Ok(Reply::Found { version, value }) => format!("v{version} {value:?}"),
-        Outcome::Ok(Reply::NotFound) | Outcome::Fail(Refusal::NotFound) => "not found".to_owned(),
-        Outcome::Ok(Reply::Deleted) => "deleted".to_owned(),
-        Outcome::Fail(Refusal::PreconditionFailed) => "412 precondition failed".to_owned(),
-        Outcome::Fail(Refusal::Rejected) => "rejected, not applied".to_owned(),
-        Outcome::Info => "? (indeterminate)".to_owned(),
-    }
-}
-
-impl fmt::Display for Op {
-    /// One line: times in ms, client, call, result.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let end = match self.outcome {
-            Outcome::Info => "∞".to_owned(),
-            _ => format!("{:.3}", ms(self.complete)),
-        };
-        write!(
-            f,
-            "[{:>10.3} .. {end:>10} ms] client {:<3} {} → {}",
-            ms(self.invoke),
-            self.client,
-            describe_call(&self.call),
-            describe_outcome(&self.outcome)
-        )
-    }
-}
-
 impl fmt::Display for Witness {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
@@ -1263,8 +421,9 @@ impl fmt::Display for Report {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
 
+    use super::model::step;
     use super::*;
 
     const KEY: &str = "k";
@@ -1572,45 +731,6 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_history_round_trips_through_json_lines() {
-        let history = vec![
-            create(0, 0.0, 1.0, "x"),
-            put_if(1, (2.0, 3.0), "a\n\"quoted\"", 1, written(2)),
-            get(2, 4.0, 5.0, 2, "a"),
-            get_missing(2, 4.0, 5.0),
-            put(3, 6.0, 7.0, "b", Outcome::Info),
-            put(3, 8.0, 9.0, "c", Outcome::Fail(Refusal::Rejected)),
-            put_if(
-                3,
-                (8.0, 9.000_001),
-                "d",
-                7,
-                Outcome::Fail(Refusal::PreconditionFailed),
-            ),
-            op(
-                4,
-                10.0,
-                11.0,
-                Call::Delete { if_match: None },
-                Outcome::Fail(Refusal::NotFound),
-            ),
-            delete(4, 12.0, 13.0),
-        ];
-        let mut bytes = Vec::new();
-        write_jsonl(&history, &mut bytes).expect("write to memory");
-        assert_eq!(bytes.iter().filter(|&&b| b == b'\n').count(), history.len());
-        let back = read_jsonl(bytes.as_slice()).expect("read back");
-        assert_eq!(back, history);
-    }
-
-    #[test]
-    fn a_malformed_history_line_is_an_error_naming_the_line() {
-        let text = "\n{\"client\":1}\n";
-        let err = read_jsonl(text.as_bytes()).expect_err("not an operation");
-        assert!(matches!(err, HistoryError::Parse { line: 2, .. }), "{err}");
-    }
-
     // --- generated histories ---------------------------------------------------------------
 
     /// SplitMix64: deterministic, no dependency.
@@ -1812,6 +932,85 @@ mod tests {
         assert!(
             report.to_string().contains("unknown after 11 steps"),
             "{report}"
+        );
+    }
+
+    /// Every order of every subset, no cache, no reductions: the definition, for small histories.
+    fn brute_force_linearizable(history: &[Op]) -> bool {
+        fn place(events: &[Event], placed: &mut [bool], s: State) -> bool {
+            let open = |j: usize| !placed[j] && events[j].expect.is_definite();
+            if !(0..events.len()).any(open) {
+                return true;
+            }
+            for i in 0..events.len() {
+                if placed[i] {
+                    continue;
+                }
+                let minimal = (0..events.len())
+                    .all(|j| placed[j] || events[j].ret.is_none_or(|r| r >= events[i].invoke));
+                let Some(next) = minimal
+                    .then(|| step(s, events[i].action, events[i].expect))
+                    .flatten()
+                else {
+                    continue;
+                };
+                placed[i] = true;
+                if place(events, placed, next) {
+                    return true;
+                }
+                placed[i] = false;
+            }
+            false
+        }
+        let mut ops: Vec<&Op> = history.iter().collect();
+        ops.sort_by_key(|op| op.invoke);
+        let events = compile(&ops, &mut Values::new(&ops));
+        place(&events, &mut vec![false; events.len()], State::Absent)
+    }
+
+    /// Changes one thing a server could get wrong (or a client could misrecord).
+    fn mutate(history: &mut [Op], versions: &[String], rng: &mut Rng) {
+        let i = 1 + rng.below(history.len() as u64 - 1) as usize;
+        let op = &mut history[i];
+        let any_value = versions[rng.below(versions.len() as u64) as usize].clone();
+        op.outcome = match (rng.below(5), &op.outcome) {
+            (0, Outcome::Ok(Reply::Found { version, value })) => Outcome::Ok(Reply::Found {
+                version: version.saturating_sub(1),
+                value: value.clone(),
+            }),
+            (1, Outcome::Ok(Reply::Found { version, .. })) => Outcome::Ok(Reply::Found {
+                version: *version,
+                value: any_value,
+            }),
+            (0 | 1, Outcome::Ok(Reply::Written { version })) => written(version + 1),
+            (2, _) => Outcome::Fail(Refusal::PreconditionFailed),
+            (3, _) => Outcome::Info,
+            _ => Outcome::Fail(Refusal::NotFound),
+        };
+    }
+
+    #[test]
+    fn the_search_agrees_with_brute_force_on_small_histories() {
+        let mut rng = Rng(99);
+        let (mut agreed_ok, mut agreed_bad) = (0, 0);
+        for seed in 0..3_000 {
+            let (mut history, versions) = simulate_with(3, 7, seed, 3);
+            if seed % 2 == 1 {
+                mutate(&mut history, &versions, &mut rng);
+            }
+            let expected = brute_force_linearizable(&history);
+            let report = check(&history);
+            let found = matches!(report.keys[0].verdict, Verdict::Linearizable);
+            assert_eq!(found, expected, "seed {seed}: {history:#?}\n{report}");
+            if expected {
+                agreed_ok += 1
+            } else {
+                agreed_bad += 1
+            }
+        }
+        assert!(
+            agreed_ok > 1_000 && agreed_bad > 300,
+            "{agreed_ok} ok, {agreed_bad} not"
         );
     }
 }
