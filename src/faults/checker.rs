@@ -34,6 +34,11 @@
 //!   taken effect at any moment after its invoke, or never; its return time is treated as +∞.
 //!   An indeterminate read constrains nothing and is left out.
 //!
+//! What the workload must record: `invoke` just before the request is sent and `complete`
+//! just after the answer is read (equal times count as overlapping); a create under the id its
+//! response — or a replay with the same `Idempotency-Key` — gave. A create whose id the client
+//! never learned is left out: no other operation can name that id either.
+//!
 //! ## The search
 //!
 //! Wing & Gong's algorithm with Lowe's memoisation, as Porcupine and Knossos' `wgl` implement
@@ -121,11 +126,16 @@ pub const FIRST_VERSION: u64 = 1;
 /// indeterminate writes and for failing keys, whose search explores more before giving up.
 pub const DEFAULT_MAX_STEPS: u64 = 5_000_000;
 
-/// Most operations a printed witness lists; the rest are summarised in one line.
+/// Most operations a printed witness lists, unless more than this many have definite answers;
+/// the oldest indeterminate writes are summarised in one line instead.
 pub const MAX_WITNESS_OPS: usize = 24;
 
 /// Most writes a witness shows as the context that led to its state.
 pub const MAX_CONTEXT_WRITES: usize = 4;
+
+/// Steps allowed to each re-check while a witness is verified and shrunk (bounded effort: a
+/// witness holds a few dozen operations, which need a few hundred steps).
+const WITNESS_STEPS: u64 = 100_000;
 
 /// Tunables of [`check_with`].
 #[derive(Debug, Clone)]
@@ -272,7 +282,7 @@ fn check_key(key: &str, ops: &[&Op], options: &CheckOptions) -> KeyReport {
         SearchEnd::Linearizable => Verdict::Linearizable,
         SearchEnd::Budget => Verdict::Unknown { steps },
         SearchEnd::Stuck(stuck) => {
-            let witness = witness(ops, &events, &stuck, &values, options);
+            let witness = witness(ops, &events, &stuck, &values);
             Verdict::NotLinearizable(Box::new(witness))
         }
     };
@@ -287,10 +297,10 @@ fn check_key(key: &str, ops: &[&Op], options: &CheckOptions) -> KeyReport {
 }
 
 /// Whether `subset` of `events`, started from `state`, cannot be linearized.
-fn fails_from(events: &[Event], subset: &[usize], state: State, max_steps: u64) -> bool {
+fn fails_from(events: &[Event], subset: &[usize], state: State) -> bool {
     let sub: Vec<Event> = subset.iter().map(|&i| events[i]).collect();
     matches!(
-        Search::new(&sub, state).run(max_steps).0,
+        Search::new(&sub, state).run(WITNESS_STEPS).0,
         SearchEnd::Stuck(_)
     )
 }
@@ -311,19 +321,13 @@ fn can_never_apply(e: Event, s: State) -> bool {
 }
 
 /// Builds the witness from the deepest point of a failed search (see the module doc).
-fn witness(
-    ops: &[&Op],
-    events: &[Event],
-    stuck: &Stuck,
-    values: &Values,
-    options: &CheckOptions,
-) -> Witness {
+fn witness(ops: &[&Op], events: &[Event], stuck: &Stuck, values: &Values) -> Witness {
     let horizon = events[stuck.blocked].ret.unwrap_or(u64::MAX);
     let mut pending: Vec<usize> = (0..events.len())
         .filter(|&i| !stuck.done.contains(i) && events[i].invoke <= horizon)
         .filter(|&i| !can_never_apply(events[i], stuck.state))
         .collect();
-    let verified = fails_from(events, &pending, stuck.state, options.max_steps);
+    let verified = fails_from(events, &pending, stuck.state);
     if verified {
         for candidate in pending.clone() {
             if candidate == stuck.blocked || !events[candidate].expect.is_observer() {
@@ -334,7 +338,7 @@ fn witness(
                 .copied()
                 .filter(|&i| i != candidate)
                 .collect();
-            if fails_from(events, &without, stuck.state, options.max_steps) {
+            if fails_from(events, &without, stuck.state) {
                 pending = without;
             }
         }
@@ -348,6 +352,28 @@ fn witness(
         ops: pending.into_iter().map(op_of).collect(),
         blocked: op_of(stuck.blocked),
         verified,
+    }
+}
+
+impl Witness {
+    /// The operations printed: at most [`MAX_WITNESS_OPS`], leaving out the oldest
+    /// indeterminate writes first (never the blocked operation), in invoke order.
+    pub fn shown(&self) -> Vec<&Op> {
+        let infos = self
+            .ops
+            .iter()
+            .filter(|op| op.outcome == Outcome::Info)
+            .count();
+        let mut skip = self.ops.len().saturating_sub(MAX_WITNESS_OPS).min(infos);
+        let mut shown = Vec::with_capacity(self.ops.len() - skip);
+        for op in &self.ops {
+            if skip > 0 && op.outcome == Outcome::Info {
+                skip -= 1;
+            } else {
+                shown.push(op);
+            }
+        }
+        shown
     }
 }
 
@@ -370,16 +396,21 @@ impl fmt::Display for Witness {
             "the search could not get past these (the failure also involves later operations)"
         };
         writeln!(f, "    {intro}:")?;
-        for op in self.ops.iter().take(MAX_WITNESS_OPS) {
+        let shown = self.shown();
+        let hidden = self.ops.len() - shown.len();
+        if hidden > 0 {
+            writeln!(
+                f,
+                "      … {hidden} earlier indeterminate writes that could still apply"
+            )?;
+        }
+        for op in shown {
             let mark = if *op == self.blocked {
                 "   ← cannot be placed"
             } else {
                 ""
             };
             writeln!(f, "      {op}{mark}")?;
-        }
-        if self.ops.len() > MAX_WITNESS_OPS {
-            writeln!(f, "      … and {} more", self.ops.len() - MAX_WITNESS_OPS)?;
         }
         Ok(())
     }
@@ -703,6 +734,31 @@ mod tests {
             put_if(2, (4.0, 5.0), "b", 1, written(3)),
         ];
         assert_not_linearizable(&history);
+    }
+
+    #[test]
+    fn a_long_witness_leaves_out_the_oldest_indeterminate_writes_first() {
+        let mut ops: Vec<Op> = (0..30)
+            .map(|n| put(n, f64::from(n), 1000.0, &format!("u{n}"), Outcome::Info))
+            .collect();
+        let blocked = get(1, 31.0, 32.0, 1, "x");
+        ops.push(blocked.clone());
+        let witness = Witness {
+            depth: 1,
+            total: 32,
+            state: "version 2".to_owned(),
+            writers: vec![],
+            ops: ops.clone(),
+            blocked,
+            verified: true,
+        };
+        let shown = witness.shown();
+        assert_eq!(shown.len(), MAX_WITNESS_OPS);
+        assert_eq!(shown.last(), ops.last().as_ref());
+        assert_eq!(shown[0], &ops[ops.len() - MAX_WITNESS_OPS]);
+        let text = witness.to_string();
+        assert!(text.contains("… 7 earlier indeterminate writes"), "{text}");
+        assert!(text.contains("← cannot be placed"), "{text}");
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::history::{Call, Op, Outcome, Refusal, Reply};
 
 /// A read's result in version terms; `None` = not found.
-pub(super) fn read_result(op: &Op) -> Option<Option<(u64, &str)>> {
+fn read_result(op: &Op) -> Option<Option<(u64, &str)>> {
     match (&op.call, &op.outcome) {
         (Call::Get, Outcome::Ok(Reply::Found { version, value })) => {
             Some(Some((*version, value.as_str())))
@@ -18,7 +18,7 @@ pub(super) fn read_result(op: &Op) -> Option<Option<(u64, &str)>> {
 
 /// An acknowledged write's version; `u64::MAX` stands for an acknowledged delete, which every
 /// later state must descend from too.
-pub(super) fn acked_version(op: &Op) -> Option<u64> {
+fn acked_version(op: &Op) -> Option<u64> {
     match (&op.call, &op.outcome) {
         (Call::Create { .. }, Outcome::Ok(Reply::Created { version }))
         | (Call::Put { .. }, Outcome::Ok(Reply::Written { version })) => Some(*version),
@@ -27,7 +27,7 @@ pub(super) fn acked_version(op: &Op) -> Option<u64> {
     }
 }
 
-pub(super) fn written_value(op: &Op) -> Option<&str> {
+fn written_value(op: &Op) -> Option<&str> {
     match &op.call {
         Call::Create { value } | Call::Put { value, .. } => Some(value),
         _ => None,
@@ -35,7 +35,7 @@ pub(super) fn written_value(op: &Op) -> Option<&str> {
 }
 
 /// Earliest invoke of a delete that may have applied (acknowledged or indeterminate).
-pub(super) fn first_delete(ops: &[&Op]) -> Option<Duration> {
+fn first_delete(ops: &[&Op]) -> Option<Duration> {
     ops.iter()
         .filter(|op| matches!(op.call, Call::Delete { .. }))
         .filter(|op| matches!(op.outcome, Outcome::Ok(_) | Outcome::Info))

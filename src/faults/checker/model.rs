@@ -58,7 +58,7 @@ impl Expect {
 }
 
 /// What the model does with `action` in state `s`.
-pub(super) enum Answer {
+enum Answer {
     Read(Option<(u64, u32)>),
     Applied(State, Option<u64>),
     Missing,
@@ -66,11 +66,11 @@ pub(super) enum Answer {
     Conflict,
 }
 
-pub(super) fn matches_version(if_match: Option<u64>, version: u64) -> bool {
+fn matches_version(if_match: Option<u64>, version: u64) -> bool {
     if_match.is_none_or(|m| m == version)
 }
 
-pub(super) fn apply(s: State, action: Action) -> Answer {
+fn apply(s: State, action: Action) -> Answer {
     match (action, s) {
         (Action::Read, State::Live { version, value }) => Answer::Read(Some((version, value))),
         (Action::Read, _) => Answer::Read(None),
@@ -136,7 +136,7 @@ impl Values {
     }
 
     /// The id of a written value.
-    pub(super) fn written(&mut self, value: &str) -> u32 {
+    fn written(&mut self, value: &str) -> u32 {
         if self.read.contains(value) {
             self.intern(value)
         } else {
@@ -144,7 +144,7 @@ impl Values {
         }
     }
 
-    pub(super) fn intern(&mut self, value: &str) -> u32 {
+    fn intern(&mut self, value: &str) -> u32 {
         if let Some(&id) = self.ids.get(value) {
             return id;
         }
@@ -178,7 +178,7 @@ pub(super) struct Event {
     pub(super) op: usize,
 }
 
-pub(super) fn ns(d: Duration) -> u64 {
+fn ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 

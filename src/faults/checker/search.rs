@@ -11,13 +11,13 @@ use super::model::{Action, Event, Expect, State, step};
 pub(super) struct Bits(Vec<u64>);
 
 impl Bits {
-    pub(super) fn new(n: usize) -> Self {
+    fn new(n: usize) -> Self {
         Bits(vec![0; n.div_ceil(64)])
     }
-    pub(super) fn set(&mut self, i: usize) {
+    fn set(&mut self, i: usize) {
         self.0[i / 64] |= 1 << (i % 64);
     }
-    pub(super) fn clear(&mut self, i: usize) {
+    fn clear(&mut self, i: usize) {
         self.0[i / 64] &= !(1 << (i % 64));
     }
     pub(super) fn contains(&self, i: usize) -> bool {
@@ -25,8 +25,8 @@ impl Bits {
     }
 }
 
-pub(super) const NIL: usize = usize::MAX;
-pub(super) const HEAD: usize = 0;
+const NIL: usize = usize::MAX;
+const HEAD: usize = 0;
 
 /// Where a failed search got furthest.
 #[derive(Debug, Clone)]
@@ -37,7 +37,7 @@ pub(super) struct Stuck {
     pub(super) state: State,
     /// The event whose return could not be passed.
     pub(super) blocked: usize,
-    /// The last linearized events that changed the state, in order (see [`Witness::writers`]).
+    /// The last linearized events that changed the state, in order (what the witness shows as context).
     pub(super) writers: Vec<usize>,
 }
 
@@ -50,7 +50,7 @@ pub(super) enum SearchEnd {
 }
 
 /// What trying an operation did.
-pub(super) enum Take {
+enum Take {
     /// Linearized next.
     Taken,
     /// Not legal here (or already explored from here): try the next one.
@@ -62,7 +62,7 @@ pub(super) enum Take {
     Explored,
 }
 
-pub(super) struct Frame {
+struct Frame {
     event: usize,
     before: State,
 }
@@ -158,7 +158,7 @@ impl<'a> Search<'a> {
         }
     }
 
-    pub(super) fn unlink(&mut self, k: usize) {
+    fn unlink(&mut self, k: usize) {
         let (p, n) = (self.prev[k], self.next[k]);
         self.next[p] = n;
         if n != NIL {
@@ -166,7 +166,7 @@ impl<'a> Search<'a> {
         }
     }
 
-    pub(super) fn relink(&mut self, k: usize) {
+    fn relink(&mut self, k: usize) {
         let (p, n) = (self.prev[k], self.next[k]);
         self.next[p] = k;
         if n != NIL {
@@ -175,7 +175,7 @@ impl<'a> Search<'a> {
     }
 
     /// Tries to linearize event `i` next.
-    pub(super) fn try_take(&mut self, i: usize) -> Take {
+    fn try_take(&mut self, i: usize) -> Take {
         let e = self.events[i];
         if self.twin[i].is_some_and(|t| !self.done.contains(t)) {
             return Take::Skipped;
@@ -208,7 +208,7 @@ impl<'a> Search<'a> {
         Take::Taken
     }
 
-    pub(super) fn claimed_by_another(&self, s: State) -> bool {
+    fn claimed_by_another(&self, s: State) -> bool {
         match s {
             State::Live { version, value } => self
                 .claimed
@@ -222,7 +222,7 @@ impl<'a> Search<'a> {
     /// the walk at, or `None` if the stack is empty (the search is over). An observer that was
     /// legal when taken was no choice (see [`Take::Explored`]): if nothing worked after it,
     /// nothing works without it, so the search backs up past it.
-    pub(super) fn backtrack(&mut self) -> Option<usize> {
+    fn backtrack(&mut self) -> Option<usize> {
         loop {
             let frame = self.stack.pop()?;
             let i = frame.event;
@@ -239,7 +239,7 @@ impl<'a> Search<'a> {
         }
     }
 
-    pub(super) fn remember_stuck(&mut self, blocked: usize) {
+    fn remember_stuck(&mut self, blocked: usize) {
         if self
             .best
             .as_ref()
@@ -305,7 +305,7 @@ impl<'a> Search<'a> {
         }
     }
 
-    pub(super) fn backtrack_or_end(&mut self) -> Result<usize, SearchEnd> {
+    fn backtrack_or_end(&mut self) -> Result<usize, SearchEnd> {
         self.backtrack().ok_or_else(|| match self.best.take() {
             Some(best) => SearchEnd::Stuck(Box::new(best)),
             None => SearchEnd::Budget,
