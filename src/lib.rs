@@ -32,7 +32,8 @@
 //! * [`api`] — axum router and the error→HTTP mapping; [`client`] — CLI client and how
 //!   every subcommand ends (output, exit code).
 //! * [`bench`](mod@bench) — load generator: closed/open loop, owner-aware routing, latencies.
-//! * [`faults`] — fault testing: the failover workload, what it recorded, and its report.
+//! * [`faults`] — fault testing: the failover workload and its report, and the
+//!   linearizability checker for recorded histories.
 //! * [`clock`] — every clock the crate reads (wall clock for records, the raw holder clock).
 //! * [`config`], [`node`], [`telemetry`], [`cli`] — wiring.
 

@@ -18,10 +18,13 @@
 //! * **history** — every request is recorded with the time it was sent, the time its answer
 //!   came back, what came back, and which node owned the customer; next to it, the member
 //!   lists each node reported every 100 ms.
-//! * **checker** — today two direct checks: a read that returns a version older than the
-//!   customer's last acknowledged write is a *stale read* (judged as the answer comes in); at
-//!   the end, a customer whose stored state is behind its last acknowledged write counts as a
-//!   *lost acknowledged write*. A linearizability checker over the full history joins here.
+//! * **checker** — the failover workload makes two direct checks: a read that returns a
+//!   version older than the customer's last acknowledged write is a *stale read* (judged as
+//!   the answer comes in); at the end, a customer whose stored state is behind its last
+//!   acknowledged write counts as a *lost acknowledged write*. [`checker`] decides
+//!   linearizability of a whole recorded history, per customer, against a register model
+//!   (Wing & Gong / Lowe), with indeterminate operations, and prints a short failing
+//!   sub-history.
 //! * **report** ([`report`]) — totals, a per-second timeline, and around each event how long
 //!   the survivors took to notice and how long until the customers that moved were written
 //!   again. Any stale read or lost write makes the run a failure (exit code 1).
@@ -30,6 +33,7 @@
 //! same workload serves every kind of fault); clock synchronisation between the workload's
 //! host and the nodes (every time in the history is read on the workload's host).
 
+pub mod checker;
 pub mod report;
 pub mod workload;
 
