@@ -309,9 +309,10 @@ fn progress_bar(len: u64, hidden: bool) -> indicatif::ProgressBar {
 
 /// The progress bar's look: `{bar} 1,234/5,000 rows  1,901/s  eta 2s`.
 fn progress_style() -> indicatif::ProgressStyle {
-    let style =
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} rows  {rate}  eta {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    let style = indicatif::ProgressStyle::with_template(
+        "{bar:40} {human_pos}/{human_len} rows  {rate}  eta {eta}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
     style.with_key(
         "rate",
         |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
@@ -543,6 +544,70 @@ mod tests {
         assert_eq!(format_rate(0.0), "0/s");
         assert_eq!(format_rate(f64::NAN), "0/s");
         assert_eq!(format_rate(f64::INFINITY), "0/s");
+    }
+
+    /// A terminal that keeps what is drawn on it.
+    #[derive(Debug, Clone, Default)]
+    struct Screen(std::sync::Arc<std::sync::Mutex<String>>);
+
+    impl Screen {
+        fn text(&self) -> String {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    impl indicatif::TermLike for Screen {
+        fn width(&self) -> u16 {
+            120
+        }
+        fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn write_line(&self, s: &str) -> std::io::Result<()> {
+            self.write_str(&format!("{s}\n"))
+        }
+        fn write_str(&self, s: &str) -> std::io::Result<()> {
+            self.0.lock().unwrap().push_str(s);
+            Ok(())
+        }
+        fn clear_line(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn flush(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_progress_bar_shows_counts_and_rate_with_thousands_separators() {
+        let screen = Screen::default();
+        let target = indicatif::ProgressDrawTarget::term_like(Box::new(screen.clone()));
+        let bar = indicatif::ProgressBar::with_draw_target(Some(5000), target);
+        bar.set_style(progress_style());
+        bar.set_position(1234);
+        bar.tick();
+        let text = screen.text();
+        let rest = text
+            .split("1,234/5,000 rows  ")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no grouped counts in {text:?}"));
+        let rate = rest.split_whitespace().next().unwrap_or_default();
+        let digits = rate
+            .strip_suffix("/s")
+            .unwrap_or_else(|| panic!("{rate:?}"));
+        assert!(
+            !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit() || c == ','),
+            "a whole, grouped rate: {rate:?}"
+        );
     }
 
     #[test]
