@@ -17,12 +17,15 @@
 # Usage: scripts/bench.sh [--quick] [--micro]
 #   --quick  3 s per run instead of 10 (a smoke run)
 #   --micro  also run the criterion micro-benchmarks and the memory benchmark
-# Env: CC_RUN_DIR (default ./run/bench), CC_BENCH_S, CC_BENCH_CONCURRENCY (default 32), CC_BENCH_KEYS (2000)
+# Env: CC_RUN_DIR (default ./run/bench), CC_BENCH_S, CC_BENCH_CONCURRENCY (default 32), CC_BENCH_KEYS (2000),
+#      CC_BASE_HTTP (8080) and CC_BASE_CLUSTER (4700) as for cluster.sh (node k on base+k)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export CC_RUN_DIR="${CC_RUN_DIR:-$ROOT/run/bench}"
 export CC_PROFILE=release
+export CC_BASE_HTTP="${CC_BASE_HTTP:-8080}"
+export CC_BASE_CLUSTER="${CC_BASE_CLUSTER:-4700}"
 CLUSTER="$ROOT/scripts/cluster.sh"
 BIN="$ROOT/target/release/customer-cluster"
 OUT="$CC_RUN_DIR/results"
@@ -40,7 +43,10 @@ done
 
 trap '"$CLUSTER" down > /dev/null 2>&1 || true' EXIT INT TERM
 
-NODES3="http://127.0.0.1:8081,http://127.0.0.1:8082,http://127.0.0.1:8083"
+# HTTP URL of node $1 (1, 2, 3), where cluster.sh started it.
+url() { echo "http://127.0.0.1:$((CC_BASE_HTTP + $1))"; }
+N1="$(url 1)"
+NODES3="$N1,$(url 2),$(url 3)"
 
 fresh_cluster() {
   local n="$1"
@@ -66,7 +72,7 @@ echo "== machine: $(nproc) cores; nodes and load generator share them =="
 echo
 echo "== 3-node cluster =="
 fresh_cluster 3
-run ceiling     "ceiling: GET /health" 1         --nodes http://127.0.0.1:8081 --path /health
+run ceiling     "ceiling: GET /health" 1         --nodes "$N1" --path /health
 run get_local   "3 nodes: GET via owner" "$KEYS"  --nodes "$NODES3" --route owner --mix get=100
 run get_remote  "3 nodes: GET via non-owner" "$KEYS" --nodes "$NODES3" --route non-owner --mix get=100
 run mix3        "3 nodes: 80/20 get/update" "$KEYS" --nodes "$NODES3" --route any --mix get=80,update=20
@@ -77,18 +83,18 @@ run get_local_1k  "3 nodes: GET via owner @1k/s" "$KEYS"     --nodes "$NODES3" -
 run get_remote_1k "3 nodes: GET via non-owner @1k/s" "$KEYS" --nodes "$NODES3" --route non-owner --mix get=100 --rate 1000
 echo
 echo "bare Registry ping, sequential (no customer work):"
-"$BIN" ping n1 --count 2000 --node http://127.0.0.1:8081 | tee "$OUT/ping_local.txt"
-"$BIN" ping n2 --count 2000 --node http://127.0.0.1:8081 | tee "$OUT/ping_remote.txt"
+"$BIN" ping n1 --count 2000 --node "$N1" | tee "$OUT/ping_local.txt"
+"$BIN" ping n2 --count 2000 --node "$N1" | tee "$OUT/ping_remote.txt"
 
 echo
 echo "== 1-node cluster (baseline) =="
 fresh_cluster 1
-run mix1        "1 node: 80/20 get/update" "$KEYS" --nodes http://127.0.0.1:8081 --mix get=80,update=20
-run get1        "1 node: GET (active customer)" "$KEYS" --nodes http://127.0.0.1:8081 --mix get=100
-run get1_1k     "1 node: GET @1k/s" "$KEYS"      --nodes http://127.0.0.1:8081 --mix get=100 --rate 1000
-run create1     "1 node: create (group commit)" 1 --nodes http://127.0.0.1:8081 --mix create=100
+run mix1        "1 node: 80/20 get/update" "$KEYS" --nodes "$N1" --mix get=80,update=20
+run get1        "1 node: GET (active customer)" "$KEYS" --nodes "$N1" --mix get=100
+run get1_1k     "1 node: GET @1k/s" "$KEYS"      --nodes "$N1" --mix get=100 --rate 1000
+run create1     "1 node: create (group commit)" 1 --nodes "$N1" --mix create=100
 CC_NODE_ARGS="--db-max-batch 1" fresh_cluster 1
-run create1_nogc "1 node: create, 1 fsync/write" 1 --nodes http://127.0.0.1:8081 --mix create=100
+run create1_nogc "1 node: create, 1 fsync/write" 1 --nodes "$N1" --mix create=100
 "$CLUSTER" down > /dev/null
 
 echo

@@ -28,6 +28,7 @@
 #
 # Environment: CC_RUN_DIR, CC_PROFILE (release|debug, default release), CC_BASE_HTTP (8080),
 # CC_BASE_CLUSTER (4700), CC_WAIT_S (60), CC_NODE_ARGS (extra flags for every node).
+# Paths are printed relative to the current directory when they are under it.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -48,6 +49,8 @@ NETNS_SUBNET=""
 NETNS_HOSTS=0
 
 die() { echo "cluster.sh: $*" >&2; exit 1; }
+# A path as the user can paste it: relative to the current directory when under it.
+rel() { case "$1" in "$PWD"/*) echo "${1#"$PWD"/}" ;; *) echo "$1" ;; esac; }
 
 node_name() {
   local n="${1:-}"
@@ -124,7 +127,7 @@ start_node() {
   fi
   nohup "${launch[@]}" "${args[@]}" >> "$RUN/$name.log" 2>&1 < /dev/null &
   echo $! > "$(pid_file "$name")"
-  echo "started $name (pid $!, $(http_url "$name"), log $RUN/$name.log)"
+  echo "started $name (pid $!, $(http_url "$name"), log $(rel "$RUN/$name.log"))"
 }
 
 # Number of members node $1 reports, or 0 if it does not answer.
@@ -176,7 +179,7 @@ cmd_up() {
   echo
   echo "HTTP:  $(for ((i = 1; i <= n; i++)); do printf '%s ' "$(http_url "n$i")"; done)"
   echo "Token: $(cat "$RUN/token")"
-  echo "Use:   source $RUN/env   # sets CUSTOMER_CLUSTER_NODE and CUSTOMER_CLUSTER_TOKEN for the CLI"
+  echo "Use:   source $(rel "$RUN/env")   # sets CUSTOMER_CLUSTER_NODE and CUSTOMER_CLUSTER_TOKEN for the CLI"
 }
 
 signal_node() {
@@ -264,7 +267,7 @@ cmd_restart() {
 cmd_logs() {
   local name
   name="$(node_name "${1:-}")"
-  [[ -f "$RUN/$name.log" ]] || die "no log for $name in $RUN"
+  [[ -f "$RUN/$name.log" ]] || die "no log for $name in $(rel "$RUN")"
   if [[ "${2:-}" == "-f" ]]; then tail -n 50 -f "$RUN/$name.log"; else tail -n 100 "$RUN/$name.log"; fi
 }
 

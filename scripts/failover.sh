@@ -11,18 +11,25 @@
 #
 # Usage: scripts/failover.sh            (phases of CC_PHASE_S seconds, default 8)
 # Env:   CC_RUN_DIR (default ./run/failover), CC_PROFILE (release|debug), CC_PHASE_S,
-#        CC_CUSTOMERS (default 120), CC_CONCURRENCY (default 12)
+#        CC_CUSTOMERS (default 120), CC_CONCURRENCY (default 12), CC_BASE_HTTP (8080) and
+#        CC_BASE_CLUSTER (4700) as for cluster.sh (node k on HTTP base+k, cluster base+k)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export CC_RUN_DIR="${CC_RUN_DIR:-$ROOT/run/failover}"
 export CC_PROFILE="${CC_PROFILE:-release}"
+export CC_BASE_HTTP="${CC_BASE_HTTP:-8080}"
+export CC_BASE_CLUSTER="${CC_BASE_CLUSTER:-4700}"
 PHASE_S="${CC_PHASE_S:-8}"
 CLUSTER="$ROOT/scripts/cluster.sh"
 BIN="$ROOT/target/$CC_PROFILE/customer-cluster"
 RUN="$CC_RUN_DIR"
 EVENTS="$RUN/events"
 WORKLOAD_PID_FILE="$RUN/workload.pid"
+# HTTP URL of node $1 (n2 or 2), where cluster.sh started it.
+url() { echo "http://127.0.0.1:$((CC_BASE_HTTP + ${1#n}))"; }
+# A path as the user can paste it: relative to the current directory when under it.
+rel() { case "$1" in "$PWD"/*) echo "${1#"$PWD"/}" ;; *) echo "$1" ;; esac; }
 
 cleanup() {
   local status=$?
@@ -46,7 +53,8 @@ event() {
 
 # Waits until the node named $1 answers /v1/cluster with $2 members.
 wait_members() {
-  local url="http://127.0.0.1:808${1#n}" want="$2" deadline=$((SECONDS + 60)) got
+  local url want="$2" deadline=$((SECONDS + 60)) got
+  url="$(url "$1")"
   while (( SECONDS < deadline )); do
     got="$("$BIN" status --json --node "$url" --timeout-ms 500 2>/dev/null | grep -o '"cluster_addr"' | wc -l | tr -d ' ')" || got=0
     [[ "$got" == "$want" ]] && return 0
@@ -67,7 +75,7 @@ source "$RUN/env"
 echo
 echo "starting the workload (${CC_CUSTOMERS:-120} customers, ${CC_CONCURRENCY:-12} workers)..."
 "$BIN" workload \
-  --nodes http://127.0.0.1:8081,http://127.0.0.1:8082,http://127.0.0.1:8083 \
+  --nodes "$(url n1),$(url n2),$(url n3)" \
   --customers "${CC_CUSTOMERS:-120}" --concurrency "${CC_CONCURRENCY:-12}" \
   --duration-s $((PHASE_S * 5 + 5)) --events "$EVENTS" --out "$RUN/failover.json" \
   > "$RUN/workload.out" 2> "$RUN/workload.err" &
@@ -100,5 +108,5 @@ rm -f "$WORKLOAD_PID_FILE"
 echo
 cat "$RUN/workload.out"
 grep -v "^workload running" "$RUN/workload.err" >&2 || true
-echo "report: $RUN/failover.json   logs: $RUN/n*.log"
+echo "report: $(rel "$RUN/failover.json")   logs: $(rel "$RUN")/n*.log"
 exit "$status"

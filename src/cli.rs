@@ -1,8 +1,13 @@
 //! Command-line interface: the `customer-cluster` binary's subcommands (clap derive).
+//!
+//! The clap definitions here are the single description of the command line: `--help`, the
+//! shell completions (`customer-cluster completions bash|zsh|fish|elvish|powershell`, via
+//! `clap_complete`) and the man page (`customer-cluster man`, via `clap_mangen`) are all
+//! generated from them, so they cannot drift apart.
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 use crate::client::commands::{
     ClientOpts, CreateArgs, DeleteArgs, GetArgs, ListArgs, StatusArgs, UpdateArgs,
@@ -115,6 +120,82 @@ pub enum Command {
         #[command(flatten)]
         opts: ClientOpts,
     },
+    /// Print a shell completion script to stdout.
+    #[command(after_help = "Install, e.g.:\n  \
+        bash: customer-cluster completions bash > ~/.local/share/bash-completion/completions/customer-cluster\n  \
+        zsh:  customer-cluster completions zsh > ~/.zfunc/_customer-cluster   (with fpath+=~/.zfunc before compinit)\n  \
+        fish: customer-cluster completions fish > ~/.config/fish/completions/customer-cluster.fish")]
+    Completions {
+        /// The shell to complete in.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout, or write one page per subcommand with --dir.
+    #[command(
+        after_help = "Read it with: customer-cluster man | man -l -\nInstall every page: customer-cluster man --dir ~/.local/share/man/man1"
+    )]
+    Man {
+        /// Write customer-cluster.1 and customer-cluster-SUBCOMMAND.1 pages into this
+        /// directory (it must exist) instead of printing the main page.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// The binary's name, as completions and the man page call it.
+pub const BIN_NAME: &str = "customer-cluster";
+
+/// The completion script for `shell`, generated from the clap definitions.
+pub fn completions(shell: clap_complete::Shell) -> String {
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), BIN_NAME, &mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The command as the man pages describe it: without clap's `help` subcommand (every page
+/// already is the help), built so subcommands know their full names
+/// (`customer-cluster-import`).
+fn man_command() -> clap::Command {
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    cmd.build();
+    cmd
+}
+
+/// The man page (section 1, roff), generated from the clap definitions: name, synopsis,
+/// description, options and the list of subcommands.
+pub fn man_page() -> Result<String, std::io::Error> {
+    let mut out = Vec::new();
+    clap_mangen::Man::new(man_command()).render(&mut out)?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Writes the main page and one page per subcommand (the ones the main page refers to) into
+/// `dir`; returns the files written, main page first.
+pub fn write_man_pages(dir: &std::path::Path) -> Result<Vec<PathBuf>, std::io::Error> {
+    let cmd = man_command();
+    let mut written = vec![clap_mangen::Man::new(cmd.clone()).generate_to(dir)?];
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        written.push(clap_mangen::Man::new(sub.clone()).generate_to(dir)?);
+    }
+    Ok(written)
+}
+
+/// `customer-cluster man [--dir DIR]`: the main page on stdout, or every page written to DIR
+/// and their names listed.
+pub fn man(dir: Option<&std::path::Path>) -> Result<String, std::io::Error> {
+    let Some(dir) = dir else {
+        return man_page();
+    };
+    let written = write_man_pages(dir).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot write man pages to {}: {e}", dir.display()),
+        )
+    })?;
+    Ok(written
+        .iter()
+        .map(|p| format!("{}\n", p.display()))
+        .collect())
 }
 
 /// Arguments of `node`.
@@ -126,4 +207,99 @@ pub struct NodeArgs {
     /// Settings (each overrides the config file).
     #[command(flatten)]
     pub settings: ConfigLayer,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subcommands() -> Vec<String> {
+        Cli::command()
+            .get_subcommands()
+            .map(|c| c.get_name().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn the_bash_completion_offers_every_subcommand_and_their_flags() {
+        let script = completions(clap_complete::Shell::Bash);
+        assert!(
+            script.contains("complete -F"),
+            "not a bash completion script"
+        );
+        let names = subcommands();
+        assert!(names.len() >= 14, "{names:?}");
+        for name in &names {
+            assert!(
+                script.contains(name.as_str()),
+                "no {name} in the bash completion"
+            );
+        }
+        for flag in ["--if-match", "--node", "--rejects", "--watch"] {
+            assert!(script.contains(flag), "no {flag} in the bash completion");
+        }
+    }
+
+    #[test]
+    fn zsh_and_fish_completions_name_the_binary() {
+        for shell in [clap_complete::Shell::Zsh, clap_complete::Shell::Fish] {
+            let script = completions(shell);
+            assert!(script.contains(BIN_NAME), "{shell}: {script}");
+            assert!(script.contains("import"), "{shell}");
+        }
+    }
+
+    #[test]
+    fn the_man_page_is_roff_with_a_name_section_and_every_subcommand() {
+        let page = man_page().unwrap();
+        let title_at = page.find("\n.TH customer-cluster 1 ").expect("a title");
+        let name_at = page.find("\n.SH NAME\n").expect("a NAME section");
+        assert!(title_at < name_at, "the title comes first");
+        let name_line = page[name_at..].lines().nth(2).unwrap_or_default();
+        assert!(
+            name_line.starts_with("customer\\-cluster \\- "),
+            "NAME is `name \\- summary` (what apropos and whatis read): {name_line}"
+        );
+        assert!(page.contains("\n.SH SYNOPSIS\n"));
+        for name in subcommands().iter().filter(|n| *n != "help") {
+            let reference = format!("customer\\-cluster\\-{}(1)", name.replace('-', "\\-"));
+            assert!(page.contains(&reference), "no {reference}");
+        }
+        assert!(
+            !page.contains("cluster\\-help(1)"),
+            "help has no page of its own"
+        );
+        // Roff requests are a dot and a name; nothing else may start a line with a dot, and no
+        // line may start with a quote (which roff reads as a comment-like escape).
+        for line in page.lines().filter(|l| l.starts_with('.')) {
+            let request = line[1..].split_whitespace().next().unwrap_or("");
+            assert!(
+                !request.is_empty() && request.chars().all(|c| c.is_ascii_alphanumeric()),
+                "not a roff request: {line}"
+            );
+        }
+    }
+
+    #[test]
+    fn man_dir_writes_a_page_for_every_subcommand_the_main_page_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let listed = man(Some(dir.path())).unwrap();
+        let mut files: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        assert!(
+            files.contains(&"customer-cluster.1".to_owned()),
+            "{files:?}"
+        );
+        for name in subcommands().iter().filter(|n| *n != "help") {
+            let file = format!("customer-cluster-{name}.1");
+            assert!(files.contains(&file), "no {file} in {files:?}");
+            assert!(listed.contains(&file), "{listed}");
+        }
+        let import = std::fs::read_to_string(dir.path().join("customer-cluster-import.1")).unwrap();
+        assert!(import.contains("\\-\\-rejects"), "{import}");
+        assert!(man(Some(&dir.path().join("missing"))).is_err());
+    }
 }

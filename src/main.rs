@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use customer_cluster::cli::{Cli, Command, NodeArgs};
+use customer_cluster::cli::{self, Cli, Command, NodeArgs};
 use customer_cluster::client::{commands, exit::Ending, import};
 use customer_cluster::config::Config;
 use customer_cluster::{bench, faults};
@@ -25,6 +25,8 @@ async fn main() -> ExitCode {
         Command::List { args, opts } => Ending::line(commands::list(&opts, &args).await),
         Command::Update { args, opts } => Ending::line(commands::update(&opts, &args).await),
         Command::Delete { args, opts } => Ending::line(commands::delete(&opts, &args).await),
+        Command::Completions { shell } => Ending::Done(cli::completions(shell)),
+        Command::Man { dir } => Ending::text(cli::man(dir.as_deref())),
     };
     ending.finish()
 }

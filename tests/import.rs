@@ -69,11 +69,50 @@ async fn csv_and_jsonl_imports_create_valid_rows_once_and_reject_the_rest_whole(
     );
     let rejected = std::fs::read_to_string(&rejects).unwrap();
     assert_eq!(rejected.lines().count(), 5, "{rejected}");
+    // The screen lists the rejected rows in the order of the file, as --rejects does.
+    let file_lines: Vec<String> = rejected
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').next().unwrap().to_owned())
+        .collect();
+    let screen_lines: Vec<String> = out
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("line "))
+        .map(|l| l.split(':').next().unwrap().to_owned())
+        .collect();
+    assert_eq!(screen_lines, file_lines, "{out}");
+    let mut sorted = screen_lines.clone();
+    sorted.sort_by_key(|l| l.parse::<u64>().unwrap());
+    assert_eq!(screen_lines, sorted, "{out}");
 
-    // Running the same import again writes nothing new.
+    // Running the same import again writes nothing new, and says so.
     let (_, out) = import(&node, &csv, &[]);
-    assert!(out.contains("created 3 row(s) (3 already present"), "{out}");
+    assert!(
+        out.contains("created 0 row(s), 3 already present from an earlier run"),
+        "{out}"
+    );
     assert_eq!(emails(&node).await.len(), 3);
+
+    // --json: one object a script can read, the same counts and every rejected row.
+    let out = Command::new(BIN)
+        .arg("import")
+        .arg(&csv)
+        .args(["--node", &format!("127.0.0.1:{}", node.spec.http_port)])
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "rejected rows still fail the import");
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(summary["created"], 0, "{summary}");
+    assert_eq!(summary["already_present"], 3, "{summary}");
+    let json_lines: Vec<String> = summary["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["line"].to_string())
+        .collect();
+    assert_eq!(json_lines, file_lines, "{summary}");
 
     let jsonl = dir.path().join("more.jsonl");
     std::fs::write(

@@ -225,6 +225,11 @@ async fn the_cli_does_crud_against_a_running_node() {
     );
     let (ok, _, err) = run(&["update", &id, "--name", "X", "--if-match", "1"]);
     assert!(!ok && err.contains("412"), "{err}");
+    // The ETag exactly as the node sent it is a valid --if-match.
+    let (ok, out, err) = run(&["update", &id, "--name", "Tagged", "--if-match", "\"2\""]);
+    assert!(ok && out.contains("version:    3"), "{out}{err}");
+    let (ok, out, err) = run(&["update", &id, "--name", "Weak", "--if-match", "W/\"3\""]);
+    assert!(ok && out.contains("version:    4"), "{out}{err}");
     let (ok, out, _) = run(&["list"]);
     assert!(
         ok && out.contains(&id) && out.contains("1 customer(s)"),
@@ -268,6 +273,40 @@ async fn status_watch_keeps_refreshing_the_table() {
     })
     .await;
     assert!(refreshes >= 2);
+    let text = std::fs::read_to_string(&out_path).unwrap();
+    assert!(
+        !text.contains('\x1b'),
+        "clear-screen codes belong on a terminal, not in a file: {text:?}"
+    );
+}
+
+#[tokio::test]
+async fn status_into_a_pipe_closed_early_ends_quietly_also_when_watching() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = db_node(&dir, "piped");
+    node.wait_ready(READY).await;
+    let url = format!("127.0.0.1:{}", node.spec.http_port);
+    for args in [&["status"][..], &["status", "--watch", "1"], &["list"]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        // spawn, not output(): output() would replace stdout with a pipe of its own.
+        // kill_on_drop: a watch that did not notice its reader left is killed, not leaked.
+        let child = tokio::process::Command::new(BIN)
+            .args(args)
+            .args(["--node", &url])
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let out = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("{args:?} went on writing into a closed pipe"))
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+    }
 }
 
 #[test]

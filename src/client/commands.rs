@@ -4,6 +4,7 @@
 //! is one line on stderr and a non-zero exit code (the policy is in [`super::exit`]).
 
 use std::fmt::Write as _;
+use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use hyper::Method;
@@ -31,14 +32,38 @@ pub struct ClientOpts {
 }
 
 impl ClientOpts {
-    /// A client for `--node`.
+    /// A client for `--node`. When that is the default URL and `CUSTOMER_CLUSTER_NODE` is not
+    /// set, a failure to connect says how to point the CLI at a cluster.
     pub fn client(&self) -> Result<HttpClient, ClientError> {
-        HttpClient::new(
+        self.client_given_env(std::env::var("CUSTOMER_CLUSTER_NODE").ok().as_deref())
+    }
+
+    /// [`ClientOpts::client`] with the value of `CUSTOMER_CLUSTER_NODE` passed in.
+    fn client_given_env(&self, env_node: Option<&str>) -> Result<HttpClient, ClientError> {
+        Ok(HttpClient::new(
             &self.node,
             self.token.clone(),
             Duration::from_millis(self.timeout_ms),
-        )
+        )?
+        .with_connect_hint(unconfigured_hint(&self.node, env_node)))
     }
+}
+
+/// What to tell someone whose CLI fell back to the default node URL and found nothing there:
+/// most likely they started a cluster with `scripts/cluster.sh` (whose env file names its
+/// node and token) or run nodes elsewhere. `None` when a node was configured through the
+/// environment or a `--node` other than the default; an explicit `--node` equal to the
+/// default gets the hint too, which is still true advice.
+pub fn unconfigured_hint(node: &str, env_node: Option<&str>) -> Option<String> {
+    if env_node.is_some_and(|n| !n.trim().is_empty()) || node != super::DEFAULT_NODE_URL {
+        return None;
+    }
+    Some(format!(
+        "no node was configured, so the CLI tried the default {}. For a cluster started with \
+         scripts/cluster.sh run `source run/env` (it sets CUSTOMER_CLUSTER_NODE and \
+         CUSTOMER_CLUSTER_TOKEN); otherwise pass --node URL or set CUSTOMER_CLUSTER_NODE.",
+        super::DEFAULT_NODE_URL
+    ))
 }
 
 /// `create`
@@ -105,8 +130,9 @@ pub struct UpdateArgs {
     /// Remove the address.
     #[arg(long)]
     pub clear_address: bool,
-    /// Only update if the current version is this one (optimistic concurrency).
-    #[arg(long)]
+    /// Only update if the current version is this one (optimistic concurrency): `2`, or the
+    /// node's own ETag form `"2"` (`W/"2"` too, as the node reads it).
+    #[arg(long, value_name = "VERSION", value_parser = parse_if_match)]
     pub if_match: Option<u64>,
 }
 
@@ -115,9 +141,26 @@ pub struct UpdateArgs {
 pub struct DeleteArgs {
     /// Customer id.
     pub id: String,
-    /// Only delete if the current version is this one.
-    #[arg(long)]
+    /// Only delete if the current version is this one: `2`, `"2"` or `W/"2"`.
+    #[arg(long, value_name = "VERSION", value_parser = parse_if_match)]
     pub if_match: Option<u64>,
+}
+
+/// Reads an `--if-match` version as people copy it: `2`, or the ETag the node sent, `"2"`.
+/// `W/"2"` is accepted too and means the same version: the node reads `If-Match` that way
+/// (its ETags are versions, so a weak tag names the same version) and the CLI must not refuse
+/// what the node accepts. Anything else (`*`, two tags, text) is refused with the forms that
+/// work.
+pub fn parse_if_match(raw: &str) -> Result<u64, String> {
+    let trimmed = raw.trim();
+    let tag = trimmed.strip_prefix("W/").unwrap_or(trimmed);
+    let version = match tag.strip_prefix('"') {
+        Some(rest) => rest.strip_suffix('"'),
+        None => Some(tag),
+    };
+    version
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or_else(|| format!("expected a version like 2 or the ETag \"2\", got {raw}"))
 }
 
 /// `ping`
@@ -285,20 +328,45 @@ pub async fn ping(opts: &ClientOpts, args: &PingArgs) -> Result<String, ClientEr
     ))
 }
 
-/// Runs `status`: once, or with `--watch` again and again until interrupted, clearing the
-/// screen before each table. A refresh that fails shows its error in place of the table and
-/// the watch goes on (a node restarting is what one watches for).
+/// Runs `status`: once, or with `--watch` again and again until interrupted. On a terminal
+/// the screen is cleared before each table; into a pipe or a file the tables follow each
+/// other with no control codes. A refresh that fails shows its error in place of the table
+/// and the watch goes on (a node restarting is what one watches for); a reader that goes away
+/// (`| head`) ends it quietly.
 pub async fn status_command(opts: &ClientOpts, args: &StatusArgs) -> Ending {
     let Some(secs) = args.watch else {
         return Ending::line(status(opts).await);
     };
     let period = watch_period(secs);
+    let clear = std::io::stdout().is_terminal();
     loop {
         let ending = Ending::line(status(opts).await);
-        print!("\x1b[2J\x1b[H");
-        ending.print();
+        let written = {
+            let mut out = std::io::stdout().lock();
+            refresh(&mut out, &mut std::io::stderr().lock(), &ending, clear)
+        };
+        if let Err(e) = written {
+            return super::exit::after_write_error(&e);
+        }
         tokio::time::sleep(period).await;
     }
+}
+
+/// ANSI "clear the screen, cursor home": only ever written to a terminal.
+const CLEAR_SCREEN: &str = "\x1b[2J\x1b[H";
+
+/// Writes one `status --watch` refresh: the clear-screen codes when `clear` (stdout is a
+/// terminal), then the table or the error.
+pub fn refresh(
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+    ending: &Ending,
+    clear: bool,
+) -> std::io::Result<()> {
+    if clear {
+        out.write_all(CLEAR_SCREEN.as_bytes())?;
+    }
+    ending.write_to(out, err)
 }
 
 /// The pause between two `status --watch` refreshes: as asked, but at least a second, so a
@@ -382,6 +450,75 @@ fn render_customer(opts: &ClientOpts, r: &HttpResponse) -> Result<String, Client
 mod tests {
     use super::*;
     use crate::api::model::MemberJson;
+
+    #[test]
+    fn only_a_cli_left_on_the_default_node_hints_at_source_run_env() {
+        let hint = unconfigured_hint(crate::client::DEFAULT_NODE_URL, None).unwrap();
+        assert!(hint.contains("source run/env"), "{hint}");
+        assert!(
+            hint.contains("--node URL") && hint.contains("CUSTOMER_CLUSTER_NODE"),
+            "{hint}"
+        );
+        assert_eq!(unconfigured_hint("http://127.0.0.1:18081", None), None);
+        assert_eq!(
+            unconfigured_hint(
+                crate::client::DEFAULT_NODE_URL,
+                Some("http://127.0.0.1:8081")
+            ),
+            None
+        );
+        assert!(unconfigured_hint(crate::client::DEFAULT_NODE_URL, Some("")).is_some());
+        let opts = |node: &str| ClientOpts {
+            node: node.into(),
+            token: None,
+            json: false,
+            timeout_ms: 1000,
+        };
+        let defaulted = opts(crate::client::DEFAULT_NODE_URL);
+        assert!(
+            defaulted
+                .client_given_env(None)
+                .unwrap()
+                .connect_hint
+                .is_some()
+        );
+        let given = opts("127.0.0.1:18081");
+        assert!(given.client_given_env(None).unwrap().connect_hint.is_none());
+    }
+
+    #[test]
+    fn if_match_takes_the_version_bare_or_as_the_etag_the_node_sent() {
+        assert_eq!(parse_if_match("2"), Ok(2));
+        assert_eq!(parse_if_match("\"2\""), Ok(2));
+        assert_eq!(parse_if_match("W/\"2\""), Ok(2));
+        assert_eq!(parse_if_match(" \"17\" "), Ok(17));
+        for bad in [
+            "",
+            "*",
+            "\"2",
+            "2\"",
+            "\"\"",
+            "\"x\"",
+            "\"1\", \"2\"",
+            "-1",
+            "W/2x",
+        ] {
+            let err = parse_if_match(bad).unwrap_err();
+            assert!(err.contains("like 2 or the ETag \"2\""), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_watch_refresh_clears_the_screen_only_on_a_terminal() {
+        let ending = Ending::Done("cluster as seen by n1\n".into());
+        let mut piped = Vec::new();
+        refresh(&mut piped, &mut Vec::new(), &ending, false).unwrap();
+        assert_eq!(piped, b"cluster as seen by n1\n");
+        let mut tty = Vec::new();
+        refresh(&mut tty, &mut Vec::new(), &ending, true).unwrap();
+        assert!(tty.starts_with(CLEAR_SCREEN.as_bytes()));
+        assert!(tty.ends_with(b"cluster as seen by n1\n"));
+    }
 
     #[test]
     fn ids_stay_one_path_segment() {

@@ -9,8 +9,12 @@
 //! CSV needs a header with `name` and `email` and optionally `phone` and `address`. JSON Lines
 //! needs one object per line with those members. The exit status is non-zero when any row
 //! was rejected, so scripts notice; `--rejects FILE` writes the rejected rows with reasons.
+//!
+//! The summary counts rows created now apart from rows an earlier run had already stored, and
+//! lists rejected rows in input order, as the `--rejects` file does (the first
+//! [`SHOWN_REJECTS`] on screen). With `--json` it is one JSON object instead (see
+//! [`ImportSummary::to_json`]).
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -41,7 +45,7 @@ pub struct ImportArgs {
     /// Write rejected rows (line, reason) to this CSV file.
     #[arg(long)]
     pub rejects: Option<PathBuf>,
-    /// No progress bar.
+    /// No progress bar (there is none anyway when stderr is not a terminal).
     #[arg(long)]
     pub no_progress: bool,
 }
@@ -69,13 +73,18 @@ pub struct Rejected {
 /// The outcome of an import.
 #[derive(Debug, Clone, Default)]
 pub struct ImportSummary {
-    /// Rows stored (including rows an earlier run had already stored).
+    /// Rows stored by this run.
     pub created: usize,
-    /// Of `created`, rows that were already present from an earlier run (idempotent replay).
+    /// Rows an earlier run had already stored (idempotent replay: nothing written now).
     pub replayed: usize,
-    /// Rows rejected, with reasons.
+    /// Rows rejected, with reasons, in input order.
     pub rejected: Vec<Rejected>,
 }
+
+/// Rejected rows listed in the human-readable summary; the rest are counted, and
+/// `--rejects FILE` (or `--json`) has them all. Enough to see a pattern, short enough that the
+/// counts stay on screen.
+pub const SHOWN_REJECTS: usize = 20;
 
 /// Derives a row's id from its line and content: the same row of the same file gets the same
 /// id on every run (a UUID v8, "custom").
@@ -237,7 +246,7 @@ pub async fn command(opts: &ClientOpts, args: &ImportArgs) -> Ending {
         Err(e) => return Ending::failed(&e),
     };
     match run(&client, args).await {
-        Ok(summary) => summary.ending(),
+        Ok(summary) => summary.ending(opts.json),
         Err(e) => Ending::failed(&e),
     }
 }
@@ -274,10 +283,8 @@ pub async fn run(client: &HttpClient, args: &ImportArgs) -> Result<ImportSummary
         .buffer_unordered(args.concurrency.max(1));
     while let Some((line, outcome)) = results.next().await {
         match outcome {
-            Ok(replayed) => {
-                summary.created += 1;
-                summary.replayed += usize::from(replayed);
-            }
+            Ok(true) => summary.replayed += 1,
+            Ok(false) => summary.created += 1,
             Err(reason) => rejected.push(Rejected { line, reason }),
         }
         bar.inc(1);
@@ -296,12 +303,46 @@ fn progress_bar(len: u64, hidden: bool) -> indicatif::ProgressBar {
         return indicatif::ProgressBar::hidden();
     }
     let bar = indicatif::ProgressBar::new(len);
-    if let Ok(style) =
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} rows  {per_sec}  eta {eta}")
-    {
-        bar.set_style(style);
-    }
+    bar.set_style(progress_style());
     bar
+}
+
+/// The progress bar's look: `{bar} 1,234/5,000 rows  1,901/s  eta 2s`.
+fn progress_style() -> indicatif::ProgressStyle {
+    let style = indicatif::ProgressStyle::with_template(
+        "{bar:40} {human_pos}/{human_len} rows  {rate}  eta {eta}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    style.with_key(
+        "rate",
+        |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = w.write_str(&format_rate(state.per_sec()));
+        },
+    )
+}
+
+/// A rate as people read it: whole rows per second with thousands separators, `1,901/s`
+/// (not `1901.2345/s`).
+pub fn format_rate(per_sec: f64) -> String {
+    let whole = if per_sec.is_finite() && per_sec > 0.0 {
+        per_sec.round() as u64
+    } else {
+        0
+    };
+    format!("{}/s", group_thousands(whole))
+}
+
+/// `1234567` → `1,234,567`.
+fn group_thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Creates one row, retrying transient failures. `Ok(true)` when an earlier run had stored it.
@@ -349,9 +390,14 @@ fn write_rejects(path: &Path, rejected: &[Rejected]) -> Result<(), ClientError> 
 }
 
 impl ImportSummary {
-    /// How the command ends: the summary on stdout, and a failure when any row was rejected.
-    pub fn ending(&self) -> Ending {
-        let stdout = self.render() + "\n";
+    /// How the command ends: the summary on stdout (as JSON when `json`), and a failure when
+    /// any row was rejected.
+    pub fn ending(&self, json: bool) -> Ending {
+        let stdout = if json {
+            self.to_json().to_string()
+        } else {
+            self.render()
+        } + "\n";
         if self.rejected.is_empty() {
             Ending::Done(stdout)
         } else {
@@ -362,28 +408,41 @@ impl ImportSummary {
         }
     }
 
-    /// Human-readable summary: counts, then reasons grouped with their first lines.
+    /// Human-readable summary: what happened to the rows, then the rejected rows in input
+    /// order (the first [`SHOWN_REJECTS`]).
     pub fn render(&self) -> String {
         let mut out = format!(
-            "created {} row(s) ({} already present from an earlier run), rejected {} row(s)",
+            "created {} row(s), {} already present from an earlier run, rejected {} row(s)",
             self.created,
             self.replayed,
             self.rejected.len()
         );
-        let mut by_reason: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
-        for r in &self.rejected {
-            by_reason.entry(r.reason.as_str()).or_default().push(r.line);
+        for r in self.rejected.iter().take(SHOWN_REJECTS) {
+            let _ = write!(out, "\n  line {}: {}", r.line, r.reason);
         }
-        for (reason, lines) in by_reason {
-            let shown: Vec<String> = lines.iter().take(10).map(u64::to_string).collect();
-            let more = if lines.len() > 10 {
-                format!(" and {} more", lines.len() - 10)
-            } else {
-                String::new()
-            };
-            let _ = write!(out, "\n  line {}{more}: {reason}", shown.join(", "));
+        if self.rejected.len() > SHOWN_REJECTS {
+            let _ = write!(
+                out,
+                "\n  ... and {} more (--rejects FILE writes every rejected row)",
+                self.rejected.len() - SHOWN_REJECTS
+            );
         }
         out
+    }
+
+    /// Machine-readable summary (`import --json`):
+    /// `{"created": 3, "already_present": 0, "rejected": [{"line": 4, "reason": "…"}]}`,
+    /// every rejected row, in input order.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "created": self.created,
+            "already_present": self.replayed,
+            "rejected": self
+                .rejected
+                .iter()
+                .map(|r| json!({"line": r.line, "reason": r.reason}))
+                .collect::<Vec<_>>(),
+        })
     }
 }
 
@@ -398,7 +457,9 @@ mod tests {
             replayed: 0,
             rejected: vec![],
         };
-        assert!(matches!(clean.ending(), Ending::Done(out) if out.starts_with("created 2 row(s)")));
+        assert!(
+            matches!(clean.ending(false), Ending::Done(out) if out.starts_with("created 2 row(s)"))
+        );
         let rejected = ImportSummary {
             rejected: vec![Rejected {
                 line: 3,
@@ -406,13 +467,147 @@ mod tests {
             }],
             ..clean
         };
-        match rejected.ending() {
+        match rejected.ending(false) {
             Ending::Findings { stdout, error } => {
                 assert!(stdout.contains("line 3: invalid email"), "{stdout}");
                 assert_eq!(error, None, "the summary already says why");
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_re_run_says_it_created_nothing_and_found_the_rows_already_present() {
+        let rerun = ImportSummary {
+            created: 0,
+            replayed: 3,
+            rejected: vec![],
+        };
+        assert_eq!(
+            rerun.render(),
+            "created 0 row(s), 3 already present from an earlier run, rejected 0 row(s)"
+        );
+    }
+
+    fn rejected_lines(lines: &[u64]) -> ImportSummary {
+        ImportSummary {
+            created: 1,
+            replayed: 0,
+            rejected: lines
+                .iter()
+                .map(|&line| Rejected {
+                    line,
+                    reason: if line % 2 == 0 { "b: even" } else { "a: odd" }.into(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn rejected_rows_are_listed_in_input_order_like_the_rejects_file() {
+        let text = rejected_lines(&[2, 3, 4]).render();
+        let listed: Vec<&str> = text.lines().skip(1).collect();
+        assert_eq!(
+            listed,
+            vec!["  line 2: b: even", "  line 3: a: odd", "  line 4: b: even"]
+        );
+        let many: Vec<u64> = (1..=25).collect();
+        let text = rejected_lines(&many).render();
+        assert_eq!(text.lines().count(), 1 + SHOWN_REJECTS + 1, "{text}");
+        assert!(text.ends_with("... and 5 more (--rejects FILE writes every rejected row)"));
+    }
+
+    #[test]
+    fn the_json_summary_counts_each_outcome_and_lists_every_rejected_row() {
+        let summary = ImportSummary {
+            replayed: 2,
+            ..rejected_lines(&(1..=25).collect::<Vec<_>>())
+        };
+        let Ending::Findings { stdout, .. } = summary.ending(true) else {
+            panic!("rejected rows make an import a failure");
+        };
+        let v: Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(v["created"], 1);
+        assert_eq!(v["already_present"], 2);
+        let rejected = v["rejected"].as_array().unwrap();
+        assert_eq!(rejected.len(), 25);
+        assert_eq!(rejected[0], json!({"line": 1, "reason": "a: odd"}));
+        assert_eq!(rejected[24]["line"], 25);
+    }
+
+    #[test]
+    fn rates_print_as_whole_rows_per_second_with_thousands_separators() {
+        assert_eq!(format_rate(1901.2345), "1,901/s");
+        assert_eq!(format_rate(999.6), "1,000/s");
+        assert_eq!(format_rate(12.0), "12/s");
+        assert_eq!(format_rate(1_234_567.0), "1,234,567/s");
+        assert_eq!(format_rate(0.0), "0/s");
+        assert_eq!(format_rate(f64::NAN), "0/s");
+        assert_eq!(format_rate(f64::INFINITY), "0/s");
+    }
+
+    /// A terminal that keeps what is drawn on it.
+    #[derive(Debug, Clone, Default)]
+    struct Screen(std::sync::Arc<std::sync::Mutex<String>>);
+
+    impl Screen {
+        fn text(&self) -> String {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    impl indicatif::TermLike for Screen {
+        fn width(&self) -> u16 {
+            120
+        }
+        fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn write_line(&self, s: &str) -> std::io::Result<()> {
+            self.write_str(&format!("{s}\n"))
+        }
+        fn write_str(&self, s: &str) -> std::io::Result<()> {
+            self.0.lock().unwrap().push_str(s);
+            Ok(())
+        }
+        fn clear_line(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn flush(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_progress_bar_shows_counts_and_rate_with_thousands_separators() {
+        let screen = Screen::default();
+        let target = indicatif::ProgressDrawTarget::term_like(Box::new(screen.clone()));
+        let bar = indicatif::ProgressBar::with_draw_target(Some(5000), target);
+        bar.set_style(progress_style());
+        bar.set_position(1234);
+        bar.tick();
+        let text = screen.text();
+        let rest = text
+            .split("1,234/5,000 rows  ")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no grouped counts in {text:?}"));
+        let rate = rest.split_whitespace().next().unwrap_or_default();
+        let digits = rate
+            .strip_suffix("/s")
+            .unwrap_or_else(|| panic!("{rate:?}"));
+        assert!(
+            !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit() || c == ','),
+            "a whole, grouped rate: {rate:?}"
+        );
     }
 
     #[test]

@@ -114,6 +114,8 @@ pub struct HttpClient {
     base: String,
     token: Option<String>,
     timeout: Duration,
+    /// Appended to "cannot reach node" errors: what to do about it (see [`HttpClient::with_connect_hint`]).
+    connect_hint: Option<String>,
     inner: Client<HttpConnector, Full<Bytes>>,
 }
 
@@ -131,8 +133,28 @@ impl HttpClient {
             base,
             token: token.filter(|t| !t.is_empty()),
             timeout,
+            connect_hint: None,
             inner,
         })
+    }
+
+    /// Adds `hint` (a line telling the user what to do) to every "cannot reach node" error
+    /// of this client, e.g. how to point the CLI at a cluster when it fell back to the default
+    /// URL.
+    pub fn with_connect_hint(mut self, hint: Option<String>) -> Self {
+        self.connect_hint = hint;
+        self
+    }
+
+    fn unreachable(&self, reason: String) -> ClientError {
+        let reason = match &self.connect_hint {
+            Some(hint) => format!("{reason}\nhint: {hint}"),
+            None => reason,
+        };
+        ClientError::Connect {
+            url: self.base.clone(),
+            reason,
+        }
     }
 
     /// The node URL.
@@ -175,15 +197,12 @@ impl HttpClient {
                 .inner
                 .request(request)
                 .await
-                .map_err(|e| ClientError::Connect {
-                    url: self.base.clone(),
-                    reason: error_chain(&e),
-                })?;
+                .map_err(|e| self.unreachable(error_chain(&e)))?;
             let (parts, body) = response.into_parts();
-            let body = body.collect().await.map_err(|e| ClientError::Connect {
-                url: self.base.clone(),
-                reason: e.to_string(),
-            })?;
+            let body = body
+                .collect()
+                .await
+                .map_err(|e| self.unreachable(e.to_string()))?;
             Ok(HttpResponse {
                 status: parts.status,
                 headers: parts.headers,
@@ -299,5 +318,25 @@ mod tests {
             Err(ClientError::Url(..))
         ));
         assert!(normalize_base("ftp://h").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_connect_hint_follows_the_reason_a_node_is_unreachable() {
+        // A port nobody listens on: bind, note the port, close.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let client = HttpClient::new(&format!("127.0.0.1:{port}"), None, Duration::from_secs(5))
+            .unwrap()
+            .with_connect_hint(Some("start a node".into()));
+        let err = client.get("/health").await.unwrap_err();
+        assert!(matches!(err, ClientError::Connect { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.starts_with("cannot reach node at http://127.0.0.1:"),
+            "{text}"
+        );
+        assert!(text.ends_with("\nhint: start a node"), "{text}");
     }
 }
