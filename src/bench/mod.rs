@@ -148,7 +148,12 @@ pub async fn command(args: &BenchArgs) -> Ending {
         Ok(result) => result,
         Err(e) => return Ending::failed(&e),
     };
-    print!("{}", result.render());
+    // Printed now, not in the returned Ending: the result must be on screen before a long
+    // clean-up starts, and stay there if the clean-up fails.
+    let printed = Ending::Done(result.render());
+    if let Err(e) = printed.write_to(&mut std::io::stdout().lock(), &mut std::io::stderr().lock()) {
+        return crate::client::exit::after_write_error(&e);
+    }
     if !wants_cleanup(args) {
         return Ending::Done(String::new());
     }
