@@ -17,6 +17,12 @@ RUN_DIR="${CC_RUN_DIR:-$(pwd)/run}"
 mkdir -p "$RUN_DIR"
 RUN_DIR="$(cd "$RUN_DIR" && pwd)"
 PG_DIR="$RUN_DIR/pg"
+# As root the server runs as `postgres`, which must reach the data directory: when some parent
+# of the run directory is closed to it (a checkout under /root), keep the server's files in a
+# directory of their own under /tmp, named after the run directory so every call finds it.
+if [[ "$(id -u)" == 0 ]] && id postgres >/dev/null 2>&1 && ! runuser -u postgres -- test -x "$RUN_DIR"; then
+  PG_DIR="/tmp/cc-pg-$(printf '%s' "$RUN_DIR" | md5sum | cut -c1-12)"
+fi
 DATA="$PG_DIR/data"
 SOCK="$PG_DIR/sock"
 PORT_FILE="$PG_DIR/port"
@@ -70,8 +76,6 @@ running() { [[ -f "$DATA/postmaster.pid" ]] && as_owner "$BIN/pg_ctl" -D "$DATA"
 cmd_up() {
   mkdir -p "$PG_DIR" "$SOCK"
   if [[ "$(id -u)" == 0 ]]; then
-    # The postgres user must reach the data and socket directories.
-    chmod o+x "$RUN_DIR" "$PG_DIR" 2>/dev/null || true
     chown postgres "$PG_DIR" "$SOCK"
   fi
   if running; then
