@@ -19,7 +19,7 @@ use tokio_postgres::Client;
 use crate::error::{Error, Result};
 
 /// Advisory lock key held while migrating (any value unlikely to collide; "cc-migr").
-pub const MIGRATION_LOCK: i64 = 0x6363_2d6d_6967_72;
+pub const MIGRATION_LOCK: i64 = 0x0063_632d_6d69_6772;
 
 /// The schema, one step at a time.
 pub const MIGRATIONS: &[&str] = &[
