@@ -18,10 +18,12 @@
 //! ```text
 //!  pool.get (≤ pool_wait, else Unavailable)
 //!  BEGIN (READ COMMITTED)
-//!  SELECT … FROM shard_leases WHERE shard = ANY(fenced shards) ORDER BY shard FOR SHARE
-//!  SELECT id FROM customers WHERE id = ANY(ids) ORDER BY id FOR UPDATE
-//!  per write:  SAVEPOINT → claim request id → fence check → compare-and-set → store result
-//!              → RELEASE (kept) or ROLLBACK TO (fenced, version miss, refused request id)
+//!  SELECT … FROM shard_leases WHERE shard = ANY(fenced shards) ORDER BY shard FOR SHARE ┐ one
+//!  SELECT id FROM customers WHERE id = ANY(ids) ORDER BY id FOR UPDATE                 ┘ round trip
+//!  per write:  SAVEPOINT + claim request id                        (one round trip)
+//!              fence check against the tokens locked above          (no round trip)
+//!              compare-and-set (update: one; insert: read + insert)  (one or two)
+//!              store the result + RELEASE, or ROLLBACK TO           (one)
 //!  COMMIT
 //! ```
 //!
@@ -44,9 +46,11 @@
 //!   **outcome unknown**. Callers must treat `Timeout` as "may have applied" (504; the owner
 //!   settles the request id, F3), never as "not applied".
 //!
-//! Statements within one write depend on each other's answers (a replayed id must not apply,
-//! a fenced write must not touch the row), so they go one round trip each; what this store
-//! does not do yet is pipeline the writes of a batch against each other.
+//! Statements are pipelined where no answer is needed in between (tokio-postgres sends
+//! requests polled together in one go, and the server runs them in order). Steps of one write
+//! that depend on an earlier answer (a replayed id must not apply, a fenced write must not
+//! touch the row) wait for it, so a write costs about four round trips; pipelining the writes
+//! of a batch against each other is not done.
 //!
 //! ## Availability
 //!
@@ -348,16 +352,25 @@ impl From<tokio_postgres::Error> for Error {
 
 /// What becomes of a write's savepoint.
 enum Fate {
-    /// Release it: its effects join the batch.
-    Keep(WriteOutcome),
+    /// Release it: its effects join the batch. Carries the result to store under the request
+    /// id (F1 iv), sent in the same round trip as the release.
+    Keep(WriteOutcome, Option<(RequestStamp, StoredResult)>),
     /// Roll it back, request id included.
     Undo(WriteOutcome),
 }
+
+/// Savepoint statements of one write. Raw SQL (not the driver's savepoint guard) so that they
+/// can share a round trip with the write's statements.
+const SAVEPOINT: &str = "SAVEPOINT w";
+const RELEASE: &str = "RELEASE SAVEPOINT w";
+const UNDO: &str = "ROLLBACK TO SAVEPOINT w; RELEASE SAVEPOINT w";
 
 /// Shard rows locked for the batch: shard → (holder, token).
 type Fences = HashMap<ShardId, (Option<String>, u64)>;
 
 /// Locks every row the batch will touch, ascending (shard, then id), and returns the tokens.
+/// Both statements go out in one round trip; the server runs them in order, so the shard
+/// locks are taken before the customer locks.
 async fn lock_rows(tx: &Transaction<'_>, writes: &[Write]) -> Result<Fences> {
     let mut shards: Vec<i32> = writes
         .iter()
@@ -365,54 +378,60 @@ async fn lock_rows(tx: &Transaction<'_>, writes: &[Write]) -> Result<Fences> {
         .collect();
     shards.sort_unstable();
     shards.dedup();
-    let mut fences = Fences::new();
-    if !shards.is_empty() {
-        let stmt = tx.prepare_cached(LOCK_SHARDS).await?;
-        for row in tx.query(&stmt, &[&shards]).await? {
-            let shard = ShardId::try_from(row.get::<_, i32>(0))
-                .map_err(|_| Error::Internal("corrupt shard number".into()))?;
-            fences.insert(shard, (row.get(1), row.get::<_, i64>(2) as u64));
-        }
-    }
     let mut ids: Vec<String> = writes
         .iter()
         .map(|w| w.op.customer_id().to_string())
         .collect();
     ids.sort_unstable();
     ids.dedup();
-    let stmt = tx
+    let lock_shards = tx.prepare_cached(LOCK_SHARDS).await?;
+    let lock_customers = tx
         .prepare_cached("SELECT id FROM customers WHERE id = ANY($1) ORDER BY id FOR UPDATE")
         .await?;
-    tx.query(&stmt, &[&ids]).await?;
+    let (shard_params, id_params) = ([&shards as _], [&ids as _]);
+    let (shard_rows, _) = futures::try_join!(
+        tx.query(&lock_shards, &shard_params),
+        tx.query(&lock_customers, &id_params)
+    )?;
+    let mut fences = Fences::new();
+    for row in shard_rows {
+        let shard = ShardId::try_from(row.get::<_, i32>(0))
+            .map_err(|_| Error::Internal("corrupt shard number".into()))?;
+        fences.insert(shard, (row.get(1), row.get::<_, i64>(2) as u64));
+    }
     Ok(fences)
 }
 
 /// Runs one write in its own savepoint. `Err` only for errors that must abort the batch.
-async fn write_one(
-    tx: &mut Transaction<'_>,
-    write: &Write,
-    fences: &Fences,
-) -> Result<WriteOutcome> {
-    let mut sp = tx.savepoint("w").await?;
-    match steps(&mut sp, write, fences).await? {
-        Fate::Keep(outcome) => {
-            sp.commit().await?;
+/// The savepoint shares a round trip with the write's first statement, and storing the
+/// result with the release.
+async fn write_one(tx: &Transaction<'_>, write: &Write, fences: &Fences) -> Result<WriteOutcome> {
+    let savepoint = async { Ok::<_, Error>(tx.batch_execute(SAVEPOINT).await?) };
+    let ((), fate) = futures::try_join!(savepoint, steps(tx, write, fences))?;
+    match fate {
+        Fate::Keep(outcome, None) => {
+            tx.batch_execute(RELEASE).await?;
+            Ok(outcome)
+        }
+        Fate::Keep(outcome, Some((stamp, stored))) => {
+            let release = async { Ok::<_, Error>(tx.batch_execute(RELEASE).await?) };
+            futures::try_join!(requests::record(tx, &stamp, &stored), release)?;
             Ok(outcome)
         }
         Fate::Undo(outcome) => {
-            sp.rollback().await?;
+            tx.batch_execute(UNDO).await?;
             Ok(outcome)
         }
     }
 }
 
-/// F1 steps (i)–(iv) for one write.
-async fn steps(sp: &mut Transaction<'_>, write: &Write, fences: &Fences) -> Result<Fate> {
+/// F1 steps (i)–(iv) for one write (step iv is left to [`write_one`]).
+async fn steps(tx: &Transaction<'_>, write: &Write, fences: &Fences) -> Result<Fate> {
     if let Some(stamp) = &write.request {
-        match requests::claim(sp, stamp, &write.op.customer_id()).await? {
+        match requests::claim(tx, stamp, &write.op.customer_id()).await? {
             requests::Claim::Ours => {}
             requests::Claim::Answered(Ok(stored)) => {
-                return Ok(Fate::Keep(WriteOutcome::Replayed(stored)));
+                return Ok(Fate::Keep(WriteOutcome::Replayed(stored), None));
             }
             requests::Claim::Answered(Err(e)) => {
                 return Ok(Fate::Undo(WriteOutcome::Decided(Err(e))));
@@ -422,14 +441,15 @@ async fn steps(sp: &mut Transaction<'_>, write: &Write, fences: &Fences) -> Resu
     if let Some(fenced) = fence_check(write.fence, fences) {
         return Ok(Fate::Undo(fenced));
     }
-    let result = apply(sp, &write.op).await?;
+    let result = apply(tx, &write.op).await?;
     match (&write.request, StoredResult::of(&result)) {
-        (Some(stamp), Some(stored)) => {
-            requests::record(sp, stamp, &stored).await?;
-            Ok(Fate::Keep(WriteOutcome::Decided(result)))
-        }
+        (Some(stamp), Some(stored)) => Ok(Fate::Keep(
+            WriteOutcome::Decided(result),
+            Some((stamp.clone(), stored)),
+        )),
+        // A version miss is no final answer: forget the id so the writer's retry can apply.
         (Some(_), None) => Ok(Fate::Undo(WriteOutcome::Decided(result))),
-        (None, _) => Ok(Fate::Keep(WriteOutcome::Decided(result))),
+        (None, _) => Ok(Fate::Keep(WriteOutcome::Decided(result), None)),
     }
 }
 
@@ -451,7 +471,7 @@ fn fence_check(fence: Option<Fence>, fences: &Fences) -> Option<WriteOutcome> {
 
 /// Applies one change (F1 step iii). The outer `Err` aborts the batch; the inner one is the
 /// write's domain outcome.
-async fn apply(sp: &mut Transaction<'_>, op: &WriteOp) -> Result<Result<Option<Customer>>> {
+async fn apply(sp: &Transaction<'_>, op: &WriteOp) -> Result<Result<Option<Customer>>> {
     Ok(match op {
         WriteOp::Insert(customer) => insert(sp, customer).await?.map(Some),
         WriteOp::Update {
@@ -470,21 +490,24 @@ async fn apply(sp: &mut Transaction<'_>, op: &WriteOp) -> Result<Result<Option<C
 }
 
 async fn insert(tx: &Transaction<'_>, c: &Customer) -> Result<Result<Customer>> {
-    if let Some(existing) = select_live(tx, &c.id).await? {
-        return Ok(if is_same_create(&existing.fields, &c.fields) {
-            Ok(existing)
-        } else {
-            Err(Error::Conflict(format!(
-                "customer {} already exists with different fields",
+    match stored_row(tx, &c.id).await? {
+        Some((existing, false)) => {
+            return Ok(if is_same_create(&existing.fields, &c.fields) {
+                Ok(existing)
+            } else {
+                Err(Error::Conflict(format!(
+                    "customer {} already exists with different fields",
+                    c.id
+                )))
+            });
+        }
+        Some((_, true)) => {
+            return Ok(Err(Error::Conflict(format!(
+                "customer {} was deleted; its id cannot be reused",
                 c.id
-            )))
-        });
-    }
-    if is_tombstone(tx, &c.id).await? {
-        return Ok(Err(Error::Conflict(format!(
-            "customer {} was deleted; its id cannot be reused",
-            c.id
-        ))));
+            ))));
+        }
+        None => {}
     }
     // ON CONFLICT DO NOTHING: a taken email (or an id inserted concurrently by another node)
     // must not abort the transaction.
@@ -513,7 +536,7 @@ async fn insert(tx: &Transaction<'_>, c: &Customer) -> Result<Result<Customer>> 
     if inserted.is_some() {
         return Ok(Ok(c.clone()));
     }
-    if select_live(tx, &c.id).await?.is_some() || is_tombstone(tx, &c.id).await? {
+    if stored_row(tx, &c.id).await?.is_some() {
         return Ok(Err(Error::Conflict(format!(
             "customer {} already exists",
             c.id
@@ -522,14 +545,27 @@ async fn insert(tx: &Transaction<'_>, c: &Customer) -> Result<Result<Customer>> 
     Ok(Err(email_taken(&c.fields)))
 }
 
+/// The stored row of `id`, live or not, and whether it is a tombstone.
+async fn stored_row(tx: &Transaction<'_>, id: &CustomerId) -> Result<Option<(Customer, bool)>> {
+    let stmt = tx
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS}, deleted FROM customers WHERE id = $1"
+        ))
+        .await?;
+    match tx.query_opt(&stmt, &[&id.to_string()]).await? {
+        Some(row) => Ok(Some((from_row(&row)?, row.try_get::<_, bool>(8)?))),
+        None => Ok(None),
+    }
+}
+
 async fn update(
-    sp: &mut Transaction<'_>,
+    tx: &Transaction<'_>,
     id: &CustomerId,
     fields: &CustomerFields,
     expected: u64,
     now: i64,
 ) -> Result<Result<Customer>> {
-    let stmt = sp
+    let stmt = tx
         .prepare_cached(&format!(
             "UPDATE customers
                 SET name = $1, email = $2, phone = $3, address = $4,
@@ -538,36 +574,34 @@ async fn update(
           RETURNING {COLUMNS}"
         ))
         .await?;
-    // A nested savepoint: a unique violation aborts the statement's transaction.
-    let inner = sp.savepoint("u").await?;
-    let res = inner
-        .query_opt(
-            &stmt,
-            &[
-                &fields.name,
-                &fields.email,
-                &fields.phone,
-                &fields.address,
-                &now,
-                &id.to_string(),
-                &(expected as i64),
-            ],
-        )
-        .await;
+    // A nested savepoint, in the same round trip: a unique violation aborts the statement's
+    // transaction, and only this savepoint is rolled back for it. On success it is left for
+    // the write's own release to release.
+    let id_text = id.to_string();
+    let expected_i64 = expected as i64;
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+        &fields.name,
+        &fields.email,
+        &fields.phone,
+        &fields.address,
+        &now,
+        &id_text,
+        &expected_i64,
+    ];
+    let (savepoint, res) = futures::join!(
+        tx.batch_execute("SAVEPOINT u"),
+        tx.query_opt(&stmt, &params)
+    );
+    savepoint?;
     match res {
-        Ok(row) => {
-            inner.commit().await?;
-            match row {
-                Some(row) => Ok(from_row(&row)),
-                None => Ok(Err(cas::explain_miss(
-                    id,
-                    live_version(sp, id).await?,
-                    Some(expected),
-                ))),
-            }
-        }
+        Ok(Some(row)) => Ok(from_row(&row)),
+        Ok(None) => Ok(Err(cas::explain_miss(
+            id,
+            live_version(tx, id).await?,
+            Some(expected),
+        ))),
         Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-            inner.rollback().await?;
+            tx.batch_execute("ROLLBACK TO SAVEPOINT u").await?;
             Ok(Err(email_taken(fields)))
         }
         Err(e) => Err(e.into()),
@@ -598,26 +632,6 @@ async fn delete(
 
 fn email_taken(fields: &CustomerFields) -> Error {
     Error::Conflict(format!("email {} is already in use", fields.email))
-}
-
-async fn select_live(tx: &Transaction<'_>, id: &CustomerId) -> Result<Option<Customer>> {
-    let stmt = tx
-        .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM customers WHERE id = $1 AND NOT deleted"
-        ))
-        .await?;
-    tx.query_opt(&stmt, &[&id.to_string()])
-        .await?
-        .map(|r| from_row(&r))
-        .transpose()
-}
-
-async fn is_tombstone(tx: &Transaction<'_>, id: &CustomerId) -> Result<bool> {
-    let stmt = tx
-        .prepare_cached("SELECT deleted FROM customers WHERE id = $1")
-        .await?;
-    let row = tx.query_opt(&stmt, &[&id.to_string()]).await?;
-    Ok(row.is_some_and(|r| r.get::<_, bool>(0)))
 }
 
 async fn live_version(tx: &Transaction<'_>, id: &CustomerId) -> Result<Option<u64>> {
@@ -656,11 +670,11 @@ impl PostgresStore {
     ) -> Result<Vec<WriteOutcome>> {
         let mut client = pool.get().await.map_err(pool_error)?;
         let result: Result<Vec<WriteOutcome>> = async {
-            let mut tx = client.transaction().await?;
+            let tx = client.transaction().await?;
             let fences = lock_rows(&tx, writes).await?;
             let mut outcomes = Vec::with_capacity(writes.len());
             for write in writes {
-                outcomes.push(write_one(&mut tx, write, &fences).await?);
+                outcomes.push(write_one(&tx, write, &fences).await?);
             }
             committing.store(true, Ordering::SeqCst);
             tx.commit()
@@ -1052,6 +1066,62 @@ mod tests {
         });
         let row = store.lease_table().unwrap().remove(5);
         assert_eq!((row.holder.as_deref(), row.token), (Some("n2"), token + 1));
+    }
+
+    #[test]
+    fn batches_of_two_nodes_touching_the_same_rows_in_opposite_orders_never_deadlock() {
+        // F2: rows are locked in ascending order whatever the order of writes in a batch, so
+        // two nodes' writers cannot wait on each other (PostgreSQL would abort one of them).
+        let Some((scratch, mut store)) = fresh(module_path!()) else {
+            return;
+        };
+        let customers: Vec<Customer> = (0..12)
+            .map(|i| suite::customer("C", &format!("c{i}@x.io")))
+            .collect();
+        let inserts: Vec<Write> = customers
+            .iter()
+            .map(|c| WriteOp::Insert(c.clone()).into())
+            .collect();
+        store.write_batch(&inserts).unwrap();
+        let node = |reverse: bool| {
+            let mut store = PostgresStore::connect(&scratch.config()).unwrap();
+            let mut ids: Vec<Customer> = customers.clone();
+            if reverse {
+                ids.reverse();
+            }
+            std::thread::spawn(move || {
+                for round in 0..15 {
+                    let batch: Vec<Write> = ids
+                        .iter()
+                        .map(|c| {
+                            let current = store.get(&c.id).unwrap().unwrap();
+                            WriteOp::Update {
+                                id: c.id,
+                                fields: CustomerFields {
+                                    name: format!("r{round}"),
+                                    ..current.fields
+                                },
+                                expected_version: current.version,
+                                now: round,
+                            }
+                            .into()
+                        })
+                        .collect();
+                    // Version misses are fine (the other node won); a failed batch is not.
+                    store
+                        .write_batch(&batch)
+                        .expect("no deadlock, no lock timeout");
+                }
+            })
+        };
+        let (a, b) = (node(false), node(true));
+        a.join().unwrap();
+        b.join().unwrap();
+        let versions: u64 = customers
+            .iter()
+            .map(|c| store.get(&c.id).unwrap().unwrap().version)
+            .sum();
+        assert!(versions > 12, "some updates applied");
     }
 
     #[test]
