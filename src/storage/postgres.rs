@@ -183,22 +183,43 @@ impl PgRuntime {
         Ok(Self(Some(rt)))
     }
 
-    /// Runs `fut` to completion from a storage thread, bounded by `deadline`.
+    /// Runs `fut` to completion from a storage thread, bounded by `deadline` (then
+    /// `Unavailable`). For operations that commit, see [`PgRuntime::run_commit`].
     fn run<T>(&self, deadline: Duration, fut: impl Future<Output = Result<T>>) -> Result<T> {
+        self.run_commit(deadline, &AtomicBool::new(false), fut)
+    }
+
+    /// Like [`PgRuntime::run`], for an operation that raises `committing` just before it sends
+    /// `COMMIT`: a deadline that passes after that leaves the outcome unknown (`Timeout`);
+    /// before it, nothing was applied (`Unavailable`).
+    fn run_commit<T>(
+        &self,
+        deadline: Duration,
+        committing: &AtomicBool,
+        fut: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
         let Some(rt) = &self.0 else {
             return Err(Error::Unavailable("database engine is stopping".into()));
         };
         rt.block_on(async {
-            tokio::time::timeout(deadline, fut)
-                .await
-                .unwrap_or_else(|_| {
-                    Err(Error::Unavailable(format!(
-                        "database did not answer within {} ms",
-                        deadline.as_millis()
-                    )))
-                })
+            match tokio::time::timeout(deadline, fut).await {
+                Ok(result) => result,
+                Err(_) if committing.load(Ordering::SeqCst) => Err(Error::Timeout(format!(
+                    "database commit did not answer within {} ms; outcome unknown",
+                    deadline.as_millis()
+                ))),
+                Err(_) => Err(Error::Unavailable(format!(
+                    "database did not answer within {} ms; nothing was applied",
+                    deadline.as_millis()
+                ))),
+            }
         })
     }
+}
+
+/// A failed `COMMIT`: it may or may not have been applied.
+fn unknown_outcome(e: tokio_postgres::Error) -> Error {
+    Error::Timeout(format!("database commit outcome unknown: {e}"))
 }
 
 impl Drop for PgRuntime {
@@ -276,15 +297,19 @@ impl PostgresStore {
     }
 
     /// Runs one operation in its own transaction on a pooled connection. An error discards
-    /// the connection so its transaction dies with it.
+    /// the connection so its transaction dies with it. As for batches, a failure at or after
+    /// `COMMIT` is `Timeout` (outcome unknown: a grant or release whose answer was lost is
+    /// reconciled by its caller, L6), anything earlier `Unavailable` or `Internal`.
     fn in_tx<T>(&mut self, op: impl AsyncFnOnce(&Transaction<'_>) -> Result<T>) -> Result<T> {
         let pool = self.pool.clone();
-        self.rt.run(self.op_timeout, async move {
+        let committing = AtomicBool::new(false);
+        self.rt.run_commit(self.op_timeout, &committing, async {
             let mut client = pool.get().await.map_err(pool_error)?;
             let result = async {
                 let tx = client.transaction().await?;
                 let value = op(&tx).await?;
-                tx.commit().await?;
+                committing.store(true, Ordering::SeqCst);
+                tx.commit().await.map_err(unknown_outcome)?;
                 Ok(value)
             }
             .await;
@@ -677,9 +702,7 @@ impl PostgresStore {
                 outcomes.push(write_one(&tx, write, &fences).await?);
             }
             committing.store(true, Ordering::SeqCst);
-            tx.commit()
-                .await
-                .map_err(|e| Error::Timeout(format!("database commit outcome unknown: {e}")))?;
+            tx.commit().await.map_err(unknown_outcome)?;
             Ok(outcomes)
         }
         .await;
@@ -696,25 +719,12 @@ impl Store for PostgresStore {
             return Ok(Vec::new());
         }
         let pool = self.pool.clone();
-        let Some(rt) = &self.rt.0 else {
-            return Err(Error::Unavailable("database engine is stopping".into()));
-        };
-        let deadline = self.op_timeout;
-        // Not PgRuntime::run: a deadline that passes during COMMIT must say "unknown".
         let committing = AtomicBool::new(false);
-        rt.block_on(async {
-            match tokio::time::timeout(deadline, Self::batch(pool, writes, &committing)).await {
-                Ok(result) => result,
-                Err(_) if committing.load(Ordering::SeqCst) => Err(Error::Timeout(format!(
-                    "database commit did not answer within {} ms; outcome unknown",
-                    deadline.as_millis()
-                ))),
-                Err(_) => Err(Error::Unavailable(format!(
-                    "database batch did not finish within {} ms; nothing was applied",
-                    deadline.as_millis()
-                ))),
-            }
-        })
+        self.rt.run_commit(
+            self.op_timeout,
+            &committing,
+            Self::batch(pool, writes, &committing),
+        )
     }
 
     fn get(&mut self, id: &CustomerId) -> Result<Option<Customer>> {
