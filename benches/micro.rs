@@ -140,12 +140,8 @@ fn group_commit(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(8));
     for (label, max_batch) in [("group_commit", 512usize), ("commit_per_write", 1)] {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::open(&EngineConfig {
-            path: dir.path().join("b.db"),
-            max_batch,
-            readers: 1,
-        })
-        .unwrap();
+        let engine =
+            Engine::open(&EngineConfig::sqlite(dir.path().join("b.db"), max_batch, 1)).unwrap();
         let mut n = 0usize;
         group.bench_function(label, |b| {
             b.iter_custom(|iters| {

@@ -11,6 +11,10 @@
 #   scripts/cluster.sh thaw NODE     SIGCONT a frozen node
 #   scripts/cluster.sh restart NODE  start a node again (killing it first if it runs)
 #   scripts/cluster.sh logs NODE [-f] print (or follow) a node's log
+#   scripts/cluster.sh up [N] --postgres    PostgreSQL instead of SQLite: starts a local server with
+#                                           scripts/pg.sh (data in $CC_RUN_DIR/pg) and gives every
+#                                           node --database-url-file, so every node runs a database
+#                                           actor and none is the database node; `down` stops it too
 #
 # Partitions on one machine (root; `nft` from the nftables package):
 #   scripts/cluster.sh up [N] --netns       each node in its own network namespace with its own
@@ -47,6 +51,8 @@ NETNS_TABLE="cc_nemesis"
 NETNS_TAG=""
 NETNS_SUBNET=""
 NETNS_HOSTS=0
+# With `up --postgres`: the URL every node is given (its presence selects PostgreSQL).
+DATABASE_URL_FILE="$RUN/database-url"
 
 die() { echo "cluster.sh: $*" >&2; exit 1; }
 # A path as the user can paste it: relative to the current directory when under it.
@@ -114,7 +120,13 @@ start_node() {
   args=(node --cookie-file "$RUN/cookie" --api-token-file "$RUN/token" --data-dir "$RUN")
   # config/nodeK.toml (if any) supplies the rest, e.g. node 1's database; the flags below win
   # over it so CC_BASE_HTTP / CC_BASE_CLUSTER can move the whole cluster to other ports.
-  [[ -f "$ROOT/config/node$i.toml" ]] && args+=(--config "$ROOT/config/node$i.toml")
+  # With PostgreSQL the node files are left out (node 1's names a SQLite file, which excludes
+  # --database-url); the flags below set everything they would.
+  if [[ -f "$DATABASE_URL_FILE" ]]; then
+    args+=(--database-url-file "$DATABASE_URL_FILE")
+  elif [[ -f "$ROOT/config/node$i.toml" ]]; then
+    args+=(--config "$ROOT/config/node$i.toml")
+  fi
   args+=(--name "$name" --http-addr "$(node_ip "$name"):$((BASE_HTTP + i))" --cluster-addr "$(node_ip "$name"):$((BASE_CLUSTER + i))")
   (( i > 1 )) && args+=(--seeds "$(node_ip n1):$((BASE_CLUSTER + 1))")
   # shellcheck disable=SC2206
@@ -155,13 +167,24 @@ wait_converged() {
 }
 
 cmd_up() {
-  local n=3 netns=0 arg i
+  local n=3 netns=0 postgres=0 arg i
   for arg in "$@"; do
     case "$arg" in
       --netns) netns=1 ;;
-      *) [[ "$arg" =~ ^[1-9][0-9]*$ ]] || die "up takes a node count and --netns, got '$arg'"; n="$arg" ;;
+      --postgres) postgres=1 ;;
+      *) [[ "$arg" =~ ^[1-9][0-9]*$ ]] || die "up takes a node count, --netns and --postgres, got '$arg'"; n="$arg" ;;
     esac
   done
+  # The local server listens on the host's loopback, which namespaced nodes cannot reach.
+  [[ "$netns$postgres" != 11 ]] || die "--postgres and --netns cannot be combined (the server is on the host's 127.0.0.1)"
+  mkdir -p "$RUN"
+  rm -f "$DATABASE_URL_FILE"
+  if [[ "$postgres" == 1 ]]; then
+    CC_RUN_DIR="$RUN" "$ROOT/scripts/pg.sh" up | tail -n 1 > "$DATABASE_URL_FILE.tmp"
+    chmod 600 "$DATABASE_URL_FILE.tmp"
+    mv "$DATABASE_URL_FILE.tmp" "$DATABASE_URL_FILE"
+    echo "PostgreSQL: $(cat "$DATABASE_URL_FILE") (every node runs a database actor)"
+  fi
   if [[ "$netns" == 1 ]]; then
     netns_preflight
     # Anything failing from here on stops what started and removes the namespaces.
@@ -228,6 +251,7 @@ cmd_down() {
     rm -f "$(pid_file "$name")"
   done
   [[ "$any" == 1 ]] && echo "cluster stopped" || echo "no node was running"
+  if [[ -f "$DATABASE_URL_FILE" ]]; then CC_RUN_DIR="$RUN" "$ROOT/scripts/pg.sh" down; fi
   if netns_on; then netns_down; fi
 }
 
@@ -453,7 +477,7 @@ main() {
     partition) cmd_partition "$@" ;;
     isolate) cmd_isolate "$@" ;;
     heal) cmd_heal ;;
-    ""|-h|--help|help) sed -n '2,30p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' ;;
+    ""|-h|--help|help) sed -n '2,34p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' ;;
     *) die "unknown command '$cmd' (try --help)" ;;
   esac
 }

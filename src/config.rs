@@ -20,6 +20,8 @@ use serde::Deserialize;
 use crate::cluster::lease::LeaseConfig;
 use crate::cluster::lease::config::defaults as lease_defaults;
 use crate::error::{Error, Result};
+use crate::storage::engine::{Backend, EngineConfig};
+use crate::storage::postgres::{PostgresConfig, redact_url};
 
 /// One layer of settings; every key optional. Doubles as the clap flags of `node` and the TOML
 /// file schema.
@@ -58,6 +60,20 @@ pub struct ConfigLayer {
     /// SQLite file: when set, this node hosts a database actor. Relative to --data-dir.
     #[arg(long, env = "CUSTOMER_CLUSTER_DB_PATH")]
     pub db_path: Option<PathBuf>,
+
+    /// PostgreSQL server shared by every node (`postgres://user:password@host:port/db`): when
+    /// set, every node runs a database actor over it. Excludes --db-path. Prefer
+    /// --database-url-file for a URL with a password.
+    #[arg(long, env = "CUSTOMER_CLUSTER_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// File holding the PostgreSQL URL (trailing whitespace ignored).
+    #[arg(long, env = "CUSTOMER_CLUSTER_DATABASE_URL_FILE")]
+    pub database_url_file: Option<PathBuf>,
+
+    /// Most PostgreSQL connections this node opens [default: 8].
+    #[arg(long, env = "CUSTOMER_CLUSTER_DB_POOL_SIZE")]
+    pub db_pool_size: Option<usize>,
 
     /// Base directory for relative paths [default: current directory].
     #[arg(long, env = "CUSTOMER_CLUSTER_DATA_DIR")]
@@ -181,6 +197,9 @@ impl ConfigLayer {
             cookie,
             cookie_file,
             db_path,
+            database_url,
+            database_url_file,
+            db_pool_size,
             data_dir,
             api_token,
             api_token_file,
@@ -277,8 +296,13 @@ pub struct Config {
     pub seeds: Vec<String>,
     /// Cluster cookie.
     pub cookie: Secret,
-    /// Database file when this node hosts the database actor.
+    /// Database file when this node hosts the (only) SQLite database actor.
     pub db_path: Option<PathBuf>,
+    /// PostgreSQL server when every node runs a database actor over it (never logged as is:
+    /// see [`Config::database`]).
+    pub database_url: Option<Secret>,
+    /// Most PostgreSQL connections per node.
+    pub db_pool_size: usize,
     /// Accepted API bearer tokens; empty = no authentication.
     pub api_tokens: Vec<Secret>,
     /// Log format.
@@ -364,6 +388,13 @@ impl Config {
         let data_dir = layer.data_dir.unwrap_or_else(|| PathBuf::from("."));
         let cookie = load_cookie(layer.cookie, layer.cookie_file.as_deref())?;
         let api_tokens = load_tokens(layer.api_token, layer.api_token_file.as_deref())?;
+        let database_url =
+            load_database_url(layer.database_url, layer.database_url_file.as_deref())?;
+        if database_url.is_some() && layer.db_path.is_some() {
+            return Err(invalid(
+                "--db-path (SQLite on this node) and --database-url (PostgreSQL shared by every node) exclude each other: give one".into(),
+            ));
+        }
         let ms = |v: Option<u64>, d: u64| Duration::from_millis(v.unwrap_or(d));
         let config = Config {
             name,
@@ -381,6 +412,10 @@ impl Config {
                 .collect(),
             cookie,
             db_path: layer.db_path.map(|p| data_dir.join(p)),
+            database_url,
+            db_pool_size: layer
+                .db_pool_size
+                .unwrap_or(crate::storage::postgres::DEFAULT_POOL_SIZE),
             api_tokens,
             log_format: layer.log_format.unwrap_or_default(),
             log_level: layer.log_level,
@@ -446,6 +481,11 @@ impl Config {
         if self.db_max_batch == 0 || self.db_readers == 0 {
             return invalid("--db-max-batch and --db-readers must be at least 1");
         }
+        if self.db_pool_size <= self.db_readers {
+            return invalid(
+                "--db-pool-size must exceed --db-readers (the writer and each reader hold a connection)",
+            );
+        }
         if self.http_addr == self.cluster_addr && self.http_addr.port() != 0 {
             return invalid("--http-addr and --cluster-addr must differ");
         }
@@ -460,6 +500,29 @@ impl Config {
             }
         }
         self.lease.validate()
+    }
+
+    /// Whether this node runs a Database actor: with --db-path (SQLite) or --database-url
+    /// (PostgreSQL, where every node does).
+    pub fn hosts_database(&self) -> bool {
+        self.db_path.is_some() || self.database_url.is_some()
+    }
+
+    /// The storage engine this node runs, if any.
+    pub fn database(&self) -> Option<EngineConfig> {
+        let backend = match (&self.db_path, &self.database_url) {
+            (Some(path), _) => Backend::Sqlite(path.clone()),
+            (None, Some(url)) => Backend::Postgres(PostgresConfig {
+                pool_size: self.db_pool_size,
+                ..PostgresConfig::new(url.clone())
+            }),
+            (None, None) => return None,
+        };
+        Some(EngineConfig {
+            backend,
+            max_batch: self.db_max_batch,
+            readers: self.db_readers,
+        })
     }
 
     /// Host part of the advertised address (what the NodeServer advertises to peers).
@@ -525,6 +588,27 @@ fn load_cookie(inline: Option<String>, file: Option<&Path>) -> Result<Secret> {
         ));
     }
     Ok(Secret::new(value))
+}
+
+fn load_database_url(inline: Option<String>, file: Option<&Path>) -> Result<Option<Secret>> {
+    let url = match (inline, file) {
+        (Some(_), Some(_)) => {
+            return Err(Error::InvalidInput(
+                "give either --database-url or --database-url-file, not both".into(),
+            ));
+        }
+        (Some(url), None) => url,
+        (None, Some(path)) => read_secret_file(path, "database URL")?,
+        (None, None) => return Ok(None),
+    };
+    let url = url.trim().to_owned();
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(Error::InvalidInput(format!(
+            "--database-url must be a postgres:// or postgresql:// URL, got {}",
+            redact_url(&url)
+        )));
+    }
+    Ok(Some(Secret::new(url)))
 }
 
 fn load_tokens(inline: Option<Vec<String>>, file: Option<&Path>) -> Result<Vec<Secret>> {
@@ -769,6 +853,49 @@ mod tests {
         let mut l = minimal();
         l.lease_margin_ms = Some(2000);
         assert!(refused(l).contains("lapses between renews"));
+    }
+
+    #[test]
+    fn a_database_url_makes_every_node_a_postgres_database_node() {
+        let mut l = minimal();
+        l.database_url = Some("postgres://cc:pw@127.0.0.1:5432/customers".into());
+        let c = Config::resolve(l).unwrap();
+        assert!(c.hosts_database());
+        let engine = c.database().unwrap();
+        assert!(engine.backend.is_shared());
+        assert_eq!(
+            engine.backend.describe(),
+            "postgres postgres://cc:***@127.0.0.1:5432/customers"
+        );
+        assert!(!format!("{c:?}").contains("pw"));
+        assert!(!Config::resolve(minimal()).unwrap().hosts_database());
+    }
+
+    #[test]
+    fn the_database_url_can_come_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("db-url");
+        std::fs::write(&file, "postgresql://cc@db/customers\n").unwrap();
+        let mut l = minimal();
+        l.database_url_file = Some(file);
+        let c = Config::resolve(l).unwrap();
+        assert_eq!(
+            c.database_url.as_ref().map(Secret::expose),
+            Some("postgresql://cc@db/customers")
+        );
+    }
+
+    #[test]
+    fn db_path_and_database_url_together_are_refused() {
+        let mut l = minimal();
+        l.db_path = Some("n1.db".into());
+        l.database_url = Some("postgres://cc@127.0.0.1/customers".into());
+        let err = Config::resolve(l).unwrap_err();
+        assert!(err.to_string().contains("exclude each other"), "{err}");
+        let mut l = minimal();
+        l.database_url = Some("mysql://cc:pw@h/d".into());
+        let err = Config::resolve(l).unwrap_err().to_string();
+        assert!(err.contains("postgres://") && !err.contains("pw"), "{err}");
     }
 
     #[test]

@@ -26,7 +26,7 @@
 //!
 //! * [`error`] — the one error enum; [`codec`] — the only place that names bincode.
 //! * [`customer`] — the domain: fields, validation, merge patch (pure).
-//! * [`storage`] — SQLite store and the group-commit engine on dedicated threads.
+//! * [`storage`] — SQLite and PostgreSQL stores and the group-commit engine on dedicated threads.
 //! * [`cluster`] — wire protocol, placement, membership.
 //! * [`actors`] — supervisor, registry, customer and database actors; the gateway.
 //! * [`api`] — axum router and the error→HTTP mapping; [`client`] — CLI client and how

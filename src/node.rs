@@ -28,7 +28,6 @@ use crate::cluster::placement::{Member, Ring};
 use crate::cluster::protocol::{NodeInfo, PROTOCOL_VERSION};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::storage::engine::EngineConfig;
 
 /// A running node.
 pub struct RunningNode {
@@ -64,7 +63,7 @@ pub async fn start_actors(
         name: config.name.clone(),
         cluster_addr: config.advertise_addr.clone(),
         http_addr: config.http_addr.to_string(),
-        hosts_db: config.db_path.is_some(),
+        hosts_db: config.hosts_database(),
     };
     let (view_tx, view_rx) = watch::channel(Arc::new(View::single(Ring::single(local))));
     let lease = Lease::new(config.failure_timeout);
@@ -85,14 +84,10 @@ pub async fn start_actors(
         protocol_version: PROTOCOL_VERSION,
         cluster_addr: config.advertise_addr.clone(),
         http_addr: config.http_addr.to_string(),
-        hosts_db: config.db_path.is_some(),
+        hosts_db: config.hosts_database(),
         incarnation,
     };
-    let engine = config.db_path.as_ref().map(|path| EngineConfig {
-        path: path.clone(),
-        max_batch: config.db_max_batch,
-        readers: config.db_readers,
-    });
+    let engine = config.database();
     let membership = MembershipArgs {
         info: info.clone(),
         seeds: config.seeds.clone(),
@@ -222,7 +217,7 @@ pub async fn run(config: Config) -> Result<()> {
         http = %node.http_addr,
         cluster = %config.advertise_addr,
         tls = config.tls.is_some(),
-        database = %config.db_path.as_ref().map_or("remote (via process group)".to_owned(), |p| p.display().to_string()),
+        database = %config.database().map_or("remote (via process group)".to_owned(), |e| e.backend.describe()),
         "node {} is up", config.name
     );
     let outcome = tokio::select! {

@@ -6,12 +6,17 @@
 //! process group `customer-db.v1`, which is how nodes without `--db-path` find it.
 //!
 //! The client prefers a Database actor in this process (registered by name), else the remote
-//! group member whose node name sorts first. With SQLite there must be exactly one: SQLite
-//! files are not replicated, so two database nodes would each take writes the other never
-//! sees. Each Database actor therefore watches its group and, while another node's Database
-//! actor is in it, refuses every request with `Unavailable` (503) and says why in the log and
-//! in the error. The cluster fails closed until the operator stops one; then service resumes
-//! by itself.
+//! group member whose node name sorts first.
+//!
+//! * **SQLite** (`--db-path`): there must be exactly one. SQLite files are not replicated, so
+//!   two database nodes would each take writes the other never sees. Each Database actor
+//!   therefore watches its group and, while another node's Database actor is in it, refuses
+//!   every request with `Unavailable` (503) and says why in the log and in the error. The
+//!   cluster fails closed until the operator stops one; then service resumes by itself.
+//! * **PostgreSQL** (`--database-url`): every node runs a Database actor over the one shared
+//!   server, so many members of the group are expected and that rule is lifted. Each node's
+//!   customer actors use the local one; a remote one is used only while the local one is
+//!   down (restarting).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,17 +55,16 @@ pub struct DatabaseState {
     engine: Option<Engine>,
     /// Other nodes whose Database actor is in the group; while any exist, requests are refused.
     rivals: Vec<String>,
+    /// Whether the backend is shared by every node (PostgreSQL): then there are no rivals.
+    shared: bool,
 }
 
 impl DatabaseState {
-    /// Recomputes [`Self::rivals`] from the process group and logs a change.
+    /// Recomputes [`Self::rivals`] from the process group and logs a change. Over a shared
+    /// backend (PostgreSQL) other members are peers, never rivals.
     fn check_rivals(&mut self) {
-        let mut rivals: Vec<String> = remote_members()
-            .into_iter()
-            .map(|(node, _)| node)
-            .filter(|node| *node != self.node)
-            .collect();
-        rivals.dedup();
+        let members = remote_members().into_iter().map(|(node, _)| node).collect();
+        let rivals = rivals(self.shared, &self.node, members);
         if rivals == self.rivals {
             return;
         }
@@ -106,6 +110,17 @@ impl DatabaseState {
     }
 }
 
+/// The other nodes whose Database actor makes this one refuse requests: every other member of
+/// the group over SQLite, none over a shared backend. `members` is sorted by name.
+pub fn rivals(shared: bool, me: &str, members: Vec<String>) -> Vec<String> {
+    if shared {
+        return Vec::new();
+    }
+    let mut rivals: Vec<String> = members.into_iter().filter(|node| node != me).collect();
+    rivals.dedup();
+    rivals
+}
+
 impl Actor for Database {
     type Msg = DatabaseMsg;
     type State = DatabaseState;
@@ -120,11 +135,12 @@ impl Actor for Database {
         let engine = tokio::task::spawn_blocking(move || Engine::open(&config)).await??;
         ractor::pg::join(DATABASE_GROUP.to_owned(), vec![myself.get_cell()]);
         ractor::pg::monitor(DATABASE_GROUP.to_owned(), myself.get_cell());
-        tracing::info!(path = %args.engine.path.display(), max_batch = args.engine.max_batch, "database actor started");
+        tracing::info!(store = %args.engine.backend.describe(), max_batch = args.engine.max_batch, "database actor started");
         let mut state = DatabaseState {
             node: args.node,
             engine: Some(engine),
             rivals: Vec::new(),
+            shared: args.engine.backend.is_shared(),
         };
         state.check_rivals();
         Ok(state)
@@ -389,4 +405,20 @@ pub async fn spawn(args: DatabaseArgs, supervisor: ActorCell) -> Result<ActorRef
         .await
         .map_err(|e| Error::Internal(format!("database actor failed to start: {e}")))?;
     Ok(actor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_sqlite_database_node_is_a_rival_but_postgres_peers_are_not() {
+        let members = vec!["n1".to_owned(), "n2".to_owned(), "n3".to_owned()];
+        assert_eq!(rivals(false, "n1", members.clone()), vec!["n2", "n3"]);
+        assert_eq!(
+            rivals(false, "n1", vec!["n1".to_owned()]),
+            Vec::<String>::new()
+        );
+        assert!(rivals(true, "n1", members).is_empty());
+    }
 }

@@ -29,6 +29,7 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Select, Sender};
 
+use super::postgres::{PostgresConfig, PostgresStore, redact_url};
 use super::sqlite::SqliteStore;
 use super::{
     Grant, Holder, Observed, Registration, Release, Renewal, RequestStamp, Settlement, ShardId,
@@ -208,15 +209,54 @@ pub enum ReadJob {
     LeaseTable(Done<Vec<ShardLease>>),
 }
 
+/// Which store the engine runs.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// An embedded SQLite file: one writer connection, read-only reader connections. Not
+    /// replicated, so exactly one node of a cluster may run it.
+    Sqlite(PathBuf),
+    /// A PostgreSQL server shared by every node: the writer and the readers take connections
+    /// from one bounded pool.
+    Postgres(PostgresConfig),
+}
+
+impl Backend {
+    /// Whether several nodes may run a Database actor over this backend at once (they share
+    /// one source of truth). False for SQLite: two files would each take writes the other
+    /// never sees.
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Self::Postgres(_))
+    }
+
+    /// A loggable description: the file, or the URL with its password redacted.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Sqlite(path) => format!("sqlite {}", path.display()),
+            Self::Postgres(pg) => format!("postgres {}", redact_url(pg.url.expose())),
+        }
+    }
+}
+
 /// Tunables of the engine.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// SQLite database file.
-    pub path: PathBuf,
+    /// The store to run.
+    pub backend: Backend,
     /// Most writes committed in one transaction; 1 disables group commit.
     pub max_batch: usize,
     /// Number of reader threads (each with its own connection).
     pub readers: usize,
+}
+
+impl EngineConfig {
+    /// A SQLite engine on `path`.
+    pub fn sqlite(path: impl Into<PathBuf>, max_batch: usize, readers: usize) -> Self {
+        Self {
+            backend: Backend::Sqlite(path.into()),
+            max_batch,
+            readers,
+        }
+    }
 }
 
 /// Handle to the storage threads. Cheap to share by reference; submit never blocks.
@@ -228,19 +268,36 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Opens the store (creating and migrating the file) and starts the threads. Blocking:
-    /// call from a blocking context.
+    /// Opens the store (creating and migrating the file, or connecting to the server and
+    /// migrating it) and starts the threads. Blocking: call from a blocking context.
     pub fn open(config: &EngineConfig) -> Result<Self> {
-        let writer = SqliteStore::open(&config.path)?;
+        let readers = config.readers.max(1);
+        match &config.backend {
+            Backend::Sqlite(path) => {
+                let writer = SqliteStore::open(path)?;
+                let readers = (0..readers)
+                    .map(|_| SqliteStore::open_reader(path))
+                    .collect::<Result<Vec<_>>>()?;
+                Self::start(writer, readers, config.max_batch)
+            }
+            Backend::Postgres(pg) => {
+                let writer = PostgresStore::connect(pg)?;
+                let readers = vec![writer.clone(); readers];
+                Self::start(writer, readers, config.max_batch)
+            }
+        }
+    }
+
+    /// Starts the writer thread over `writer` and one reader thread per store in `readers`.
+    fn start<S: Store>(writer: S, readers: Vec<S>, max_batch: usize) -> Result<Self> {
         let (lease_tx, lease_rx) = crossbeam_channel::unbounded();
         let (write_tx, write_rx) = crossbeam_channel::unbounded();
         let (read_tx, read_rx) = crossbeam_channel::unbounded();
         let mut threads = vec![spawn_named("db-writer", {
-            let max = config.max_batch.max(1);
+            let max = max_batch.max(1);
             move || write_loop(writer, &lease_rx, &write_rx, max)
         })?];
-        for i in 0..config.readers.max(1) {
-            let reader = SqliteStore::open_reader(&config.path)?;
+        for (i, reader) in readers.into_iter().enumerate() {
             let rx = read_rx.clone();
             threads.push(spawn_named(&format!("db-reader-{i}"), move || {
                 read_loop(reader, &rx)
@@ -401,6 +458,16 @@ fn complete(result: Result<Vec<WriteOutcome>>, dones: Vec<Done<WriteOutcome>>) {
                 done(Ok(outcome));
             }
         }
+        Err(Error::Timeout(why)) => {
+            // The commit was sent and its answer lost: the batch may or may not have applied.
+            tracing::error!(error = %why, writes = dones.len(), "database batch outcome unknown");
+            metrics::counter!("customer_db_batch_unknown_total").increment(1);
+            for done in dones {
+                done(Err(Error::Timeout(format!(
+                    "database write outcome unknown: {why}"
+                ))));
+            }
+        }
         Err(err) => {
             tracing::error!(error = %err, writes = dones.len(), "database batch failed; nothing in it was acknowledged");
             metrics::counter!("customer_db_batch_failures_total").increment(1);
@@ -501,12 +568,7 @@ mod tests {
     #[test]
     fn lease_jobs_and_fenced_writes_share_the_writer() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::open(&EngineConfig {
-            path: dir.path().join("l.db"),
-            max_batch: 8,
-            readers: 1,
-        })
-        .unwrap();
+        let engine = Engine::open(&EngineConfig::sqlite(dir.path().join("l.db"), 8, 1)).unwrap();
         let (tx, rx) = mpsc::channel();
         engine.lease(LeaseJob::Register {
             node: "n1".into(),
@@ -580,14 +642,27 @@ mod tests {
     }
 
     #[test]
+    fn a_batch_whose_commit_outcome_is_unknown_is_reported_as_timeout_not_unavailable() {
+        let (tx, rx) = mpsc::channel();
+        let dones: Vec<Done<WriteOutcome>> = (0..2)
+            .map(|_| {
+                let tx = tx.clone();
+                Box::new(move |r: Result<WriteOutcome>| tx.send(r).unwrap()) as Done<_>
+            })
+            .collect();
+        complete(
+            Err(Error::Timeout("connection lost at COMMIT".into())),
+            dones,
+        );
+        let results: Vec<_> = rx.try_iter().collect();
+        assert_eq!(results.len(), 2);
+        assert!(results.iter().all(|r| matches!(r, Err(Error::Timeout(_)))));
+    }
+
+    #[test]
     fn writes_are_acknowledged_after_commit_and_visible_to_readers() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::open(&EngineConfig {
-            path: dir.path().join("e.db"),
-            max_batch: 64,
-            readers: 2,
-        })
-        .unwrap();
+        let engine = Engine::open(&EngineConfig::sqlite(dir.path().join("e.db"), 64, 2)).unwrap();
         let (tx, rx) = mpsc::channel();
         let mut ids = Vec::new();
         for i in 0..200 {

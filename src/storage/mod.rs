@@ -51,6 +51,7 @@ pub mod cas;
 pub mod engine;
 pub mod leases;
 pub mod migrations;
+pub mod postgres;
 pub mod requests;
 pub mod sqlite;
 #[cfg(test)]

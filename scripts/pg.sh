@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# A throwaway local PostgreSQL for development, tests and `cluster.sh up --postgres`.
+#
+#   scripts/pg.sh up       initdb (first time) into $CC_RUN_DIR/pg (default ./run/pg) and start it
+#                          on its own free port and socket directory; prints the URL
+#   scripts/pg.sh url      prints the URL (postgres://…) of the running server
+#   scripts/pg.sh status   says whether it runs, where, and on which port
+#   scripts/pg.sh down     stops it (the data directory stays; `up` starts it again)
+#   scripts/pg.sh destroy  stops it and deletes its data directory
+#
+# Uses the server binaries already on the machine (/usr/lib/postgresql/*/bin, `pg_config
+# --bindir`, PATH); touches no system service. Run as root, it runs the server as the
+# `postgres` user (initdb refuses root). Nothing here listens beyond 127.0.0.1.
+set -euo pipefail
+
+RUN_DIR="${CC_RUN_DIR:-$(pwd)/run}"
+mkdir -p "$RUN_DIR"
+RUN_DIR="$(cd "$RUN_DIR" && pwd)"
+PG_DIR="$RUN_DIR/pg"
+# As root the server runs as `postgres`, which must reach the data directory: when some parent
+# of the run directory is closed to it (a checkout under /root), keep the server's files in a
+# directory of their own under /tmp, named after the run directory so every call finds it.
+if [[ "$(id -u)" == 0 ]] && id postgres >/dev/null 2>&1 && ! runuser -u postgres -- test -x "$RUN_DIR"; then
+  PG_DIR="/tmp/cc-pg-$(printf '%s' "$RUN_DIR" | md5sum | cut -c1-12)"
+fi
+DATA="$PG_DIR/data"
+SOCK="$PG_DIR/sock"
+PORT_FILE="$PG_DIR/port"
+LOG="$PG_DIR/server.log"
+DB_NAME="customers"
+DB_USER="cc"
+
+die() { echo "pg.sh: $*" >&2; exit 1; }
+
+find_bindir() {
+  local candidate
+  for candidate in /usr/lib/postgresql/*/bin; do
+    [[ -x "$candidate/initdb" && -x "$candidate/pg_ctl" ]] && { echo "$candidate"; return; }
+  done
+  if command -v pg_config >/dev/null 2>&1; then
+    candidate="$(pg_config --bindir)"
+    [[ -x "$candidate/initdb" && -x "$candidate/pg_ctl" ]] && { echo "$candidate"; return; }
+  fi
+  if command -v initdb >/dev/null 2>&1 && command -v pg_ctl >/dev/null 2>&1; then
+    dirname "$(command -v pg_ctl)"
+    return
+  fi
+  die "no PostgreSQL server binaries found (initdb, pg_ctl). Install them with:
+    apt-get install postgresql        (Debian/Ubuntu; the service need not run)
+then run this again."
+}
+
+BIN="$(find_bindir)"
+
+# Runs a server binary as the postgres user when we are root (initdb and postgres refuse root).
+as_owner() {
+  if [[ "$(id -u)" == 0 ]]; then
+    id postgres >/dev/null 2>&1 || die "running as root needs a 'postgres' user (apt-get install postgresql creates it)"
+    runuser -u postgres -- "$@"
+  else
+    "$@"
+  fi
+}
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()' 2>/dev/null \
+    || echo $(( 20000 + RANDOM % 20000 ))
+}
+
+port() { cat "$PORT_FILE" 2>/dev/null || true; }
+
+url() { echo "postgres://$DB_USER@127.0.0.1:$(port)/$DB_NAME"; }
+
+running() { [[ -f "$DATA/postmaster.pid" ]] && as_owner "$BIN/pg_ctl" -D "$DATA" status >/dev/null 2>&1; }
+
+cmd_up() {
+  mkdir -p "$PG_DIR" "$SOCK"
+  if [[ "$(id -u)" == 0 ]]; then
+    chown postgres "$PG_DIR" "$SOCK"
+  fi
+  if running; then
+    echo "already running on port $(port)"
+    url
+    return
+  fi
+  if [[ ! -f "$DATA/PG_VERSION" ]]; then
+    as_owner "$BIN/initdb" -D "$DATA" -U postgres --auth=trust -E UTF8 --locale=C >"$PG_DIR/initdb.log" 2>&1 \
+      || die "initdb failed; see $PG_DIR/initdb.log"
+  fi
+  [[ -s "$PORT_FILE" ]] || free_port >"$PORT_FILE"
+  # fsync stays on: the store's "acknowledged = durable" claim is tested against this server.
+  as_owner "$BIN/pg_ctl" -D "$DATA" -l "$LOG" -w -t 30 -o \
+    "-p $(port) -k $SOCK -c listen_addresses=127.0.0.1 -c max_connections=200" start >/dev/null \
+    || die "the server did not start; see $LOG"
+  as_owner "$BIN/psql" -h "$SOCK" -p "$(port)" -U postgres -d postgres -v ON_ERROR_STOP=1 -qAt >/dev/null <<SQL
+SELECT 'CREATE ROLE $DB_USER LOGIN SUPERUSER' WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$DB_USER')
+\gexec
+SELECT 'CREATE DATABASE $DB_NAME OWNER $DB_USER' WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = '$DB_NAME')
+\gexec
+SQL
+  as_owner "$BIN/postgres" --version | sed 's/^/started /' >&2
+  url
+}
+
+cmd_down() {
+  if running; then
+    as_owner "$BIN/pg_ctl" -D "$DATA" -m fast -w stop >/dev/null
+    echo "stopped (data kept in $DATA)"
+  else
+    echo "not running"
+  fi
+}
+
+cmd_status() {
+  if running; then
+    echo "running: port $(port), data $DATA, socket $SOCK, pid $(head -1 "$DATA/postmaster.pid")"
+    url
+  else
+    echo "not running (data: $([[ -d "$DATA" ]] && echo "$DATA" || echo none))"
+    return 1
+  fi
+}
+
+case "${1:-}" in
+  up) cmd_up ;;
+  down) cmd_down ;;
+  url) running || die "not running: scripts/pg.sh up"; url ;;
+  status) cmd_status ;;
+  destroy) cmd_down; rm -rf "$PG_DIR"; echo "removed $PG_DIR" ;;
+  *) echo "usage: $0 up|down|url|status|destroy" >&2; exit 2 ;;
+esac
