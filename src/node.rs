@@ -11,6 +11,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use ractor::{Actor, ActorRef};
 use tokio::net::TcpListener;
@@ -67,8 +68,7 @@ pub async fn start_actors(
         hosts_db: config.db_path.is_some(),
     };
     let (view_tx, view_rx) = watch::channel(Arc::new(View::single(Ring::single(local))));
-    let lease = Lease::new(config.failure_timeout);
-    lease.renew();
+    let lease = Lease::new(config.failure_timeout, Instant::now());
     let ctx = Arc::new(NodeContext {
         name: config.name.clone(),
         request_timeout: config.request_timeout,

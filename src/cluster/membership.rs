@@ -6,6 +6,7 @@
 //!   version; its leaving (session closed) removes it at once;
 //! * session events from the NodeServer (ready / disconnected), used to keep the full mesh:
 //!   every seed and every member address is re-dialed with backoff until connected;
+//! * the outcome of each `Hello`, judged by the pure admission rule ([`super::admission`]);
 //! * a tick every heartbeat: ping each member's Registry, evaluate the failure detector
 //!   ([`super::detector`]), evict silent peers (close their session), re-dial, renew the lease.
 //!
@@ -17,7 +18,8 @@
 //! The [`Lease`] answers "is my picture of the cluster recent?". Membership renews it on every
 //! heartbeat tick. A process that was frozen (SIGSTOP, a long stall) wakes up with an expired
 //! lease, and customer actors then reload from the database before serving anything cached:
-//! while we were frozen, peers may have evicted us and accepted newer writes.
+//! while we were frozen, peers may have evicted us and accepted newer writes. Its rule takes
+//! the time as an argument; only [`Lease::is_valid`] reads the clock, for callers at the edge.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -29,12 +31,11 @@ use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, Supervisio
 use ractor_cluster::RactorMessage;
 use tokio::sync::watch;
 
+use super::admission::{Admission, Greeting, Refusal, admit};
 use super::detector::{Detector, DialPlan, Verdict, was_stalled};
 use super::mesh::{Mesh, SessionEvent, SessionEventKind};
 use super::placement::{Member, Ring};
-use super::protocol::{
-    NodeInfo, REGISTRY_GROUP, RegistryMsg, call, check_peer, node_of, registry_name,
-};
+use super::protocol::{NodeInfo, REGISTRY_GROUP, RegistryMsg, call, node_of, registry_name};
 use crate::codec::Wire;
 use crate::error::{Error, Result};
 
@@ -58,40 +59,52 @@ impl View {
 }
 
 /// Freshness of this node's cluster picture; cheap to check on every customer operation.
+/// Clones share one lease: Membership renews it, customer actors read it.
 #[derive(Clone)]
 pub struct Lease {
     inner: Arc<LeaseInner>,
 }
 
 struct LeaseInner {
+    /// Origin of the stored times: an `Instant` cannot live in an atomic, an offset from one can.
     base: Instant,
+    /// Milliseconds from `base` to the latest renewal.
     renewed_ms: AtomicU64,
+    /// How long one renewal keeps the picture fresh.
     validity: Duration,
 }
 
 impl Lease {
-    /// A lease valid for `validity` after each renewal; starts renewed.
-    pub fn new(validity: Duration) -> Self {
+    /// A lease valid for `validity` after each renewal; starts renewed at `now`.
+    pub fn new(validity: Duration, now: Instant) -> Self {
         Self {
             inner: Arc::new(LeaseInner {
-                base: Instant::now(),
+                base: now,
                 renewed_ms: AtomicU64::new(0),
                 validity,
             }),
         }
     }
 
-    /// Marks the picture as fresh now.
-    pub fn renew(&self) {
-        let now = self.inner.base.elapsed().as_millis() as u64;
-        self.inner.renewed_ms.store(now, Ordering::Relaxed);
+    fn offset_ms(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.inner.base).as_millis() as u64
     }
 
-    /// True when the last renewal is within the validity period.
-    pub fn is_valid(&self) -> bool {
-        let now = self.inner.base.elapsed().as_millis() as u64;
+    /// Marks the picture as fresh at `now`. A renewal never makes the lease older.
+    pub fn renew_at(&self, now: Instant) {
+        let at = self.offset_ms(now);
+        self.inner.renewed_ms.fetch_max(at, Ordering::Relaxed);
+    }
+
+    /// True when the last renewal is within the validity period at `now`.
+    pub fn is_valid_at(&self, now: Instant) -> bool {
         let renewed = self.inner.renewed_ms.load(Ordering::Relaxed);
-        now.saturating_sub(renewed) <= self.inner.validity.as_millis() as u64
+        self.offset_ms(now).saturating_sub(renewed) <= self.inner.validity.as_millis() as u64
+    }
+
+    /// [`Lease::is_valid_at`] the current time (for callers at the actor edge).
+    pub fn is_valid(&self) -> bool {
+        self.is_valid_at(Instant::now())
     }
 }
 
@@ -153,26 +166,46 @@ pub struct MembershipArgs {
 
 /// A member other than us.
 struct Peer {
+    /// What it told us in `Hello`: addresses for the view, incarnation to tell restarts apart.
     info: NodeInfo,
+    /// Its Registry, over the session we route through (also what heartbeats ping).
     registry: ActorRef<RegistryMsg>,
 }
 
 /// A session the NodeServer told us about.
 struct Session {
+    /// The latest event of this session (its actor, peer name and address).
     event: SessionEvent,
+    /// When TCP connected: a session stuck in its handshake for too long is closed.
     opened_at: Instant,
+    /// Whether the handshake finished; only ready sessions count as connected for re-dialing.
     ready: bool,
 }
 
 /// State of [`Membership`].
 pub struct MembershipState {
+    /// Start arguments, kept for our own info, timings, the view channel, lease and mesh.
     args: MembershipArgs,
+    /// Admitted members other than us, by node name (sorted, so views list them in order).
+    /// The placement view is derived from this map and nothing else.
     peers: BTreeMap<String, Peer>,
+    /// Sessions by NodeSession actor id: which addresses are connected (re-dialing) and which
+    /// sessions to close when a peer is evicted.
     sessions: HashMap<ActorId, Session>,
+    /// Pure failure detector over `peers`: who to ping, who is silent.
     detector: Detector,
+    /// Addresses to keep connected to (seeds and members), with per-address backoff.
     dials: DialPlan,
+    /// Time of the previous tick: a long gap means this process itself was stalled.
     last_tick: Instant,
+    /// The heartbeat timer task, aborted when the actor stops.
     ticker: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// How long a heartbeat ping may stay unanswered before another may be sent: two heartbeats,
+/// at least 100 ms (below that, scheduling noise alone would count as misses).
+pub fn ping_deadline(heartbeat: Duration) -> Duration {
+    (heartbeat * 2).max(Duration::from_millis(100))
 }
 
 impl Actor for Membership {
@@ -200,9 +233,8 @@ impl Actor for Membership {
         let ticker = myself.send_interval(args.heartbeat, || MembershipMsg::Tick);
         metrics::gauge!("customer_cluster_members")
             .set(args.view_tx.borrow().ring.members.len() as f64);
-        let ping_deadline = (args.heartbeat * 2).max(Duration::from_millis(100));
         let state = MembershipState {
-            detector: Detector::new(args.failure_timeout, ping_deadline),
+            detector: Detector::new(args.failure_timeout, ping_deadline(args.heartbeat)),
             args,
             peers: BTreeMap::new(),
             sessions: HashMap::new(),
@@ -316,41 +348,49 @@ impl MembershipState {
     }
 
     fn on_hello(&mut self, registry: ActorCell, result: Result<NodeInfo>) {
-        let claimed = registry
-            .get_name()
-            .as_deref()
-            .and_then(node_of)
-            .map(str::to_owned);
-        let info = match result.and_then(|info| check_peer(&info).map(|()| info)) {
-            Ok(info) => info,
-            Err(err) => {
-                tracing::warn!(peer = ?claimed, error = %err, "peer not admitted");
-                return;
-            }
-        };
-        if claimed.as_deref() != Some(info.name.as_str()) || info.name == self.me() {
-            tracing::error!(peer = %info.name, registered = ?claimed, "refusing a peer that claims this node's name or another name; every node needs a unique --name");
-            return;
-        }
-        if registry.get_status() >= ractor::ActorStatus::Stopping {
-            return; // its session closed while we were greeting it
-        }
+        let registered = registry.get_name();
+        let claimed = registered.as_deref().and_then(node_of);
+        let known_incarnation = result
+            .as_ref()
+            .ok()
+            .and_then(|info| self.peers.get(&info.name))
+            .map(|p| p.info.incarnation);
+        let decision = admit(Greeting {
+            me: self.me(),
+            claimed,
+            answer: result,
+            alive: registry.get_status() < ractor::ActorStatus::Stopping,
+            known_incarnation,
+        });
         let now = Instant::now();
-        self.dials.want(&info.cluster_addr, now);
-        let name = info.name.clone();
-        match self.peers.get_mut(&name) {
-            Some(existing) if existing.info.incarnation > info.incarnation => {
-                // A stale session of an older process start: ignore it.
+        match decision {
+            Admission::Refused(Refusal::Failed(err)) => {
+                tracing::warn!(peer = ?claimed, error = %err, "peer not admitted");
             }
-            Some(existing) if existing.info.incarnation == info.incarnation => {
+            Admission::Refused(Refusal::NameClash {
+                announced,
+                registered,
+            }) => {
+                tracing::error!(peer = %announced, ?registered, "refusing a peer that claims this node's name or another name; every node needs a unique --name");
+            }
+            Admission::Gone => {} // its session closed while we were greeting it
+            Admission::Stale(info) => {
+                // A stale session of an older process start: keep its address dialed only.
+                self.dials.want(&info.cluster_addr, now);
+            }
+            Admission::SameProcess(info) => {
                 // The same process over another session (e.g. a duplicate-connection
                 // election): swap the route, the member set is unchanged.
-                existing.registry = registry.into();
-                existing.info = info;
+                self.dials.want(&info.cluster_addr, now);
+                if let Some(existing) = self.peers.get_mut(&info.name) {
+                    existing.registry = registry.into();
+                    existing.info = info;
+                }
                 self.publish_routes();
             }
-            _ => {
-                let restarted = self.peers.contains_key(&name);
+            Admission::Admit { info, restarted } => {
+                self.dials.want(&info.cluster_addr, now);
+                let name = info.name.clone();
                 tracing::info!(peer = %name, addr = %info.cluster_addr, db = info.hosts_db, "member {}", if restarted { "restarted" } else { "joined" });
                 self.detector.add(&name, now);
                 self.peers.insert(
@@ -460,7 +500,7 @@ impl MembershipState {
             self.publish("local stall");
         }
         self.last_tick = now;
-        self.args.lease.renew();
+        self.args.lease.renew_at(now);
         // Safety net: a route whose remote actor has stopped is dropped even if its
         // process-group leave was missed.
         let dead: Vec<ActorCell> = self
@@ -491,7 +531,7 @@ impl MembershipState {
     }
 
     fn ping(&mut self, myself: &ActorRef<MembershipMsg>, now: Instant) {
-        let deadline = (self.args.heartbeat * 2).max(Duration::from_millis(100));
+        let deadline = ping_deadline(self.args.heartbeat);
         for peer in self.detector.pings_due(now) {
             let Some(registry) = self.peers.get(&peer).map(|p| p.registry.clone()) else {
                 continue;
@@ -629,13 +669,51 @@ pub async fn spawn(args: MembershipArgs, supervisor: ActorCell) -> Result<ActorR
 mod tests {
     use super::*;
 
+    fn at(t0: Instant, ms: u64) -> Instant {
+        t0 + Duration::from_millis(ms)
+    }
+
     #[test]
     fn a_lease_expires_without_renewal_and_recovers_with_it() {
-        let lease = Lease::new(Duration::from_millis(30));
-        assert!(lease.is_valid());
-        std::thread::sleep(Duration::from_millis(60));
-        assert!(!lease.is_valid());
-        lease.renew();
-        assert!(lease.is_valid());
+        let t0 = Instant::now();
+        let lease = Lease::new(Duration::from_millis(30), t0);
+        assert!(lease.is_valid_at(t0));
+        assert!(lease.is_valid_at(at(t0, 30)), "valid for the whole period");
+        assert!(!lease.is_valid_at(at(t0, 31)));
+        lease.renew_at(at(t0, 60));
+        assert!(lease.is_valid_at(at(t0, 60)));
+        assert!(lease.is_valid_at(at(t0, 90)));
+        assert!(!lease.is_valid_at(at(t0, 91)));
+    }
+
+    #[test]
+    fn a_late_renewal_never_makes_the_lease_older() {
+        let t0 = Instant::now();
+        let lease = Lease::new(Duration::from_millis(30), t0);
+        lease.renew_at(at(t0, 100));
+        lease.renew_at(at(t0, 50));
+        assert!(lease.is_valid_at(at(t0, 130)));
+    }
+
+    #[test]
+    fn clones_share_one_lease() {
+        let t0 = Instant::now();
+        let lease = Lease::new(Duration::from_millis(30), t0);
+        let reader = lease.clone();
+        assert!(!reader.is_valid_at(at(t0, 100)));
+        lease.renew_at(at(t0, 100));
+        assert!(reader.is_valid_at(at(t0, 100)));
+    }
+
+    #[test]
+    fn heartbeat_pings_get_two_heartbeats_but_never_less_than_100ms() {
+        assert_eq!(
+            ping_deadline(Duration::from_millis(500)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            ping_deadline(Duration::from_millis(20)),
+            Duration::from_millis(100)
+        );
     }
 }

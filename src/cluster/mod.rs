@@ -5,6 +5,8 @@
 //! * [`mesh`] — the ractor_cluster NodeServer, session events, dialing.
 //! * [`membership`] — who is alive: hello handshake, heartbeats, eviction, re-dialing; the
 //!   published placement view and the freshness lease.
+//! * [`admission`] — the pure rule deciding what a finished `Hello` means (admit, refuse,
+//!   stale, same process).
 //! * [`tls`] — optional mutual TLS between nodes.
 //! * [`detector`] — the pure failure-detector, re-dial and stall rules membership applies.
 //!
@@ -22,6 +24,7 @@
 //! and both activate the same customer; the database's compare-and-set on `version` (fencing)
 //! is what keeps such a double activation from overwriting an acknowledged write.
 
+pub mod admission;
 pub mod detector;
 pub mod membership;
 pub mod mesh;
