@@ -122,9 +122,6 @@ impl Actor for Registry {
                     .map(|()| state.info.clone());
                 let _ = reply.send(Wire(answer));
             }
-            RegistryMsg::Ping(Wire(seq), reply) => {
-                let _ = reply.send(Wire(seq));
-            }
             RegistryMsg::GetOrCreateCustomerActor(Wire(id), reply) => match id {
                 Ok(id) => {
                     state
@@ -497,7 +494,7 @@ mod tests {
         for variant in [
             "Route",
             "Hello",
-            "Ping",
+            "Stats",
             "CreateCustomer",
             "Release",
             "Nope",
@@ -521,11 +518,7 @@ mod tests {
                     });
             }
         }
-        let seq = call(&registry, Duration::from_secs(5), |r| {
-            RegistryMsg::Ping(Wire::ok(7), r)
-        })
-        .await;
-        assert_eq!(seq, Ok(7));
+        assert_eq!(stats(&registry).await.node, config.name);
         node.supervisor.stop(None);
     }
 

@@ -22,8 +22,9 @@ use ractor_cluster::RactorMessage;
 use super::NodeContext;
 use super::database::{self, DatabaseArgs};
 use super::registry::{self, RegistryArgs};
+use crate::cluster::heartbeat;
 use crate::cluster::membership::{self, MembershipArgs, MembershipMsg};
-use crate::cluster::protocol::{DatabaseMsg, NodeInfo, REGISTRY_GROUP, RegistryMsg};
+use crate::cluster::protocol::{DatabaseMsg, HeartbeatMsg, NodeInfo, REGISTRY_GROUP, RegistryMsg};
 use crate::storage::engine::EngineConfig;
 
 /// Restarts allowed per window before the node gives up.
@@ -59,6 +60,7 @@ pub struct SupervisorArgs {
 pub struct SupervisorState {
     args: SupervisorArgs,
     database: Option<ActorRef<DatabaseMsg>>,
+    heartbeat: Option<ActorRef<HeartbeatMsg>>,
     registry: Option<ActorRef<RegistryMsg>>,
     membership: Option<ActorRef<MembershipMsg>>,
     restarts: VecDeque<Instant>,
@@ -90,12 +92,14 @@ impl Actor for NodeSupervisor {
         let mut state = SupervisorState {
             args,
             database: None,
+            heartbeat: None,
             registry: None,
             membership: None,
             restarts: VecDeque::new(),
             stopping: false,
         };
         state.start_database(&myself).await?;
+        state.heartbeat = Some(heartbeat::spawn(&state.args.ctx.name, myself.get_cell()).await?);
         state.start_registry(&myself).await?;
         state.start_membership(&myself).await?;
         Ok(state)
@@ -122,6 +126,9 @@ impl Actor for NodeSupervisor {
                 }
                 if let Some(r) = state.registry.take() {
                     let _ = r.stop_and_wait(Some("node stopping".into()), None).await;
+                }
+                if let Some(h) = state.heartbeat.take() {
+                    let _ = h.stop_and_wait(Some("node stopping".into()), None).await;
                 }
                 if let Some(d) = state.database.take() {
                     let _ = d.stop_and_wait(Some("node stopping".into()), None).await;

@@ -175,7 +175,7 @@ pub struct MemberJson {
     pub this_node: bool,
 }
 
-/// Response of `GET /v1/cluster/ping/{node}`: round trips of a bare Registry ping.
+/// Response of `GET /v1/cluster/ping/{node}`: round trips of a bare heartbeat ping.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PingJson {
     /// The node pinged.

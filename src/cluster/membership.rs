@@ -7,8 +7,10 @@
 //! * session events from the NodeServer (ready / disconnected), used to keep the full mesh:
 //!   every seed and every member address is re-dialed with backoff until connected;
 //! * the outcome of each `Hello`, judged by the pure admission rule ([`super::admission`]);
-//! * a tick every heartbeat: ping each member's Registry, evaluate the failure detector
-//!   ([`super::detector`]), evict silent peers (close their session), re-dial, renew the lease.
+//! * a tick every heartbeat: ping each member's Heartbeat actor ([`super::heartbeat`], which
+//!   carries no customer traffic, so a busy node still answers in time), evaluate the failure
+//!   detector ([`super::detector`]), evict silent peers (close their session), re-dial, renew
+//!   the lease.
 //!
 //! Output: the [`View`] — an immutable snapshot (ring + how to reach each member's Registry)
 //! published through a `tokio::sync::watch` channel; readers clone an `Arc` and never lock.
@@ -33,9 +35,12 @@ use tokio::sync::watch;
 
 use super::admission::{Admission, Greeting, Refusal, admit};
 use super::detector::{Detector, DialPlan, Verdict, was_stalled};
+use super::heartbeat;
 use super::mesh::{Mesh, SessionEvent, SessionEventKind};
 use super::placement::{Member, Ring};
-use super::protocol::{NodeInfo, REGISTRY_GROUP, RegistryMsg, call, node_of, registry_name};
+use super::protocol::{
+    HeartbeatMsg, NodeInfo, REGISTRY_GROUP, RegistryMsg, call, node_of, registry_name,
+};
 use crate::codec::Wire;
 use crate::error::{Error, Result};
 
@@ -122,7 +127,7 @@ pub enum MembershipMsg {
         /// Its answer.
         result: Result<NodeInfo>,
     },
-    /// A heartbeat ping finished.
+    /// A heartbeat ping (to the peer's Heartbeat actor) finished.
     Pong {
         /// Peer name.
         peer: String,
@@ -168,7 +173,7 @@ pub struct MembershipArgs {
 struct Peer {
     /// What it told us in `Hello`: addresses for the view, incarnation to tell restarts apart.
     info: NodeInfo,
-    /// Its Registry, over the session we route through (also what heartbeats ping).
+    /// Its Registry, over the session we route through; its Heartbeat actor is found beside it.
     registry: ActorRef<RegistryMsg>,
 }
 
@@ -530,17 +535,23 @@ impl MembershipState {
         self.redial(myself, now);
     }
 
+    /// Pings each due peer's Heartbeat actor, the one beside the Registry we route through.
+    /// A peer without one (restarting it) counts as a failed ping.
     fn ping(&mut self, myself: &ActorRef<MembershipMsg>, now: Instant) {
         let deadline = ping_deadline(self.args.heartbeat);
         for peer in self.detector.pings_due(now) {
-            let Some(registry) = self.peers.get(&peer).map(|p| p.registry.clone()) else {
+            let Some(registry) = self.peers.get(&peer).map(|p| p.registry.get_cell()) else {
                 continue;
             };
+            let target = heartbeat::beside(&registry);
             let me = myself.clone();
             tokio::spawn(async move {
-                let ok = call(&registry, deadline, |r| RegistryMsg::Ping(Wire::ok(0), r))
-                    .await
-                    .is_ok();
+                let ok = match target {
+                    Some(hb) => call(&hb, deadline, |r| HeartbeatMsg::Ping(Wire::ok(0), r))
+                        .await
+                        .is_ok(),
+                    None => false,
+                };
                 if !ok {
                     metrics::counter!("customer_heartbeat_misses_total").increment(1);
                 }

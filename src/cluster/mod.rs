@@ -7,6 +7,7 @@
 //!   published placement view and the freshness lease.
 //! * [`admission`] — the pure rule deciding what a finished `Hello` means (admit, refuse,
 //!   stale, same process).
+//! * [`heartbeat`] — the per-node actor that answers heartbeat pings and carries nothing else.
 //! * [`tls`] — optional mutual TLS between nodes.
 //! * [`detector`] — the pure failure-detector, re-dial and stall rules membership applies.
 //!
@@ -26,6 +27,7 @@
 
 pub mod admission;
 pub mod detector;
+pub mod heartbeat;
 pub mod membership;
 pub mod mesh;
 pub mod placement;

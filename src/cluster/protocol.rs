@@ -1,5 +1,5 @@
-//! Everything that crosses nodes: the Registry and Database message enums, their argument and
-//! reply types, the process-group names and the protocol version.
+//! Everything that crosses nodes: the Registry, Heartbeat and Database message enums, their
+//! argument and reply types, the process-group names and the protocol version.
 //!
 //! Every RPC carries its argument and its reply as [`Wire<T>`], so a decoding failure becomes an
 //! error reply instead of a dropped message, and domain errors cross nodes as values.
@@ -32,6 +32,11 @@ pub const REGISTRY_GROUP: &str = "customer-registry.v1";
 /// Process group every Database actor joins.
 pub const DATABASE_GROUP: &str = "customer-db.v1";
 
+/// Process group every node's Heartbeat actor joins. Heartbeats have their own actor (and so
+/// their own mailbox) so that no burst of customer messages can delay a pong past the failure
+/// timeout and get a healthy node evicted.
+pub const HEARTBEAT_GROUP: &str = "customer-heartbeat.v1";
+
 /// Registered (process-local) name of this node's Registry; remote actors carry it too, which
 /// is how a pg member is tied to a node name.
 pub fn registry_name(node: &str) -> String {
@@ -43,7 +48,13 @@ pub fn database_name(node: &str) -> String {
     format!("{DATABASE_GROUP}/{node}")
 }
 
-/// The node name in a registered actor name produced by [`registry_name`] or [`database_name`].
+/// Registered name of this node's Heartbeat actor.
+pub fn heartbeat_name(node: &str) -> String {
+    format!("{HEARTBEAT_GROUP}/{node}")
+}
+
+/// The node name in a registered actor name produced by [`registry_name`], [`database_name`]
+/// or [`heartbeat_name`].
 pub fn node_of(actor_name: &str) -> Option<&str> {
     actor_name.split_once('/').map(|(_, node)| node)
 }
@@ -239,9 +250,6 @@ pub enum RegistryMsg {
     /// this succeeds with an equal [`PROTOCOL_VERSION`].
     #[rpc]
     Hello(Wire<NodeInfo>, RpcReplyPort<Wire<NodeInfo>>),
-    /// Heartbeat: echoes the sequence number.
-    #[rpc]
-    Ping(Wire<u64>, RpcReplyPort<Wire<u64>>),
     /// Ensures the customer's actor is active here (loading it from the database).
     #[rpc]
     GetOrCreateCustomerActor(Wire<CustomerId>, RpcReplyPort<Wire<Activation>>),
@@ -267,6 +275,16 @@ pub enum RegistryMsg {
     /// A customer actor reports it holds nothing (deleted or absent): retire it.
     /// Carries the actor's pid so a late report never retires a successor.
     Release(Wire<(CustomerId, u64)>),
+}
+
+/// Messages of a node's Heartbeat actor (group [`HEARTBEAT_GROUP`]): liveness only. Nothing
+/// else is ever sent to it, so its answer time is the node's responsiveness, not the length of
+/// a customer queue.
+#[derive(RactorClusterMessage)]
+pub enum HeartbeatMsg {
+    /// Echoes the sequence number.
+    #[rpc]
+    Ping(Wire<u64>, RpcReplyPort<Wire<u64>>),
 }
 
 /// Messages of a Database actor (group [`DATABASE_GROUP`]).
@@ -439,6 +457,7 @@ mod tests {
     fn registered_names_carry_the_node_name() {
         assert_eq!(node_of(&registry_name("n1")), Some("n1"));
         assert_eq!(node_of(&database_name("db-node")), Some("db-node"));
+        assert_eq!(node_of(&heartbeat_name("n2")), Some("n2"));
         assert_eq!(node_of("unrelated"), None);
     }
 
