@@ -22,6 +22,11 @@
 //! lease, and customer actors then reload from the database before serving anything cached:
 //! while we were frozen, peers may have evicted us and accepted newer writes. Its rule takes
 //! the time as an argument; only [`Lease::is_valid`] reads the clock, for callers at the edge.
+//!
+//! Restarts: the supervisor restarts a failed Membership. The new one starts from the sessions
+//! the NodeServer holds and greets every Registry already in the group, so peers are
+//! re-admitted within one `Hello` round trip each; the published view stays in place meanwhile
+//! (its routes are still valid), and is republished as peers are re-admitted.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -213,6 +218,11 @@ pub fn ping_deadline(heartbeat: Duration) -> Duration {
     (heartbeat * 2).max(Duration::from_millis(100))
 }
 
+/// Registered (process-local) name of this node's Membership actor.
+pub fn membership_name(node: &str) -> String {
+    format!("membership/{node}")
+}
+
 impl Actor for Membership {
     type Msg = MembershipMsg;
     type State = MembershipState;
@@ -224,11 +234,14 @@ impl Actor for Membership {
         args: MembershipArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         ractor::pg::monitor(REGISTRY_GROUP.to_owned(), myself.get_cell());
+        let mut sessions = Vec::new();
         if let Some(mesh) = &args.mesh {
             let me = myself.clone();
             mesh.subscribe("membership", move |event| {
                 let _ = me.cast(MembershipMsg::Session(event));
             });
+            // Sessions that were ready before we subscribed (after a restart of this actor).
+            sessions = mesh.ready_sessions().await;
         }
         let now = Instant::now();
         let mut dials = DialPlan::default();
@@ -238,7 +251,7 @@ impl Actor for Membership {
         let ticker = myself.send_interval(args.heartbeat, || MembershipMsg::Tick);
         metrics::gauge!("customer_cluster_members")
             .set(args.view_tx.borrow().ring.members.len() as f64);
-        let state = MembershipState {
+        let mut state = MembershipState {
             detector: Detector::new(args.failure_timeout, ping_deadline(args.heartbeat)),
             args,
             peers: BTreeMap::new(),
@@ -247,6 +260,9 @@ impl Actor for Membership {
             last_tick: now,
             ticker: Some(ticker),
         };
+        for event in sessions {
+            state.on_session(event);
+        }
         // Registries that joined before we started monitoring.
         for cell in ractor::pg::get_members(&REGISTRY_GROUP.to_owned()) {
             state.greet(&myself, cell);
@@ -668,9 +684,10 @@ impl MembershipState {
     }
 }
 
-/// Spawns Membership linked to `supervisor`.
+/// Spawns Membership, registered under [`membership_name`] and linked to `supervisor`.
 pub async fn spawn(args: MembershipArgs, supervisor: ActorCell) -> Result<ActorRef<MembershipMsg>> {
-    let (actor, _) = Actor::spawn_linked(None, Membership, args, supervisor)
+    let name = membership_name(&args.info.name);
+    let (actor, _) = Actor::spawn_linked(Some(name), Membership, args, supervisor)
         .await
         .map_err(|e| Error::Internal(format!("membership failed to start: {e}")))?;
     Ok(actor)
