@@ -9,6 +9,14 @@
 //! the default 3 s is six heartbeats, which rode out every CPU-saturation run we measured while
 //! still moving customers off a frozen node in ~3 s. An eviction costs a re-handshake and cache
 //! reloads, never data: fencing keeps double activations safe.
+//!
+//! Silence is counted only while *we* run on schedule. A process that is itself overloaded
+//! (a burst of customer work on two cores) handles ticks and pongs late, so its peers look
+//! silent although they answered. Each tick therefore measures its own lateness
+//! ([`own_lag`]) and excuses that much of every peer's silence ([`Detector::excuse`]); a gap
+//! as long as the whole failure timeout is a stall, after which every peer is forgiven
+//! ([`Detector::forgive_all`]). Our lag delays evictions by at most that lag; while we run on
+//! schedule nothing is excused.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
@@ -135,6 +143,17 @@ impl Detector {
         out
     }
 
+    /// Excuses `lag` of every peer's silence at `now`: time this process spent running late
+    /// (see [`own_lag`]) is not evidence against its peers. Never moves a peer past `now`.
+    pub fn excuse(&mut self, lag: Duration, now: Instant) {
+        if lag.is_zero() {
+            return;
+        }
+        for h in self.peers.values_mut() {
+            h.last_ack = (h.last_ack + lag).min(now).max(h.last_ack);
+        }
+    }
+
     /// Forgives silence caused by *our own* stall: after this process was frozen, every peer
     /// looks silent, but the silence is ours. Counts every peer as heard from at `now`.
     pub fn forgive_all(&mut self, now: Instant) {
@@ -150,6 +169,18 @@ impl Detector {
 /// descheduled) for at least `threshold`.
 pub fn was_stalled(previous_tick: Instant, now: Instant, threshold: Duration) -> bool {
     now.saturating_duration_since(previous_tick) >= threshold
+}
+
+/// How late this process ran between two ticks meant to be `heartbeat` apart: zero while it
+/// keeps to schedule (one late tick, up to twice the interval, is jitter), else the whole
+/// delay beyond the interval.
+pub fn own_lag(previous_tick: Instant, now: Instant, heartbeat: Duration) -> Duration {
+    let gap = now.saturating_duration_since(previous_tick);
+    if gap < heartbeat * 2 {
+        Duration::ZERO
+    } else {
+        gap - heartbeat
+    }
 }
 
 /// First retry delay of a failed dial.
@@ -325,6 +356,68 @@ mod tests {
         d.forgive_all(woke);
         assert!(d.evaluate(woke).is_empty());
         assert!(!was_stalled(at(t0, 0), at(t0, 600), TIMEOUT));
+    }
+
+    #[test]
+    fn a_node_that_keeps_to_schedule_excuses_nothing() {
+        let t0 = Instant::now();
+        assert_eq!(own_lag(t0, at(t0, 500), HB), Duration::ZERO);
+        assert_eq!(own_lag(t0, at(t0, 999), HB), Duration::ZERO);
+        assert_eq!(own_lag(t0, at(t0, 1300), HB), Duration::from_millis(800));
+    }
+
+    #[test]
+    fn silence_while_we_ran_late_is_not_held_against_peers() {
+        // 100 ms heartbeats, eviction after 600 ms; our ticks come 500 ms apart.
+        let hb = Duration::from_millis(100);
+        let timeout = Duration::from_millis(600);
+        let t0 = Instant::now();
+        let mut d = Detector::new(timeout, hb * 2);
+        d.add("n2", t0);
+        let mut last_tick = t0;
+        for tick in 1..=4 {
+            let now = at(t0, tick * 500);
+            d.excuse(own_lag(last_tick, now, hb), now);
+            last_tick = now;
+            assert!(
+                !d.evaluate(now)
+                    .iter()
+                    .any(|v| matches!(v, Verdict::Evict { .. })),
+                "evicted at tick {tick} although the lateness was ours"
+            );
+        }
+        // Back on schedule, a peer that stays silent is evicted after the timeout.
+        let mut evicted_at = None;
+        for tick in 1..=10 {
+            let now = at(last_tick, 0) + hb * tick;
+            d.excuse(own_lag(now - hb, now, hb), now);
+            if d.evaluate(now)
+                .iter()
+                .any(|v| matches!(v, Verdict::Evict { .. }))
+            {
+                evicted_at = Some(tick);
+                break;
+            }
+        }
+        assert!(evicted_at.is_some_and(|t| t <= 6), "{evicted_at:?}");
+    }
+
+    #[test]
+    fn an_excuse_never_moves_a_peer_into_the_future() {
+        let t0 = Instant::now();
+        let mut d = Detector::new(TIMEOUT, HB * 2);
+        d.add("n2", t0);
+        d.excuse(Duration::from_secs(60), at(t0, 100));
+        // Counted as heard from at 100 ms at the latest: evicted 3 s after that.
+        assert!(
+            d.evaluate(at(t0, 3099))
+                .iter()
+                .all(|v| !matches!(v, Verdict::Evict { .. }))
+        );
+        assert!(matches!(
+            d.evaluate(at(t0, 3100)).as_slice(),
+            [Verdict::Evict { .. }]
+        ));
     }
 
     #[test]

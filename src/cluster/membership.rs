@@ -39,7 +39,7 @@ use ractor_cluster::RactorMessage;
 use tokio::sync::watch;
 
 use super::admission::{Admission, Greeting, Refusal, admit};
-use super::detector::{Detector, DialPlan, Verdict, was_stalled};
+use super::detector::{Detector, DialPlan, Verdict, own_lag, was_stalled};
 use super::heartbeat;
 use super::mesh::{Mesh, SessionEvent, SessionEventKind};
 use super::placement::{Member, Ring};
@@ -519,6 +519,15 @@ impl MembershipState {
             );
             self.detector.forgive_all(now);
             self.publish("local stall");
+        } else {
+            let lag = own_lag(self.last_tick, now, self.args.heartbeat);
+            if !lag.is_zero() {
+                tracing::debug!(
+                    lag_ms = lag.as_millis() as u64,
+                    "this node runs late; its lateness is not counted as peers' silence"
+                );
+                self.detector.excuse(lag, now);
+            }
         }
         self.last_tick = now;
         self.args.lease.renew_at(now);
