@@ -44,7 +44,8 @@ use super::heartbeat;
 use super::mesh::{Mesh, SessionEvent, SessionEventKind};
 use super::placement::{Member, Ring};
 use super::protocol::{
-    HeartbeatMsg, NodeInfo, REGISTRY_GROUP, RegistryMsg, call, node_of, registry_name,
+    HeartbeatMsg, NodeInfo, REGISTRY_GROUP, RegistryMsg, call, heartbeat_name, node_of,
+    registry_name,
 };
 use crate::codec::Wire;
 use crate::error::{Error, Result};
@@ -292,6 +293,13 @@ impl Actor for Membership {
             MembershipMsg::Tick => state.tick(&myself),
             MembershipMsg::Session(event) => state.on_session(event),
             MembershipMsg::HelloDone { registry, result } => state.on_hello(registry, result),
+            MembershipMsg::Pong { peer, ok } if peer == state.me() => {
+                if ok {
+                    state.detector.self_ack();
+                } else {
+                    state.detector.self_failed();
+                }
+            }
             MembershipMsg::Pong { peer, ok } => {
                 if ok {
                     state.detector.ack(&peer, Instant::now());
@@ -561,9 +569,24 @@ impl MembershipState {
     }
 
     /// Pings each due peer's Heartbeat actor, the one beside the Registry we route through.
-    /// A peer without one (restarting it) counts as a failed ping.
+    /// A peer without one (restarting it) counts as a failed ping. Also probes our own
+    /// Heartbeat actor along the same path, so the detector knows how late we run.
     fn ping(&mut self, myself: &ActorRef<MembershipMsg>, now: Instant) {
         let deadline = ping_deadline(self.args.heartbeat);
+        if self.detector.self_probe_due(now) {
+            let target = ractor::registry::where_is(heartbeat_name(self.me())).map(ActorRef::from);
+            let peer = self.me().to_owned();
+            let me = myself.clone();
+            tokio::spawn(async move {
+                let ok = match target {
+                    Some(hb) => call(&hb, deadline, |r| HeartbeatMsg::Ping(Wire::ok(0), r))
+                        .await
+                        .is_ok(),
+                    None => false,
+                };
+                let _ = me.cast(MembershipMsg::Pong { peer, ok });
+            });
+        }
         for peer in self.detector.pings_due(now) {
             let Some(registry) = self.peers.get(&peer).map(|p| p.registry.get_cell()) else {
                 continue;
