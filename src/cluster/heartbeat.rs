@@ -137,4 +137,49 @@ mod tests {
         registry.stop(None);
         root.stop(None);
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_ping_is_answered_while_the_registry_works_through_thousands_of_activations() {
+        use crate::cluster::protocol::RegistryMsg;
+        use crate::customer::new_customer_id;
+
+        let dir = tempfile::tempdir().unwrap();
+        let config =
+            crate::config::Config::local("hb-backlog-test", Some(dir.path().join("backlog.db")));
+        let node = crate::node::start_actors(&config, None, 1).await.unwrap();
+        let registry: ActorRef<RegistryMsg> =
+            ractor::registry::where_is(registry_name(&config.name))
+                .unwrap()
+                .into();
+        let heartbeat: ActorRef<HeartbeatMsg> =
+            ractor::registry::where_is(heartbeat_name(&config.name))
+                .unwrap()
+                .into();
+
+        // Bury the Registry under activations, then queue a call behind them.
+        for _ in 0..5000 {
+            let (tx, _rx) = ractor::concurrency::oneshot();
+            let id = Wire::ok(new_customer_id());
+            registry
+                .send_message(RegistryMsg::GetOrCreateCustomerActor(id, tx.into()))
+                .unwrap();
+        }
+        let (stats_tx, mut stats_rx) = ractor::concurrency::oneshot();
+        registry
+            .send_message(RegistryMsg::Stats(Wire::ok(()), stats_tx.into()))
+            .unwrap();
+
+        // A ping sent after that call is answered before the Registry reaches the call: it
+        // never waits behind customer work (when the Registry answered pings, it did).
+        let pong = call(&heartbeat, Duration::from_secs(60), |r| {
+            HeartbeatMsg::Ping(Wire::ok(9), r)
+        })
+        .await;
+        assert_eq!(pong, Ok(9));
+        assert!(
+            stats_rx.try_recv().is_err(),
+            "the Registry was through its backlog before the pong: nothing was shown"
+        );
+        node.supervisor.stop(None);
+    }
 }
