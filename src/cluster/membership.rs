@@ -574,37 +574,14 @@ impl MembershipState {
     fn ping(&mut self, myself: &ActorRef<MembershipMsg>, now: Instant) {
         let deadline = ping_deadline(self.args.heartbeat);
         if self.detector.self_probe_due(now) {
-            let target = ractor::registry::where_is(heartbeat_name(self.me())).map(ActorRef::from);
-            let peer = self.me().to_owned();
-            let me = myself.clone();
-            tokio::spawn(async move {
-                let ok = match target {
-                    Some(hb) => call(&hb, deadline, |r| HeartbeatMsg::Ping(Wire::ok(0), r))
-                        .await
-                        .is_ok(),
-                    None => false,
-                };
-                let _ = me.cast(MembershipMsg::Pong { peer, ok });
-            });
+            let own = ractor::registry::where_is(heartbeat_name(self.me())).map(ActorRef::from);
+            send_ping(myself, own, self.me().to_owned(), deadline, false);
         }
         for peer in self.detector.pings_due(now) {
             let Some(registry) = self.peers.get(&peer).map(|p| p.registry.get_cell()) else {
                 continue;
             };
-            let target = heartbeat::beside(&registry);
-            let me = myself.clone();
-            tokio::spawn(async move {
-                let ok = match target {
-                    Some(hb) => call(&hb, deadline, |r| HeartbeatMsg::Ping(Wire::ok(0), r))
-                        .await
-                        .is_ok(),
-                    None => false,
-                };
-                if !ok {
-                    metrics::counter!("customer_heartbeat_misses_total").increment(1);
-                }
-                let _ = me.cast(MembershipMsg::Pong { peer, ok });
-            });
+            send_ping(myself, heartbeat::beside(&registry), peer, deadline, true);
         }
     }
 
@@ -714,6 +691,31 @@ impl MembershipState {
         }
         (members, registries)
     }
+}
+
+/// Pings `target` (the Heartbeat actor of `peer`, this node included) in a task of its own and
+/// reports the outcome to Membership as a `Pong`; no target is a failed ping. `count_miss`
+/// counts a failure in `customer_heartbeat_misses_total` (peers' pings, not self-probes).
+fn send_ping(
+    membership: &ActorRef<MembershipMsg>,
+    target: Option<ActorRef<HeartbeatMsg>>,
+    peer: String,
+    deadline: Duration,
+    count_miss: bool,
+) {
+    let membership = membership.clone();
+    tokio::spawn(async move {
+        let ok = match target {
+            Some(hb) => call(&hb, deadline, |r| HeartbeatMsg::Ping(Wire::ok(0), r))
+                .await
+                .is_ok(),
+            None => false,
+        };
+        if !ok && count_miss {
+            metrics::counter!("customer_heartbeat_misses_total").increment(1);
+        }
+        let _ = membership.cast(MembershipMsg::Pong { peer, ok });
+    });
 }
 
 /// Spawns Membership, registered under [`membership_name`] and linked to `supervisor`.
