@@ -7,7 +7,7 @@
 #     mix       80% GET / 20% PATCH, uniform keys, any entry node
 #     mix-zipf  the same with zipf(0.99) keys
 #     create    POST only (durable writes through the cluster)
-#     ping      bare Registry round trips n1 -> n1 and n1 -> n2 (the cost of one hop)
+#     ping      bare heartbeat round trips n1 -> n1 and n1 -> n2 (the cost of one hop)
 #     get-*-1k  the same GETs open-loop at 1000 req/s (latency without queueing)
 #   1-node cluster (baseline for the price of distribution):
 #     GET (closed loop and @1k/s), mix, create (group commit), create with --db-max-batch 1
@@ -82,7 +82,7 @@ run create3     "3 nodes: create" 1              --nodes "$NODES3" --route any -
 run get_local_1k  "3 nodes: GET via owner @1k/s" "$KEYS"     --nodes "$NODES3" --route owner --mix get=100 --rate 1000
 run get_remote_1k "3 nodes: GET via non-owner @1k/s" "$KEYS" --nodes "$NODES3" --route non-owner --mix get=100 --rate 1000
 echo
-echo "bare Registry ping, sequential (no customer work):"
+echo "bare heartbeat ping, sequential (no customer work):"
 "$BIN" ping n1 --count 2000 --node "$N1" | tee "$OUT/ping_local.txt"
 "$BIN" ping n2 --count 2000 --node "$N1" | tee "$OUT/ping_remote.txt"
 

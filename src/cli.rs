@@ -102,7 +102,7 @@ pub enum Command {
     /// Run a steady read/write workload for failover experiments and report what clients saw
     /// (used by scripts/failover.sh).
     Workload(crate::faults::WorkloadArgs),
-    /// Measure round trips of a bare Registry ping from one node (--node) to a member.
+    /// Measure round trips of a bare heartbeat ping from one node (--node) to a member.
     Ping {
         /// Target and count.
         #[command(flatten)]

@@ -2,15 +2,17 @@
 //!
 //! Start: bind the HTTP listener (fail fast on a taken port) → NodeServer on the cluster
 //! address → shared context with a single-member placement view → NodeSupervisor (Database,
-//! Registry, Membership; Membership then dials the seeds) → serve HTTP.
+//! Heartbeat, Registry, Membership; Membership then dials the seeds) → serve HTTP.
 //!
 //! Graceful stop (SIGINT/SIGTERM): leave the registry group first, so peers re-place our
 //! customers and stop routing to us → stop accepting HTTP and let in-flight requests finish
-//! (bounded by `shutdown_grace`) → stop Membership, the Registry and its customer actors →
-//! stop the Database, which commits every queued write → stop the NodeServer → exit 0.
+//! (bounded by `shutdown_grace`) → stop Membership, the Registry and its customer actors, the
+//! Heartbeat → stop the Database, which commits every queued write → stop the NodeServer →
+//! exit 0.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use ractor::{Actor, ActorRef};
 use tokio::net::TcpListener;
@@ -35,11 +37,19 @@ pub struct RunningNode {
     pub ctx: Arc<NodeContext>,
     /// The bound HTTP address (useful with port 0).
     pub http_addr: SocketAddr,
+    /// Root of the actor tree: asked to leave the cluster first and to stop its children last.
     supervisor: ActorRef<SupervisorMsg>,
+    /// Completes when the supervisor stops, whether asked to or because a child kept failing;
+    /// [`run`] exits non-zero in the second case instead of serving without an actor tree.
     supervisor_done: JoinHandle<()>,
+    /// Tells the HTTP server to stop accepting connections and drain in-flight requests.
     http_stop: watch::Sender<bool>,
+    /// The HTTP server task: awaited (within `shutdown_grace`) so in-flight requests finish
+    /// before the Registry and Database stop under them.
     http: JoinHandle<std::io::Result<()>>,
+    /// The NodeServer, stopped only after the actor tree, so peers hear our graceful leave.
     mesh: Mesh,
+    /// The configuration the node started with (for `shutdown_grace`).
     config: Config,
 }
 
@@ -66,8 +76,7 @@ pub async fn start_actors(
         hosts_db: config.hosts_database(),
     };
     let (view_tx, view_rx) = watch::channel(Arc::new(View::single(Ring::single(local))));
-    let lease = Lease::new(config.failure_timeout);
-    lease.renew();
+    let lease = Lease::new(config.failure_timeout, Instant::now());
     let ctx = Arc::new(NodeContext {
         name: config.name.clone(),
         request_timeout: config.request_timeout,

@@ -210,7 +210,7 @@ pub const METRICS: &[(&str, MetricKind, &str)] = &[
     (
         "customer_node_child_restarts_total",
         MetricKind::Counter,
-        "Registry/database/membership actors restarted by the supervisor, by child",
+        "Database/heartbeat/registry/membership actors restarted by the supervisor, by child",
     ),
 ];
 

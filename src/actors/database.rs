@@ -3,7 +3,7 @@
 //! The actor is a thin shim over [`crate::storage::engine::Engine`]: each message becomes a
 //! storage job whose completion sends on the caller's reply port, so the actor never waits for
 //! SQLite and its mailbox keeps draining while the writer thread group-commits. It joins the
-//! process group `customer-db.v1`, which is how nodes without `--db-path` find it.
+//! process group `customer-db.v2`, which is how nodes without `--db-path` find it.
 //!
 //! The client prefers a Database actor in this process (registered by name), else the remote
 //! group member whose node name sorts first.

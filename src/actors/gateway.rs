@@ -17,10 +17,11 @@ use std::time::{Duration, Instant};
 use ractor::{ActorRef, RpcReplyPort};
 
 use super::NodeContext;
+use crate::cluster::heartbeat;
 use crate::cluster::membership::View;
 use crate::cluster::protocol::{
-    CreateRequest, CustomerCommand, CustomerPage, ListRequest, RegistryMsg, RegistryStats,
-    RouteRequest, call, deadline_after, registry_name,
+    CreateRequest, CustomerCommand, CustomerPage, HeartbeatMsg, ListRequest, RegistryMsg,
+    RegistryStats, RouteRequest, call, deadline_after, registry_name,
 };
 use crate::codec::Wire;
 use crate::customer::{Customer, CustomerFields, CustomerId, CustomerPatch};
@@ -163,13 +164,16 @@ impl Gateway {
         .await
     }
 
-    /// Round trip of a bare Registry ping to `member`.
+    /// Round trip of a bare heartbeat ping to `member`'s Heartbeat actor (the one beside the
+    /// Registry this node routes to): the cost of one hop, without any customer queue.
     pub async fn ping(&self, member: &str, seq: u64) -> Result<Duration> {
         let view = self.ctx.view();
         let registry = self.registry_of(&view, member)?;
+        let heartbeat = heartbeat::beside(&registry.get_cell())
+            .ok_or_else(|| Error::Unavailable(format!("node {member} has no heartbeat actor")))?;
         let started = Instant::now();
-        let echoed = call(&registry, self.ctx.request_timeout, |reply| {
-            RegistryMsg::Ping(Wire::ok(seq), reply)
+        let echoed = call(&heartbeat, self.ctx.request_timeout, |reply| {
+            HeartbeatMsg::Ping(Wire::ok(seq), reply)
         })
         .await?;
         if echoed != seq {

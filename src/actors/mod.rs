@@ -1,10 +1,11 @@
 //! The actors of one node and the entry-side request path.
 //!
 //! ```text
-//! NodeSupervisor                      (supervisor.rs) starts children in order, restarts a failed one
-//! ├── Database   [only with --db-path] (database.rs) joins "customer-db.v1"; storage engine on its own threads
+//! NodeSupervisor                      (supervisor.rs) starts children in order, restarts any that stops (with backoff)
+//! ├── Database   [only with --db-path] (database.rs) joins "customer-db.v2"; storage engine on its own threads
+//! ├── Heartbeat                        (cluster::heartbeat) joins "customer-heartbeat.v2"; answers peers' pings, nothing else
 //! ├── Membership                       (cluster::membership) who is alive; publishes the placement view
-//! └── Registry                         (registry.rs) joins "customer-registry.v1"; get-or-create, route, retire
+//! └── Registry                         (registry.rs) joins "customer-registry.v2"; get-or-create, route, retire
 //!     ├── Customer <id>                (customer.rs) one per active customer; serialises all ops on it
 //!     └── …
 //! ```

@@ -1,4 +1,4 @@
-//! The Registry: one per node, in process group `customer-registry.v1`. It is the node's
+//! The Registry: one per node, in process group `customer-registry.v2`. It is the node's
 //! door for customer operations — from its own HTTP handlers and from peers.
 //!
 //! It keeps `id → customer actor` for the customers active here and never does slow work in
@@ -132,7 +132,6 @@ impl Actor for Registry {
                 let info = state.info.clone();
                 answer(reply, peer.0.and_then(|p| check_peer(&p)).map(|()| info));
             }
-            RegistryMsg::Ping(Wire(seq), reply) => answer(reply, seq),
             RegistryMsg::CreateCustomer(request, reply) => {
                 if let Some((r, reply)) = request.open(reply) {
                     let id = r.customer.id;
@@ -477,7 +476,7 @@ mod tests {
         for variant in [
             "Route",
             "Hello",
-            "Ping",
+            "Stats",
             "CreateCustomer",
             "Release",
             "Nope",
@@ -501,11 +500,7 @@ mod tests {
                     });
             }
         }
-        let seq = call(&registry, Duration::from_secs(5), |r| {
-            RegistryMsg::Ping(Wire::ok(7), r)
-        })
-        .await;
-        assert_eq!(seq, Ok(7));
+        assert_eq!(stats(&registry).await.node, config.name);
         node.supervisor.stop(None);
     }
 

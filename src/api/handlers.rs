@@ -258,8 +258,9 @@ fn cluster_json(status: ClusterStatus) -> ClusterJson {
 /// Most pings one `/v1/cluster/ping` request may send.
 pub const MAX_PINGS: u32 = 10_000;
 
-/// `GET /v1/cluster/ping/{node}?count=N` — sequential round trips of a bare Registry ping from
-/// this node to `node` (itself included): the cost of one hop, without customer work.
+/// `GET /v1/cluster/ping/{node}?count=N` — sequential round trips of a bare heartbeat ping from
+/// this node to `node`'s Heartbeat actor (itself included): the cost of one hop, without
+/// customer work and without waiting behind any customer queue.
 #[utoipa::path(get, path = "/v1/cluster/ping/{node}", tag = "cluster",
     params(("node" = String, Path, description = "Member name"),
            ("count" = Option<u32>, Query, description = "Pings to send, 1..=10000 (default 100)")),

@@ -304,7 +304,7 @@ pub async fn list(opts: &ClientOpts, args: &ListArgs) -> Result<String, ClientEr
     Ok(out)
 }
 
-/// Runs `ping`: round trips of a bare Registry ping from `--node` to the target member.
+/// Runs `ping`: round trips of a bare heartbeat ping from `--node` to the target member.
 pub async fn ping(opts: &ClientOpts, args: &PingArgs) -> Result<String, ClientError> {
     let path = format!(
         "/v1/cluster/ping/{}?count={}",

@@ -9,6 +9,23 @@
 //! the default 3 s is six heartbeats, which rode out every CPU-saturation run we measured while
 //! still moving customers off a frozen node in ~3 s. An eviction costs a re-handshake and cache
 //! reloads, never data: fencing keeps double activations safe.
+//!
+//! Silence is counted only while *we* run on schedule. A process that is itself overloaded
+//! (a burst of customer work on two cores) handles ticks and pongs late, so its peers look
+//! silent although they answered. Each tick therefore measures its own lateness
+//! ([`own_lag`]) and excuses that much of every peer's silence ([`Detector::excuse`]); a gap
+//! as long as the whole failure timeout is a stall, after which every peer is forgiven
+//! ([`Detector::forgive_all`]). Our lag delays evictions by at most that lag; while we run on
+//! schedule nothing is excused.
+//!
+//! Ticks can be on time while answers still wait in our own queues, so the node also probes
+//! itself: a ping to its own Heartbeat actor, sent and received along the same path as the
+//! peers' pings ([`Detector::self_probe_due`], [`Detector::self_ack`]). The freshest proof that
+//! this path works dates from when the last answered probe was *sent*; how far that lies
+//! beyond the ping deadline is how late our own path runs, and a peer is evicted only after
+//! the timeout plus that delay (capped at one more timeout, so a node whose own probe never
+//! returns still evicts, at twice the timeout). Until the first probe is answered, nothing is
+//! added.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
@@ -46,6 +63,10 @@ pub struct Detector {
     timeout: Duration,
     ping_deadline: Duration,
     peers: BTreeMap<String, PeerHealth>,
+    /// Send time of the latest answered self-probe: our own path worked at least until then.
+    self_heard: Option<Instant>,
+    /// Send time of the self-probe in flight, if any.
+    self_probe_sent: Option<Instant>,
 }
 
 impl Detector {
@@ -56,7 +77,43 @@ impl Detector {
             timeout,
             ping_deadline,
             peers: BTreeMap::new(),
+            self_heard: None,
+            self_probe_sent: None,
         }
+    }
+
+    /// Whether to send a self-probe now (none in flight, or the one in flight is past the ping
+    /// deadline); marks one as sent.
+    pub fn self_probe_due(&mut self, now: Instant) -> bool {
+        let due = self
+            .self_probe_sent
+            .is_none_or(|t| now.saturating_duration_since(t) >= self.ping_deadline);
+        if due {
+            self.self_probe_sent = Some(now);
+        }
+        due
+    }
+
+    /// The self-probe in flight was answered (at any time: what counts is when it was sent).
+    pub fn self_ack(&mut self) {
+        if let Some(sent) = self.self_probe_sent.take() {
+            self.self_heard = Some(self.self_heard.map_or(sent, |h| h.max(sent)));
+        }
+    }
+
+    /// The self-probe in flight failed; the next tick may send another.
+    pub fn self_failed(&mut self) {
+        self.self_probe_sent = None;
+    }
+
+    /// How late our own ping path runs at `now`, capped at the timeout (zero before the first
+    /// answered self-probe).
+    pub fn own_delay(&self, now: Instant) -> Duration {
+        self.self_heard.map_or(Duration::ZERO, |heard| {
+            now.saturating_duration_since(heard)
+                .saturating_sub(self.ping_deadline)
+                .min(self.timeout)
+        })
     }
 
     /// Starts watching `peer`, counting it as heard from at `now`.
@@ -109,12 +166,14 @@ impl Detector {
         }
     }
 
-    /// Verdicts at `now`. Evicted peers are no longer watched.
+    /// Verdicts at `now`. Evicted peers are no longer watched. A peer is evicted after the
+    /// timeout plus our own delay ([`Detector::own_delay`]).
     pub fn evaluate(&mut self, now: Instant) -> Vec<Verdict> {
         let mut out = Vec::new();
+        let evict_after = self.timeout + self.own_delay(now);
         for (name, h) in &mut self.peers {
             let silent_for = now.saturating_duration_since(h.last_ack);
-            if silent_for >= self.timeout {
+            if silent_for >= evict_after {
                 out.push(Verdict::Evict {
                     peer: name.clone(),
                     silent_for,
@@ -135,9 +194,22 @@ impl Detector {
         out
     }
 
+    /// Excuses `lag` of every peer's silence at `now`: time this process spent running late
+    /// (see [`own_lag`]) is not evidence against its peers. Never moves a peer past `now`.
+    pub fn excuse(&mut self, lag: Duration, now: Instant) {
+        if lag.is_zero() {
+            return;
+        }
+        for h in self.peers.values_mut() {
+            h.last_ack = (h.last_ack + lag).min(now).max(h.last_ack);
+        }
+    }
+
     /// Forgives silence caused by *our own* stall: after this process was frozen, every peer
     /// looks silent, but the silence is ours. Counts every peer as heard from at `now`.
     pub fn forgive_all(&mut self, now: Instant) {
+        self.self_heard = None;
+        self.self_probe_sent = None;
         for h in self.peers.values_mut() {
             h.last_ack = now;
             h.ping_sent = None;
@@ -150,6 +222,18 @@ impl Detector {
 /// descheduled) for at least `threshold`.
 pub fn was_stalled(previous_tick: Instant, now: Instant, threshold: Duration) -> bool {
     now.saturating_duration_since(previous_tick) >= threshold
+}
+
+/// How late this process ran between two ticks meant to be `heartbeat` apart: zero while it
+/// keeps to schedule (one late tick, up to twice the interval, is jitter), else the whole
+/// delay beyond the interval.
+pub fn own_lag(previous_tick: Instant, now: Instant, heartbeat: Duration) -> Duration {
+    let gap = now.saturating_duration_since(previous_tick);
+    if gap < heartbeat * 2 {
+        Duration::ZERO
+    } else {
+        gap - heartbeat
+    }
 }
 
 /// First retry delay of a failed dial.
@@ -325,6 +409,124 @@ mod tests {
         d.forgive_all(woke);
         assert!(d.evaluate(woke).is_empty());
         assert!(!was_stalled(at(t0, 0), at(t0, 600), TIMEOUT));
+    }
+
+    #[test]
+    fn a_node_that_keeps_to_schedule_excuses_nothing() {
+        let t0 = Instant::now();
+        assert_eq!(own_lag(t0, at(t0, 500), HB), Duration::ZERO);
+        assert_eq!(own_lag(t0, at(t0, 999), HB), Duration::ZERO);
+        assert_eq!(own_lag(t0, at(t0, 1300), HB), Duration::from_millis(800));
+    }
+
+    #[test]
+    fn silence_while_we_ran_late_is_not_held_against_peers() {
+        // 100 ms heartbeats, eviction after 600 ms; our ticks come 500 ms apart.
+        let hb = Duration::from_millis(100);
+        let timeout = Duration::from_millis(600);
+        let t0 = Instant::now();
+        let mut d = Detector::new(timeout, hb * 2);
+        d.add("n2", t0);
+        let mut last_tick = t0;
+        for tick in 1..=4 {
+            let now = at(t0, tick * 500);
+            d.excuse(own_lag(last_tick, now, hb), now);
+            last_tick = now;
+            assert!(
+                !d.evaluate(now)
+                    .iter()
+                    .any(|v| matches!(v, Verdict::Evict { .. })),
+                "evicted at tick {tick} although the lateness was ours"
+            );
+        }
+        // Back on schedule, a peer that stays silent is evicted after the timeout.
+        let mut evicted_at = None;
+        for tick in 1..=10 {
+            let now = at(last_tick, 0) + hb * tick;
+            d.excuse(own_lag(now - hb, now, hb), now);
+            if d.evaluate(now)
+                .iter()
+                .any(|v| matches!(v, Verdict::Evict { .. }))
+            {
+                evicted_at = Some(tick);
+                break;
+            }
+        }
+        assert!(evicted_at.is_some_and(|t| t <= 6), "{evicted_at:?}");
+    }
+
+    #[test]
+    fn an_excuse_never_moves_a_peer_into_the_future() {
+        let t0 = Instant::now();
+        let mut d = Detector::new(TIMEOUT, HB * 2);
+        d.add("n2", t0);
+        d.excuse(Duration::from_secs(60), at(t0, 100));
+        // Counted as heard from at 100 ms at the latest: evicted 3 s after that.
+        assert!(
+            d.evaluate(at(t0, 3099))
+                .iter()
+                .all(|v| !matches!(v, Verdict::Evict { .. }))
+        );
+        assert!(matches!(
+            d.evaluate(at(t0, 3100)).as_slice(),
+            [Verdict::Evict { .. }]
+        ));
+    }
+
+    fn evicted(verdicts: &[Verdict]) -> bool {
+        verdicts.iter().any(|v| matches!(v, Verdict::Evict { .. }))
+    }
+
+    #[test]
+    fn a_peer_is_not_evicted_while_our_own_probe_is_stuck_in_our_queues() {
+        let t0 = Instant::now();
+        let mut d = Detector::new(TIMEOUT, HB * 2);
+        d.add("n2", t0);
+        assert!(d.self_probe_due(t0));
+        d.self_ack(); // our path worked at t0
+        assert!(d.self_probe_due(at(t0, 500)));
+        // That probe is still in our queues at 3 s: the silence may be ours.
+        assert_eq!(d.own_delay(at(t0, 3000)), Duration::from_secs(2));
+        assert!(!evicted(&d.evaluate(at(t0, 3000))));
+        // It comes back late; the path worked until it was sent (500 ms), so n2, silent since
+        // t0, still gets the timeout plus our delay.
+        d.self_ack();
+        assert!(!evicted(&d.evaluate(at(t0, 3400))));
+        // Once our probes come back promptly again, a peer still silent is evicted.
+        assert!(d.self_probe_due(at(t0, 3500)));
+        d.self_ack();
+        assert!(evicted(&d.evaluate(at(t0, 3600))));
+    }
+
+    #[test]
+    fn a_node_whose_own_probe_never_returns_still_evicts_at_twice_the_timeout() {
+        let t0 = Instant::now();
+        let mut d = Detector::new(TIMEOUT, HB * 2);
+        d.add("n2", t0);
+        assert!(d.self_probe_due(t0));
+        d.self_ack();
+        for ms in (500..6000).step_by(500) {
+            if d.self_probe_due(at(t0, ms)) {
+                d.self_failed();
+            }
+            assert!(!evicted(&d.evaluate(at(t0, ms))), "at {ms} ms");
+        }
+        assert!(evicted(&d.evaluate(at(t0, 6000))));
+    }
+
+    #[test]
+    fn a_healthy_self_probe_adds_nothing() {
+        let t0 = Instant::now();
+        let mut d = Detector::new(TIMEOUT, HB * 2);
+        d.add("n2", t0);
+        for tick in 0..=6 {
+            let now = at(t0, tick * 500);
+            if d.self_probe_due(now) {
+                d.self_ack();
+            }
+        }
+        assert_eq!(d.own_delay(at(t0, 3000)), Duration::ZERO);
+        assert!(evicted(&d.evaluate(at(t0, 3000))));
     }
 
     #[test]

@@ -1,13 +1,16 @@
 //! Membership: who is alive, and the placement view everyone reads.
 //!
 //! Inputs, all funnelled into one actor so the member set changes in one place:
-//! * process-group events of `customer-registry.v1`: a remote Registry appearing is a
+//! * process-group events of `customer-registry.v2`: a remote Registry appearing is a
 //!   candidate member; it becomes a member after a `Hello` exchange with a matching protocol
 //!   version; its leaving (session closed) removes it at once;
 //! * session events from the NodeServer (ready / disconnected), used to keep the full mesh:
 //!   every seed and every member address is re-dialed with backoff until connected;
-//! * a tick every heartbeat: ping each member's Registry, evaluate the failure detector
-//!   ([`super::detector`]), evict silent peers (close their session), re-dial, renew the lease.
+//! * the outcome of each `Hello`, judged by the pure admission rule ([`super::admission`]);
+//! * a tick every heartbeat: ping each member's Heartbeat actor ([`super::heartbeat`], which
+//!   carries no customer traffic, so a busy node still answers in time), evaluate the failure
+//!   detector ([`super::detector`]), evict silent peers (close their session), re-dial, renew
+//!   the lease.
 //!
 //! Output: the [`View`] — an immutable snapshot (ring + how to reach each member's Registry)
 //! published through a `tokio::sync::watch` channel; readers clone an `Arc` and never lock.
@@ -17,7 +20,13 @@
 //! The [`Lease`] answers "is my picture of the cluster recent?". Membership renews it on every
 //! heartbeat tick. A process that was frozen (SIGSTOP, a long stall) wakes up with an expired
 //! lease, and customer actors then reload from the database before serving anything cached:
-//! while we were frozen, peers may have evicted us and accepted newer writes.
+//! while we were frozen, peers may have evicted us and accepted newer writes. Its rule takes
+//! the time as an argument; only [`Lease::is_valid`] reads the clock, for callers at the edge.
+//!
+//! Restarts: the supervisor restarts a failed Membership. The new one starts from the sessions
+//! the NodeServer holds and greets every Registry already in the group, so peers are
+//! re-admitted within one `Hello` round trip each; the published view stays in place meanwhile
+//! (its routes are still valid), and is republished as peers are re-admitted.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -29,11 +38,14 @@ use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, Supervisio
 use ractor_cluster::RactorMessage;
 use tokio::sync::watch;
 
-use super::detector::{Detector, DialPlan, Verdict, was_stalled};
+use super::admission::{Admission, Greeting, Refusal, admit};
+use super::detector::{Detector, DialPlan, Verdict, own_lag, was_stalled};
+use super::heartbeat;
 use super::mesh::{Mesh, SessionEvent, SessionEventKind};
 use super::placement::{Member, Ring};
 use super::protocol::{
-    NodeInfo, REGISTRY_GROUP, RegistryMsg, call, check_peer, node_of, registry_name,
+    HeartbeatMsg, NodeInfo, REGISTRY_GROUP, RegistryMsg, call, heartbeat_name, node_of,
+    registry_name,
 };
 use crate::codec::Wire;
 use crate::error::{Error, Result};
@@ -58,40 +70,52 @@ impl View {
 }
 
 /// Freshness of this node's cluster picture; cheap to check on every customer operation.
+/// Clones share one lease: Membership renews it, customer actors read it.
 #[derive(Clone)]
 pub struct Lease {
     inner: Arc<LeaseInner>,
 }
 
 struct LeaseInner {
+    /// Origin of the stored times: an `Instant` cannot live in an atomic, an offset from one can.
     base: Instant,
+    /// Milliseconds from `base` to the latest renewal.
     renewed_ms: AtomicU64,
+    /// How long one renewal keeps the picture fresh.
     validity: Duration,
 }
 
 impl Lease {
-    /// A lease valid for `validity` after each renewal; starts renewed.
-    pub fn new(validity: Duration) -> Self {
+    /// A lease valid for `validity` after each renewal; starts renewed at `now`.
+    pub fn new(validity: Duration, now: Instant) -> Self {
         Self {
             inner: Arc::new(LeaseInner {
-                base: Instant::now(),
+                base: now,
                 renewed_ms: AtomicU64::new(0),
                 validity,
             }),
         }
     }
 
-    /// Marks the picture as fresh now.
-    pub fn renew(&self) {
-        let now = self.inner.base.elapsed().as_millis() as u64;
-        self.inner.renewed_ms.store(now, Ordering::Relaxed);
+    fn offset_ms(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.inner.base).as_millis() as u64
     }
 
-    /// True when the last renewal is within the validity period.
-    pub fn is_valid(&self) -> bool {
-        let now = self.inner.base.elapsed().as_millis() as u64;
+    /// Marks the picture as fresh at `now`. A renewal never makes the lease older.
+    pub fn renew_at(&self, now: Instant) {
+        let at = self.offset_ms(now);
+        self.inner.renewed_ms.fetch_max(at, Ordering::Relaxed);
+    }
+
+    /// True when the last renewal is within the validity period at `now`.
+    pub fn is_valid_at(&self, now: Instant) -> bool {
         let renewed = self.inner.renewed_ms.load(Ordering::Relaxed);
-        now.saturating_sub(renewed) <= self.inner.validity.as_millis() as u64
+        self.offset_ms(now).saturating_sub(renewed) <= self.inner.validity.as_millis() as u64
+    }
+
+    /// [`Lease::is_valid_at`] the current time (for callers at the actor edge).
+    pub fn is_valid(&self) -> bool {
+        self.is_valid_at(Instant::now())
     }
 }
 
@@ -109,7 +133,7 @@ pub enum MembershipMsg {
         /// Its answer.
         result: Result<NodeInfo>,
     },
-    /// A heartbeat ping finished.
+    /// A heartbeat ping (to the peer's Heartbeat actor) finished.
     Pong {
         /// Peer name.
         peer: String,
@@ -153,26 +177,51 @@ pub struct MembershipArgs {
 
 /// A member other than us.
 struct Peer {
+    /// What it told us in `Hello`: addresses for the view, incarnation to tell restarts apart.
     info: NodeInfo,
+    /// Its Registry, over the session we route through; its Heartbeat actor is found beside it.
     registry: ActorRef<RegistryMsg>,
 }
 
 /// A session the NodeServer told us about.
 struct Session {
+    /// The latest event of this session (its actor, peer name and address).
     event: SessionEvent,
+    /// When TCP connected: a session stuck in its handshake for too long is closed.
     opened_at: Instant,
+    /// Whether the handshake finished; only ready sessions count as connected for re-dialing.
     ready: bool,
 }
 
 /// State of [`Membership`].
 pub struct MembershipState {
+    /// Start arguments, kept for our own info, timings, the view channel, lease and mesh.
     args: MembershipArgs,
+    /// Admitted members other than us, by node name (sorted, so views list them in order).
+    /// The placement view is derived from this map and nothing else.
     peers: BTreeMap<String, Peer>,
+    /// Sessions by NodeSession actor id: which addresses are connected (re-dialing) and which
+    /// sessions to close when a peer is evicted.
     sessions: HashMap<ActorId, Session>,
+    /// Pure failure detector over `peers`: who to ping, who is silent.
     detector: Detector,
+    /// Addresses to keep connected to (seeds and members), with per-address backoff.
     dials: DialPlan,
+    /// Time of the previous tick: a long gap means this process itself was stalled.
     last_tick: Instant,
+    /// The heartbeat timer task, aborted when the actor stops.
     ticker: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// How long a heartbeat ping may stay unanswered before another may be sent: two heartbeats,
+/// at least 100 ms (below that, scheduling noise alone would count as misses).
+pub fn ping_deadline(heartbeat: Duration) -> Duration {
+    (heartbeat * 2).max(Duration::from_millis(100))
+}
+
+/// Registered (process-local) name of this node's Membership actor.
+pub fn membership_name(node: &str) -> String {
+    format!("membership/{node}")
 }
 
 impl Actor for Membership {
@@ -186,11 +235,14 @@ impl Actor for Membership {
         args: MembershipArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         ractor::pg::monitor(REGISTRY_GROUP.to_owned(), myself.get_cell());
+        let mut sessions = Vec::new();
         if let Some(mesh) = &args.mesh {
             let me = myself.clone();
             mesh.subscribe("membership", move |event| {
                 let _ = me.cast(MembershipMsg::Session(event));
             });
+            // Sessions that were ready before we subscribed (after a restart of this actor).
+            sessions = mesh.ready_sessions().await;
         }
         let now = Instant::now();
         let mut dials = DialPlan::default();
@@ -200,9 +252,8 @@ impl Actor for Membership {
         let ticker = myself.send_interval(args.heartbeat, || MembershipMsg::Tick);
         metrics::gauge!("customer_cluster_members")
             .set(args.view_tx.borrow().ring.members.len() as f64);
-        let ping_deadline = (args.heartbeat * 2).max(Duration::from_millis(100));
-        let state = MembershipState {
-            detector: Detector::new(args.failure_timeout, ping_deadline),
+        let mut state = MembershipState {
+            detector: Detector::new(args.failure_timeout, ping_deadline(args.heartbeat)),
             args,
             peers: BTreeMap::new(),
             sessions: HashMap::new(),
@@ -210,6 +261,9 @@ impl Actor for Membership {
             last_tick: now,
             ticker: Some(ticker),
         };
+        for event in sessions {
+            state.on_session(event);
+        }
         // Registries that joined before we started monitoring.
         for cell in ractor::pg::get_members(&REGISTRY_GROUP.to_owned()) {
             state.greet(&myself, cell);
@@ -239,6 +293,13 @@ impl Actor for Membership {
             MembershipMsg::Tick => state.tick(&myself),
             MembershipMsg::Session(event) => state.on_session(event),
             MembershipMsg::HelloDone { registry, result } => state.on_hello(registry, result),
+            MembershipMsg::Pong { peer, ok } if peer == state.me() => {
+                if ok {
+                    state.detector.self_ack();
+                } else {
+                    state.detector.self_failed();
+                }
+            }
             MembershipMsg::Pong { peer, ok } => {
                 if ok {
                     state.detector.ack(&peer, Instant::now());
@@ -316,41 +377,49 @@ impl MembershipState {
     }
 
     fn on_hello(&mut self, registry: ActorCell, result: Result<NodeInfo>) {
-        let claimed = registry
-            .get_name()
-            .as_deref()
-            .and_then(node_of)
-            .map(str::to_owned);
-        let info = match result.and_then(|info| check_peer(&info).map(|()| info)) {
-            Ok(info) => info,
-            Err(err) => {
-                tracing::warn!(peer = ?claimed, error = %err, "peer not admitted");
-                return;
-            }
-        };
-        if claimed.as_deref() != Some(info.name.as_str()) || info.name == self.me() {
-            tracing::error!(peer = %info.name, registered = ?claimed, "refusing a peer that claims this node's name or another name; every node needs a unique --name");
-            return;
-        }
-        if registry.get_status() >= ractor::ActorStatus::Stopping {
-            return; // its session closed while we were greeting it
-        }
+        let registered = registry.get_name();
+        let claimed = registered.as_deref().and_then(node_of);
+        let known_incarnation = result
+            .as_ref()
+            .ok()
+            .and_then(|info| self.peers.get(&info.name))
+            .map(|p| p.info.incarnation);
+        let decision = admit(Greeting {
+            me: self.me(),
+            claimed,
+            answer: result,
+            alive: registry.get_status() < ractor::ActorStatus::Stopping,
+            known_incarnation,
+        });
         let now = Instant::now();
-        self.dials.want(&info.cluster_addr, now);
-        let name = info.name.clone();
-        match self.peers.get_mut(&name) {
-            Some(existing) if existing.info.incarnation > info.incarnation => {
-                // A stale session of an older process start: ignore it.
+        match decision {
+            Admission::Refused(Refusal::Failed(err)) => {
+                tracing::warn!(peer = ?claimed, error = %err, "peer not admitted");
             }
-            Some(existing) if existing.info.incarnation == info.incarnation => {
+            Admission::Refused(Refusal::NameClash {
+                announced,
+                registered,
+            }) => {
+                tracing::error!(peer = %announced, ?registered, "refusing a peer that claims this node's name or another name; every node needs a unique --name");
+            }
+            Admission::Gone => {} // its session closed while we were greeting it
+            Admission::Stale(info) => {
+                // A stale session of an older process start: keep its address dialed only.
+                self.dials.want(&info.cluster_addr, now);
+            }
+            Admission::SameProcess(info) => {
                 // The same process over another session (e.g. a duplicate-connection
                 // election): swap the route, the member set is unchanged.
-                existing.registry = registry.into();
-                existing.info = info;
+                self.dials.want(&info.cluster_addr, now);
+                if let Some(existing) = self.peers.get_mut(&info.name) {
+                    existing.registry = registry.into();
+                    existing.info = info;
+                }
                 self.publish_routes();
             }
-            _ => {
-                let restarted = self.peers.contains_key(&name);
+            Admission::Admit { info, restarted } => {
+                self.dials.want(&info.cluster_addr, now);
+                let name = info.name.clone();
                 tracing::info!(peer = %name, addr = %info.cluster_addr, db = info.hosts_db, "member {}", if restarted { "restarted" } else { "joined" });
                 self.detector.add(&name, now);
                 self.peers.insert(
@@ -458,9 +527,18 @@ impl MembershipState {
             );
             self.detector.forgive_all(now);
             self.publish("local stall");
+        } else {
+            let lag = own_lag(self.last_tick, now, self.args.heartbeat);
+            if !lag.is_zero() {
+                tracing::debug!(
+                    lag_ms = lag.as_millis() as u64,
+                    "this node runs late; its lateness is not counted as peers' silence"
+                );
+                self.detector.excuse(lag, now);
+            }
         }
         self.last_tick = now;
-        self.args.lease.renew();
+        self.args.lease.renew_at(now);
         // Safety net: a route whose remote actor has stopped is dropped even if its
         // process-group leave was missed.
         let dead: Vec<ActorCell> = self
@@ -490,22 +568,20 @@ impl MembershipState {
         self.redial(myself, now);
     }
 
+    /// Pings each due peer's Heartbeat actor, the one beside the Registry we route through.
+    /// A peer without one (restarting it) counts as a failed ping. Also probes our own
+    /// Heartbeat actor along the same path, so the detector knows how late we run.
     fn ping(&mut self, myself: &ActorRef<MembershipMsg>, now: Instant) {
-        let deadline = (self.args.heartbeat * 2).max(Duration::from_millis(100));
+        let deadline = ping_deadline(self.args.heartbeat);
+        if self.detector.self_probe_due(now) {
+            let own = ractor::registry::where_is(heartbeat_name(self.me())).map(ActorRef::from);
+            send_ping(myself, own, self.me().to_owned(), deadline, false);
+        }
         for peer in self.detector.pings_due(now) {
-            let Some(registry) = self.peers.get(&peer).map(|p| p.registry.clone()) else {
+            let Some(registry) = self.peers.get(&peer).map(|p| p.registry.get_cell()) else {
                 continue;
             };
-            let me = myself.clone();
-            tokio::spawn(async move {
-                let ok = call(&registry, deadline, |r| RegistryMsg::Ping(Wire::ok(0), r))
-                    .await
-                    .is_ok();
-                if !ok {
-                    metrics::counter!("customer_heartbeat_misses_total").increment(1);
-                }
-                let _ = me.cast(MembershipMsg::Pong { peer, ok });
-            });
+            send_ping(myself, heartbeat::beside(&registry), peer, deadline, true);
         }
     }
 
@@ -617,9 +693,35 @@ impl MembershipState {
     }
 }
 
-/// Spawns Membership linked to `supervisor`.
+/// Pings `target` (the Heartbeat actor of `peer`, this node included) in a task of its own and
+/// reports the outcome to Membership as a `Pong`; no target is a failed ping. `count_miss`
+/// counts a failure in `customer_heartbeat_misses_total` (peers' pings, not self-probes).
+fn send_ping(
+    membership: &ActorRef<MembershipMsg>,
+    target: Option<ActorRef<HeartbeatMsg>>,
+    peer: String,
+    deadline: Duration,
+    count_miss: bool,
+) {
+    let membership = membership.clone();
+    tokio::spawn(async move {
+        let ok = match target {
+            Some(hb) => call(&hb, deadline, |r| HeartbeatMsg::Ping(Wire::ok(0), r))
+                .await
+                .is_ok(),
+            None => false,
+        };
+        if !ok && count_miss {
+            metrics::counter!("customer_heartbeat_misses_total").increment(1);
+        }
+        let _ = membership.cast(MembershipMsg::Pong { peer, ok });
+    });
+}
+
+/// Spawns Membership, registered under [`membership_name`] and linked to `supervisor`.
 pub async fn spawn(args: MembershipArgs, supervisor: ActorCell) -> Result<ActorRef<MembershipMsg>> {
-    let (actor, _) = Actor::spawn_linked(None, Membership, args, supervisor)
+    let name = membership_name(&args.info.name);
+    let (actor, _) = Actor::spawn_linked(Some(name), Membership, args, supervisor)
         .await
         .map_err(|e| Error::Internal(format!("membership failed to start: {e}")))?;
     Ok(actor)
@@ -629,13 +731,51 @@ pub async fn spawn(args: MembershipArgs, supervisor: ActorCell) -> Result<ActorR
 mod tests {
     use super::*;
 
+    fn at(t0: Instant, ms: u64) -> Instant {
+        t0 + Duration::from_millis(ms)
+    }
+
     #[test]
     fn a_lease_expires_without_renewal_and_recovers_with_it() {
-        let lease = Lease::new(Duration::from_millis(30));
-        assert!(lease.is_valid());
-        std::thread::sleep(Duration::from_millis(60));
-        assert!(!lease.is_valid());
-        lease.renew();
-        assert!(lease.is_valid());
+        let t0 = Instant::now();
+        let lease = Lease::new(Duration::from_millis(30), t0);
+        assert!(lease.is_valid_at(t0));
+        assert!(lease.is_valid_at(at(t0, 30)), "valid for the whole period");
+        assert!(!lease.is_valid_at(at(t0, 31)));
+        lease.renew_at(at(t0, 60));
+        assert!(lease.is_valid_at(at(t0, 60)));
+        assert!(lease.is_valid_at(at(t0, 90)));
+        assert!(!lease.is_valid_at(at(t0, 91)));
+    }
+
+    #[test]
+    fn a_late_renewal_never_makes_the_lease_older() {
+        let t0 = Instant::now();
+        let lease = Lease::new(Duration::from_millis(30), t0);
+        lease.renew_at(at(t0, 100));
+        lease.renew_at(at(t0, 50));
+        assert!(lease.is_valid_at(at(t0, 130)));
+    }
+
+    #[test]
+    fn clones_share_one_lease() {
+        let t0 = Instant::now();
+        let lease = Lease::new(Duration::from_millis(30), t0);
+        let reader = lease.clone();
+        assert!(!reader.is_valid_at(at(t0, 100)));
+        lease.renew_at(at(t0, 100));
+        assert!(reader.is_valid_at(at(t0, 100)));
+    }
+
+    #[test]
+    fn heartbeat_pings_get_two_heartbeats_but_never_less_than_100ms() {
+        assert_eq!(
+            ping_deadline(Duration::from_millis(500)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            ping_deadline(Duration::from_millis(20)),
+            Duration::from_millis(100)
+        );
     }
 }

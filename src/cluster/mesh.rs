@@ -177,6 +177,18 @@ impl Mesh {
         });
     }
 
+    /// Sessions authenticated now, as `Ready` events: what a restarted Membership starts from,
+    /// since it missed their events. Empty if the NodeServer does not answer in time.
+    pub async fn ready_sessions(&self) -> Vec<SessionEvent> {
+        match ractor::call_t!(self.server, NodeServerMessage::GetSessions, 2_000) {
+            Ok(sessions) => sessions
+                .into_values()
+                .map(|s| SessionEvent::from_info(SessionEventKind::Ready, s))
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// Opens a connection to a peer's cluster address. Success means TCP (and TLS) connected;
     /// authentication continues in the background and shows up as a session event.
     pub async fn dial(&self, addr: &str) -> Result<()> {

@@ -7,6 +7,9 @@
 //! * [`mesh`] — the ractor_cluster NodeServer, session events, dialing.
 //! * [`membership`] — who is alive: hello handshake, heartbeats, eviction, re-dialing; the
 //!   published placement view and the freshness lease.
+//! * [`admission`] — the pure rule deciding what a finished `Hello` means (admit, refuse,
+//!   stale, same process).
+//! * [`heartbeat`] — the per-node actor that answers heartbeat pings and carries nothing else.
 //! * [`tls`] — optional mutual TLS between nodes.
 //! * [`detector`] — the pure failure-detector, re-dial and stall rules membership applies.
 //!
@@ -24,7 +27,9 @@
 //! and both activate the same customer; the database's compare-and-set on `version` (fencing)
 //! is what keeps such a double activation from overwriting an acknowledged write.
 
+pub mod admission;
 pub mod detector;
+pub mod heartbeat;
 pub mod lease;
 pub mod membership;
 pub mod mesh;

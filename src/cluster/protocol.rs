@@ -1,5 +1,5 @@
-//! Everything that crosses nodes: the Registry and Database message enums, their argument and
-//! reply types, the process-group names and the protocol version.
+//! Everything that crosses nodes: the Registry, Heartbeat and Database message enums, their
+//! argument and reply types, the process-group names and the protocol version.
 //!
 //! Every RPC carries its argument and its reply as [`Wire<T>`], so a decoding failure becomes an
 //! error reply instead of a dropped message, and domain errors cross nodes as values.
@@ -23,14 +23,19 @@ use crate::customer::{Customer, CustomerFields, CustomerId, CustomerPatch};
 use crate::error::{Error, Result};
 
 /// Version of this protocol. Checked in the `Hello` exchange before a peer becomes a member.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Process group every node's Registry joins. Versioned: a remote actor of another type in a
 /// group would be silently mis-addressed, so incompatible releases must not share a group.
-pub const REGISTRY_GROUP: &str = "customer-registry.v1";
+pub const REGISTRY_GROUP: &str = "customer-registry.v2";
 
 /// Process group every Database actor joins.
-pub const DATABASE_GROUP: &str = "customer-db.v1";
+pub const DATABASE_GROUP: &str = "customer-db.v2";
+
+/// Process group every node's Heartbeat actor joins. Heartbeats have their own actor (and so
+/// their own mailbox) so that no burst of customer messages can delay a pong past the failure
+/// timeout and get a healthy node evicted.
+pub const HEARTBEAT_GROUP: &str = "customer-heartbeat.v2";
 
 /// Registered (process-local) name of this node's Registry; remote actors carry it too, which
 /// is how a pg member is tied to a node name.
@@ -43,7 +48,13 @@ pub fn database_name(node: &str) -> String {
     format!("{DATABASE_GROUP}/{node}")
 }
 
-/// The node name in a registered actor name produced by [`registry_name`] or [`database_name`].
+/// Registered name of this node's Heartbeat actor.
+pub fn heartbeat_name(node: &str) -> String {
+    format!("{HEARTBEAT_GROUP}/{node}")
+}
+
+/// The node name in a registered actor name produced by [`registry_name`], [`database_name`]
+/// or [`heartbeat_name`].
 pub fn node_of(actor_name: &str) -> Option<&str> {
     actor_name.split_once('/').map(|(_, node)| node)
 }
@@ -220,9 +231,6 @@ pub enum RegistryMsg {
     /// this succeeds with an equal [`PROTOCOL_VERSION`].
     #[rpc]
     Hello(Wire<NodeInfo>, RpcReplyPort<Wire<NodeInfo>>),
-    /// Heartbeat: echoes the sequence number.
-    #[rpc]
-    Ping(Wire<u64>, RpcReplyPort<Wire<u64>>),
     /// Creates a customer (id chosen by the entry node; idempotent by id).
     #[rpc]
     CreateCustomer(Wire<CreateRequest>, RpcReplyPort<Wire<Customer>>),
@@ -242,6 +250,16 @@ pub enum RegistryMsg {
     /// A customer actor reports it holds nothing (deleted or absent): retire it.
     /// Carries the actor's pid so a late report never retires a successor.
     Release(Wire<(CustomerId, u64)>),
+}
+
+/// Messages of a node's Heartbeat actor (group [`HEARTBEAT_GROUP`]): liveness only. Nothing
+/// else is ever sent to it, so its answer time is the node's responsiveness, not the length of
+/// a customer queue.
+#[derive(RactorClusterMessage)]
+pub enum HeartbeatMsg {
+    /// Echoes the sequence number.
+    #[rpc]
+    Ping(Wire<u64>, RpcReplyPort<Wire<u64>>),
 }
 
 /// Messages of a Database actor (group [`DATABASE_GROUP`]).
@@ -394,7 +412,7 @@ mod tests {
     /// means the wire format changed: bump [`PROTOCOL_VERSION`] (and the group names), then
     /// regenerate the table from the test's output.
     const GOLDEN: (u32, &str) = (
-        1,
+        2,
         "
         node_info 00026e31010e3132372e302e302e313a343730310e3132372e302e302e313a38303831012a
         customer 001001910000000070008000000000000001045a6fc3ab0f7a6f65406578616d706c652e636f6d01062b31203535350003fd00803c3048140c00fd02803c3048140c00
@@ -591,6 +609,7 @@ mod tests {
     fn registered_names_carry_the_node_name() {
         assert_eq!(node_of(&registry_name("n1")), Some("n1"));
         assert_eq!(node_of(&database_name("db-node")), Some("db-node"));
+        assert_eq!(node_of(&heartbeat_name("n2")), Some("n2"));
         assert_eq!(node_of("unrelated"), None);
     }
 

@@ -94,13 +94,18 @@ impl NodeSpec {
             format!("127.0.0.1:{}", self.http_port),
             "--cluster-addr".into(),
             self.cluster_addr(),
-            "--heartbeat-ms".into(),
-            "200".into(),
-            "--failure-timeout-ms".into(),
-            "1500".into(),
-            "--request-timeout-ms".into(),
-            "3000".into(),
         ];
+        // Test timings, unless `extra` sets its own (clap refuses a flag given twice).
+        for (flag, value) in [
+            ("--heartbeat-ms", "200"),
+            ("--failure-timeout-ms", "1500"),
+            ("--request-timeout-ms", "3000"),
+        ] {
+            if !self.extra.iter().any(|e| e == flag) {
+                a.push(flag.into());
+                a.push(value.into());
+            }
+        }
         if !self.cookie.is_empty() {
             a.push("--cookie".into());
             a.push(self.cookie.clone());

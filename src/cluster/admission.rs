@@ -1,0 +1,246 @@
+//! Peer admission: the pure rule that turns a finished `Hello` exchange into a decision.
+//!
+//! Membership greets every remote Registry that appears in `customer-registry.v2` and hands
+//! the outcome here, together with what it already knows: the node name the Registry is
+//! registered under, whether its session is still open, and the incarnation of the member of
+//! that name it already has, if any. The rules, in the order they apply:
+//!
+//! 1. A failed exchange (timeout, dropped reply, garbled answer) admits nothing.
+//! 2. A peer speaking another [`PROTOCOL_VERSION`](super::protocol::PROTOCOL_VERSION) is refused
+//!    ([`check_peer`]): its messages would be mis-decoded.
+//! 3. A peer whose answer names another node than its registered Registry name, or names this
+//!    node, is refused: two processes sharing one `--name` would split placement silently.
+//! 4. A peer whose session closed while we greeted it is dropped quietly; the group leave has
+//!    already been (or will be) handled.
+//! 5. For a name we already hold: an older incarnation is a stale session of an earlier process
+//!    start and is ignored; the same incarnation is the same process over another session (a
+//!    duplicate-connection election), so only the route changes; a newer incarnation is a
+//!    restart and replaces the member.
+//! 6. Anything else is a new member.
+//!
+//! No clock, no actors, no I/O: Membership performs the outcome (log, dial, publish).
+
+use super::protocol::{NodeInfo, check_peer};
+use crate::error::{Error, Result};
+
+/// What Membership knows about a finished `Hello` exchange.
+#[derive(Debug)]
+pub struct Greeting<'a> {
+    /// This node's name.
+    pub me: &'a str,
+    /// The node name in the greeted Registry's registered actor name, if it has one.
+    pub claimed: Option<&'a str>,
+    /// The peer's answer (or why there is none).
+    pub answer: Result<NodeInfo>,
+    /// Whether the greeted Registry (hence its session) is still alive.
+    pub alive: bool,
+    /// Incarnation of the member already known under the answered name, if any.
+    pub known_incarnation: Option<u64>,
+}
+
+/// Why a peer was not admitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// The exchange failed, or the peer speaks another protocol version.
+    Failed(Error),
+    /// The answer names this node, or a node other than the Registry's registered name.
+    NameClash {
+        /// The node name the peer answered with.
+        announced: String,
+        /// The node name its Registry is registered under.
+        registered: Option<String>,
+    },
+}
+
+/// The decision about one greeted peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Admission {
+    /// Not a member: log why and do nothing else.
+    Refused(Refusal),
+    /// The Registry stopped while we greeted it: nothing to do.
+    Gone,
+    /// An older process start of a member we hold: ignore this session.
+    Stale(NodeInfo),
+    /// The member we hold, reached over another session: swap the route, same member set.
+    SameProcess(NodeInfo),
+    /// A new member, or a known name that restarted (`restarted`): add it, publish a view.
+    Admit {
+        /// The peer.
+        info: NodeInfo,
+        /// True when it replaces an older incarnation of the same name.
+        restarted: bool,
+    },
+}
+
+/// Applies the admission rules (see the module doc) to one greeting.
+pub fn admit(greeting: Greeting<'_>) -> Admission {
+    let info = match greeting
+        .answer
+        .and_then(|info| check_peer(&info).map(|()| info))
+    {
+        Ok(info) => info,
+        Err(err) => return Admission::Refused(Refusal::Failed(err)),
+    };
+    if greeting.claimed != Some(info.name.as_str()) || info.name == greeting.me {
+        return Admission::Refused(Refusal::NameClash {
+            announced: info.name,
+            registered: greeting.claimed.map(str::to_owned),
+        });
+    }
+    if !greeting.alive {
+        return Admission::Gone;
+    }
+    match greeting.known_incarnation {
+        Some(known) if known > info.incarnation => Admission::Stale(info),
+        Some(known) if known == info.incarnation => Admission::SameProcess(info),
+        known => Admission::Admit {
+            info,
+            restarted: known.is_some(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::protocol::PROTOCOL_VERSION;
+
+    fn peer(name: &str, incarnation: u64) -> NodeInfo {
+        NodeInfo {
+            name: name.into(),
+            protocol_version: PROTOCOL_VERSION,
+            cluster_addr: format!("{name}:4701"),
+            http_addr: format!("{name}:8081"),
+            hosts_db: false,
+            incarnation,
+        }
+    }
+
+    /// A greeting by n1 of a live Registry registered as "n2" that answered `answer`.
+    fn greeting(answer: Result<NodeInfo>, known_incarnation: Option<u64>) -> Greeting<'static> {
+        Greeting {
+            me: "n1",
+            claimed: Some("n2"),
+            answer,
+            alive: true,
+            known_incarnation,
+        }
+    }
+
+    #[test]
+    fn an_unknown_peer_speaking_our_protocol_is_admitted_as_new() {
+        assert_eq!(
+            admit(greeting(Ok(peer("n2", 5)), None)),
+            Admission::Admit {
+                info: peer("n2", 5),
+                restarted: false
+            }
+        );
+    }
+
+    #[test]
+    fn a_failed_exchange_admits_nothing() {
+        let err = Error::Timeout("no reply within 3000 ms".into());
+        assert_eq!(
+            admit(greeting(Err(err.clone()), None)),
+            Admission::Refused(Refusal::Failed(err))
+        );
+    }
+
+    #[test]
+    fn a_peer_of_another_protocol_version_is_refused() {
+        let mut info = peer("n2", 5);
+        info.protocol_version = PROTOCOL_VERSION + 1;
+        assert!(matches!(
+            admit(greeting(Ok(info), None)),
+            Admission::Refused(Refusal::Failed(Error::InvalidInput(_)))
+        ));
+    }
+
+    #[test]
+    fn a_peer_answering_with_another_name_than_its_registry_is_refused() {
+        assert_eq!(
+            admit(greeting(Ok(peer("n3", 5)), None)),
+            Admission::Refused(Refusal::NameClash {
+                announced: "n3".into(),
+                registered: Some("n2".into()),
+            })
+        );
+        let unnamed = Greeting {
+            claimed: None,
+            ..greeting(Ok(peer("n2", 5)), None)
+        };
+        assert!(matches!(
+            admit(unnamed),
+            Admission::Refused(Refusal::NameClash {
+                registered: None,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn a_peer_claiming_this_nodes_name_is_refused() {
+        let impostor = Greeting {
+            claimed: Some("n1"),
+            ..greeting(Ok(peer("n1", 5)), None)
+        };
+        assert_eq!(
+            admit(impostor),
+            Admission::Refused(Refusal::NameClash {
+                announced: "n1".into(),
+                registered: Some("n1".into()),
+            })
+        );
+    }
+
+    #[test]
+    fn a_peer_whose_session_closed_during_the_greeting_is_dropped_quietly() {
+        let gone = Greeting {
+            alive: false,
+            ..greeting(Ok(peer("n2", 5)), None)
+        };
+        assert_eq!(admit(gone), Admission::Gone);
+    }
+
+    #[test]
+    fn an_older_incarnation_of_a_known_member_is_stale() {
+        assert_eq!(
+            admit(greeting(Ok(peer("n2", 4)), Some(5))),
+            Admission::Stale(peer("n2", 4))
+        );
+    }
+
+    #[test]
+    fn the_same_incarnation_over_another_session_only_swaps_the_route() {
+        assert_eq!(
+            admit(greeting(Ok(peer("n2", 5)), Some(5))),
+            Admission::SameProcess(peer("n2", 5))
+        );
+    }
+
+    #[test]
+    fn a_newer_incarnation_of_a_known_member_is_a_restart() {
+        assert_eq!(
+            admit(greeting(Ok(peer("n2", 6)), Some(5))),
+            Admission::Admit {
+                info: peer("n2", 6),
+                restarted: true
+            }
+        );
+    }
+
+    #[test]
+    fn identity_is_checked_before_liveness_and_incarnation() {
+        // An impostor is reported even if its session is gone and the name is known.
+        let impostor = Greeting {
+            me: "n2",
+            alive: false,
+            ..greeting(Ok(peer("n2", 9)), Some(5))
+        };
+        assert!(matches!(
+            admit(impostor),
+            Admission::Refused(Refusal::NameClash { .. })
+        ));
+    }
+}
