@@ -518,9 +518,20 @@ async fn ping_measures_round_trips_to_a_member_and_refuses_unknown_nodes_and_bad
         send(&app, empty("GET", "/v1/cluster/ping/nobody"))
             .await
             .status,
-        StatusCode::SERVICE_UNAVAILABLE
+        StatusCode::NOT_FOUND,
+        "a non-member is a permanent condition"
     );
-    for bad in ["count=0", "count=10001", "count=x"] {
+    for bad_name in ["x%0A%5Bs1%5D", "a%20b", &"n".repeat(65)] {
+        let r = send(&app, empty("GET", &format!("/v1/cluster/ping/{bad_name}"))).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad_name}");
+    }
+    let r = send(
+        &app,
+        empty("GET", &format!("/v1/cluster/ping/{me}?count=1000")),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "the cap itself is allowed");
+    for bad in ["count=0", "count=1001", "count=10000", "count=x"] {
         let r = send(&app, empty("GET", &format!("/v1/cluster/ping/{me}?{bad}"))).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
     }

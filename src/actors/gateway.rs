@@ -164,8 +164,15 @@ impl Gateway {
     }
 
     /// Round trip of a bare Registry ping to `member`.
+    /// A name that is not in this node's view is `NotFound` (a permanent answer, 404), unlike a
+    /// member that does not answer (`Unavailable`, 503).
     pub async fn ping(&self, member: &str, seq: u64) -> Result<Duration> {
         let view = self.ctx.view();
+        if member != self.ctx.name && !view.registries.contains_key(member) {
+            return Err(Error::NotFound(format!(
+                "node {member:?} is not a member of this node's view"
+            )));
+        }
         let registry = self.registry_of(&view, member)?;
         let started = Instant::now();
         let echoed = call(&registry, self.ctx.request_timeout, |reply| {

@@ -17,6 +17,7 @@ use super::model::{
 };
 use super::{AppState, OWNER_NODE};
 use crate::actors::gateway::{ClusterStatus, Gateway, Routed};
+use crate::config::is_valid_node_name;
 use crate::customer::{Customer, CustomerId, new_customer_id, parse_customer_id, validate};
 use crate::error::Error;
 
@@ -255,19 +256,24 @@ fn cluster_json(status: ClusterStatus) -> ClusterJson {
     }
 }
 
-/// Most pings one `/v1/cluster/ping` request may send.
-pub const MAX_PINGS: u32 = 10_000;
+/// Most pings one `/v1/cluster/ping` request may send. The pings are sequential remote calls
+/// made on behalf of one client request, so this bounds the work (and the time, about 0.2 s on
+/// loopback) a single request can cause.
+pub const MAX_PINGS: u32 = 1000;
 
 /// `GET /v1/cluster/ping/{node}?count=N` — sequential round trips of a bare Registry ping from
 /// this node to `node` (itself included): the cost of one hop, without customer work.
 #[utoipa::path(get, path = "/v1/cluster/ping/{node}", tag = "cluster",
-    params(("node" = String, Path, description = "Member name"),
-           ("count" = Option<u32>, Query, description = "Pings to send, 1..=10000 (default 100)")),
+    params(("node" = String, Path, description = "Member name, 1..=64 characters of [A-Za-z0-9._-]",
+                pattern = r"^[A-Za-z0-9._-]{1,64}$", min_length = 1, max_length = 64, example = "n1"),
+           ("count" = Option<u32>, Query, description = "Pings to send, 1..=1000 (default 100)",
+                minimum = 1, maximum = 1000, example = 10)),
     responses(
         (status = 200, description = "Round-trip percentiles", body = PingJson),
-        (status = 400, description = "Bad count", body = ErrorBody),
+        (status = 400, description = "Malformed node name, or bad count", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
-        (status = 503, description = "No such member, or it does not answer", body = ErrorBody),
+        (status = 404, description = "No such member in this node's view", body = ErrorBody),
+        (status = 503, description = "The member does not answer", body = ErrorBody),
     ),
     security(("bearer" = [])))]
 pub async fn ping(
@@ -275,6 +281,11 @@ pub async fn ping(
     Path(node): Path<String>,
     query: Result<Query<std::collections::HashMap<String, String>>, QueryRejection>,
 ) -> ApiResult {
+    if !is_valid_node_name(&node) {
+        return Err(ApiError::BadRequest(
+            "node must be 1 to 64 characters of [A-Za-z0-9._-]".into(),
+        ));
+    }
     let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let count = match q.get("count") {
         None => 100,
