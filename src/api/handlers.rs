@@ -72,7 +72,7 @@ pub async fn create(
 
 /// `GET /v1/customers/{id}`
 #[utoipa::path(get, path = "/v1/customers/{id}", tag = "customers",
-    params(("id" = String, Path, description = "Customer UUID")),
+    params(("id" = String, Path, description = "Customer UUID", format = "uuid")),
     responses(
         (status = 200, description = "The customer; ETag set", body = CustomerJson),
         (status = 400, description = "Malformed id", body = ErrorBody),
@@ -88,8 +88,9 @@ pub async fn get_one(State(s): State<AppState>, Path(id): Path<String>) -> ApiRe
 
 /// `PUT /v1/customers/{id}` — full replace, optional `If-Match`.
 #[utoipa::path(put, path = "/v1/customers/{id}", tag = "customers",
-    params(("id" = String, Path, description = "Customer UUID"),
-           ("If-Match" = Option<String>, Header, description = "Expected version, e.g. \"3\"")),
+    params(("id" = String, Path, description = "Customer UUID", format = "uuid"),
+           ("If-Match" = Option<String>, Header, description = "Expected version, e.g. \"3\"",
+                pattern = r#"^(\*|(W/)?"[0-9]{1,19}"|[0-9]{1,19})$"#, example = "\"1\"")),
     request_body(content = CustomerInput, content_type = "application/json"),
     responses(
         (status = 200, description = "Replaced", body = CustomerJson),
@@ -126,8 +127,9 @@ pub async fn replace(
 
 /// `PATCH /v1/customers/{id}` — JSON merge patch, optional `If-Match`.
 #[utoipa::path(patch, path = "/v1/customers/{id}", tag = "customers",
-    params(("id" = String, Path, description = "Customer UUID"),
-           ("If-Match" = Option<String>, Header, description = "Expected version, e.g. \"3\"")),
+    params(("id" = String, Path, description = "Customer UUID", format = "uuid"),
+           ("If-Match" = Option<String>, Header, description = "Expected version, e.g. \"3\"",
+                pattern = r#"^(\*|(W/)?"[0-9]{1,19}"|[0-9]{1,19})$"#, example = "\"1\"")),
     request_body(content = CustomerPatchInput, content_type = "application/merge-patch+json"),
     responses(
         (status = 200, description = "Patched", body = CustomerJson),
@@ -159,8 +161,9 @@ pub async fn patch(
 
 /// `DELETE /v1/customers/{id}`
 #[utoipa::path(delete, path = "/v1/customers/{id}", tag = "customers",
-    params(("id" = String, Path, description = "Customer UUID"),
-           ("If-Match" = Option<String>, Header, description = "Expected version")),
+    params(("id" = String, Path, description = "Customer UUID", format = "uuid"),
+           ("If-Match" = Option<String>, Header, description = "Expected version, e.g. \"3\"",
+                pattern = r#"^(\*|(W/)?"[0-9]{1,19}"|[0-9]{1,19})$"#, example = "\"1\"")),
     responses(
         (status = 204, description = "Deleted"),
         (status = 400, description = "Malformed id or If-Match", body = ErrorBody),

@@ -49,7 +49,7 @@ use super::model::{
         ErrorBody,
         ErrorDetail
     )),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &ClosedPatch),
     tags((name = "customers", description = "Customer CRUD"), (name = "cluster", description = "Cluster and node state"))
 )]
 pub struct ApiDoc;
@@ -63,6 +63,25 @@ impl Modify for BearerAuth {
                 "bearer",
                 SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
             );
+        }
+    }
+}
+
+/// `CustomerPatchInput` is read from a parsed document rather than derived with serde (merge
+/// patch needs absent and null told apart), so no `deny_unknown_fields` tells utoipa that an
+/// unknown member is refused (422): state it here.
+struct ClosedPatch;
+
+impl Modify for ClosedPatch {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::RefOr;
+        use utoipa::openapi::schema::{AdditionalProperties, Schema};
+        let patch = openapi
+            .components
+            .as_mut()
+            .and_then(|c| c.schemas.get_mut("CustomerPatchInput"));
+        if let Some(RefOr::T(Schema::Object(object))) = patch {
+            object.additional_properties = Some(Box::new(AdditionalProperties::FreeForm(false)));
         }
     }
 }
@@ -87,6 +106,47 @@ mod tests {
         doc["components"]["schemas"][name].clone()
     }
 
+    fn parameter(doc: &Value, path: &str, method: &str, name: &str) -> Value {
+        doc["paths"][path][method]["parameters"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == name))
+            .map(|p| p["schema"].clone())
+            .unwrap_or_else(|| panic!("{method} {path} has no parameter {name}"))
+    }
+
+    #[test]
+    fn parameters_state_the_rules_the_server_enforces() {
+        let doc = serde_json::to_value(super::spec()).unwrap();
+        for method in ["get", "put", "patch", "delete"] {
+            let id = parameter(&doc, "/v1/customers/{id}", method, "id");
+            assert_eq!(id["format"], "uuid", "{method}");
+        }
+        let limit = parameter(&doc, "/v1/customers", "get", "limit");
+        assert_eq!(limit["type"], "integer", "{limit}");
+        assert_eq!(
+            (limit["minimum"].clone(), limit["maximum"].clone()),
+            (json!(1), json!(1000))
+        );
+        assert_eq!(
+            parameter(&doc, "/v1/customers", "get", "after")["format"],
+            "uuid"
+        );
+        let count = parameter(&doc, "/v1/cluster/ping/{node}", "get", "count");
+        assert_eq!(count["maximum"], json!(super::handlers::MAX_PINGS));
+        assert_eq!(count["minimum"], json!(1));
+        let node = parameter(&doc, "/v1/cluster/ping/{node}", "get", "node");
+        assert_eq!(node["pattern"], "^[A-Za-z0-9._-]{1,64}$");
+        let ping = &doc["paths"]["/v1/cluster/ping/{node}"]["get"]["responses"];
+        assert!(
+            ping.get("404").is_some(),
+            "a non-member is documented as 404"
+        );
+        for method in ["put", "patch", "delete"] {
+            let if_match = parameter(&doc, "/v1/customers/{id}", method, "If-Match");
+            assert!(if_match["pattern"].is_string(), "{method}: {if_match}");
+        }
+    }
+
     #[test]
     fn request_bodies_are_described_by_the_types_handlers_parse() {
         let doc = serde_json::to_value(super::spec()).unwrap();
@@ -100,7 +160,14 @@ mod tests {
         assert_eq!(input["additionalProperties"], false);
         let patch = schema(&doc, "CustomerPatchInput");
         assert!(patch.get("required").is_none(), "{patch}");
-        for member in ["name", "email", "phone", "address"] {
+        assert_eq!(
+            patch["additionalProperties"], false,
+            "unknown members are 422"
+        );
+        for member in ["name", "email"] {
+            assert_eq!(patch["properties"][member]["type"], "string", "{member}");
+        }
+        for member in ["phone", "address"] {
             assert_eq!(
                 patch["properties"][member]["type"],
                 json!(["string", "null"]),
@@ -112,6 +179,14 @@ mod tests {
             body["application/merge-patch+json"]["schema"]["$ref"],
             "#/components/schemas/CustomerPatchInput"
         );
+        for (body, field) in [(&input, "name"), (&input, "email"), (&patch, "phone")] {
+            let pattern = body["properties"][field]["pattern"].as_str().unwrap_or("");
+            assert!(
+                pattern.starts_with('^') && pattern.ends_with('$'),
+                "{field}: {pattern}"
+            );
+        }
+        assert_eq!(input["properties"]["id"]["format"], "uuid");
         let body = &doc["paths"]["/v1/customers"]["post"]["requestBody"]["content"];
         assert_eq!(
             body["application/json"]["schema"]["$ref"],
