@@ -36,7 +36,17 @@ type ApiResult = Result<Response, ApiError>;
 #[utoipa::path(post, path = "/v1/customers", tag = "customers",
     request_body(content = CustomerInput, content_type = "application/json"),
     responses(
-        (status = 201, description = "Created; Location and ETag set", body = CustomerJson),
+        (status = 201, description = "Created; Location and ETag set", body = CustomerJson,
+            links(
+                ("GetCustomer" = (operation_id = "get_one", parameters(("id" = "$response.body#/id")),
+                    description = "The created customer")),
+                ("ReplaceCustomer" = (operation_id = "replace", parameters(("id" = "$response.body#/id")),
+                    description = "Replace the created customer")),
+                ("PatchCustomer" = (operation_id = "patch", parameters(("id" = "$response.body#/id")),
+                    description = "Patch the created customer")),
+                ("DeleteCustomer" = (operation_id = "delete", parameters(("id" = "$response.body#/id")),
+                    description = "Delete the created customer")),
+            )),
         (status = 200, description = "Idempotent replay: this id already exists with these fields", body = CustomerJson),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
