@@ -15,6 +15,7 @@
 #                                           scripts/pg.sh (data in $CC_RUN_DIR/pg) and gives every
 #                                           node --database-url-file, so every node runs a database
 #                                           actor and none is the database node; `down` stops it too
+#   scripts/cluster.sh secrets       create the run directory (0700), cookie, token and env (0600), and check the modes
 #
 # Partitions on one machine (root; `nft` from the nftables package):
 #   scripts/cluster.sh up [N] --netns       each node in its own network namespace with its own
@@ -99,18 +100,40 @@ build() {
   (cd "$ROOT" && cargo build --quiet "${flag[@]}" --bin customer-cluster)
 }
 
+# The run directory (0700) and its secrets: cookie, API token, and the env file that holds
+# the token — all 0600, written under umask 077 so no other user can read them, even briefly.
+# chmod also tightens files left by older versions of this script.
 secrets() {
-  mkdir -p "$RUN"
+  (umask 077; mkdir -p "$RUN")
+  chmod 700 "$RUN"
   if [[ ! -s "$RUN/cookie" ]]; then
     (umask 077; od -An -N24 -tx1 /dev/urandom | tr -d ' \n' > "$RUN/cookie")
   fi
   if [[ ! -s "$RUN/token" ]]; then
     (umask 077; od -An -N16 -tx1 /dev/urandom | tr -d ' \n' > "$RUN/token")
   fi
-  {
-    echo "export CUSTOMER_CLUSTER_NODE=$(http_url n1)"
-    echo "export CUSTOMER_CLUSTER_TOKEN=$(cat "$RUN/token")"
-  } > "$RUN/env"
+  (
+    umask 077
+    {
+      echo "export CUSTOMER_CLUSTER_NODE=$(http_url n1)"
+      echo "export CUSTOMER_CLUSTER_TOKEN=$(cat "$RUN/token")"
+    } > "$RUN/env"
+  )
+  chmod 600 "$RUN/cookie" "$RUN/token" "$RUN/env"
+}
+
+# `secrets` on its own, then a check that every secret file is 0600 and the directory 0700
+# (.ci/run calls it on a scratch directory).
+cmd_secrets() {
+  secrets
+  local f mode
+  for f in "$RUN" "$RUN/cookie" "$RUN/token" "$RUN/env"; do
+    mode="$(stat -c %a "$f")"
+    if [[ -d "$f" && "$mode" != 700 ]] || [[ -f "$f" && "$mode" != 600 ]]; then
+      die "$f has mode $mode"
+    fi
+  done
+  echo "secrets in $RUN: directory 0700, cookie/token/env 0600"
 }
 
 start_node() {
@@ -477,7 +500,8 @@ main() {
     partition) cmd_partition "$@" ;;
     isolate) cmd_isolate "$@" ;;
     heal) cmd_heal ;;
-    ""|-h|--help|help) sed -n '2,34p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' ;;
+    secrets) cmd_secrets ;;
+    ""|-h|--help|help) sed -n '2,35p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' ;;
     *) die "unknown command '$cmd' (try --help)" ;;
   esac
 }

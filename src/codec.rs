@@ -87,7 +87,7 @@ impl<T> Wire<T> {
         match self.0 {
             Ok(value) => Some((value, reply)),
             Err(err) => {
-                tracing::warn!(error = %err, "rejected an undecodable request");
+                tracing::warn!(error = ?err, "rejected an undecodable request");
                 answer(reply, Err(err));
                 None
             }

@@ -165,6 +165,27 @@ pub struct ConfigLayer {
     /// (always the database; for hosts whose pauses the guest cannot see) [default: cache].
     #[arg(long, env = "CUSTOMER_CLUSTER_READ_MODE")]
     pub read_mode: Option<ReadMode>,
+
+    /// Most time, in ms, a client may take to send a complete request head (from its first
+    /// byte; on a fresh connection, from the connect); slower clients are disconnected
+    /// [default: 10000].
+    #[arg(long, env = "CUSTOMER_CLUSTER_HTTP_HEADER_TIMEOUT_MS")]
+    pub http_header_timeout_ms: Option<u64>,
+
+    /// An HTTP keep-alive connection idle for this long (ms) between requests is closed
+    /// [default: 60000].
+    #[arg(long, env = "CUSTOMER_CLUSTER_HTTP_IDLE_TIMEOUT_MS")]
+    pub http_idle_timeout_ms: Option<u64>,
+
+    /// Most time, in ms, one HTTP request may take from its head to its response (504 after);
+    /// at least --request-timeout-ms [default: 2 x --request-timeout-ms].
+    #[arg(long, env = "CUSTOMER_CLUSTER_HTTP_REQUEST_TIMEOUT_MS")]
+    pub http_request_timeout_ms: Option<u64>,
+
+    /// Most open HTTP connections; one more is answered 503 and closed at once
+    /// [default: 4096].
+    #[arg(long, env = "CUSTOMER_CLUSTER_HTTP_MAX_CONNECTIONS")]
+    pub http_max_connections: Option<usize>,
 }
 
 macro_rules! overlay {
@@ -220,6 +241,10 @@ impl ConfigLayer {
             lease_renew_ms,
             lease_margin_ms,
             read_mode,
+            http_header_timeout_ms,
+            http_idle_timeout_ms,
+            http_request_timeout_ms,
+            http_max_connections,
         )
     }
 }
@@ -331,6 +356,24 @@ pub struct Config {
     pub lease: LeaseConfig,
     /// Where GETs are served from.
     pub read_mode: ReadMode,
+    /// Limits of the HTTP edge: timeouts and the connection cap.
+    pub http: HttpLimits,
+}
+
+/// Limits of the HTTP edge (enforced by `api::server`). Each one bounds what a client can hold
+/// on to: a slow or idle client costs a connection slot for at most these times, and the
+/// number of slots is capped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Longest a request head may take to arrive, from its first byte (on a fresh connection,
+    /// from the connect).
+    pub header_timeout: Duration,
+    /// Longest a keep-alive connection may sit idle between requests.
+    pub idle_timeout: Duration,
+    /// Longest one request may take from its head to its response; then 504.
+    pub request_timeout: Duration,
+    /// Most connections open at once; the next one is refused with a 503.
+    pub max_connections: usize,
 }
 
 /// Built-in defaults, in one place.
@@ -354,6 +397,18 @@ pub mod defaults {
     pub const DB_READERS: usize = 2;
     /// Graceful stop grace, ms.
     pub const SHUTDOWN_GRACE_MS: u64 = 5000;
+    /// HTTP request head timeout, ms: generous for any real client, short for a slowloris.
+    pub const HTTP_HEADER_TIMEOUT_MS: u64 = 10_000;
+    /// HTTP keep-alive idle timeout, ms: longer than the usual client pool idle time (so
+    /// clients, not the server, close idle connections), short enough to free abandoned ones.
+    pub const HTTP_IDLE_TIMEOUT_MS: u64 = 60_000;
+    /// The HTTP request timeout is this many times the node's request timeout: a request may
+    /// be retried once against a recomputed owner, and each attempt may use a full deadline.
+    pub const HTTP_REQUEST_TIMEOUT_FACTOR: u32 = 2;
+    /// Open HTTP connections: a few thousand clients, far below the usual fd limit.
+    pub const HTTP_MAX_CONNECTIONS: usize = 4096;
+    /// Shortest accepted cluster cookie, bytes: 128 bits, so it cannot be guessed online.
+    pub const MIN_COOKIE_BYTES: usize = 16;
 }
 
 impl Config {
@@ -396,6 +451,21 @@ impl Config {
             ));
         }
         let ms = |v: Option<u64>, d: u64| Duration::from_millis(v.unwrap_or(d));
+        let request_timeout = ms(layer.request_timeout_ms, defaults::REQUEST_TIMEOUT_MS);
+        let http = HttpLimits {
+            header_timeout: ms(
+                layer.http_header_timeout_ms,
+                defaults::HTTP_HEADER_TIMEOUT_MS,
+            ),
+            idle_timeout: ms(layer.http_idle_timeout_ms, defaults::HTTP_IDLE_TIMEOUT_MS),
+            request_timeout: layer
+                .http_request_timeout_ms
+                .map(Duration::from_millis)
+                .unwrap_or(request_timeout * defaults::HTTP_REQUEST_TIMEOUT_FACTOR),
+            max_connections: layer
+                .http_max_connections
+                .unwrap_or(defaults::HTTP_MAX_CONNECTIONS),
+        };
         let config = Config {
             name,
             cluster_addr,
@@ -424,7 +494,7 @@ impl Config {
             ),
             heartbeat: ms(layer.heartbeat_ms, defaults::HEARTBEAT_MS),
             failure_timeout: ms(layer.failure_timeout_ms, defaults::FAILURE_TIMEOUT_MS),
-            request_timeout: ms(layer.request_timeout_ms, defaults::REQUEST_TIMEOUT_MS),
+            request_timeout,
             max_body_bytes: layer.max_body_bytes.unwrap_or(defaults::MAX_BODY_BYTES),
             db_max_batch: layer
                 .db_max_batch
@@ -438,6 +508,7 @@ impl Config {
                 margin: ms(layer.lease_margin_ms, lease_defaults::MARGIN_MS),
             },
             read_mode: layer.read_mode.unwrap_or_default(),
+            http,
         };
         config.validate()?;
         Ok(config)
@@ -448,7 +519,7 @@ impl Config {
     pub fn local(name: &str, db_path: Option<PathBuf>) -> Self {
         let layer = ConfigLayer {
             name: Some(name.to_owned()),
-            cookie: Some("local".to_owned()),
+            cookie: Some("local-cluster-cookie".to_owned()),
             cluster_addr: Some(parse_default("127.0.0.1:0")),
             http_addr: Some(parse_default("127.0.0.1:0")),
             advertise_addr: Some("127.0.0.1:0".to_owned()),
@@ -474,6 +545,19 @@ impl Config {
         }
         if self.request_timeout < Duration::from_millis(10) {
             return invalid("--request-timeout-ms must be at least 10");
+        }
+        if self.http.header_timeout < Duration::from_millis(100)
+            || self.http.idle_timeout < Duration::from_millis(100)
+        {
+            return invalid(
+                "--http-header-timeout-ms and --http-idle-timeout-ms must be at least 100",
+            );
+        }
+        if self.http.request_timeout < self.request_timeout {
+            return invalid("--http-request-timeout-ms must be at least --request-timeout-ms");
+        }
+        if self.http.max_connections == 0 || self.http.max_connections > 1_000_000 {
+            return invalid("--http-max-connections must be from 1 to 1000000");
         }
         if self.max_body_bytes < 1024 {
             return invalid("--max-body-bytes must be at least 1024");
@@ -551,13 +635,22 @@ fn parse_default(addr: &str) -> SocketAddr {
         .unwrap_or_else(|_| unreachable!("default {addr} parses"))
 }
 
-fn validate_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
+/// Longest node name, bytes.
+pub const MAX_NODE_NAME_LEN: usize = 64;
+
+/// True for a well-formed node name: 1..=64 characters of `[A-Za-z0-9._-]`. Names are written
+/// into logs, headers and metrics labels, so nothing else is ever accepted — neither at start
+/// (`--name`) nor from clients (the ping endpoint).
+pub fn is_valid_node_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NODE_NAME_LEN
         && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
-    if ok {
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+fn validate_name(name: &str) -> Result<()> {
+    if is_valid_node_name(name) {
         Ok(())
     } else {
         Err(Error::InvalidInput(format!(
@@ -586,6 +679,13 @@ fn load_cookie(inline: Option<String>, file: Option<&Path>) -> Result<Secret> {
         return Err(Error::InvalidInput(
             "the cluster cookie must not be empty".into(),
         ));
+    }
+    if value.len() < defaults::MIN_COOKIE_BYTES {
+        return Err(Error::InvalidInput(format!(
+            "the cluster cookie is {} bytes; use at least {} random bytes (e.g. `od -An -N24 -tx1 /dev/urandom | tr -d ' \\n' > cookie`)",
+            value.len(),
+            defaults::MIN_COOKIE_BYTES
+        )));
     }
     Ok(Secret::new(value))
 }
@@ -664,7 +764,7 @@ mod tests {
     fn minimal() -> ConfigLayer {
         ConfigLayer {
             name: Some("n1".into()),
-            cookie: Some("secret".into()),
+            cookie: Some("secret-cookie-0123456789".into()),
             ..Default::default()
         }
     }
@@ -686,7 +786,7 @@ mod tests {
                 .unwrap();
         let flags = ConfigLayer {
             heartbeat_ms: Some(250),
-            cookie: Some("c".into()),
+            cookie: Some("flag-cookie-0123456789".into()),
             ..Default::default()
         };
         let c = Config::resolve(flags.over(file)).unwrap();
@@ -733,14 +833,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cookie = dir.path().join("cookie");
         let tokens = dir.path().join("tokens");
-        std::fs::write(&cookie, "s3cret\n").unwrap();
+        std::fs::write(&cookie, "s3cret-from-a-file-42\n").unwrap();
         std::fs::write(&tokens, "# current\nnew-token\n\nold-token\n").unwrap();
         let mut l = minimal();
         l.cookie = None;
         l.cookie_file = Some(cookie);
         l.api_token_file = Some(tokens);
         let c = Config::resolve(l).unwrap();
-        assert_eq!(c.cookie.expose(), "s3cret");
+        assert_eq!(c.cookie.expose(), "s3cret-from-a-file-42");
         let t: Vec<&str> = c.api_tokens.iter().map(Secret::expose).collect();
         assert_eq!(t, ["new-token", "old-token"]);
     }
@@ -896,6 +996,50 @@ mod tests {
         l.database_url = Some("mysql://cc:pw@h/d".into());
         let err = Config::resolve(l).unwrap_err().to_string();
         assert!(err.contains("postgres://") && !err.contains("pw"), "{err}");
+    }
+
+    #[test]
+    fn a_cookie_shorter_than_16_bytes_refuses_to_start_with_a_clear_error() {
+        let mut l = minimal();
+        l.cookie = Some("test-cookie".into());
+        match Config::resolve(l.clone()) {
+            Err(Error::InvalidInput(m)) => assert!(m.contains("at least 16"), "{m}"),
+            other => panic!("an 11-byte cookie was accepted: {other:?}"),
+        }
+        l.cookie = Some("x".repeat(16));
+        assert!(Config::resolve(l).is_ok());
+    }
+
+    #[test]
+    fn http_limits_have_defaults_follow_the_request_timeout_and_refuse_nonsense() {
+        let c = Config::resolve(minimal()).unwrap();
+        assert_eq!(c.http.header_timeout, Duration::from_secs(10));
+        assert_eq!(c.http.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.http.request_timeout, c.request_timeout * 2);
+        assert_eq!(c.http.max_connections, defaults::HTTP_MAX_CONNECTIONS);
+        let file: ConfigLayer = toml::from_str(
+            "http_header_timeout_ms = 500\nhttp_idle_timeout_ms = 700\nhttp_request_timeout_ms = 9000\nhttp_max_connections = 3",
+        )
+        .unwrap();
+        let c = Config::resolve(minimal().over(file)).unwrap();
+        assert_eq!(
+            c.http,
+            HttpLimits {
+                header_timeout: Duration::from_millis(500),
+                idle_timeout: Duration::from_millis(700),
+                request_timeout: Duration::from_millis(9000),
+                max_connections: 3,
+            }
+        );
+        let mut l = minimal();
+        l.http_request_timeout_ms = Some(1000);
+        assert!(
+            Config::resolve(l).is_err(),
+            "below the node's request timeout"
+        );
+        let mut l = minimal();
+        l.http_max_connections = Some(0);
+        assert!(Config::resolve(l).is_err());
     }
 
     #[test]

@@ -167,16 +167,16 @@ pub async fn start(config: Config) -> Result<RunningNode> {
         config.api_tokens.clone(),
         config.max_body_bytes,
     )
-    .with_metrics(metrics);
-    let (http_stop, mut stop_rx) = watch::channel(false);
+    .with_metrics(metrics)
+    .with_request_timeout(config.http.request_timeout);
+    let (http_stop, stop_rx) = watch::channel(false);
     let app = router(state);
-    let http = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx.changed().await;
-            })
-            .await
-    });
+    let http = tokio::spawn(crate::api::server::serve(
+        listener,
+        app,
+        config.http,
+        stop_rx,
+    ));
     Ok(RunningNode {
         ctx: actors.ctx,
         http_addr,

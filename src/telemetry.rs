@@ -212,7 +212,52 @@ pub const METRICS: &[(&str, MetricKind, &str)] = &[
         MetricKind::Counter,
         "Database/heartbeat/registry/membership actors restarted by the supervisor, by child",
     ),
+    (
+        "customer_http_connections_open",
+        MetricKind::Gauge,
+        "HTTP connections open now (bounded by http_max_connections)",
+    ),
+    (
+        "customer_http_connections_refused_total",
+        MetricKind::Counter,
+        "HTTP connections refused with a 503 because http_max_connections were open",
+    ),
+    (
+        "customer_http_timeouts_total",
+        MetricKind::Counter,
+        "HTTP timeouts by kind: header (slow request head), idle (keep-alive), request (504)",
+    ),
 ];
+
+/// The `kind` label values of `customer_http_timeouts_total`, registered at start.
+pub const HTTP_TIMEOUT_KINDS: [&str; 3] = ["header", "idle", "request"];
+
+/// Describes every metric of [`METRICS`] and registers it at zero, so a fresh node already
+/// exports every series: `rate()` and absence alerts need a series to exist before its first
+/// event. Labelled metrics get an unlabelled zero series (their label values are not known in
+/// advance), except `customer_http_timeouts_total`, whose kinds are.
+fn describe_and_register_catalogue() {
+    for (name, kind, help) in METRICS {
+        match kind {
+            MetricKind::Counter => {
+                metrics::describe_counter!(*name, *help);
+                metrics::counter!(*name).absolute(0);
+            }
+            MetricKind::Gauge => {
+                metrics::describe_gauge!(*name, *help);
+                metrics::gauge!(*name).set(0.0);
+            }
+            MetricKind::Histogram => {
+                metrics::describe_histogram!(*name, *help);
+                // Registering creates the series; the exporter renders it with zero counts.
+                let _ = metrics::histogram!(*name);
+            }
+        }
+    }
+    for kind in HTTP_TIMEOUT_KINDS {
+        metrics::counter!("customer_http_timeouts_total", "kind" => kind).absolute(0);
+    }
+}
 
 /// Latency buckets (seconds) for every `*_seconds` histogram: 50 µs to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -248,13 +293,7 @@ pub fn install_metrics(node: &str) -> Option<PrometheusHandle> {
                     return None;
                 }
             };
-            for (name, kind, help) in METRICS {
-                match kind {
-                    MetricKind::Counter => metrics::describe_counter!(*name, *help),
-                    MetricKind::Gauge => metrics::describe_gauge!(*name, *help),
-                    MetricKind::Histogram => metrics::describe_histogram!(*name, *help),
-                }
-            }
+            describe_and_register_catalogue();
             let upkeep = handle.clone();
             std::thread::Builder::new()
                 .name("metrics-upkeep".into())

@@ -518,12 +518,47 @@ async fn ping_measures_round_trips_to_a_member_and_refuses_unknown_nodes_and_bad
         send(&app, empty("GET", "/v1/cluster/ping/nobody"))
             .await
             .status,
-        StatusCode::SERVICE_UNAVAILABLE
+        StatusCode::NOT_FOUND,
+        "a non-member is a permanent condition"
     );
-    for bad in ["count=0", "count=10001", "count=x"] {
+    for bad_name in ["x%0A%5Bs1%5D", "a%20b", &"n".repeat(65)] {
+        let r = send(&app, empty("GET", &format!("/v1/cluster/ping/{bad_name}"))).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad_name}");
+    }
+    let r = send(
+        &app,
+        empty("GET", &format!("/v1/cluster/ping/{me}?count=1000")),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "the cap itself is allowed");
+    for bad in ["count=0", "count=1001", "count=10000", "count=x"] {
         let r = send(&app, empty("GET", &format!("/v1/cluster/ping/{me}?{bad}"))).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}");
     }
+}
+
+#[tokio::test]
+async fn a_request_slower_than_the_http_request_timeout_is_answered_504() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = Config::local("api-request-timeout", Some(dir.path().join("t.db")));
+    let actors = start_actors(&config, None, 1).await.unwrap();
+    let state = AppState::new(Gateway::new(actors.ctx.clone()), vec![], 1 << 20);
+    let patient = App {
+        router: router(state.clone()),
+        _dir: tempfile::tempdir().unwrap(),
+        actors,
+    };
+    // A thousand sequential pings take milliseconds; a 1 ms budget cannot hold them.
+    let impatient = router(state.with_request_timeout(std::time::Duration::from_millis(1)));
+    let path = "/v1/cluster/ping/api-request-timeout?count=1000";
+    let r = impatient.oneshot(empty("GET", path)).await.unwrap();
+    assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
+    let body: Value =
+        serde_json::from_slice(&r.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["error"]["code"], "timeout", "{body}");
+    let r = send(&patient, empty("GET", path)).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    drop(dir);
 }
 
 #[tokio::test]

@@ -104,7 +104,7 @@ async fn crud_through_any_node_reaches_the_one_owner() {
 async fn a_node_with_a_wrong_cookie_never_becomes_a_member() {
     let cluster = TestCluster::start("k", 2, &[]).await;
     let mut spec = NodeSpec::new("intruder");
-    spec.cookie = "wrong-cookie".into();
+    spec.cookie = "wrong-cluster-cookie-0123456789".into();
     spec.seeds = vec![
         cluster.nodes[0].spec.cluster_addr(),
         cluster.nodes[1].spec.cluster_addr(),

@@ -140,16 +140,17 @@ async fn sigterm_stops_gracefully_with_exit_code_0_and_loses_nothing() {
 
 #[test]
 fn a_node_refuses_to_start_without_a_cookie_or_with_bad_settings() {
-    let cases: [&[&str]; 4] = [
+    let cases: [&[&str]; 5] = [
         &["node", "--name", "x"],
         &["node", "--name", "x", "--cookie", "  "],
-        &["node", "--name", "bad name", "--cookie", "c"],
+        &["node", "--name", "bad name", "--cookie", support::COOKIE],
+        &["node", "--name", "x", "--cookie", "test-cookie"],
         &[
             "node",
             "--name",
             "x",
             "--cookie",
-            "c",
+            support::COOKIE,
             "--config",
             "/nonexistent/cc.toml",
         ],
@@ -316,7 +317,7 @@ fn a_node_whose_ports_are_taken_exits_with_a_clear_message() {
     let free = support::free_port();
     for (cluster, http, what) in [(port, free, "cluster connections"), (free, port, "HTTP")] {
         let out = Command::new(BIN)
-            .args(["node", "--name", "x", "--cookie", "c"])
+            .args(["node", "--name", "x", "--cookie", support::COOKIE])
             .args([
                 "--cluster-addr",
                 &format!("127.0.0.1:{cluster}"),

@@ -109,7 +109,7 @@ fn a_node_with_unreadable_tls_files_refuses_to_start() {
             "--name",
             "x",
             "--cookie",
-            "c",
+            support::COOKIE,
             "--cluster-addr",
             "127.0.0.1:0",
             "--http-addr",

@@ -166,8 +166,15 @@ impl Gateway {
 
     /// Round trip of a bare heartbeat ping to `member`'s Heartbeat actor (the one beside the
     /// Registry this node routes to): the cost of one hop, without any customer queue.
+    /// A name that is not in this node's view is `NotFound` (a permanent answer, 404), unlike a
+    /// member that does not answer (`Unavailable`, 503).
     pub async fn ping(&self, member: &str, seq: u64) -> Result<Duration> {
         let view = self.ctx.view();
+        if member != self.ctx.name && !view.registries.contains_key(member) {
+            return Err(Error::NotFound(format!(
+                "node {member:?} is not a member of this node's view"
+            )));
+        }
         let registry = self.registry_of(&view, member)?;
         let heartbeat = heartbeat::beside(&registry.get_cell())
             .ok_or_else(|| Error::Unavailable(format!("node {member} has no heartbeat actor")))?;

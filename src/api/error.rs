@@ -109,12 +109,14 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, message) = self.parts();
+        // Messages may carry client-supplied text (a node name, an id): `?` (Debug) escapes
+        // control characters, so no request can forge a log line.
         match &self {
             Self::Service(Error::Internal(detail)) => {
-                tracing::error!(error = %detail, "internal error answering a request");
+                tracing::error!(error = ?detail, "internal error answering a request");
             }
             Self::Service(err @ (Error::Unavailable(_) | Error::Timeout(_))) => {
-                tracing::warn!(error = %err, status = status.as_u16(), "request failed");
+                tracing::warn!(error = ?err.to_string(), status = status.as_u16(), "request failed");
             }
             _ => {}
         }
@@ -177,6 +179,37 @@ mod tests {
         let (_, _, message) =
             ApiError::Service(Error::Internal("sqlite: /secret/path".into())).parts();
         assert!(!message.contains("secret"));
+    }
+
+    #[test]
+    fn client_text_in_a_logged_error_cannot_start_a_new_log_line() {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let forged = "node x\n[s1] INFO node s9 is up";
+            let _ = ApiError::Service(Error::Unavailable(forged.into())).into_response();
+            let _ = ApiError::Service(Error::Internal(forged.into())).into_response();
+        });
+        let log = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(log.lines().count(), 2, "{log}");
+        assert!(!log.lines().any(|l| l.starts_with("[s1]")), "{log}");
+        assert!(log.contains("node x\\n[s1]"), "{log}");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use super::model::{
 };
 use super::{AppState, OWNER_NODE};
 use crate::actors::gateway::{ClusterStatus, Gateway, Routed};
+use crate::config::is_valid_node_name;
 use crate::customer::{Customer, CustomerId, new_customer_id, parse_customer_id, validate};
 use crate::error::Error;
 
@@ -35,7 +36,17 @@ type ApiResult = Result<Response, ApiError>;
 #[utoipa::path(post, path = "/v1/customers", tag = "customers",
     request_body(content = CustomerInput, content_type = "application/json"),
     responses(
-        (status = 201, description = "Created; Location and ETag set", body = CustomerJson),
+        (status = 201, description = "Created; Location and ETag set", body = CustomerJson,
+            links(
+                ("GetCustomer" = (operation_id = "get_one", parameters(("id" = "$response.body#/id")),
+                    description = "The created customer")),
+                ("ReplaceCustomer" = (operation_id = "replace", parameters(("id" = "$response.body#/id")),
+                    description = "Replace the created customer")),
+                ("PatchCustomer" = (operation_id = "patch", parameters(("id" = "$response.body#/id")),
+                    description = "Patch the created customer")),
+                ("DeleteCustomer" = (operation_id = "delete", parameters(("id" = "$response.body#/id")),
+                    description = "Delete the created customer")),
+            )),
         (status = 200, description = "Idempotent replay: this id already exists with these fields", body = CustomerJson),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
@@ -71,7 +82,7 @@ pub async fn create(
 
 /// `GET /v1/customers/{id}`
 #[utoipa::path(get, path = "/v1/customers/{id}", tag = "customers",
-    params(("id" = String, Path, description = "Customer UUID")),
+    params(("id" = String, Path, description = "Customer UUID", format = "uuid")),
     responses(
         (status = 200, description = "The customer; ETag set", body = CustomerJson),
         (status = 400, description = "Malformed id", body = ErrorBody),
@@ -87,8 +98,9 @@ pub async fn get_one(State(s): State<AppState>, Path(id): Path<String>) -> ApiRe
 
 /// `PUT /v1/customers/{id}` — full replace, optional `If-Match`.
 #[utoipa::path(put, path = "/v1/customers/{id}", tag = "customers",
-    params(("id" = String, Path, description = "Customer UUID"),
-           ("If-Match" = Option<String>, Header, description = "Expected version, e.g. \"3\"")),
+    params(("id" = String, Path, description = "Customer UUID", format = "uuid"),
+           ("If-Match" = Option<String>, Header, description = "Expected version, e.g. \"3\"",
+                pattern = r#"^(\*|(W/)?"[0-9]{1,19}"|[0-9]{1,19})$"#, example = "\"1\"")),
     request_body(content = CustomerInput, content_type = "application/json"),
     responses(
         (status = 200, description = "Replaced", body = CustomerJson),
@@ -125,8 +137,9 @@ pub async fn replace(
 
 /// `PATCH /v1/customers/{id}` — JSON merge patch, optional `If-Match`.
 #[utoipa::path(patch, path = "/v1/customers/{id}", tag = "customers",
-    params(("id" = String, Path, description = "Customer UUID"),
-           ("If-Match" = Option<String>, Header, description = "Expected version, e.g. \"3\"")),
+    params(("id" = String, Path, description = "Customer UUID", format = "uuid"),
+           ("If-Match" = Option<String>, Header, description = "Expected version, e.g. \"3\"",
+                pattern = r#"^(\*|(W/)?"[0-9]{1,19}"|[0-9]{1,19})$"#, example = "\"1\"")),
     request_body(content = CustomerPatchInput, content_type = "application/merge-patch+json"),
     responses(
         (status = 200, description = "Patched", body = CustomerJson),
@@ -158,8 +171,9 @@ pub async fn patch(
 
 /// `DELETE /v1/customers/{id}`
 #[utoipa::path(delete, path = "/v1/customers/{id}", tag = "customers",
-    params(("id" = String, Path, description = "Customer UUID"),
-           ("If-Match" = Option<String>, Header, description = "Expected version")),
+    params(("id" = String, Path, description = "Customer UUID", format = "uuid"),
+           ("If-Match" = Option<String>, Header, description = "Expected version, e.g. \"3\"",
+                pattern = r#"^(\*|(W/)?"[0-9]{1,19}"|[0-9]{1,19})$"#, example = "\"1\"")),
     responses(
         (status = 204, description = "Deleted"),
         (status = 400, description = "Malformed id or If-Match", body = ErrorBody),
@@ -255,20 +269,25 @@ fn cluster_json(status: ClusterStatus) -> ClusterJson {
     }
 }
 
-/// Most pings one `/v1/cluster/ping` request may send.
-pub const MAX_PINGS: u32 = 10_000;
+/// Most pings one `/v1/cluster/ping` request may send. The pings are sequential remote calls
+/// made on behalf of one client request, so this bounds the work (and the time, about 0.2 s on
+/// loopback) a single request can cause.
+pub const MAX_PINGS: u32 = 1000;
 
 /// `GET /v1/cluster/ping/{node}?count=N` — sequential round trips of a bare heartbeat ping from
 /// this node to `node`'s Heartbeat actor (itself included): the cost of one hop, without
 /// customer work and without waiting behind any customer queue.
 #[utoipa::path(get, path = "/v1/cluster/ping/{node}", tag = "cluster",
-    params(("node" = String, Path, description = "Member name"),
-           ("count" = Option<u32>, Query, description = "Pings to send, 1..=10000 (default 100)")),
+    params(("node" = String, Path, description = "Member name, 1..=64 characters of [A-Za-z0-9._-]",
+                pattern = r"^[A-Za-z0-9._-]{1,64}$", min_length = 1, max_length = 64, example = "n1"),
+           ("count" = Option<u32>, Query, description = "Pings to send, 1..=1000 (default 100)",
+                minimum = 1, maximum = 1000, example = 10)),
     responses(
         (status = 200, description = "Round-trip percentiles", body = PingJson),
-        (status = 400, description = "Bad count", body = ErrorBody),
+        (status = 400, description = "Malformed node name, or bad count", body = ErrorBody),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
-        (status = 503, description = "No such member, or it does not answer", body = ErrorBody),
+        (status = 404, description = "No such member in this node's view", body = ErrorBody),
+        (status = 503, description = "The member does not answer", body = ErrorBody),
     ),
     security(("bearer" = [])))]
 pub async fn ping(
@@ -276,6 +295,11 @@ pub async fn ping(
     Path(node): Path<String>,
     query: Result<Query<std::collections::HashMap<String, String>>, QueryRejection>,
 ) -> ApiResult {
+    if !is_valid_node_name(&node) {
+        return Err(ApiError::BadRequest(
+            "node must be 1 to 64 characters of [A-Za-z0-9._-]".into(),
+        ));
+    }
     let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let count = match q.get("count") {
         None => 100,

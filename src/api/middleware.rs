@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use subtle::ConstantTimeEq;
@@ -13,6 +13,7 @@ use tracing::Instrument;
 use super::error::ApiError;
 use super::{AppState, ENTRY_NODE, REQUEST_ID};
 use crate::config::Secret;
+use crate::error::Error;
 
 /// Longest client-supplied request id we adopt; longer or odd ones are replaced.
 const MAX_REQUEST_ID_LEN: usize = 64;
@@ -37,8 +38,9 @@ pub async fn request_context(
     if let Ok(v) = HeaderValue::from_str(&id) {
         req.headers_mut().insert(REQUEST_ID, v);
     }
+    // `?` (Debug) escapes control characters: nothing a client sends can start a new log line.
     let span =
-        tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path());
+        tracing::info_span!("request", id = %id, method = ?req.method(), path = ?req.uri().path());
     let mut response = next.run(req).instrument(span).await;
     let headers = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&id) {
@@ -89,19 +91,43 @@ pub fn token_matches(tokens: &[Secret], presented: &str) -> bool {
     any.into()
 }
 
-/// Counts requests by route and status, and records their latency.
+/// Methods that get their own `method` label; every other (extension) method is `other`.
+const LABELLED_METHODS: [Method; 7] = [
+    Method::GET,
+    Method::POST,
+    Method::PUT,
+    Method::PATCH,
+    Method::DELETE,
+    Method::HEAD,
+    Method::OPTIONS,
+];
+
+/// The `method` label: a known method's name, else `other`. Clients choose the method (any
+/// token is a valid extension method), so labelling it verbatim would let anyone grow
+/// `/metrics` without bound.
+pub fn method_label(method: &Method) -> &'static str {
+    LABELLED_METHODS
+        .iter()
+        .find(|m| *m == method)
+        .map_or("other", Method::as_str)
+}
+
+/// The `route` label: the matched route template (a fixed set), else `unmatched` — never the
+/// raw path, which clients choose.
+pub fn route_label(matched: Option<&MatchedPath>) -> String {
+    matched.map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned())
+}
+
+/// Counts requests by route and status, and records their latency. Every label value comes
+/// from a fixed set (see [`method_label`], [`route_label`]; statuses are three digits).
 pub async fn record_metrics(req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().as_str().to_owned();
+    let route = route_label(req.extensions().get::<MatchedPath>());
+    let method = method_label(req.method());
     let started = Instant::now();
     let response = next.run(req).await;
     let status = response.status().as_u16().to_string();
     let elapsed = started.elapsed().as_secs_f64();
-    metrics::counter!("customer_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
+    metrics::counter!("customer_http_requests_total", "method" => method, "route" => route.clone(), "status" => status)
         .increment(1);
     metrics::histogram!("customer_http_request_seconds", "method" => method, "route" => route)
         .record(elapsed);
@@ -111,6 +137,25 @@ pub async fn record_metrics(req: Request, next: Next) -> Response {
         "request done"
     );
     response
+}
+
+/// Answers 504 when a request takes longer than the HTTP request timeout (body reading
+/// included), and counts it in `customer_http_timeouts_total{kind="request"}`. 504, not 503:
+/// the request may have started a write that still commits (outcome unknown, retry with the
+/// same `Idempotency-Key`).
+pub async fn request_timeout(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let limit = state.request_timeout;
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => {
+            metrics::counter!("customer_http_timeouts_total", "kind" => "request").increment(1);
+            ApiError::Service(Error::Timeout(format!(
+                "the request took longer than {} ms",
+                limit.as_millis()
+            )))
+            .into_response()
+        }
+    }
 }
 
 #[cfg(test)]
@@ -125,6 +170,17 @@ mod tests {
         assert!(!token_matches(&tokens, "ne"));
         assert!(!token_matches(&tokens, "newer"));
         assert!(!token_matches(&tokens, ""));
+    }
+
+    #[test]
+    fn metric_labels_come_from_a_fixed_set_whatever_the_client_sends() {
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::PATCH), "PATCH");
+        for made_up in ["FOO", "X-SCAN-12345", "get", "PROPFIND"] {
+            let m = Method::from_bytes(made_up.as_bytes()).unwrap();
+            assert_eq!(method_label(&m), "other", "{made_up}");
+        }
+        assert_eq!(route_label(None), "unmatched");
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The HTTP/JSON API: axum router, handlers, middleware, and the single error→status mapping.
 //!
 //! ```text
-//! request → request_context (id, span, metrics, X-Entry-Node) → [auth on /v1] → handler
-//!         → Gateway (owner lookup, local or remote Registry call) → response + X-Owner-Node
+//! connection (server: cap, header and idle timeouts)
+//!   → request → request_context (id, span, X-Entry-Node) → metrics → request timeout
+//!   → [auth on /v1] → handler
+//!   → Gateway (owner lookup, local or remote Registry call) → response + X-Owner-Node
 //! ```
 //!
 //! Every node serves every route; the handler never cares where the customer lives. Handlers
@@ -10,7 +12,8 @@
 //!
 //! Modules: `model` holds the JSON bodies as plain serde types (no axum, shared with the CLI
 //! client), `json` the axum extractor over them, `handlers` the routes, `openapi` the document
-//! generated from both, `error` the one error→status mapping, `middleware` the layers.
+//! generated from both, `error` the one error→status mapping, `middleware` the layers, and
+//! `server` the accept loop with the edge's limits (connections, header/idle timeouts).
 //!
 //! Deliberately not here: business rules (in `customer`), routing decisions (in
 //! `actors::gateway`), TLS for clients (terminate it in a proxy in front of the node). Nothing
@@ -23,9 +26,11 @@ pub mod json;
 pub mod middleware;
 pub mod model;
 pub mod openapi;
+pub mod server;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -57,6 +62,8 @@ pub struct AppState {
     pub request_seq: Arc<AtomicU64>,
     /// Prometheus exposition, when a recorder is installed.
     pub metrics: Option<PrometheusHandle>,
+    /// Longest one request may take before it is answered 504.
+    pub request_timeout: Duration,
 }
 
 impl AppState {
@@ -68,7 +75,17 @@ impl AppState {
             max_body_bytes,
             request_seq: Arc::new(AtomicU64::new(0)),
             metrics: None,
+            request_timeout: Duration::from_millis(
+                crate::config::defaults::REQUEST_TIMEOUT_MS
+                    * u64::from(crate::config::defaults::HTTP_REQUEST_TIMEOUT_FACTOR),
+            ),
         }
+    }
+
+    /// Answers 504 to requests that take longer than `limit`.
+    pub fn with_request_timeout(mut self, limit: Duration) -> Self {
+        self.request_timeout = limit;
+        self
     }
 
     /// Serves `/metrics` from `handle`.
@@ -100,6 +117,10 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .layer(from_fn_with_state(
+            state.clone(),
+            middleware::request_timeout,
+        ))
         .layer(from_fn(middleware::record_metrics))
         .layer(from_fn_with_state(
             state.clone(),

@@ -25,6 +25,7 @@ use crate::customer::{Customer, CustomerPatch, FieldPatch, FieldsInput};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CustomerJson {
     /// UUID.
+    #[schema(format = "uuid")]
     pub id: String,
     /// Display name.
     pub name: String,
@@ -65,25 +66,46 @@ pub fn rfc3339(micros: i64) -> String {
         .unwrap_or_default()
 }
 
+// The `pattern`s below state what `customer::validate` accepts, so that a schema-driven client
+// generates bodies the server takes (ECMA-262 and Python `re` read them alike):
+// * name, address: no control characters (Unicode Cc), no bidirectional controls, no
+//   whitespace at either end (the server trims, then refuses those characters);
+// * email: a conservative ASCII subset of at most 253 characters (the server also takes
+//   internationalised domains and more labels);
+// * phone: at least three digits first (after an optional `+`), then digits, spaces, `().-`.
+// Each pattern bounds the length itself (200, 500, 253, 32 characters) instead of
+// `maxLength`: schemathesis 3 fails to merge a length into patterns of this shape. utoipa takes
+// only literals in these attributes, hence the repetition; the openapi tests pin them.
 // `name` and `email` are required, but read as options so that a missing one is answered by
 // validation (422, naming the field) rather than by serde's generic message; the schema states
 // them as required strings. (Plain comments: doc comments here become the public schema.)
-/// Body of `POST /v1/customers` and `PUT /v1/customers/{id}`.
+/// Body of `POST /v1/customers` and `PUT /v1/customers/{id}`. Unknown members are refused
+/// (422).
 #[derive(Debug, Clone, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "Ada Lovelace", "email": "ada@example.com", "phone": "+44 20 7946 0000", "address": "12 St James's Square, London"}))]
 pub struct CustomerInput {
-    /// Optional client-chosen UUID (POST only): a retried create with the same id and body
-    /// succeeds once.
+    /// Optional client-chosen UUID. On POST, a retried create with the same id and body
+    /// succeeds once; on PUT it must equal the id in the URL.
+    #[schema(format = "uuid")]
     pub id: Option<String>,
-    /// Display name, 1..=200 characters.
-    #[schema(value_type = String)]
+    /// Display name, 1..=200 characters, no control characters.
+    #[schema(value_type = String, pattern = r"^[^\s\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]([^\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]{0,198}[^\s\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069])?$", example = "Ada Lovelace")]
     pub name: Option<String>,
     /// Email address, unique (case-insensitive).
-    #[schema(value_type = String)]
+    #[schema(value_type = String, pattern = r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9]([A-Za-z0-9-]{0,60}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,60}[A-Za-z0-9])?){1,2}$", example = "ada@example.com")]
     pub email: Option<String>,
-    /// Phone number: digits, spaces and `+-().`, at most 32 characters.
+    /// Phone number: at least 3 digits; digits, spaces and `+-().`; at most 32 characters.
+    #[schema(
+        pattern = r"^\+?[0-9]{3}[0-9 ().-]{0,28}$",
+        example = "+44 20 7946 0000"
+    )]
     pub phone: Option<String>,
-    /// Postal address, at most 500 characters.
+    /// Postal address, at most 500 characters, no control characters.
+    #[schema(
+        pattern = r"^[^\s\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]([^\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]{0,498}[^\s\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069])?$",
+        example = "12 St James's Square, London"
+    )]
     pub address: Option<String>,
 }
 
@@ -104,18 +126,19 @@ impl CustomerInput {
 // Serde cannot tell an absent member from a `null` one, so this is read from a parsed document
 // with `from_document` instead of being deserialized.
 #[derive(Debug, Clone, Default, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(example = json!({"phone": null, "address": "1 Main St"}))]
 pub struct CustomerPatchInput {
-    /// New name.
-    #[schema(value_type = Option<String>)]
+    /// New name (not null: a customer always has one).
+    #[schema(value_type = String, required = false, pattern = r"^[^\s\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]([^\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]{0,198}[^\s\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069])?$")]
     pub name: FieldPatch,
-    /// New email.
-    #[schema(value_type = Option<String>)]
+    /// New email (not null).
+    #[schema(value_type = String, required = false, pattern = r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9]([A-Za-z0-9-]{0,60}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,60}[A-Za-z0-9])?){1,2}$")]
     pub email: FieldPatch,
     /// New phone, or null to remove it.
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, pattern = r"^\+?[0-9]{3}[0-9 ().-]{0,28}$")]
     pub phone: FieldPatch,
     /// New address, or null to remove it.
-    #[schema(value_type = Option<String>)]
+    #[schema(value_type = Option<String>, pattern = r"^[^\s\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]([^\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]{0,498}[^\s\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069])?$")]
     pub address: FieldPatch,
 }
 
@@ -165,8 +188,11 @@ impl From<CustomerPatchInput> for CustomerPatch {
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Page size, 1..=1000 (default 50).
+    // Read as text so that a bad value gets the API's own 400 message, not serde's.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 1000, example = 50)]
     pub limit: Option<String>,
-    /// Cursor: the `next` of the previous page.
+    /// Cursor: the `next` of the previous page (a customer UUID).
+    #[param(format = "uuid")]
     pub after: Option<String>,
 }
 
@@ -176,6 +202,7 @@ pub struct ListResponse {
     /// Customers ordered by id.
     pub items: Vec<CustomerJson>,
     /// Cursor for the next page, or null on the last page.
+    #[schema(format = "uuid")]
     pub next: Option<String>,
 }
 

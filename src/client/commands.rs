@@ -168,8 +168,8 @@ pub fn parse_if_match(raw: &str) -> Result<u64, String> {
 pub struct PingArgs {
     /// Member to ping (from the node given by --node).
     pub target: String,
-    /// Sequential pings to send.
-    #[arg(long, default_value_t = 1000)]
+    /// Sequential pings to send, 1..=1000 (the server's bound).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub count: u32,
 }
 

@@ -44,9 +44,7 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens (creating if needed) the database file for writing and migrates it.
     pub fn open(path: &Path) -> Result<Self> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
+        restrict_files(path)?;
         let mut conn = Connection::open(path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
@@ -68,6 +66,40 @@ impl SqliteStore {
         conn.busy_timeout(BUSY_TIMEOUT)?;
         Ok(Self { conn })
     }
+}
+
+/// Owner-only access to the database before SQLite opens it: customer data (names, emails,
+/// phones, addresses) must not be readable by other users of the host.
+///
+/// A missing directory is created 0700; the file is created 0600 (or tightened to 0600 if an
+/// older version left it wider), and so are its `-wal` and `-shm` companions when present.
+/// SQLite creates those companions with the main file's mode, so new ones are 0600 too.
+/// Existing directories are left alone: the data directory may be shared (e.g. `.`).
+fn restrict_files(path: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    if let Some(dir) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+    {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let file = Path::new(&name);
+        if file.exists() {
+            std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
 }
 
 /// What becomes of a write's savepoint.
@@ -401,6 +433,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("c.db")).unwrap();
         (dir, store)
+    }
+
+    #[test]
+    fn the_database_its_wal_and_shm_and_a_new_directory_are_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let path = data.join("c.db");
+        // Opening migrates, so the WAL and shared-memory files exist once it returns.
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(mode(&data), 0o700, "data directory");
+        for suffix in ["", "-wal", "-shm"] {
+            let file = std::path::PathBuf::from(format!("{}{suffix}", path.display()));
+            assert!(file.exists(), "{} missing", file.display());
+            assert_eq!(mode(&file), 0o600, "{}", file.display());
+        }
+        drop(s);
+        // A file an older version left world-readable is tightened on the next open.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let _s = SqliteStore::open(&path).unwrap();
+        assert_eq!(mode(&path), 0o600);
     }
 
     // The engine-neutral behaviour suite, one test per behaviour, on a fresh SQLite file each.

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 pub const BIN: &str = env!("CARGO_BIN_EXE_customer-cluster");
 
 /// The cookie test clusters share.
-pub const COOKIE: &str = "test-cookie";
+pub const COOKIE: &str = "test-cluster-cookie-0123456789";
 
 /// A free TCP port on 127.0.0.1 (the OS picks; released before the node binds it).
 pub fn free_port() -> u16 {
