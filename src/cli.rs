@@ -102,6 +102,9 @@ pub enum Command {
     /// Run a steady read/write workload for failover experiments and report what clients saw
     /// (used by scripts/failover.sh).
     Workload(crate::faults::WorkloadArgs),
+    /// Check a saved history (JSON Lines from `workload --history`) for linearizability, stale
+    /// reads and lost acknowledged writes; exits non-zero on a violation.
+    CheckHistory(crate::faults::CheckHistoryArgs),
     /// Measure round trips of a bare heartbeat ping from one node (--node) to a member.
     Ping {
         /// Target and count.

@@ -18,6 +18,7 @@ async fn main() -> ExitCode {
         Command::Bench(args) => bench::command(&args).await,
         Command::BenchReport(args) => Ending::text(bench::compare::run(&args)),
         Command::Workload(args) => faults::command(&args).await,
+        Command::CheckHistory(args) => faults::check_history_command(&args),
         Command::Import { args, opts } => import::command(&opts, &args).await,
         Command::Ping { args, opts } => Ending::line(commands::ping(&opts, &args).await),
         Command::Create { args, opts } => Ending::line(commands::create(&opts, &args).await),
