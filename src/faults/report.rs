@@ -85,6 +85,44 @@ pub struct WorkloadReport {
     pub events: Vec<EventReport>,
     /// Per second: [second, writes ok, reads ok, errors, entry unreachable, stale].
     pub timeline: Vec<[u64; 6]>,
+    /// 503 answers per entry node (by name).
+    pub unavailable_by_entry: BTreeMap<String, usize>,
+    /// The checker's verdict on every request the run recorded (`None` if not checked).
+    pub history: Option<HistoryVerdict>,
+}
+
+/// What the linearizability checker said about the run's history.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistoryVerdict {
+    /// Every key linearizable, no stale read, no lost write.
+    pub ok: bool,
+    /// Operations checked.
+    pub ops: usize,
+    /// Keys found not linearizable.
+    pub not_linearizable: usize,
+    /// Keys the search could not decide within its budget (a failure too).
+    pub unknown: usize,
+    /// Stale reads the checker counted.
+    pub stale_reads: usize,
+    /// Lost acknowledged writes the checker counted.
+    pub lost_writes: usize,
+    /// The checker's report: a summary line and a short failing sub-history per bad key.
+    pub text: String,
+}
+
+impl HistoryVerdict {
+    /// The verdict of a checker report.
+    pub fn of(report: &super::checker::Report) -> Self {
+        Self {
+            ok: report.is_ok(),
+            ops: report.ops(),
+            not_linearizable: report.not_linearizable(),
+            unknown: report.unknown(),
+            stale_reads: report.stale_reads(),
+            lost_writes: report.lost_writes(),
+            text: report.to_string(),
+        }
+    }
 }
 
 /// Everything a workload run recorded, for [`summarize`].
@@ -158,6 +196,8 @@ pub(super) fn summarize(
             .map(|e| event_report(e, samples, &record.observations))
             .collect(),
         timeline,
+        unavailable_by_entry: BTreeMap::new(),
+        history: None,
     }
 }
 
@@ -183,9 +223,10 @@ fn timeline(samples: &[Sample], started_ms: u64) -> (BTreeMap<String, usize>, Ve
     (errors, rows.into_values().collect())
 }
 
-/// Whether an event takes its node away (else it brings it back).
+/// Whether an event takes its node away (else it brings it back): a crash, a freeze, a stop,
+/// or a cut of the network around it (`isolate`, `cut`: the node named is the one cut off).
 fn takes_node_away(kind: &str) -> bool {
-    matches!(kind, "kill" | "freeze" | "stop")
+    matches!(kind, "kill" | "freeze" | "stop" | "isolate" | "cut")
 }
 
 /// First observation time ≥ `from` at which every node other than `target` that reported
@@ -295,8 +336,13 @@ impl WorkloadReport {
     /// breaks the cluster's promise, whatever else went well. Errors and unreachable entry
     /// nodes cost availability only and are reported, not judged.
     pub fn failure(&self) -> Option<&'static str> {
-        (self.lost_acknowledged_writes > 0 || self.stale_reads > 0)
-            .then_some("the workload saw lost acknowledged writes or stale reads")
+        if self.lost_acknowledged_writes > 0 || self.stale_reads > 0 {
+            return Some("the workload saw lost acknowledged writes or stale reads");
+        }
+        self.history
+            .as_ref()
+            .is_some_and(|h| !h.ok)
+            .then_some("the recorded history breaks the consistency contract")
     }
 
     /// How `customer-cluster workload` ends: the rendered report, and a failure as
@@ -355,6 +401,10 @@ impl WorkloadReport {
             "acknowledged writes lost: {}",
             self.lost_acknowledged_writes
         );
+        let _ = writeln!(out, "503s by entry node: {:?}", self.unavailable_by_entry);
+        if let Some(h) = &self.history {
+            let _ = write!(out, "linearizability checker: {}", h.text);
+        }
     }
 }
 

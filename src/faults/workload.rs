@@ -27,9 +27,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hyper::Method;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::report::{Record, WorkloadReport, is_lost, parse_events, summarize};
+use super::checker::{Outcome as OpOutcome, Reply, check, write_jsonl};
+use super::history::{Recorded, Recorder, Request, is_served};
+use super::report::{HistoryVerdict, Record, WorkloadReport, is_lost, parse_events, summarize};
 use crate::client::{ClientError, HttpClient, HttpResponse, customer_path};
 use crate::clock::now_ms;
 
@@ -70,6 +72,10 @@ pub struct WorkloadArgs {
     /// Per-request client deadline, ms.
     #[arg(long, default_value_t = 2000)]
     pub timeout_ms: u64,
+    /// Also save every request as a checker history (JSON Lines) in this file, for
+    /// `customer-cluster check-history`. The history is checked either way.
+    #[arg(long)]
+    pub history: Option<PathBuf>,
 }
 
 /// One observed request.
@@ -124,6 +130,8 @@ struct Acked {
 
 /// What the workers and the watcher record, shared between their tasks.
 struct Shared {
+    /// Every request in checker form (creates, patches, reads, the final reads).
+    recorder: Recorder,
     samples: Mutex<Vec<Sample>>,
     observations: Mutex<Vec<Observation>>,
     /// Indexed by customer; only the customer's own worker writes its entry.
@@ -133,6 +141,7 @@ struct Shared {
 impl Shared {
     fn new(acked: Vec<Acked>) -> Self {
         Self {
+            recorder: Recorder::new(),
             samples: Mutex::new(Vec::new()),
             observations: Mutex::new(Vec::new()),
             acked: Mutex::new(acked),
@@ -190,9 +199,12 @@ pub async fn run(args: &WorkloadArgs) -> Result<WorkloadReport, ClientError> {
         .map(|n| HttpClient::new(n, args.token.clone(), timeout))
         .collect::<Result<_, _>>()?;
     let names = node_names(&clients).await?;
-    let acked = create_customers(&clients, args.customers).await?;
+    let shared = Arc::new(Shared::new(Vec::new()));
+    let acked = create_customers(&clients, &shared.recorder, args.customers).await?;
     let owners_before = owners(&clients, &acked).await;
-    let shared = Arc::new(Shared::new(acked));
+    if let Ok(mut a) = shared.acked.lock() {
+        *a = acked;
+    }
     let started_ms = now_ms();
     let stop_at = Instant::now() + Duration::from_secs(args.duration_s);
     eprintln!(
@@ -201,7 +213,7 @@ pub async fn run(args: &WorkloadArgs) -> Result<WorkloadReport, ClientError> {
     );
     drive(args, &clients, &names, &shared, stop_at).await;
     let final_acked = shared.acked_now();
-    let lost = count_lost(&clients, &final_acked).await;
+    let lost = count_lost(&clients, &shared.recorder, &final_acked).await;
     let owners_after = owners(&clients, &final_acked).await;
     let record = Record {
         samples: shared.samples_now(),
@@ -209,7 +221,17 @@ pub async fn run(args: &WorkloadArgs) -> Result<WorkloadReport, ClientError> {
         events: read_events(args.events.as_deref()),
         started_ms,
     };
-    let report = summarize(&record, lost, owners_before, owners_after);
+    let mut report = summarize(&record, lost, owners_before, owners_after);
+    let recorded = shared.recorder.snapshot();
+    report.unavailable_by_entry = unavailable_by_entry(&recorded, &names);
+    let ops: Vec<_> = recorded.into_iter().map(|r| r.op).collect();
+    if let Some(path) = &args.history {
+        let file = std::fs::File::create(path)
+            .map_err(|e| ClientError::Local(format!("writing {}: {e}", path.display())))?;
+        write_jsonl(&ops, std::io::BufWriter::new(file))
+            .map_err(|e| ClientError::Local(format!("writing {}: {e}", path.display())))?;
+    }
+    report.history = Some(HistoryVerdict::of(&check(&ops)));
     if let Some(path) = &args.out {
         let text = serde_json::to_string_pretty(&report).unwrap_or_default();
         std::fs::write(path, text)
@@ -228,22 +250,71 @@ async fn node_names(clients: &[HttpClient]) -> Result<Vec<String>, ClientError> 
     Ok(names)
 }
 
-/// Creates the workload's customers (name `w0`, emails tagged by run), spread over the entry
-/// nodes.
-async fn create_customers(clients: &[HttpClient], n: usize) -> Result<Vec<Acked>, ClientError> {
+/// Creates the workload's customers (name `w0`, emails tagged by run, ids chosen here so a
+/// create whose answer was lost still names its customer), spread over the entry nodes; each
+/// is retried through the next entry until created. Every attempt is recorded.
+async fn create_customers(
+    clients: &[HttpClient],
+    recorder: &Recorder,
+    n: usize,
+) -> Result<Vec<Acked>, ClientError> {
     let run_tag = now_ms() % 1_000_000_000;
     let mut acked = Vec::with_capacity(n);
     for i in 0..n {
-        let body = json!({"name": "w0", "email": format!("workload-{run_tag}-{i}@example.com")});
-        let r = request_anywhere(clients, i, Method::POST, "/v1/customers", Some(&body)).await?;
-        let v: Value = r.json()?;
+        let id = crate::customer::new_customer_id().to_string();
+        let request = Request::Create {
+            value: "w0".into(),
+            email: format!("workload-{run_tag}-{i}@example.com"),
+        };
+        let r = until_served(clients, recorder, i, &id, &request).await;
+        let version = match r.as_ref().map(|r| &r.op.outcome) {
+            Some(OpOutcome::Ok(Reply::Created { version })) => *version,
+            other => {
+                return Err(ClientError::Decode(format!(
+                    "creating customer {id}: {other:?}"
+                )));
+            }
+        };
         acked.push(Acked {
-            id: v["id"].as_str().unwrap_or_default().to_owned(),
+            id,
             name: "w0".into(),
-            version: v["version"].as_u64().unwrap_or(1),
+            version,
         });
     }
     Ok(acked)
+}
+
+/// Sends `request` through the entry nodes in turn (starting at `start`), recorded, until one
+/// gives a definite answer; `None` when none did in 20 rounds.
+async fn until_served(
+    clients: &[HttpClient],
+    recorder: &Recorder,
+    start: usize,
+    id: &str,
+    request: &Request,
+) -> Option<Recorded> {
+    for k in 0..clients.len() * 20 {
+        let entry = (start + k) % clients.len();
+        let r = recorder
+            .send(&clients[entry], entry, u32::MAX, id, request)
+            .await;
+        if is_served(&r.op.outcome) {
+            return Some(r);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+/// 503 answers per entry node name.
+fn unavailable_by_entry(recorded: &[Recorded], names: &[String]) -> BTreeMap<String, usize> {
+    let mut out: BTreeMap<String, usize> = names.iter().map(|n| (n.clone(), 0)).collect();
+    for r in recorded.iter().filter(|r| r.meta.status == Some(503)) {
+        if let Some(name) = names.get(r.meta.entry) {
+            *out.entry(name.clone()).or_default() += 1;
+        }
+    }
+    out
 }
 
 /// Runs the workers and the membership watcher until `stop_at`.
@@ -313,6 +384,8 @@ struct Worker<'a> {
     seq: HashMap<usize, u64>,
     /// Counts successful steps: picks the customer, and write (even) or read (odd).
     turn: usize,
+    /// The worker's number, its client id in the history.
+    id: u32,
 }
 
 impl<'a> Worker<'a> {
@@ -325,6 +398,7 @@ impl<'a> Worker<'a> {
             entry: w,
             seq: HashMap::new(),
             turn: 0,
+            id: w as u32,
         }
     }
 
@@ -339,33 +413,45 @@ impl<'a> Worker<'a> {
         }
     }
 
-    /// One request, recorded; whether it succeeded.
+    /// One request, recorded; whether it succeeded. Every write attempt gets the next name,
+    /// so each value is written at most once (what the history checker needs).
     async fn step(&mut self) -> bool {
         let customer = self.mine[self.turn % self.mine.len()];
         let write = self.turn.is_multiple_of(2);
         let node = pick_entry(&self.skip_until, self.entry, Instant::now());
         self.entry += 1;
         let (id, acked_version) = self.shared.acked_of(customer);
-        let next = self.seq.get(&customer).copied().unwrap_or(0) + 1;
-        let name = format!("w{next}");
+        let name = if write {
+            let next = self.seq.get(&customer).copied().unwrap_or(0) + 1;
+            self.seq.insert(customer, next);
+            format!("w{next}")
+        } else {
+            String::new()
+        };
+        let request = if write {
+            Request::Patch {
+                value: name.clone(),
+                if_match: None,
+            }
+        } else {
+            Request::Get
+        };
         let started_ms = now_ms();
-        let write_name = write.then_some(name.as_str());
-        let (outcome, owner) = match self.send(node, &id, write_name).await {
-            Err(_) => {
+        let r = (self.shared.recorder)
+            .send(&self.clients[node], node, self.id, &id, &request)
+            .await;
+        let (outcome, owner) = match (r.meta.status, &r.op.outcome) {
+            (None, _) => {
                 self.skip_until[node] = Instant::now() + SKIP_UNREACHABLE;
                 (Outcome::EntryUnreachable, None)
             }
-            Ok(r) if r.status.is_success() => {
-                let owner = r.header("x-owner-node").map(str::to_owned);
-                let v: Value = r.json().unwrap_or_default();
-                let version = v["version"].as_u64().unwrap_or(0);
+            (Some(_), OpOutcome::Ok(Reply::Written { version } | Reply::Found { version, .. })) => {
                 if write {
-                    self.seq.insert(customer, next);
-                    self.shared.ack(customer, name, version);
+                    self.shared.ack(customer, name, *version);
                 }
-                (judge(write, version, acked_version), owner)
+                (judge(write, *version, acked_version), r.meta.owner.clone())
             }
-            Ok(r) => (Outcome::Http(r.status.as_u16()), None),
+            (Some(status), _) => (Outcome::Http(status), None),
         };
         let ok = outcome == Outcome::Ok;
         self.shared.record(Sample {
@@ -377,25 +463,6 @@ impl<'a> Worker<'a> {
             owner,
         });
         ok
-    }
-
-    /// Through entry node `node`: a PATCH of the customer's name when `write_name` is given,
-    /// else a GET.
-    async fn send(
-        &self,
-        node: usize,
-        id: &str,
-        write_name: Option<&str>,
-    ) -> Result<HttpResponse, ClientError> {
-        let client = &self.clients[node];
-        let path = customer_path(id);
-        match write_name {
-            Some(name) => {
-                let patch = json!({"name": name});
-                client.json(Method::PATCH, &path, &patch, &[]).await
-            }
-            None => client.get(&path).await,
-        }
     }
 }
 
@@ -479,19 +546,18 @@ async fn owners(clients: &[HttpClient], acked: &[Acked]) -> BTreeMap<String, usi
 }
 
 /// How many customers lost their last acknowledged write ([`is_lost`]); a customer that
-/// cannot be read back at all counts as lost.
-async fn count_lost(clients: &[HttpClient], acked: &[Acked]) -> usize {
+/// cannot be read back at all counts as lost. These final reads are recorded too: they are
+/// what lets the checker judge every acknowledged write.
+async fn count_lost(clients: &[HttpClient], recorder: &Recorder, acked: &[Acked]) -> usize {
     let mut lost = 0;
     for (i, a) in acked.iter().enumerate() {
-        let path = customer_path(&a.id);
-        let Ok(r) = request_anywhere(clients, i, Method::GET, &path, None).await else {
+        let read = until_served(clients, recorder, i, &a.id, &Request::Get).await;
+        let Some(OpOutcome::Ok(Reply::Found { version, value })) = read.map(|r| r.op.outcome)
+        else {
             lost += 1;
             continue;
         };
-        let v: Value = r.json().unwrap_or_default();
-        let stored_version = v["version"].as_u64().unwrap_or(0);
-        let stored_name = v["name"].as_str().unwrap_or("");
-        if is_lost(&a.name, a.version, stored_name, stored_version) {
+        if is_lost(&a.name, a.version, &value, version) {
             lost += 1;
         }
     }
@@ -507,6 +573,8 @@ fn read_events(path: Option<&Path>) -> Vec<super::report::Event> {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
