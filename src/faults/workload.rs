@@ -18,8 +18,13 @@
 //! a *stale read*. Checks at the end: every customer's stored version and name must match its
 //! last acknowledged write, else it counts as a *lost acknowledged write* ([`is_lost`]).
 //!
-//! Events (kill, restart, freeze, thaw) are appended by the driving script to `--events` as
-//! `<unix_ms> <kind> <node>`; [`super::report`] measures around each one.
+//! Every request also goes through the history [`Recorder`] (creates with ids chosen here, a
+//! fresh name for every write attempt so each value is written once), and the run ends by
+//! checking that history with [`super::checker`]: a history that is not linearizable fails the
+//! run like a stale read does. `--history FILE` saves it for `customer-cluster check-history`.
+//!
+//! Events (kill, restart, freeze, thaw, isolate, cut, heal) are appended by the driving script
+//! to `--events` as `<unix_ms> <kind> <node>`; [`super::report`] measures around each one.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
