@@ -7,6 +7,7 @@
 //!   published placement view and the freshness lease.
 //! * [`tls`] — optional mutual TLS between nodes.
 //! * [`detector`] — the pure failure-detector, re-dial and stall rules membership applies.
+//! * [`advertise`] — the start-up check that the advertised address leads back to this node.
 //!
 //! Delivery guarantees (from ractor_cluster over one TCP session per peer pair):
 //! * Messages between two actors on a live session arrive in order, at most once.
@@ -22,6 +23,7 @@
 //! and both activate the same customer; the database's compare-and-set on `version` (fencing)
 //! is what keeps such a double activation from overwriting an acknowledged write.
 
+pub mod advertise;
 pub mod detector;
 pub mod membership;
 pub mod mesh;
