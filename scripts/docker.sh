@@ -162,6 +162,13 @@ EOF
   echo "base image $BASE_IMAGE: made in $((SECONDS - start)) s ($(image_size "$BASE_IMAGE"))"
 }
 
+# docker build with its output in $STATE/build.log, shown only when the build fails (the
+# legacy builder's deprecation notice and the steps are noise otherwise).
+quiet_build() {
+  mkdir -p "$STATE"
+  docker build "$@" > "$STATE/build.log" 2>&1 || { cat "$STATE/build.log" >&2; die "docker build $* failed"; }
+}
+
 # The node image, from a binary built on the host (Dockerfile target `prebuilt`): a staging
 # directory is the whole build context, so target/ (gigabytes) is never sent to the daemon.
 build_node_image() {
@@ -175,22 +182,22 @@ build_node_image() {
   if command -v strip > /dev/null; then strip --strip-debug "$ctx/customer-cluster"; fi
   cp "$ROOT/config/container.toml" "$ctx/config/"
   cp "$ROOT/docker/healthcheck" "$ctx/docker/"
-  docker build -q -f "$ROOT/Dockerfile" --target prebuilt --build-arg "BASE_IMAGE=$BASE_IMAGE" \
-    -t "$IMAGE" "$ctx" > /dev/null
+  quiet_build -f "$ROOT/Dockerfile" --target prebuilt --build-arg "BASE_IMAGE=$BASE_IMAGE" \
+    -t "$IMAGE" "$ctx"
   docker run --rm "$IMAGE" --version > /dev/null || die "$IMAGE does not run its binary"
   echo "image $IMAGE: $(image_size "$IMAGE")"
 }
 
 # base + nftables: runs in a node's network namespace to cut links (never inside the node).
 build_nemesis_image() {
-  docker build -q -f "$ROOT/docker/nemesis/Dockerfile" --build-arg "BASE_IMAGE=$BASE_IMAGE" \
-    -t "$NEMESIS_IMAGE" "$ROOT/docker/nemesis" > /dev/null
+  quiet_build -f "$ROOT/docker/nemesis/Dockerfile" --build-arg "BASE_IMAGE=$BASE_IMAGE" \
+    -t "$NEMESIS_IMAGE" "$ROOT/docker/nemesis"
   echo "image $NEMESIS_IMAGE: $(image_size "$NEMESIS_IMAGE")"
 }
 
 build_postgres_image() {
-  docker build -q -f "$ROOT/docker/postgres/Dockerfile" --build-arg "BASE_IMAGE=$BASE_IMAGE" \
-    -t "$POSTGRES_IMAGE" "$ROOT" > /dev/null
+  quiet_build -f "$ROOT/docker/postgres/Dockerfile" --build-arg "BASE_IMAGE=$BASE_IMAGE" \
+    -t "$POSTGRES_IMAGE" "$ROOT"
   echo "image $POSTGRES_IMAGE: $(image_size "$POSTGRES_IMAGE")"
 }
 
