@@ -297,8 +297,9 @@ cmd_up() {
   fi
   if [[ "$mode" == postgres ]]; then set -- --postgres; else set --; fi
   cmd_secrets "$@"
-  image_exists "$IMAGE" || { cmd_base; build_node_image; }
-  image_exists "$NEMESIS_IMAGE" || { cmd_base; build_nemesis_image; }
+  if ! image_exists "$IMAGE" || ! image_exists "$NEMESIS_IMAGE"; then cmd_base; fi
+  image_exists "$IMAGE" || build_node_image
+  image_exists "$NEMESIS_IMAGE" || build_nemesis_image
   : > "$CUTS"
   if [[ "$mode" == postgres ]]; then
     image_has_postgres || die "the customer-cluster in $IMAGE has no --database-url (the PostgreSQL engine has not landed in this build)"
@@ -316,7 +317,7 @@ cmd_up() {
   echo
   echo "HTTP:  $(for n in "${NODES[@]}"; do printf '%s ' "$(http_url "$n")"; done)"
   echo "Token: $(cat "$STATE/token")"
-  echo "Use:   source $STATE/env   # sets CUSTOMER_CLUSTER_NODE and CUSTOMER_CLUSTER_TOKEN for the CLI"
+  echo "Use:   source ${STATE#"$PWD"/}/env   # sets CUSTOMER_CLUSTER_NODE and CUSTOMER_CLUSTER_TOKEN for the CLI"
 }
 
 cmd_down() {
