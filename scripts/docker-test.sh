@@ -78,7 +78,7 @@ pick_ports() {
 cleanup() {
   local status=$?
   if [[ -n "$WORKLOAD_PID" ]] && kill -0 "$WORKLOAD_PID" 2> /dev/null; then kill "$WORKLOAD_PID" 2> /dev/null || true; fi
-  docker rm -f "$PROBE" > /dev/null 2>&1 || true
+  docker rm -f -v "$PROBE" > /dev/null 2>&1 || true
   if [[ "$status" != 0 && "${CC_TEST_KEEP:-}" == 1 ]]; then
     echo "docker-test: failed; cluster left up for inspection (CC_PROJECT=$CC_PROJECT CC_DOCKER_DIR=$DIR scripts/docker.sh down)" >&2
   else
@@ -179,7 +179,8 @@ check_advertise() {
     n="$(docker logs "$(node_cid "$name")" 2>&1 | grep -c "advertised address" || true)"
     [[ "$n" == 0 ]] || fail "$name warns about its advertised address: $(docker logs "$(node_cid "$name")" 2>&1 | grep "advertised address")"
   done
-  docker run -d --name "$PROBE" -e CUSTOMER_CLUSTER_NAME=probe -e CUSTOMER_CLUSTER_COOKIE=probe \
+  # -v on removal: the image declares a VOLUME, and its anonymous volume must go too.
+  docker run -d --name "$PROBE" --label "cc-test=$CC_PROJECT" -e CUSTOMER_CLUSTER_NAME=probe -e CUSTOMER_CLUSTER_COOKIE=probe \
     -e CUSTOMER_CLUSTER_ADVERTISE_ADDR=nowhere.invalid:4701 "${CC_IMAGE:-customer-cluster:local}" > /dev/null
   deadline=$((SECONDS + 30))
   until docker logs "$PROBE" 2>&1 | grep -q "is up"; do
@@ -189,7 +190,7 @@ check_advertise() {
   n="$(docker logs "$PROBE" 2>&1 | grep -c "advertised address nowhere.invalid:4701" || true)"
   [[ "$n" == 1 ]] || fail "a node advertising nowhere.invalid:4701 logged $n lines about it (want 1)"
   say "advertised addresses: no warning on n1..n3; a node advertising nowhere.invalid says: $(docker logs "$PROBE" 2>&1 | grep -o "advertised address nowhere.invalid:4701.*" | cut -c1-90)..."
-  docker rm -f "$PROBE" > /dev/null
+  docker rm -f -v "$PROBE" > /dev/null
 }
 
 check_graceful_stop() {
@@ -274,6 +275,7 @@ summarize() {
 # ---- the run ---------------------------------------------------------------------------------
 
 mkdir -p "$DIR"
+docker volume ls -q | sort > "$DIR/volumes.before"
 pick_ports
 "$DOCKER_SH" down > /dev/null 2>&1 || true
 
@@ -337,5 +339,8 @@ left+="$(docker network ls -q --filter "label=com.docker.compose.project=$CC_PRO
 left+="$(docker volume ls -q --filter "label=com.docker.compose.project=$CC_PROJECT")"
 left+="$(docker volume ls -q | grep "^${CC_PROJECT}_" || true)$(docker network ls --format '{{.Name}}' | grep "^${CC_PROJECT}_" || true)"
 left+="$(docker ps -aq --filter "ancestor=${CC_NEMESIS_IMAGE:-customer-cluster-nemesis:local}")"
+left+="$(docker ps -aq --filter "label=cc-test=$CC_PROJECT")"
+# Anonymous volumes (the image's VOLUME) of containers this run started and removed.
+left+="$(comm -13 "$DIR/volumes.before" <(docker volume ls -q | sort) | grep -E "^[0-9a-f]{64}$" || true)"
 [[ -z "$left" ]] || fail "docker compose down -v left something behind: $left"
 say "down -v: no container, network or volume of $CC_PROJECT is left"
