@@ -1,6 +1,7 @@
 //! Start-up and shutdown order of one node.
 //!
-//! Start: bind the HTTP listener (fail fast on a taken port) → NodeServer on the cluster
+//! Start: bind the HTTP listener (fail fast on a taken port) → check that the advertised
+//! address leads back here (one warning line if not) → NodeServer on the cluster
 //! address → shared context with a single-member placement view → NodeSupervisor (Database,
 //! Heartbeat, Registry, Membership; Membership then dials the seeds) → serve HTTP.
 //!
@@ -138,6 +139,15 @@ pub async fn start(config: Config) -> Result<RunningNode> {
     let http_addr = listener.local_addr()?;
     let metrics = crate::telemetry::install_metrics(&config.name);
     let incarnation = crate::clock::incarnation();
+    // Before the NodeServer binds the cluster port: the probe listens there for a moment.
+    let advertise = crate::cluster::advertise::probe(
+        config.cluster_addr,
+        &config.advertise_addr,
+        &config.seeds,
+    );
+    if let Some(warning) = advertise.await {
+        tracing::warn!("{warning}");
+    }
     let (incoming, transport) = match &config.tls {
         Some(paths) => {
             let (incoming, transport) = crate::cluster::tls::load(paths)?;

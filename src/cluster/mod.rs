@@ -12,6 +12,7 @@
 //! * [`heartbeat`] — the per-node actor that answers heartbeat pings and carries nothing else.
 //! * [`tls`] — optional mutual TLS between nodes.
 //! * [`detector`] — the pure failure-detector, re-dial and stall rules membership applies.
+//! * [`advertise`] — the start-up check that the advertised address leads back to this node.
 //!
 //! Delivery guarantees (from ractor_cluster over one TCP session per peer pair):
 //! * Messages between two actors on a live session arrive in order, at most once.
@@ -28,6 +29,7 @@
 //! is what keeps such a double activation from overwriting an acknowledged write.
 
 pub mod admission;
+pub mod advertise;
 pub mod detector;
 pub mod heartbeat;
 pub mod lease;

@@ -10,8 +10,8 @@
 //! Pure: no I/O and no clock. Every time here is one the workload read on its own host, in ms
 //! since the Unix epoch; the nodes' clocks are never consulted.
 //!
-//! For each event (`kill`, `freeze` and `stop` take a node away; `restart` and `thaw` bring it
-//! back):
+//! For each event (`kill`, `freeze`, `stop` and `isolate` take a node away; `restart`, `thaw`
+//! and `heal` bring it back):
 //! * **detection** — from the event to the first membership poll in which every other node
 //!   that answered no longer lists the node (or lists it again);
 //! * **recovery** (nodes going away only) — the customers whose last successful request
@@ -520,6 +520,26 @@ mod tests {
         let r = event_report(&event(1000, "freeze", "n3"), &samples, &[]);
         assert_eq!(r.moved_customers, 3);
         assert_eq!(r.recovery_ms, Some([3100, 3200, 3200]));
+    }
+
+    #[test]
+    fn an_isolated_node_is_away_and_healing_brings_it_back() {
+        let samples = vec![sample(0, 900, 950, "n3"), sample(0, 1100, 3000, "n1")];
+        let observations = vec![
+            obs(1500, "n1", &["n1", "n2"]),
+            obs(1500, "n2", &["n1", "n2"]),
+            // The isolated node still answers clients, and still lists itself.
+            obs(1500, "n3", &["n3"]),
+            obs(6000, "n1", &["n1", "n2", "n3"]),
+            obs(6000, "n2", &["n1", "n2", "n3"]),
+        ];
+        let cut = event_report(&event(1000, "isolate", "n3"), &samples, &observations);
+        assert_eq!(cut.moved_customers, 1);
+        assert_eq!(cut.recovery_ms, Some([2000, 2000, 2000]));
+        assert_eq!(cut.detection_ms, Some(500));
+        let healed = event_report(&event(5000, "heal", "n3"), &samples, &observations);
+        assert_eq!(healed.moved_customers, 0);
+        assert_eq!(healed.detection_ms, Some(1000));
     }
 
     #[test]
