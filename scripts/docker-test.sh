@@ -180,7 +180,7 @@ check_advertise() {
     [[ "$n" == 0 ]] || fail "$name warns about its advertised address: $(docker logs "$(node_cid "$name")" 2>&1 | grep "advertised address")"
   done
   # -v on removal: the image declares a VOLUME, and its anonymous volume must go too.
-  docker run -d --name "$PROBE" --label "cc-test=$CC_PROJECT" -e CUSTOMER_CLUSTER_NAME=probe -e CUSTOMER_CLUSTER_COOKIE=probe \
+  docker run -d --name "$PROBE" --label "cc-test=$CC_PROJECT" -e CUSTOMER_CLUSTER_NAME=probe -e CUSTOMER_CLUSTER_COOKIE=probe-cookie-of-32-bytes-length \
     -e CUSTOMER_CLUSTER_ADVERTISE_ADDR=nowhere.invalid:4701 "${CC_IMAGE:-customer-cluster:local}" > /dev/null
   deadline=$((SECONDS + 30))
   until docker logs "$PROBE" 2>&1 | grep -q "is up"; do
