@@ -2,9 +2,10 @@
 //!
 //! ```text
 //! NodeSupervisor                      (supervisor.rs) starts children in order, restarts a failed one
-//! ├── Database   [only with --db-path] (database.rs) joins "customer-db.v1"; storage engine on its own threads
+//! ├── Database   [only with --db-path] (database.rs) joins "customer-db.v2"; storage engine on its own threads
 //! ├── Membership                       (cluster::membership) who is alive; publishes the placement view
-//! └── Registry                         (registry.rs) joins "customer-registry.v1"; get-or-create, route, retire
+//! ├── LeaseKeeper                      (lease_keeper.rs) registers, renews, acquires and releases shard leases
+//! └── Registry                         (registry.rs) joins "customer-registry.v2"; get-or-create, route, retire
 //!     ├── Customer <id>                (customer.rs) one per active customer; serialises all ops on it
 //!     └── …
 //! ```
@@ -26,6 +27,7 @@
 pub mod customer;
 pub mod database;
 pub mod gateway;
+pub mod lease_keeper;
 pub mod registry;
 pub mod supervisor;
 
@@ -35,8 +37,11 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::cluster::lease::LeaseConfig;
 use crate::cluster::membership::{Lease, View};
+use crate::config::ReadMode;
 use database::DatabaseClient;
+use lease_keeper::NodeLeases;
 
 /// What every actor of a node shares: identity, timeouts, the placement view, the way to the
 /// database and the counters. Built once by `node::start`.
@@ -49,8 +54,15 @@ pub struct NodeContext {
     pub idle_timeout: Duration,
     /// The latest placement view, published by Membership.
     pub view: watch::Receiver<Arc<View>>,
-    /// Whether this node's view of the cluster is recent enough to serve cached state.
+    /// Whether this node's view of the cluster is recent (Membership's freshness flag; the
+    /// safety of cached reads rests on [`NodeContext::leases`], not on this).
     pub lease: Lease,
+    /// This process's shard leases: what it may serve, under which token, until when.
+    pub leases: Arc<NodeLeases>,
+    /// Lease timing (TTL, renew interval, margin).
+    pub lease_config: LeaseConfig,
+    /// Where GETs are served from (R1).
+    pub read_mode: ReadMode,
     /// The way to the database actor, wherever it runs.
     pub db: DatabaseClient,
     /// Counters shared by the Registry and customer actors.
@@ -66,6 +78,12 @@ pub struct NodeContext {
 pub struct TestFaults {
     /// The customer whose actor panics on its next command (supervision tests).
     pub panic_customer: std::sync::Mutex<Option<crate::customer::CustomerId>>,
+    /// When set, customer actors treat every write's reply as lost (the database applied
+    /// it, or not, but the owner never learns which): the F3 settle path.
+    pub lose_write_replies: std::sync::atomic::AtomicBool,
+    /// When set, customer actors' writes never reach the database and their outcome is
+    /// unknown to the owner: the F3 settle path of a write that was not applied.
+    pub drop_writes: std::sync::atomic::AtomicBool,
 }
 
 #[cfg(test)]
@@ -81,6 +99,19 @@ impl TestFaults {
             return true;
         }
         false
+    }
+
+    /// `outcome`, or a lost reply when [`TestFaults::lose_write_replies`] is set.
+    pub fn maybe_lose<T>(&self, outcome: crate::error::Result<T>) -> crate::error::Result<T> {
+        if self
+            .lose_write_replies
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(crate::error::Error::Timeout(
+                "test fault: the write's reply was lost".into(),
+            ));
+        }
+        outcome
     }
 }
 

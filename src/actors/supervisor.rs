@@ -1,7 +1,8 @@
 //! NodeSupervisor: the root of a node's actor tree.
 //!
 //! Start order: Database (if this node hosts one; a node that cannot open its database must
-//! not pretend to serve), then Registry, then Membership (which announces us to peers). Stop
+//! not pretend to serve), then Registry, then Membership (which announces us to peers), then
+//! the LeaseKeeper (which acquires the shards placement gives us). Stop
 //! order is the reverse, and the Database flushes every queued write before it reports
 //! stopped.
 //!
@@ -21,6 +22,7 @@ use ractor_cluster::RactorMessage;
 
 use super::NodeContext;
 use super::database::{self, DatabaseArgs};
+use super::lease_keeper::{self, LeaseKeeperMsg};
 use super::registry::{self, RegistryArgs};
 use crate::cluster::membership::{self, MembershipArgs, MembershipMsg};
 use crate::cluster::protocol::{DatabaseMsg, NodeInfo, REGISTRY_GROUP, RegistryMsg};
@@ -61,6 +63,7 @@ pub struct SupervisorState {
     database: Option<ActorRef<DatabaseMsg>>,
     registry: Option<ActorRef<RegistryMsg>>,
     membership: Option<ActorRef<MembershipMsg>>,
+    lease_keeper: Option<ActorRef<LeaseKeeperMsg>>,
     restarts: VecDeque<Instant>,
     stopping: bool,
 }
@@ -92,12 +95,14 @@ impl Actor for NodeSupervisor {
             database: None,
             registry: None,
             membership: None,
+            lease_keeper: None,
             restarts: VecDeque::new(),
             stopping: false,
         };
         state.start_database(&myself).await?;
         state.start_registry(&myself).await?;
         state.start_membership(&myself).await?;
+        state.start_lease_keeper(&myself).await?;
         Ok(state)
     }
 
@@ -117,6 +122,9 @@ impl Actor for NodeSupervisor {
             }
             SupervisorMsg::StopChildren(reply) => {
                 state.stopping = true;
+                if let Some(k) = state.lease_keeper.take() {
+                    let _ = k.stop_and_wait(Some("node stopping".into()), None).await;
+                }
                 if let Some(m) = state.membership.take() {
                     let _ = m.stop_and_wait(Some("node stopping".into()), None).await;
                 }
@@ -157,10 +165,16 @@ impl Actor for NodeSupervisor {
             .database
             .as_ref()
             .is_some_and(|d| d.get_id() == cell.get_id());
-        if !is_registry && !is_database {
-            return Ok(());
-        }
-        let child = if is_registry { "registry" } else { "database" };
+        let is_keeper = state
+            .lease_keeper
+            .as_ref()
+            .is_some_and(|k| k.get_id() == cell.get_id());
+        let child = match (is_registry, is_database, is_keeper) {
+            (true, _, _) => "registry",
+            (_, true, _) => "database",
+            (_, _, true) => "lease keeper",
+            _ => return Ok(()),
+        };
         if !allow_restart(&mut state.restarts, Instant::now()) {
             tracing::error!(child, reason = %why, "child keeps failing; stopping the node");
             myself.stop(Some(format!("{child} failed repeatedly: {why}")));
@@ -171,6 +185,8 @@ impl Actor for NodeSupervisor {
         match child {
             "registry" => state.start_registry(&myself).await?,
             "database" => state.start_database(&myself).await?,
+            // Its lease state lives in the NodeContext, so the new keeper continues it.
+            "lease keeper" => state.start_lease_keeper(&myself).await?,
             _ => state.start_membership(&myself).await?,
         }
         Ok(())
@@ -212,6 +228,15 @@ impl SupervisorState {
     ) -> Result<(), ActorProcessingErr> {
         let args = self.args.membership.clone();
         self.membership = Some(membership::spawn(args, myself.get_cell()).await?);
+        Ok(())
+    }
+
+    async fn start_lease_keeper(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+    ) -> Result<(), ActorProcessingErr> {
+        let ctx = self.args.ctx.clone();
+        self.lease_keeper = Some(lease_keeper::spawn(ctx, myself.get_cell()).await?);
         Ok(())
     }
 }

@@ -407,6 +407,7 @@ mod tests {
                 db: false,
                 owned_share: 1.0,
                 active_customers: Some(4),
+                leases_held: Some(12),
                 status: "up".into(),
                 this_node: true,
             }],

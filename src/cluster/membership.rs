@@ -1,7 +1,7 @@
 //! Membership: who is alive, and the placement view everyone reads.
 //!
 //! Inputs, all funnelled into one actor so the member set changes in one place:
-//! * process-group events of `customer-registry.v1`: a remote Registry appearing is a
+//! * process-group events of `customer-registry.v2`: a remote Registry appearing is a
 //!   candidate member; it becomes a member after a `Hello` exchange with a matching protocol
 //!   version; its leaving (session closed) removes it at once;
 //! * session events from the NodeServer (ready / disconnected), used to keep the full mesh:

@@ -235,9 +235,15 @@ impl Engine {
         let (lease_tx, lease_rx) = crossbeam_channel::unbounded();
         let (write_tx, write_rx) = crossbeam_channel::unbounded();
         let (read_tx, read_rx) = crossbeam_channel::unbounded();
+        #[cfg(test)]
+        let stall_key = config.path.clone();
         let mut threads = vec![spawn_named("db-writer", {
             let max = config.max_batch.max(1);
-            move || write_loop(writer, &lease_rx, &write_rx, max)
+            move || {
+                #[cfg(test)]
+                stall::bind(stall_key);
+                write_loop(writer, &lease_rx, &write_rx, max)
+            }
         })?];
         for i in 0..config.readers.max(1) {
             let reader = SqliteStore::open_reader(&config.path)?;
@@ -387,6 +393,8 @@ fn write_loop(
 fn write_batch(store: &mut impl Store, batch: Vec<WriteJob>) {
     let (writes, dones): (Vec<Write>, Vec<Done<WriteOutcome>>) =
         batch.into_iter().map(|j| (j.write, j.done)).unzip();
+    #[cfg(test)]
+    stall::wait_while_stalled();
     let started = Instant::now();
     let result = store.write_batch(&writes);
     metrics::histogram!("customer_db_batch_size").record(writes.len() as f64);
@@ -409,6 +417,52 @@ fn complete(result: Result<Vec<WriteOutcome>>, dones: Vec<Done<WriteOutcome>>) {
                     "database write failed: {err}"
                 ))));
             }
+        }
+    }
+}
+
+/// Test-only fault hook (DESIGN §10 "stall the writer"): holds the writer of one database
+/// file after it took a batch and before it writes it, so a test can have a write in flight
+/// past its deadline and let it commit later. Keyed by file, because tests of one binary run
+/// many engines at once.
+#[cfg(test)]
+pub mod stall {
+    use std::cell::RefCell;
+    use std::collections::BTreeSet;
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    static STALLED: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+
+    thread_local! {
+        static KEY: RefCell<Option<PathBuf>> = const { RefCell::new(None) };
+    }
+
+    /// Stalls (or releases) the writer of the database at `path`.
+    pub fn set(path: &Path, stalled: bool) {
+        let mut set = STALLED.lock().unwrap_or_else(|p| p.into_inner());
+        if stalled {
+            set.insert(path.to_path_buf());
+        } else {
+            set.remove(path);
+        }
+    }
+
+    pub(super) fn bind(path: PathBuf) {
+        KEY.with(|k| *k.borrow_mut() = Some(path));
+    }
+
+    pub(super) fn wait_while_stalled() {
+        let Some(key) = KEY.with(|k| k.borrow().clone()) else {
+            return;
+        };
+        while STALLED
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&key)
+        {
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 }
