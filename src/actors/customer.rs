@@ -25,6 +25,7 @@
 //! | `Replayed(stored)` | the stored answer, marked replayed | **untouched** (a newer write may follow it) |
 //! | `Fenced` | `NotHolder`; the shard becomes LOST | dropped; never re-applied |
 //! | no answer (timeout, connection lost) | settle: aborted ⇒ 503, stored ⇒ it, unreachable ⇒ 504 | dropped, customer *unsettled* until settled |
+//! | refused or failed before commit (no database, a second database node, batch error) | that error (503) | dropped |
 //!
 //! Re-applying a fenced or conflicting write would turn the fence into a no-op: a command
 //! queued in a stale activation would land on top of writes acknowledged after its caller gave
@@ -374,7 +375,11 @@ impl CustomerState {
         let outcome = self.ctx.faults.maybe_lose(outcome);
         let outcome = match outcome {
             Ok(o) => o,
-            Err(e) => return self.unknown_outcome(stamp, e).await,
+            Err(e @ Error::Timeout(_)) => return self.unknown_outcome(stamp, e).await,
+            Err(not_applied) => {
+                self.cached = None;
+                return Err(not_applied);
+            }
         };
         match after_write(outcome) {
             AfterWrite::Cache(reply) => {

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::pg::GroupChangeMessage;
+use ractor::rpc::CallResult;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use crate::cluster::protocol::{
@@ -453,11 +454,32 @@ impl DatabaseClient {
             .await
     }
 
-    /// A fenced, request-stamped write; its full outcome (F1). An `Err` means the outcome
-    /// is unknown to this caller unless it is `Unavailable` from finding no database at all.
+    /// A fenced, request-stamped write; its full outcome (F1). Only `Err(Timeout)` means the
+    /// outcome is unknown (no reply in time, or the connection was lost after sending); any
+    /// other error is an answer that nothing was applied (no database reachable, the database
+    /// refused the request, or its batch failed before commit).
     pub async fn submit(&self, write: Write) -> Result<WriteOutcome> {
-        self.call("submit", |r| DatabaseMsg::Submit(Wire::ok(write), r))
-            .await
+        let db = self.resolve_soon().await?;
+        let started = Instant::now();
+        let sent = db
+            .call(
+                |r| DatabaseMsg::Submit(Wire::ok(write), r),
+                Some(self.timeout),
+            )
+            .await;
+        metrics::histogram!("customer_db_call_seconds", "op" => "submit")
+            .record(started.elapsed().as_secs_f64());
+        match sent {
+            Ok(CallResult::Success(reply)) => reply.0,
+            Ok(CallResult::Timeout) => Err(Error::Timeout(format!(
+                "the database did not answer a write within {} ms",
+                self.timeout.as_millis()
+            ))),
+            Ok(CallResult::SenderError) => Err(Error::Timeout(
+                "the connection to the database was lost before the write's outcome arrived".into(),
+            )),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// F3: settles a request whose outcome is unknown.

@@ -603,8 +603,8 @@ impl Gateway {
     }
 
     /// Whether this node can serve customer requests: a Database actor answers its ping
-    /// within `db_timeout`, and this node is in its own placement view. `Unavailable`
-    /// otherwise, saying which.
+    /// within `db_timeout`, this node is in its own placement view, and it holds the lease of
+    /// every shard placement gives it. `Unavailable` otherwise, saying which.
     pub async fn readiness(&self, db_timeout: Duration) -> Result<Readiness> {
         let database_node = tokio::time::timeout(db_timeout, self.ctx.db.ping())
             .await
@@ -613,6 +613,21 @@ impl Gateway {
         let members: Vec<String> = view.ring.names().into_iter().map(str::to_owned).collect();
         if !members.contains(&self.ctx.name) {
             return Err(Error::Unavailable("this node is not a member yet".into()));
+        }
+        let placed = view.ring.local_shards();
+        let now = crate::clock::holder_now();
+        let missing = placed
+            .iter()
+            .filter(|s| {
+                self.ctx.leases.shard_state(**s, now)
+                    == crate::cluster::lease::ShardState::NotHolder
+            })
+            .count();
+        if missing > 0 {
+            return Err(Error::Unavailable(format!(
+                "this node does not hold the leases of {missing} of the {} shards placed on it yet",
+                placed.len()
+            )));
         }
         Ok(Readiness {
             node: self.ctx.name.clone(),
