@@ -210,8 +210,60 @@ pub const METRICS: &[(&str, MetricKind, &str)] = &[
     (
         "customer_node_child_restarts_total",
         MetricKind::Counter,
-        "Registry/database/membership actors restarted by the supervisor, by child",
+        "Registry/database/membership/lease-keeper actors restarted by the supervisor, by child",
     ),
+    (
+        "customer_leases_held",
+        MetricKind::Gauge,
+        "Shards whose lease this node holds and may serve now (HELD)",
+    ),
+    (
+        "customer_leases_acquired_total",
+        MetricKind::Counter,
+        "Shard leases granted to this node (grants, takeovers, own-row takeovers)",
+    ),
+    (
+        "customer_leases_released_total",
+        MetricKind::Counter,
+        "Shard leases this node handed back (placement moved, graceful stop)",
+    ),
+    (
+        "customer_leases_lost_total",
+        MetricKind::Counter,
+        "Shard leases lost: this node was revoked (renew hit 0 rows) or a write was fenced",
+    ),
+    (
+        "customer_lease_renew_seconds",
+        MetricKind::Histogram,
+        "Round trip of one lease renew (send to reply)",
+    ),
+    (
+        "customer_fenced_writes_total",
+        MetricKind::Counter,
+        "Writes the database refused because the shard's token moved on (not applied)",
+    ),
+    (
+        "customer_requests_not_holder_total",
+        MetricKind::Counter,
+        "Requests refused at once because this node does not hold the shard's lease",
+    ),
+    (
+        "customer_idempotent_replays_total",
+        MetricKind::Counter,
+        "Writes answered with the result stored for their request id (nothing applied)",
+    ),
+];
+
+/// Metrics without labels that are exported from the start with a zero value, so a scrape
+/// shows them before the first event (the lease metrics a dashboard alerts on).
+const ZERO_AT_START: &[&str] = &[
+    "customer_leases_held",
+    "customer_leases_acquired_total",
+    "customer_leases_released_total",
+    "customer_leases_lost_total",
+    "customer_fenced_writes_total",
+    "customer_requests_not_holder_total",
+    "customer_idempotent_replays_total",
 ];
 
 /// Latency buckets (seconds) for every `*_seconds` histogram: 50 µs to 10 s.
@@ -253,6 +305,12 @@ pub fn install_metrics(node: &str) -> Option<PrometheusHandle> {
                     MetricKind::Counter => metrics::describe_counter!(*name, *help),
                     MetricKind::Gauge => metrics::describe_gauge!(*name, *help),
                     MetricKind::Histogram => metrics::describe_histogram!(*name, *help),
+                }
+            }
+            for name in ZERO_AT_START {
+                match METRICS.iter().find(|(n, _, _)| n == name).map(|m| m.1) {
+                    Some(MetricKind::Gauge) => metrics::gauge!(*name).set(0.0),
+                    _ => metrics::counter!(*name).absolute(0),
                 }
             }
             let upkeep = handle.clone();

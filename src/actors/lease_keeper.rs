@@ -393,6 +393,7 @@ impl KeeperState {
 
     fn tick(&mut self, myself: &ActorRef<LeaseKeeperMsg>) {
         let now = holder_now();
+        metrics::gauge!("customer_leases_held").set(self.ctx.leases.held_count(now) as f64);
         let Some(me) = self.me() else {
             return self.register(myself);
         };
