@@ -84,6 +84,7 @@ pub async fn start_actors(
         )),
         lease_config: config.lease,
         read_mode: config.read_mode,
+        unsettled: Default::default(),
         db: DatabaseClient::new(&config.name, config.request_timeout),
         counters: Counters::default(),
         #[cfg(test)]

@@ -83,9 +83,6 @@ pub struct CustomerState {
     ctx: Arc<NodeContext>,
     registry: ActorRef<RegistryMsg>,
     cached: Option<Cached>,
-    /// A write whose outcome this actor never learnt and could not settle yet (F3): while
-    /// set, nothing loaded is cached (the write may still commit).
-    unsettled: Option<RequestStamp>,
 }
 
 /// A row as loaded or written, with the shard token it was loaded under (R1).
@@ -229,7 +226,6 @@ impl Actor for CustomerActor {
             ctx: args.ctx,
             registry: args.registry,
             cached: None,
-            unsettled: None,
         })
     }
 
@@ -319,7 +315,7 @@ impl CustomerState {
             .get(self.id)
             .await?
             .ok_or_else(|| Error::customer_not_found(self.id))?;
-        if self.unsettled.is_none() {
+        if self.unsettled().is_none() {
             self.cached = Some(Cached {
                 customer: row.clone(),
                 token,
@@ -383,7 +379,7 @@ impl CustomerState {
         };
         match after_write(outcome) {
             AfterWrite::Cache(reply) => {
-                if let (Some(row), None) = (&reply.customer, &self.unsettled) {
+                if let (Some(row), None) = (&reply.customer, self.unsettled()) {
                     self.cached = Some(Cached {
                         customer: row.clone(),
                         token,
@@ -412,10 +408,10 @@ impl CustomerState {
     async fn unknown_outcome(&mut self, stamp: RequestStamp, err: Error) -> Result<RouteReply> {
         tracing::warn!(customer = %self.id, request = %stamp.id, error = %err, "write outcome unknown; settling it");
         self.cached = None;
-        self.unsettled = Some(stamp.clone());
+        self.set_unsettled(Some(stamp.clone()));
         let settled = self.ctx.db.settle(stamp).await;
         if settled.is_ok() {
-            self.unsettled = None;
+            self.set_unsettled(None);
         }
         after_settle(settled)
     }
@@ -423,11 +419,27 @@ impl CustomerState {
     /// Settles a write left unsettled by an earlier request, if any; on success caching may
     /// resume.
     async fn settle_pending(&mut self) {
-        if let Some(stamp) = self.unsettled.clone()
+        if let Some(stamp) = self.unsettled()
             && self.ctx.db.settle(stamp).await.is_ok()
         {
-            self.unsettled = None;
+            self.set_unsettled(None);
         }
+    }
+
+    /// The write of this customer whose outcome is still unknown, if any (F3): while one
+    /// exists nothing loaded is cached (it may still commit). Kept in the node context, not in
+    /// the actor, so a passivated or restarted actor's successor still knows it.
+    fn unsettled(&self) -> Option<RequestStamp> {
+        let map = self.ctx.unsettled.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&self.id).cloned()
+    }
+
+    fn set_unsettled(&self, stamp: Option<RequestStamp>) {
+        let mut map = self.ctx.unsettled.lock().unwrap_or_else(|p| p.into_inner());
+        match stamp {
+            Some(s) => map.insert(self.id, s),
+            None => map.remove(&self.id),
+        };
     }
 
     /// A version miss means another activation wrote since we loaded: count it and answer
@@ -448,7 +460,7 @@ impl CustomerState {
     /// Tells the Registry this actor holds nothing (absent, deleted, or a create that failed),
     /// so it can be retired: actors exist only for customers that exist.
     fn release_if_empty(&self, myself: &ActorRef<CustomerMsg>) {
-        if self.cached.is_some() || self.unsettled.is_some() {
+        if self.cached.is_some() {
             return;
         }
         let pid = myself.get_id().pid();

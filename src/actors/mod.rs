@@ -63,6 +63,12 @@ pub struct NodeContext {
     pub lease_config: LeaseConfig,
     /// Where GETs are served from (R1).
     pub read_mode: ReadMode,
+    /// Customers with a write whose outcome is unknown and not yet settled (F3), with that
+    /// write's request stamp: their reloads are not cached until it is settled. Shared by the
+    /// customer actors so it outlives any one of them; bounded by the writes in flight.
+    pub unsettled: std::sync::Mutex<
+        std::collections::HashMap<crate::customer::CustomerId, crate::storage::RequestStamp>,
+    >,
     /// The way to the database actor, wherever it runs.
     pub db: DatabaseClient,
     /// Counters shared by the Registry and customer actors.
