@@ -678,6 +678,73 @@ mod tests {
     }
 
     #[test]
+    fn a_not_holder_naming_the_holder_is_retried_there_and_one_naming_nobody_after_a_wait() {
+        let named = Error::NotHolder {
+            holder: Some("n3".into()),
+            token: 4,
+        };
+        assert_eq!(retry_plan(&named, 1), Retry::At("n3".into()));
+        let nobody = Error::NotHolder {
+            holder: None,
+            token: 0,
+        };
+        assert_eq!(
+            retry_plan(&nobody, 2),
+            Retry::AfterViewChange(NOT_HOLDER_BACKOFF * 2)
+        );
+        assert_eq!(retry_plan(&named, MAX_ATTEMPTS), Retry::No);
+    }
+
+    #[test]
+    fn an_unknown_outcome_is_never_retried_and_unavailable_only_once() {
+        assert_eq!(retry_plan(&Error::Timeout("t".into()), 1), Retry::No);
+        assert_eq!(
+            retry_plan(&Error::Unavailable("u".into()), 1),
+            Retry::AfterViewChange(RETRY_VIEW_WAIT)
+        );
+        assert_eq!(retry_plan(&Error::Unavailable("u".into()), 2), Retry::No);
+        assert_eq!(retry_plan(&Error::NotFound("n".into()), 1), Retry::No);
+    }
+
+    #[test]
+    fn idempotency_keys_are_one_to_two_hundred_visible_ascii_characters() {
+        assert!(check_key("a").is_ok());
+        assert!(check_key(&"k".repeat(MAX_KEY_LEN)).is_ok());
+        for bad in ["", "with space", "tab\t", "é", &"k".repeat(MAX_KEY_LEN + 1)] {
+            assert!(
+                matches!(check_key(bad), Err(Error::InvalidInput(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_keyed_create_names_the_same_customer_on_every_node_and_keys_do_not_collide() {
+        assert_eq!(id_for_key("order-17"), id_for_key("order-17"));
+        assert_ne!(id_for_key("order-17"), id_for_key("order-18"));
+        assert_eq!(id_for_key("order-17").get_version_num(), 8);
+    }
+
+    #[test]
+    fn the_body_hash_covers_method_customer_and_body() {
+        let (a, b) = (CustomerId::from_u128(1), CustomerId::from_u128(2));
+        let h = body_hash("patch", &a, &"x");
+        assert_eq!(h, body_hash("patch", &a, &"x"));
+        assert_ne!(h, body_hash("replace", &a, &"x"));
+        assert_ne!(h, body_hash("patch", &b, &"x"));
+        assert_ne!(h, body_hash("patch", &a, &"y"));
+    }
+
+    #[test]
+    fn every_request_gets_a_fresh_attempt_and_keeps_the_clients_key() {
+        let one = request_meta(Some("k".into()), 7);
+        let two = request_meta(Some("k".into()), 7);
+        assert_eq!((one.id.as_str(), one.body_hash), ("k", 7));
+        assert_ne!(one.attempt, two.attempt);
+        assert_ne!(request_meta(None, 7).id, request_meta(None, 7).id);
+    }
+
+    #[test]
     fn page_sizes_outside_one_to_the_storage_bound_are_refused() {
         assert_eq!(Gateway::check_page_size(1), Ok(1));
         assert_eq!(Gateway::check_page_size(MAX_PAGE_SIZE), Ok(MAX_PAGE_SIZE));

@@ -940,6 +940,80 @@ mod tests {
         assert!(plan.takeovers.is_empty());
     }
 
+    async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_node_acquires_its_shards_and_a_restarted_keeper_keeps_serving_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::Config::local("keeper-test", Some(dir.path().join("c.db")));
+        let node = crate::node::start_actors(&config, None, 1).await.unwrap();
+        let leases = node.ctx.leases.clone();
+        wait_for("all shards held", || {
+            leases.held_count(holder_now()) == 1024
+        })
+        .await;
+        let token = match leases.shard_state(7, holder_now()) {
+            ShardState::Serve { token, .. } => token,
+            ShardState::NotHolder => panic!("shard 7 not served"),
+        };
+
+        let name = "lease-keeper/keeper-test".to_owned();
+        let first = ractor::registry::where_is(name.clone()).unwrap();
+        first.kill();
+        wait_for("the keeper restarted", || {
+            ractor::registry::where_is(name.clone()).is_some_and(|c| c.get_id() != first.get_id())
+        })
+        .await;
+        // Same incarnation, same grant: the restart neither forgot nor re-acquired anything,
+        // and renewing goes on (validity keeps moving forward).
+        let before = leases.read().valid_until();
+        assert!(matches!(
+            leases.shard_state(7, holder_now()),
+            ShardState::Serve { token: t, .. } if t == token
+        ));
+        wait_for("a renew after the restart", || {
+            leases.read().valid_until() > before
+        })
+        .await;
+        node.supervisor.stop(None);
+    }
+
+    #[tokio::test]
+    async fn a_graceful_stop_releases_every_shard_and_clears_the_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::Config::local("keeper-stop", Some(dir.path().join("c.db")));
+        let node = crate::node::start_actors(&config, None, 1).await.unwrap();
+        let leases = node.ctx.leases.clone();
+        wait_for("all shards held", || {
+            leases.held_count(holder_now()) == 1024
+        })
+        .await;
+        let keeper: ActorRef<LeaseKeeperMsg> =
+            ractor::registry::where_is("lease-keeper/keeper-stop")
+                .unwrap()
+                .into();
+        ractor::call!(keeper, LeaseKeeperMsg::Shutdown).unwrap();
+        assert_eq!(leases.held_count(holder_now()), 0);
+        let rows = node.ctx.db.lease_table().await.unwrap();
+        assert!(
+            rows.iter().all(|r| r.holder.is_none()),
+            "a shard stayed held"
+        );
+        // A new process of the same name registers at once: the row names no incarnation.
+        let again = node.ctx.db.register("keeper-stop", 99).await.unwrap();
+        assert!(
+            matches!(again, Registration::Registered { .. }),
+            "{again:?}"
+        );
+        node.supervisor.stop(None);
+    }
+
     #[test]
     fn cleared_node_rows_are_not_watched() {
         let mut cleared = node("n1", 1, 2, 3);
