@@ -23,6 +23,9 @@
 //!   message queued behind everything it already sent — so no accepted request is dropped by
 //!   passivation.
 //! * Customer actors are local-only (`RactorMessage`): they are never announced to peers.
+//! * A customer is served only by the holder of its shard's lease ([`lease_keeper`]): every
+//!   request checks [`NodeContext::leases`] in the same actor turn as the cache read, and
+//!   every write carries the lease's fencing token and the request's id.
 
 pub mod customer;
 pub mod database;
