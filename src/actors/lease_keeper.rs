@@ -984,6 +984,45 @@ mod tests {
         node.supervisor.stop(None);
     }
 
+    fn in_registry_group(node: &str) -> bool {
+        let Some(registry) = ractor::registry::where_is(registry_name(node)) else {
+            return false;
+        };
+        ractor::pg::get_members(&REGISTRY_GROUP.to_owned())
+            .iter()
+            .any(|m| m.get_id() == registry.get_id())
+    }
+
+    #[tokio::test]
+    async fn a_node_that_cannot_renew_for_a_ttl_leaves_the_registry_and_rejoins_when_renews_answer()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let db_file = dir.path().join("c.db");
+        let mut config = crate::config::Config::local("keeper-l7", Some(db_file.clone()));
+        config.lease = LeaseConfig {
+            ttl: Duration::from_millis(400),
+            renew_interval: Duration::from_millis(100),
+            margin: Duration::from_millis(20),
+        };
+        let node = crate::node::start_actors(&config, None, 1).await.unwrap();
+        let leases = node.ctx.leases.clone();
+        wait_for("all shards held", || {
+            leases.held_count(holder_now()) == 1024
+        })
+        .await;
+        assert!(in_registry_group("keeper-l7"));
+
+        // Renews stop getting through: validity runs out, then L7 takes us out of the registry.
+        crate::storage::engine::stall::set(&db_file, true);
+        wait_for("left the registry", || !in_registry_group("keeper-l7")).await;
+        assert_eq!(leases.held_count(holder_now()), 0, "served past validity");
+
+        crate::storage::engine::stall::set(&db_file, false);
+        wait_for("rejoined the registry", || in_registry_group("keeper-l7")).await;
+        wait_for("serving again", || leases.held_count(holder_now()) == 1024).await;
+        node.supervisor.stop(None);
+    }
+
     #[tokio::test]
     async fn a_graceful_stop_releases_every_shard_and_clears_the_row() {
         let dir = tempfile::tempdir().unwrap();

@@ -384,7 +384,11 @@ fn write_loop(
 ) {
     while let Some(next) = next_job(leases, writes, max_batch) {
         match next {
-            Next::Lease(job) => job.run(&mut store),
+            Next::Lease(job) => {
+                #[cfg(test)]
+                stall::wait_while_stalled();
+                job.run(&mut store)
+            }
             Next::Writes(batch) => write_batch(&mut store, batch),
         }
     }
@@ -422,8 +426,8 @@ fn complete(result: Result<Vec<WriteOutcome>>, dones: Vec<Done<WriteOutcome>>) {
 }
 
 /// Test-only fault hook (DESIGN §10 "stall the writer"): holds the writer of one database
-/// file after it took a batch and before it writes it, so a test can have a write in flight
-/// past its deadline and let it commit later. Keyed by file, because tests of one binary run
+/// file after it took a batch (or a lease job) and before it runs it, so a test can have a
+/// write in flight past its deadline and let it commit later, or starve renews. Keyed by file, because tests of one binary run
 /// many engines at once.
 #[cfg(test)]
 pub mod stall {
