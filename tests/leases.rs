@@ -134,6 +134,14 @@ async fn a_write_queued_while_the_database_and_owner_were_frozen_never_overwrite
     cluster
         .wait_members(&[owner, entry], 3, Duration::from_secs(30))
         .await;
+    // The old owner learns from its next renew that it was revoked (its epoch was bumped by
+    // the takeover that let B through); until then it answered not_holder, never its cache.
+    wait_until(
+        "the old owner saw its lease revoked",
+        Duration::from_secs(30),
+        || async { owner.log().contains("lease was revoked").then_some(()) },
+    )
+    .await;
     for node in [db, owner, entry] {
         let row = read_until_ok(node, &id, Duration::from_secs(30)).await;
         assert_eq!(row["name"], "B (new)", "through {}: {row}", node.spec.name);
