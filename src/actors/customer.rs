@@ -346,6 +346,17 @@ impl CustomerState {
     /// Sends one fenced, stamped write and turns its outcome into the reply (see the table in
     /// the module doc).
     async fn write(&mut self, op: WriteOp, token: u64, stamp: RequestStamp) -> Result<RouteReply> {
+        if self.unsettled().is_some() {
+            // An earlier write's outcome is still open and could not be settled (the database
+            // is unreachable): a second open outcome would be one too many to track.
+            return Err(Error::Unavailable(
+                "an earlier write of this customer is not settled yet; nothing was applied, retry"
+                    .into(),
+            ));
+        }
+        // In flight until its outcome is known: if this actor dies meanwhile, the next
+        // activation settles it before caching anything.
+        self.set_unsettled(Some(stamp.clone()));
         let write = Write {
             op,
             fence: Some(Fence {
@@ -370,9 +381,13 @@ impl CustomerState {
         #[cfg(test)]
         let outcome = self.ctx.faults.maybe_lose(outcome);
         let outcome = match outcome {
-            Ok(o) => o,
+            Ok(o) => {
+                self.set_unsettled(None);
+                o
+            }
             Err(e @ Error::Timeout(_)) => return self.unknown_outcome(stamp, e).await,
             Err(not_applied) => {
+                self.set_unsettled(None);
                 self.cached = None;
                 return Err(not_applied);
             }
@@ -408,7 +423,6 @@ impl CustomerState {
     async fn unknown_outcome(&mut self, stamp: RequestStamp, err: Error) -> Result<RouteReply> {
         tracing::warn!(customer = %self.id, request = %stamp.id, error = %err, "write outcome unknown; settling it");
         self.cached = None;
-        self.set_unsettled(Some(stamp.clone()));
         let settled = self.ctx.db.settle(stamp).await;
         if settled.is_ok() {
             self.set_unsettled(None);
@@ -799,6 +813,9 @@ mod tests {
         assert!(matches!(stalled, Err(Error::Timeout(_))), "{stalled:?}");
         // Meanwhile a read reloads the old row (the write has not committed)...
         assert_eq!(send_row(&actor, get()).await.unwrap().version, 1);
+        // ...and another write is refused, unsent, while the first one's outcome is open.
+        let second = send(&actor, patch_as("address", "second", "key-second", 1)).await;
+        assert!(matches!(second, Err(Error::Unavailable(_))), "{second:?}");
         // ...then the write commits.
         crate::storage::engine::stall::set(&db_file, false);
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -816,6 +833,10 @@ mod tests {
                 "a read after the commit showed an older version"
             );
             assert_eq!(read.fields.name, "late");
+            assert_eq!(
+                read.fields.address, None,
+                "the refused second write applied"
+            );
         }
         actor.stop(None);
         f.node.supervisor.stop(None);
