@@ -747,6 +747,22 @@ impl KeeperState {
 
     fn on_granted(&mut self, epoch: u64, r: Result<Vec<ShardGrant>>) {
         self.pending_grants = self.pending_grants.saturating_sub(1);
+        #[cfg(test)]
+        let r = match r {
+            Ok(g)
+                if !g.is_empty()
+                    && self
+                        .ctx
+                        .faults
+                        .lose_next_grant_reply
+                        .swap(false, std::sync::atomic::Ordering::SeqCst) =>
+            {
+                Err(Error::Timeout(
+                    "test fault: the grant's reply was lost".into(),
+                ))
+            }
+            other => other,
+        };
         match r {
             Ok(granted) => {
                 let n = granted.len();
@@ -1020,6 +1036,49 @@ mod tests {
         crate::storage::engine::stall::set(&db_file, false);
         wait_for("rejoined the registry", || in_registry_group("keeper-l7")).await;
         wait_for("serving again", || leases.held_count(holder_now()) == 1024).await;
+        node.supervisor.stop(None);
+    }
+
+    #[tokio::test]
+    async fn a_grant_whose_reply_was_lost_is_reconciled_and_the_shard_served_at_the_stored_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::Config::local("keeper-recon", Some(dir.path().join("c.db")));
+        let node = crate::node::start_actors(&config, None, 1).await.unwrap();
+        let leases = node.ctx.leases.clone();
+        wait_for("all shards held", || {
+            leases.held_count(holder_now()) == 1024
+        })
+        .await;
+        let ShardState::Serve { token, .. } = leases.shard_state(7, holder_now()) else {
+            panic!("shard 7 not served");
+        };
+        // Shard 7 is released behind the keeper's back and a write finds out (fenced): LOST.
+        let faults = &node.ctx.faults;
+        faults
+            .lose_next_grant_reply
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        node.ctx.db.release(7, token).await.unwrap();
+        assert!(leases.on_fenced(7, token));
+        // The keeper forgets it (actors stopped), grants it again, and loses that reply.
+        leases.update(|l| l.forget(7));
+        wait_for("shard 7 served again", || {
+            matches!(
+                leases.shard_state(7, holder_now()),
+                ShardState::Serve { .. }
+            )
+        })
+        .await;
+        assert!(
+            !faults
+                .lose_next_grant_reply
+                .load(std::sync::atomic::Ordering::SeqCst),
+            "the grant reply was never lost: reconcile was not exercised"
+        );
+        let row = node.ctx.db.lease_table().await.unwrap()[7].clone();
+        assert!(matches!(
+            leases.shard_state(7, holder_now()),
+            ShardState::Serve { token: t, .. } if t == row.token && t > token
+        ));
         node.supervisor.stop(None);
     }
 

@@ -93,6 +93,9 @@ pub struct TestFaults {
     /// When set, customer actors' writes never reach the database and their outcome is
     /// unknown to the owner: the F3 settle path of a write that was not applied.
     pub drop_writes: std::sync::atomic::AtomicBool,
+    /// When set, the LeaseKeeper treats the next grant's reply as lost (the grant committed,
+    /// the keeper never learnt it): the reconcile path (DESIGN §10 case 13). One-shot.
+    pub lose_next_grant_reply: std::sync::atomic::AtomicBool,
 }
 
 #[cfg(test)]
