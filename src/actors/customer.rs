@@ -50,7 +50,7 @@ use crate::customer::{
     Customer, CustomerFields, CustomerId, FieldsInput, check_precondition, validate,
 };
 use crate::error::{Error, Result};
-use crate::storage::{Fence, RequestStamp, Settlement, Write, WriteOp, WriteOutcome};
+use crate::storage::{Fence, RequestStamp, Settlement, StoredResult, Write, WriteOp, WriteOutcome};
 
 /// Messages of a customer actor. Local-only: never sent across nodes.
 #[derive(RactorMessage)]
@@ -121,6 +121,16 @@ pub fn after_write(outcome: WriteOutcome) -> AfterWrite {
         }
         WriteOutcome::Fenced { holder, token } => AfterWrite::Fenced { holder, token },
     }
+}
+
+/// Whether a write command's refusal (before anything was sent) could be the trace of an
+/// earlier attempt of the same request: a customer it deleted, or a version it moved.
+pub fn refusal_an_earlier_attempt_may_explain(command: &CustomerCommand, refusal: &Error) -> bool {
+    !matches!(command, CustomerCommand::Get)
+        && matches!(
+            refusal,
+            Error::NotFound(_) | Error::PreconditionFailed { .. }
+        )
 }
 
 /// The answer to a request whose write outcome was unknown, once `settle` ran (F3): an
@@ -281,15 +291,22 @@ impl CustomerState {
         }
         self.settle_pending().await;
         let token = self.serving_token()?;
-        let current = self.current(token, &request.command).await?;
-        let op = match plan(&request.command, &current)? {
-            Plan::Reply(row) => {
+        let planned = match self.current(token, &request.command).await {
+            Ok(current) => plan(&request.command, &current),
+            Err(e) => Err(e),
+        };
+        let op = match planned {
+            Ok(Plan::Reply(row)) => {
                 return Ok(RouteReply {
                     customer: Some(row),
                     replayed: false,
                 });
             }
-            write => self.op_of(write),
+            Ok(write) => self.op_of(write),
+            Err(e) if refusal_an_earlier_attempt_may_explain(&request.command, &e) => {
+                return self.refuse_write(&request, e).await;
+            }
+            Err(e) => return Err(e),
         };
         // The caller may have given up and retried elsewhere: never start a write late; and
         // the lease may have lapsed while the row loaded: check it again.
@@ -430,6 +447,29 @@ impl CustomerState {
         after_settle(settled)
     }
 
+    /// A write refused before it was sent (404: the customer is gone; 412: its version moved)
+    /// may be a retry whose earlier attempt already applied — and removed the customer or
+    /// moved the version itself. The request id decides (F4): settle it; a stored answer is
+    /// this request's answer, else the refusal stands and the id can never apply later. When
+    /// the database cannot say, the outcome is unknown (504: retry with the same key).
+    async fn refuse_write(&mut self, request: &RouteRequest, refusal: Error) -> Result<RouteReply> {
+        let stamp = request.request.stamp(now_micros());
+        match self.ctx.db.settle(stamp).await {
+            Ok(Settlement::Stored(stored)) if stored != StoredResult::Aborted => {
+                metrics::counter!("customer_idempotent_replays_total").increment(1);
+                let customer = stored.into_result()?;
+                Ok(RouteReply {
+                    customer,
+                    replayed: true,
+                })
+            }
+            Ok(_) => Err(refusal),
+            Err(e) => Err(Error::Timeout(format!(
+                "{refusal}; whether an earlier attempt of this request applied is unknown ({e}): retry with the same Idempotency-Key"
+            ))),
+        }
+    }
+
     /// Settles a write left unsettled by an earlier request, if any; on success caching may
     /// resume.
     async fn settle_pending(&mut self) {
@@ -487,6 +527,24 @@ impl CustomerState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_refused_write_can_be_explained_by_its_own_earlier_attempt() {
+        let gone = Error::NotFound("customer x".into());
+        let moved = Error::PreconditionFailed {
+            expected: 1,
+            current: 2,
+        };
+        let delete = CustomerCommand::Delete { if_match: None };
+        assert!(refusal_an_earlier_attempt_may_explain(&delete, &gone));
+        assert!(refusal_an_earlier_attempt_may_explain(&delete, &moved));
+        assert!(!refusal_an_earlier_attempt_may_explain(
+            &CustomerCommand::Get,
+            &gone
+        ));
+        let invalid = Error::InvalidInput("name is required".into());
+        assert!(!refusal_an_earlier_attempt_may_explain(&delete, &invalid));
+    }
     use crate::cluster::protocol::{RequestMeta, call, registry_name};
     use crate::customer::{CustomerPatch, FieldPatch, new_customer_id};
     use std::time::Duration;
@@ -729,6 +787,29 @@ mod tests {
             read, newer,
             "the replay's old row must not be served afterwards"
         );
+        actor.stop(None);
+        f.node.supervisor.stop(None);
+    }
+
+    #[tokio::test]
+    async fn a_retried_delete_whose_first_attempt_applied_gets_its_answer_not_404() {
+        let f = Fixture::new("retried-delete-test").await;
+        let actor = f.activation().await;
+        let delete = |key: &str, attempt| RouteRequest {
+            id: CustomerId::nil(),
+            command: CustomerCommand::Delete { if_match: None },
+            request: meta(key, attempt),
+            deadline_ms: u64::MAX,
+        };
+        let first = send(&actor, delete("del-key", 1)).await.unwrap();
+        assert!(!first.replayed);
+        // The same request again (its reply was lost): the stored answer, not a 404.
+        let again = send(&actor, delete("del-key", 2)).await.unwrap();
+        assert!(again.replayed, "{again:?}");
+        assert_eq!(again.customer, None);
+        // Another request to delete it is told the truth.
+        let other = send(&actor, delete("other-key", 1)).await;
+        assert!(matches!(other, Err(Error::NotFound(_))), "{other:?}");
         actor.stop(None);
         f.node.supervisor.stop(None);
     }

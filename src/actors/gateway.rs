@@ -92,6 +92,34 @@ pub fn retry_plan(err: &Error, attempt: u32) -> Retry {
     }
 }
 
+/// Whether a failed call may still have delivered its request to an owner that could apply
+/// it: the call timed out, or the owner left (or its session dropped) while the request was
+/// on its way. A refusal (`NotHolder`, a domain error, an owner never reached) is definite.
+pub fn may_have_applied(err: &Error) -> bool {
+    match err {
+        Error::Timeout(_) => true,
+        Error::Unavailable(m) => m.contains(OWNER_LEFT) || m.contains(REQUEST_DROPPED),
+        _ => false,
+    }
+}
+
+/// The answer a write gives up with: when an earlier attempt may still apply, whatever the last
+/// attempt said, the outcome is unknown (504, retry with the same `Idempotency-Key`) — never
+/// a 503 "not applied", which a client may treat as permission to write something else.
+pub fn final_error(last: Error, maybe_applied: bool) -> Error {
+    if !maybe_applied || matches!(last, Error::Timeout(_)) || !last.is_retryable() {
+        return last;
+    }
+    Error::Timeout(format!(
+        "the outcome is unknown: an earlier attempt may still apply ({last}); retry with the same Idempotency-Key"
+    ))
+}
+
+/// Text of the error a call gets when its owner leaves the view mid-call.
+const OWNER_LEFT: &str = "left the cluster during the call";
+/// Text of the error a call gets when its request was dropped in transit.
+const REQUEST_DROPPED: &str = "the request was dropped";
+
 /// Checks a client's `Idempotency-Key`: 1 to [`MAX_KEY_LEN`] visible ASCII characters.
 pub fn check_key(key: &str) -> Result<&str> {
     let visible = key.bytes().all(|b| b.is_ascii_graphic());
@@ -224,31 +252,19 @@ impl Gateway {
         key: Option<String>,
     ) -> Result<Routed<()>> {
         let request = self.route_request(id, CustomerCommand::Delete { if_match }, key);
-        let mut attempts = 0;
+        // A retry carries the same request id: if an earlier attempt deleted the customer,
+        // the database answers with that stored result. A NotFound is therefore the truth, never
+        // a lost reply of our own delete (answering it 204 would be a wrong answer).
         let routed = self
             .route(id, "delete", |reply| {
-                attempts += 1;
                 RegistryMsg::Route(Wire::ok(request.clone()), reply)
             })
-            .await;
-        match routed {
-            Ok(r) => Ok(Routed {
-                value: (),
-                owner: r.owner,
-                replayed: r.value.replayed,
-            }),
-            // A retried delete that finds nothing: the first attempt deleted it before its
-            // reply was lost. Deletes are idempotent, so report success.
-            Err(Error::NotFound(_)) if attempts > 1 => {
-                let owner = self.ctx.view().ring.owner(&id).map(|m| m.name.clone());
-                Ok(Routed {
-                    value: (),
-                    owner: owner.unwrap_or_default(),
-                    replayed: false,
-                })
-            }
-            Err(e) => Err(e),
-        }
+            .await?;
+        Ok(Routed {
+            value: (),
+            owner: routed.owner,
+            replayed: routed.value.replayed,
+        })
     }
 
     /// Lists a page of customers (served by the local Registry from the database).
@@ -379,6 +395,10 @@ impl Gateway {
         let mut view_rx = self.ctx.view.clone();
         let mut target: Option<String> = None;
         let mut attempt = 0;
+        // Whether an earlier attempt of this write may have reached an owner and may still
+        // apply there. Retrying is safe (the request id applies at most once), but giving up
+        // with a "not applied" answer would then be a lie: the answer is "unknown" (504).
+        let mut maybe_applied = false;
         loop {
             attempt += 1;
             let view = view_rx.borrow_and_update().clone();
@@ -390,8 +410,9 @@ impl Gateway {
                 Ok(r) => return Ok(r),
                 Err(e) => e,
             };
+            maybe_applied |= op != "get" && may_have_applied(&err);
             let wait = match retry_plan(&err, attempt) {
-                Retry::No => return Err(err),
+                Retry::No => return Err(final_error(err, maybe_applied)),
                 Retry::At(holder) if self.reachable(&view, &holder) => {
                     target = Some(holder);
                     None
@@ -444,7 +465,7 @@ impl Gateway {
             tokio::select! {
                 r = call(&registry, timeout, build) => r,
                 () = self.left_view(&owner) => Err(Error::Unavailable(format!(
-                    "owner {owner} left the cluster during the call"
+                    "owner {owner} {OWNER_LEFT}"
                 ))),
             }
         } else {
@@ -678,6 +699,33 @@ fn member_statuses(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_write_whose_earlier_attempt_may_still_apply_never_gives_up_as_not_applied() {
+        let left = Error::Unavailable(format!("owner n3 {OWNER_LEFT}"));
+        assert!(may_have_applied(&left));
+        assert!(may_have_applied(&Error::Timeout("no reply".into())));
+        let refused = Error::NotHolder {
+            holder: None,
+            token: 4,
+        };
+        assert!(!may_have_applied(&refused));
+        assert!(!may_have_applied(&Error::Unavailable(
+            "node n2 is not reachable".into()
+        )));
+
+        assert!(matches!(
+            final_error(refused.clone(), true),
+            Error::Timeout(_)
+        ));
+        assert_eq!(final_error(refused.clone(), false), refused);
+        let gone = Error::NotFound("customer x".into());
+        assert_eq!(
+            final_error(gone.clone(), true),
+            gone,
+            "a decided answer stands"
+        );
+    }
     use crate::cluster::placement::Member;
 
     fn member(name: &str, hosts_db: bool) -> Member {
