@@ -92,6 +92,7 @@ async fn main() {
                 let get = RouteRequest {
                     id,
                     command: CustomerCommand::Get,
+                    request: customer_cluster::actors::gateway::request_meta(None, 0),
                     deadline_ms: u64::MAX,
                 };
                 call(&registry, Duration::from_secs(30), |r| {

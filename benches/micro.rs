@@ -81,6 +81,7 @@ fn codec(c: &mut Criterion) {
         "create_request",
         CreateRequest {
             customer: cust.clone(),
+            request: customer_cluster::actors::gateway::request_meta(None, 0),
             deadline_ms: 1,
         },
     );
@@ -96,6 +97,7 @@ fn codec(c: &mut Criterion) {
                 },
                 if_match: Some(3),
             },
+            request: customer_cluster::actors::gateway::request_meta(None, 0),
             deadline_ms: 1,
         },
     );
@@ -105,6 +107,7 @@ fn codec(c: &mut Criterion) {
         RouteRequest {
             id: cust.id,
             command: CustomerCommand::Get,
+            request: customer_cluster::actors::gateway::request_meta(None, 0),
             deadline_ms: 1,
         },
     );
@@ -207,6 +210,7 @@ fn activation(c: &mut Criterion) {
                     let get = RouteRequest {
                         id,
                         command: CustomerCommand::Get,
+                        request: customer_cluster::actors::gateway::request_meta(None, 0),
                         deadline_ms: u64::MAX,
                     };
                     let started = Instant::now();
@@ -225,6 +229,7 @@ fn activation(c: &mut Criterion) {
             let get = RouteRequest {
                 id,
                 command: CustomerCommand::Get,
+                request: customer_cluster::actors::gateway::request_meta(None, 0),
                 deadline_ms: u64::MAX,
             };
             call(&registry, timeout, |r| RegistryMsg::Route(Wire::ok(get), r))
@@ -236,6 +241,7 @@ fn activation(c: &mut Criterion) {
                 let get = RouteRequest {
                     id,
                     command: CustomerCommand::Get,
+                    request: customer_cluster::actors::gateway::request_meta(None, 0),
                     deadline_ms: u64::MAX,
                 };
                 black_box(

@@ -56,6 +56,15 @@ pub enum Command {
         #[command(flatten)]
         opts: ClientOpts,
     },
+    /// Where a customer lives: shard, placement owner, lease holder, token, validity left.
+    Where {
+        /// Which customer.
+        #[command(flatten)]
+        args: GetArgs,
+        /// Connection options.
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
     /// List customers (ordered by id, paginated).
     List {
         /// Paging.

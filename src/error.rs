@@ -50,6 +50,16 @@ pub enum Error {
     /// HTTP 503 with `Retry-After`.
     #[error("{0}")]
     Unavailable(String),
+    /// The node asked does not hold the lease of the customer's shard right now (DESIGN §6
+    /// L6): nothing was applied. The entry node retries at `holder` when one is named; after
+    /// its retries the client gets HTTP 503 with `Retry-After`.
+    #[error("this node does not hold the customer's shard lease (holder: {}, token {token})", .holder.as_deref().unwrap_or("unknown"))]
+    NotHolder {
+        /// The node that holds the shard, when the answering node knows it.
+        holder: Option<String>,
+        /// The shard's token as last seen by the answering node (0 when unknown).
+        token: u64,
+    },
     /// A call did not answer within its deadline. The operation may or may not have happened.
     /// HTTP 504.
     #[error("{0}")]
@@ -70,7 +80,10 @@ impl Error {
     /// Only errors that say "nothing was decided" are retryable: an unavailable or timed-out
     /// owner. Domain outcomes (not found, conflict) are final.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Unavailable(_) | Self::Timeout(_))
+        matches!(
+            self,
+            Self::Unavailable(_) | Self::Timeout(_) | Self::NotHolder { .. }
+        )
     }
 
     /// A short stable code for logs, metrics labels and the JSON error body.
@@ -82,6 +95,7 @@ impl Error {
             Self::PreconditionFailed { .. } => "precondition_failed",
             Self::VersionConflict { .. } => "version_conflict",
             Self::Unavailable(_) => "unavailable",
+            Self::NotHolder { .. } => "not_holder",
             Self::Timeout(_) => "timeout",
             Self::Internal(_) => "internal",
         }

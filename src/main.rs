@@ -23,6 +23,7 @@ async fn main() -> ExitCode {
         Command::Ping { args, opts } => Ending::line(commands::ping(&opts, &args).await),
         Command::Create { args, opts } => Ending::line(commands::create(&opts, &args).await),
         Command::Get { args, opts } => Ending::line(commands::get(&opts, &args).await),
+        Command::Where { args, opts } => Ending::line(commands::where_is(&opts, &args).await),
         Command::List { args, opts } => Ending::line(commands::list(&opts, &args).await),
         Command::Update { args, opts } => Ending::line(commands::update(&opts, &args).await),
         Command::Delete { args, opts } => Ending::line(commands::delete(&opts, &args).await),

@@ -6,10 +6,11 @@
 //! Heartbeat, Registry, Membership; Membership then dials the seeds) → serve HTTP.
 //!
 //! Graceful stop (SIGINT/SIGTERM): leave the registry group first, so peers re-place our
-//! customers and stop routing to us → stop accepting HTTP and let in-flight requests finish
-//! (bounded by `shutdown_grace`) → stop Membership, the Registry and its customer actors, the
-//! Heartbeat → stop the Database, which commits every queued write → stop the NodeServer →
-//! exit 0.
+//! customers and stop routing to us → release every shard lease (RELEASING, writes in flight
+//! finish, release at the token, clear our lease row) so peers are granted them at once → stop
+//! accepting HTTP and let in-flight requests finish (bounded by `shutdown_grace`) → stop
+//! Membership, the Registry and its customer actors, the Heartbeat → stop the Database, which
+//! commits every queued write → stop the NodeServer → exit 0.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use tokio::task::JoinHandle;
 
 use crate::actors::database::DatabaseClient;
 use crate::actors::gateway::Gateway;
+use crate::actors::lease_keeper::{LeaseKeeperMsg, NodeLeases, random_incarnation};
 use crate::actors::supervisor::{NodeSupervisor, SupervisorArgs, SupervisorMsg};
 use crate::actors::{Counters, NodeContext};
 use crate::api::{AppState, router};
@@ -84,6 +86,14 @@ pub async fn start_actors(
         idle_timeout: config.idle_timeout,
         view: view_rx,
         lease: lease.clone(),
+        leases: Arc::new(NodeLeases::new(
+            &config.name,
+            config.lease,
+            random_incarnation(),
+        )),
+        lease_config: config.lease,
+        read_mode: config.read_mode,
+        unsettled: Default::default(),
         db: DatabaseClient::new(&config.name, config.request_timeout),
         counters: Counters::default(),
         #[cfg(test)]
@@ -204,6 +214,7 @@ impl RunningNode {
     pub async fn shutdown(self) -> Result<()> {
         tracing::info!("leaving the cluster");
         let _ = ractor::call!(self.supervisor, SupervisorMsg::LeaveCluster);
+        release_leases(&self.config.name).await;
         let _ = self.http_stop.send(true);
         let grace = self.config.shutdown_grace;
         match tokio::time::timeout(grace, self.http).await {
@@ -219,6 +230,20 @@ impl RunningNode {
         self.mesh.stop();
         tracing::info!("node stopped");
         Ok(())
+    }
+}
+
+/// Graceful stop of the leases (L6): the LeaseKeeper puts every shard in RELEASING, waits
+/// briefly for writes in flight, releases each at its token and clears this incarnation, so
+/// peers are granted our shards on their next tick instead of after a TTL.
+async fn release_leases(node: &str) {
+    let Some(cell) = ractor::registry::where_is(format!("lease-keeper/{node}")) else {
+        return;
+    };
+    let keeper: ActorRef<LeaseKeeperMsg> = cell.into();
+    let timeout = std::time::Duration::from_secs(5);
+    if ractor::call_t!(keeper, LeaseKeeperMsg::Shutdown, timeout.as_millis() as u64).is_err() {
+        tracing::warn!("shard leases were not all released; peers take them over after a TTL");
     }
 }
 

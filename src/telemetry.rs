@@ -210,7 +210,7 @@ pub const METRICS: &[(&str, MetricKind, &str)] = &[
     (
         "customer_node_child_restarts_total",
         MetricKind::Counter,
-        "Database/heartbeat/registry/membership actors restarted by the supervisor, by child",
+        "Database/heartbeat/registry/membership/lease-keeper actors restarted by the supervisor, by child",
     ),
     (
         "customer_http_connections_open",
@@ -226,6 +226,46 @@ pub const METRICS: &[(&str, MetricKind, &str)] = &[
         "customer_http_timeouts_total",
         MetricKind::Counter,
         "HTTP timeouts by kind: header (slow request head), idle (keep-alive), request (504)",
+    ),
+    (
+        "customer_leases_held",
+        MetricKind::Gauge,
+        "Shards whose lease this node holds and may serve now (HELD)",
+    ),
+    (
+        "customer_leases_acquired_total",
+        MetricKind::Counter,
+        "Shard leases granted to this node (grants, takeovers, own-row takeovers)",
+    ),
+    (
+        "customer_leases_released_total",
+        MetricKind::Counter,
+        "Shard leases this node handed back (placement moved, graceful stop)",
+    ),
+    (
+        "customer_leases_lost_total",
+        MetricKind::Counter,
+        "Shard leases lost: this node was revoked (renew hit 0 rows) or a write was fenced",
+    ),
+    (
+        "customer_lease_renew_seconds",
+        MetricKind::Histogram,
+        "Round trip of one lease renew (send to reply)",
+    ),
+    (
+        "customer_fenced_writes_total",
+        MetricKind::Counter,
+        "Writes the database refused because the shard's token moved on (not applied)",
+    ),
+    (
+        "customer_requests_not_holder_total",
+        MetricKind::Counter,
+        "Requests refused at once because this node does not hold the shard's lease",
+    ),
+    (
+        "customer_idempotent_replays_total",
+        MetricKind::Counter,
+        "Writes answered with the result stored for their request id (nothing applied)",
     ),
 ];
 

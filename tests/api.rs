@@ -43,11 +43,20 @@ async fn app_with(db: bool, tokens: &[&str]) -> App {
         tokens.iter().map(|t| Secret::new(*t)).collect(),
         config.max_body_bytes,
     );
-    App {
+    let app = App {
         router: router(state),
         _dir: dir,
         actors,
+    };
+    if db {
+        // Ready once the node holds the leases of its shards (register, renew, grant).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while send(&app, empty("GET", "/ready")).await.status != StatusCode::OK {
+            assert!(std::time::Instant::now() < deadline, "never became ready");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
+    app
 }
 
 async fn app() -> App {
@@ -484,6 +493,7 @@ async fn cluster_health_and_ready_describe_this_node() {
     assert_eq!(r.body["members"][0]["name"], node);
     assert_eq!(r.body["members"][0]["owned_share"], 1.0);
     assert_eq!(r.body["members"][0]["db"], true);
+    assert_eq!(r.body["members"][0]["leases_held"], 1024);
     assert_eq!(r.body["db_members"], json!([node]));
     assert_eq!(
         send(&app, empty("GET", "/health")).await.status,
@@ -562,7 +572,7 @@ async fn a_request_slower_than_the_http_request_timeout_is_answered_504() {
 }
 
 #[tokio::test]
-async fn without_a_database_requests_fail_fast_with_503_and_retry_after() {
+async fn without_a_database_requests_fail_with_503_and_retry_after() {
     let app = app_with(false, &[]).await;
     let r = send(
         &app,
@@ -573,9 +583,10 @@ async fn without_a_database_requests_fail_fast_with_503_and_retry_after() {
         ),
     )
     .await;
+    // Without a database no shard lease can be granted: nothing is applied, retry later.
     assert_eq!(
         (r.status, r.error_code()),
-        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+        (StatusCode::SERVICE_UNAVAILABLE, "not_holder")
     );
     assert_eq!(r.header("retry-after"), "1");
     assert_eq!(
@@ -671,6 +682,7 @@ async fn the_openapi_document_is_valid_and_matches_the_router() {
     let served = [
         ("/v1/customers", vec!["get", "post"]),
         ("/v1/customers/{id}", vec!["get", "put", "patch", "delete"]),
+        ("/v1/customers/{id}/placement", vec!["get"]),
         ("/v1/cluster", vec!["get"]),
         ("/v1/cluster/ping/{node}", vec!["get"]),
         ("/health", vec!["get"]),
@@ -767,4 +779,89 @@ async fn failed_creates_and_misses_leave_no_actor_behind() {
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+fn keyed(method: &str, uri: &str, key: &str, body: Value) -> Request<Body> {
+    req(method, uri)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("idempotency-key", key)
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_keyed_create_retried_gets_the_same_customer_back_marked_as_a_replay() {
+    let app = app().await;
+    let body = json!({"name": "Kay", "email": "kay@example.com"});
+    let first = send(
+        &app,
+        keyed("POST", "/v1/customers", "create-kay-1", body.clone()),
+    )
+    .await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert_eq!(first.header("idempotent-replay"), "");
+    let again = send(&app, keyed("POST", "/v1/customers", "create-kay-1", body)).await;
+    assert_eq!(again.status, StatusCode::OK);
+    assert_eq!(again.header("idempotent-replay"), "true");
+    assert_eq!(again.body["id"], first.body["id"]);
+    assert_eq!(again.body["version"], first.body["version"]);
+}
+
+#[tokio::test]
+async fn a_key_reused_with_another_body_is_422_and_changes_nothing() {
+    let app = app().await;
+    let c = create(&app, "Lee", "lee@example.com").await;
+    let uri = format!("/v1/customers/{}", c["id"].as_str().unwrap());
+    let one = send(
+        &app,
+        keyed("PATCH", &uri, "patch-lee", json!({"name": "One"})),
+    )
+    .await;
+    assert_eq!(one.status, StatusCode::OK);
+    let two = send(
+        &app,
+        keyed("PATCH", &uri, "patch-lee", json!({"name": "Two"})),
+    )
+    .await;
+    assert_eq!(two.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let now = send(&app, empty("GET", &uri)).await;
+    assert_eq!(now.body["name"], "One");
+    // The same key and body again is a replay of the first answer, not a second write.
+    let replay = send(
+        &app,
+        keyed("PATCH", &uri, "patch-lee", json!({"name": "One"})),
+    )
+    .await;
+    assert_eq!(replay.header("idempotent-replay"), "true");
+    assert_eq!(replay.body["version"], one.body["version"]);
+}
+
+#[tokio::test]
+async fn a_malformed_idempotency_key_is_400() {
+    let app = app().await;
+    let body = json!({"name": "Max", "email": "max@example.com"});
+    for bad in ["", "has space", &"k".repeat(201)] {
+        let r = send(&app, keyed("POST", "/v1/customers", bad, body.clone())).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad:?}");
+    }
+    let ok = send(&app, keyed("POST", "/v1/customers", &"k".repeat(200), body)).await;
+    assert_eq!(ok.status, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn the_placement_of_a_customer_names_its_shard_owner_and_lease() {
+    let app = app().await;
+    let c = create(&app, "Pia", "pia@example.com").await;
+    let uri = format!("/v1/customers/{}/placement", c["id"].as_str().unwrap());
+    let r = send(&app, empty("GET", &uri)).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert!(r.body["shard"].as_u64().unwrap() < 1024);
+    let owner = r.body["owner"].as_str().unwrap().to_owned();
+    let lease = &r.body["leases"][0];
+    assert_eq!(lease["node"], owner.as_str());
+    assert_eq!(lease["state"], "held");
+    assert!(lease["token"].as_u64().unwrap() >= 1);
+    let left = lease["valid_for_ms"].as_u64().unwrap();
+    assert!(left > 0 && left <= 2000, "{left}");
+    assert_eq!(lease["actor_active"], true);
 }

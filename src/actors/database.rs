@@ -22,17 +22,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::pg::GroupChangeMessage;
+use ractor::rpc::CallResult;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
 use crate::cluster::protocol::{
-    self, DATABASE_GROUP, DatabaseMsg, DeleteRequest, ListRequest, UpdateRequest, call,
-    database_name, node_of,
+    self, DATABASE_GROUP, DatabaseMsg, DeleteRequest, ListRequest, OwnRowRequest, TakeoverRequest,
+    UpdateRequest, call, database_name, node_of,
 };
 use crate::codec::{Wire, answer};
 use crate::customer::{Customer, CustomerId};
 use crate::error::{Error, Result};
-use crate::storage::WriteOp;
-use crate::storage::engine::{Done, Engine, EngineConfig, ReadJob};
+use crate::storage::engine::{Done, Engine, EngineConfig, LeaseJob, ReadJob};
+use crate::storage::{
+    Grant, Holder, Registration, Release, Renewal, RequestStamp, Settlement, ShardId, ShardLease,
+    Takeover, Write, WriteOp, WriteOutcome,
+};
 
 /// How long a caller waits for a database actor to reappear before `Unavailable` (503).
 pub const DB_REAPPEAR_WAIT: Duration = Duration::from_millis(500);
@@ -217,8 +221,95 @@ impl Actor for Database {
                     engine.read(list_job(l, done(reply)));
                 }
             }
+            DatabaseMsg::Submit(request, reply) => {
+                if let Some((w, reply)) = state.admit(request, reply) {
+                    engine.submit(w, done(reply));
+                }
+            }
+            DatabaseMsg::LeaseTable(request, reply) => {
+                if let Some(((), reply)) = state.admit(request, reply) {
+                    engine.read(ReadJob::LeaseTable(done(reply)));
+                }
+            }
+            other => state.lease_job(engine, other),
         }
         Ok(())
+    }
+}
+
+impl DatabaseState {
+    /// Turns a lease or request-id message into its storage job (served before write
+    /// batches). Messages of other kinds are handled by the caller and ignored here.
+    fn lease_job(&self, engine: &Engine, message: DatabaseMsg) {
+        let job = match message {
+            DatabaseMsg::Settle(w, r) => self.admit(w, r).map(|(stamp, r)| LeaseJob::Settle {
+                stamp,
+                done: done(r),
+            }),
+            DatabaseMsg::Register(w, r) => {
+                self.admit(w, r)
+                    .map(|((node, incarnation), r)| LeaseJob::Register {
+                        node,
+                        incarnation,
+                        done: done(r),
+                    })
+            }
+            DatabaseMsg::Renew(w, r) => self.admit(w, r).map(|((me, k), r)| LeaseJob::Renew {
+                me,
+                k,
+                done: done(r),
+            }),
+            DatabaseMsg::Takeover(w, r) => self.admit(w, r).map(|(t, r)| takeover_job(t, done(r))),
+            DatabaseMsg::TakeoverOwnRow(w, r) => {
+                self.admit(w, r).map(|(o, r)| own_row_job(o, done(r)))
+            }
+            DatabaseMsg::Grant(w, r) => {
+                self.admit(w, r)
+                    .map(|((contender, shards), r)| LeaseJob::Grant {
+                        contender,
+                        shards,
+                        done: done(r),
+                    })
+            }
+            DatabaseMsg::Release(w, r) => {
+                self.admit(w, r)
+                    .map(|((shard, token), r)| LeaseJob::Release {
+                        shard,
+                        token,
+                        done: done(r),
+                    })
+            }
+            DatabaseMsg::ClearIncarnation(w, r) => {
+                self.admit(w, r)
+                    .map(|((node, incarnation), r)| LeaseJob::ClearIncarnation {
+                        node,
+                        incarnation,
+                        done: done(r),
+                    })
+            }
+            _ => None,
+        };
+        if let Some(job) = job {
+            engine.lease(job);
+        }
+    }
+}
+
+fn takeover_job(t: TakeoverRequest, done: Done<Takeover>) -> LeaseJob {
+    LeaseJob::Takeover {
+        contender: t.contender,
+        victim: t.victim,
+        shards: t.shards,
+        done,
+    }
+}
+
+fn own_row_job(o: OwnRowRequest, done: Done<Takeover>) -> LeaseJob {
+    LeaseJob::TakeoverOwnRow {
+        incarnation: o.incarnation,
+        observed: o.observed,
+        shards: o.shards,
+        done,
     }
 }
 
@@ -376,6 +467,96 @@ impl DatabaseClient {
     /// One page ordered by id.
     pub async fn list(&self, req: ListRequest) -> Result<Vec<Customer>> {
         self.call("list", |r| DatabaseMsg::ListCustomers(Wire::ok(req), r))
+            .await
+    }
+
+    /// A fenced, request-stamped write; its full outcome (F1). Only `Err(Timeout)` means the
+    /// outcome is unknown (no reply in time, or the connection was lost after sending); any
+    /// other error is an answer that nothing was applied (no database reachable, the database
+    /// refused the request, or its batch failed before commit).
+    pub async fn submit(&self, write: Write) -> Result<WriteOutcome> {
+        let db = self.resolve_soon().await?;
+        let started = Instant::now();
+        let sent = db
+            .call(
+                |r| DatabaseMsg::Submit(Wire::ok(write), r),
+                Some(self.timeout),
+            )
+            .await;
+        metrics::histogram!("customer_db_call_seconds", "op" => "submit")
+            .record(started.elapsed().as_secs_f64());
+        match sent {
+            Ok(CallResult::Success(reply)) => reply.0,
+            Ok(CallResult::Timeout) => Err(Error::Timeout(format!(
+                "the database did not answer a write within {} ms",
+                self.timeout.as_millis()
+            ))),
+            Ok(CallResult::SenderError) => Err(Error::Timeout(
+                "the connection to the database was lost before the write's outcome arrived".into(),
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// F3: settles a request whose outcome is unknown.
+    pub async fn settle(&self, stamp: RequestStamp) -> Result<Settlement> {
+        self.call("settle", |r| DatabaseMsg::Settle(Wire::ok(stamp), r))
+            .await
+    }
+
+    /// L1: registers this process.
+    pub async fn register(&self, node: &str, incarnation: u64) -> Result<Registration> {
+        let args = (node.to_owned(), incarnation);
+        self.call("register", |r| DatabaseMsg::Register(Wire::ok(args), r))
+            .await
+    }
+
+    /// L2: renew number `k`.
+    pub async fn renew(&self, me: Holder, k: u64) -> Result<Renewal> {
+        self.call("renew", |r| DatabaseMsg::Renew(Wire::ok((me, k)), r))
+            .await
+    }
+
+    /// L5: takes a dead node over.
+    pub async fn takeover(&self, req: TakeoverRequest) -> Result<Takeover> {
+        self.call("takeover", |r| DatabaseMsg::Takeover(Wire::ok(req), r))
+            .await
+    }
+
+    /// L5: takes this name's old row over.
+    pub async fn takeover_own_row(&self, req: OwnRowRequest) -> Result<Takeover> {
+        self.call("takeover_own_row", |r| {
+            DatabaseMsg::TakeoverOwnRow(Wire::ok(req), r)
+        })
+        .await
+    }
+
+    /// L5: grants free or stale shards.
+    pub async fn grant(&self, me: Holder, shards: Vec<ShardId>) -> Result<Grant> {
+        self.call("grant", |r| DatabaseMsg::Grant(Wire::ok((me, shards)), r))
+            .await
+    }
+
+    /// L6: releases a shard held at `token`.
+    pub async fn release(&self, shard: ShardId, token: u64) -> Result<Release> {
+        self.call("release", |r| {
+            DatabaseMsg::Release(Wire::ok((shard, token)), r)
+        })
+        .await
+    }
+
+    /// L6: clears this incarnation from its row (graceful stop).
+    pub async fn clear_incarnation(&self, node: &str, incarnation: u64) -> Result<bool> {
+        let args = (node.to_owned(), incarnation);
+        self.call("clear_incarnation", |r| {
+            DatabaseMsg::ClearIncarnation(Wire::ok(args), r)
+        })
+        .await
+    }
+
+    /// Every shard lease row.
+    pub async fn lease_table(&self) -> Result<Vec<ShardLease>> {
+        self.call("lease_table", |r| DatabaseMsg::LeaseTable(Wire::ok(()), r))
             .await
     }
 }

@@ -1,15 +1,25 @@
-//! The entry-node side of every request: find the owner, call its Registry, retry once.
+//! The entry-node side of every request: fix its request id, find the shard's owner, call its
+//! Registry, follow `NotHolder` redirects.
 //!
 //! Not an actor: it runs on the HTTP request's task, so requests proceed in parallel and only
-//! meet at the owner's customer actor. Routing is `owner(id)` over the current placement view
-//! → the local Registry (registered name) or the owner's Registry (a remote pg member) → one
-//! call with a deadline.
+//! meet at the owner's customer actor. Routing is `owner_of_shard(shard_of(id), members)` over
+//! the current placement view → the local Registry (registered name) or the owner's Registry
+//! (a remote pg member) → one call with a deadline.
 //!
-//! Retry rule: when the call fails in a way that says "nothing was decided about this owner"
-//! (unreachable or timed out, see [`Error::is_retryable`]), wait briefly for the placement view
-//! to change, recompute the owner and try exactly once more. This is safe because every
-//! routed operation is idempotent: creates carry the id chosen here, replace and merge-patch
-//! converge to the same fields, and a retried delete that finds nothing reports success.
+//! Request ids (DESIGN §6 F4): every request carries a [`RequestMeta`] fixed here once — the
+//! client's `Idempotency-Key` or a UUID v7 made here, a hash of the canonical request (method,
+//! customer id, body), and a random attempt number — and every internal retry reuses it, so a
+//! retry can never apply a write twice: the database answers a repeated id with the stored
+//! result.
+//!
+//! Retry rule ([`retry_plan`]), all within the request's one deadline (never extended):
+//! * `NotHolder { holder: Some(h) }` ⇒ retry at `h` (the owner knows who holds the lease);
+//! * `NotHolder { holder: None }` ⇒ wait briefly for the view or the lease to change, retry at
+//!   the placement owner (leases are being acquired: startup, a takeover in progress);
+//! * `Unavailable` ⇒ wait for the placement view to change, retry once at the recomputed
+//!   owner, as before leases;
+//! * anything else — including `Timeout`, an unknown outcome — is final here: an unknown
+//!   outcome is never retried internally with a new attempt (the owner settled it, F3).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -21,14 +31,25 @@ use crate::cluster::heartbeat;
 use crate::cluster::membership::View;
 use crate::cluster::protocol::{
     CreateRequest, CustomerCommand, CustomerPage, HeartbeatMsg, ListRequest, RegistryMsg,
-    RegistryStats, RouteRequest, call, deadline_after, registry_name,
+    RegistryStats, RequestMeta, RouteReply, RouteRequest, ShardReport, call, deadline_after,
+    registry_name,
 };
 use crate::codec::Wire;
 use crate::customer::{Customer, CustomerFields, CustomerId, CustomerPatch};
 use crate::error::{Error, Result};
 
-/// Longest wait for a new placement view before the single retry.
+/// Longest wait for a new placement view before retrying after `Unavailable`.
 const RETRY_VIEW_WAIT: Duration = Duration::from_millis(1500);
+
+/// Wait before retrying a `NotHolder` that names no holder, per attempt so far.
+const NOT_HOLDER_BACKOFF: Duration = Duration::from_millis(25);
+
+/// Most calls one request makes (first try included): bounds redirects between nodes that
+/// disagree about who holds a shard.
+pub const MAX_ATTEMPTS: u32 = 12;
+
+/// Longest `Idempotency-Key` accepted, in characters.
+pub const MAX_KEY_LEN: usize = 200;
 
 /// A reply plus the node whose actor produced it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,6 +58,111 @@ pub struct Routed<T> {
     pub value: T,
     /// Owner node that served it.
     pub owner: String,
+    /// True when the owner answered with the result stored for this request id the first
+    /// time (an idempotent replay: nothing applied now).
+    pub replayed: bool,
+}
+
+/// What the entry node does after a failed call (see the module doc).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Retry {
+    /// Final: answer the client with the error.
+    No,
+    /// Retry at this node, the shard's holder.
+    At(String),
+    /// Wait up to this long for the view to change, then retry at the placement owner.
+    AfterViewChange(Duration),
+}
+
+/// Decides whether and where to retry after `err` on attempt number `attempt` (1-based).
+/// Pure.
+pub fn retry_plan(err: &Error, attempt: u32) -> Retry {
+    if attempt >= MAX_ATTEMPTS {
+        return Retry::No;
+    }
+    match err {
+        Error::NotHolder {
+            holder: Some(h), ..
+        } => Retry::At(h.clone()),
+        Error::NotHolder { holder: None, .. } => {
+            Retry::AfterViewChange(NOT_HOLDER_BACKOFF * attempt.min(8))
+        }
+        Error::Unavailable(_) if attempt == 1 => Retry::AfterViewChange(RETRY_VIEW_WAIT),
+        _ => Retry::No,
+    }
+}
+
+/// Whether a failed call may still have delivered its request to an owner that could apply
+/// it: the call timed out, or the owner left (or its session dropped) while the request was
+/// on its way. A refusal (`NotHolder`, a domain error, an owner never reached) is definite.
+pub fn may_have_applied(err: &Error) -> bool {
+    match err {
+        Error::Timeout(_) => true,
+        Error::Unavailable(m) => m.contains(OWNER_LEFT) || m.contains(REQUEST_DROPPED),
+        _ => false,
+    }
+}
+
+/// The answer a write gives up with: when an earlier attempt may still apply, whatever the last
+/// attempt said, the outcome is unknown (504, retry with the same `Idempotency-Key`) — never
+/// a 503 "not applied", which a client may treat as permission to write something else.
+pub fn final_error(last: Error, maybe_applied: bool) -> Error {
+    if !maybe_applied || matches!(last, Error::Timeout(_)) || !last.is_retryable() {
+        return last;
+    }
+    Error::Timeout(format!(
+        "the outcome is unknown: an earlier attempt may still apply ({last}); retry with the same Idempotency-Key"
+    ))
+}
+
+/// Text of the error a call gets when its owner leaves the view mid-call.
+const OWNER_LEFT: &str = "left the cluster during the call";
+/// Text of the error a call gets when its request was dropped in transit.
+const REQUEST_DROPPED: &str = "the request was dropped";
+
+/// Checks a client's `Idempotency-Key`: 1 to [`MAX_KEY_LEN`] visible ASCII characters.
+pub fn check_key(key: &str) -> Result<&str> {
+    let visible = key.bytes().all(|b| b.is_ascii_graphic());
+    if !key.is_empty() && key.len() <= MAX_KEY_LEN && visible {
+        Ok(key)
+    } else {
+        Err(Error::InvalidInput(format!(
+            "Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters"
+        )))
+    }
+}
+
+/// The customer id a keyed create without a client-chosen id gets: derived from the key, so
+/// the same create retried through any entry node names the same customer (and so reaches
+/// the same owner, which answers from the stored request).
+pub fn id_for_key(key: &str) -> CustomerId {
+    let hash = xxhash_rust::xxh3::xxh3_128(format!("customer-id\0{key}").as_bytes());
+    uuid::Builder::from_custom_bytes(hash.to_be_bytes()).into_uuid()
+}
+
+/// A stable hash of the canonical request: method, customer id and the typed body, so the
+/// same key with another body is told apart (422) and the same body always hashes the same.
+pub fn body_hash<B: serde::Serialize>(method: &str, id: &CustomerId, body: &B) -> u64 {
+    let mut canonical = format!("{method}\0{id}\0").into_bytes();
+    if let Ok(json) = serde_json::to_vec(body) {
+        canonical.extend_from_slice(&json);
+    }
+    xxhash_rust::xxh3::xxh3_64(&canonical)
+}
+
+/// The request id of one HTTP request: the client's key or a fresh UUID v7, the body hash,
+/// and a random attempt.
+pub fn request_meta(key: Option<String>, body_hash: u64) -> RequestMeta {
+    RequestMeta {
+        id: key.unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
+        body_hash,
+        attempt: random_u32(),
+    }
+}
+
+/// 32 random bits (from a UUID v7's random part: no extra dependency).
+fn random_u32() -> u32 {
+    uuid::Uuid::now_v7().as_u128() as u32
 }
 
 /// The request path from this node into the cluster.
@@ -61,33 +187,37 @@ impl Gateway {
         &self.ctx
     }
 
-    /// Creates a customer with `id` (fresh unless the client supplied one for idempotency).
-    /// The flag is false when the id already existed with the same fields (an idempotent replay
-    /// of an earlier request), true when this request stored it.
+    /// Creates a customer with `id` (fresh, derived from the key, or the client's). The flag
+    /// is false when the answer is a replay: the id already existed with the same fields, or
+    /// this request id was already applied.
     pub async fn create(
         &self,
         id: CustomerId,
         fields: CustomerFields,
+        key: Option<String>,
     ) -> Result<(Routed<Customer>, bool)> {
         let customer = Customer::new(id, fields, crate::clock::now_micros());
         let created_at = customer.created_at;
+        let request = request_meta(key, body_hash("POST", &id, &customer.fields));
         let deadline_ms = deadline_after(self.ctx.request_timeout);
         let routed = self
             .route(id, "create", move |reply| {
                 let request = CreateRequest {
                     customer: customer.clone(),
+                    request: request.clone(),
                     deadline_ms,
                 };
                 RegistryMsg::CreateCustomer(Wire::ok(request), reply)
             })
             .await?;
-        let created_now = routed.value.created_at == created_at;
+        let routed = expect_customer(routed)?;
+        let created_now = routed.value.created_at == created_at && !routed.replayed;
         Ok((routed, created_now))
     }
 
     /// Reads a customer.
     pub async fn get(&self, id: CustomerId) -> Result<Routed<Customer>> {
-        self.command(id, CustomerCommand::Get).await
+        self.command(id, CustomerCommand::Get, None).await
     }
 
     /// Replaces a customer's fields.
@@ -96,8 +226,9 @@ impl Gateway {
         id: CustomerId,
         fields: CustomerFields,
         if_match: Option<u64>,
+        key: Option<String>,
     ) -> Result<Routed<Customer>> {
-        self.command(id, CustomerCommand::Replace { fields, if_match })
+        self.command(id, CustomerCommand::Replace { fields, if_match }, key)
             .await
     }
 
@@ -107,37 +238,33 @@ impl Gateway {
         id: CustomerId,
         patch: CustomerPatch,
         if_match: Option<u64>,
+        key: Option<String>,
     ) -> Result<Routed<Customer>> {
-        self.command(id, CustomerCommand::Patch { patch, if_match })
+        self.command(id, CustomerCommand::Patch { patch, if_match }, key)
             .await
     }
 
     /// Deletes a customer.
-    pub async fn delete(&self, id: CustomerId, if_match: Option<u64>) -> Result<Routed<()>> {
-        let request = self.route_request(id, CustomerCommand::Delete { if_match });
-        let mut attempts = 0;
+    pub async fn delete(
+        &self,
+        id: CustomerId,
+        if_match: Option<u64>,
+        key: Option<String>,
+    ) -> Result<Routed<()>> {
+        let request = self.route_request(id, CustomerCommand::Delete { if_match }, key);
+        // A retry carries the same request id: if an earlier attempt deleted the customer,
+        // the database answers with that stored result. A NotFound is therefore the truth, never
+        // a lost reply of our own delete (answering it 204 would be a wrong answer).
         let routed = self
             .route(id, "delete", |reply| {
-                attempts += 1;
                 RegistryMsg::Route(Wire::ok(request.clone()), reply)
             })
-            .await;
-        match routed {
-            Ok(r) => Ok(Routed {
-                value: (),
-                owner: r.owner,
-            }),
-            // A retried delete that finds nothing: the first attempt deleted it before its
-            // reply was lost. Deletes are idempotent, so report success.
-            Err(Error::NotFound(_)) if attempts > 1 => {
-                let owner = self.ctx.view().ring.owner(&id).map(|m| m.name.clone());
-                Ok(Routed {
-                    value: (),
-                    owner: owner.unwrap_or_default(),
-                })
-            }
-            Err(e) => Err(e),
-        }
+            .await?;
+        Ok(Routed {
+            value: (),
+            owner: routed.owner,
+            replayed: routed.value.replayed,
+        })
     }
 
     /// Lists a page of customers (served by the local Registry from the database).
@@ -189,64 +316,126 @@ impl Gateway {
         Ok(started.elapsed())
     }
 
-    async fn command(&self, id: CustomerId, command: CustomerCommand) -> Result<Routed<Customer>> {
+    /// Where a customer lives: its shard, the placement owner, and the owner's (and, if
+    /// another, the holder's) view of the shard's lease.
+    pub async fn placement(&self, id: CustomerId) -> Result<Placement> {
+        let view = self.ctx.view();
+        let shard = crate::cluster::placement::shard_of_customer(&id);
+        let owner = view.ring.owner(&id).map(|m| m.name.clone());
+        let mut reports = Vec::new();
+        if let Some(owner) = &owner {
+            reports.push(self.shard_report(&view, owner, id).await);
+        }
+        let hint = reports
+            .first()
+            .and_then(|r| r.as_ref().ok()?.holder_hint.clone());
+        if let Some(holder) = hint.filter(|h| Some(h) != owner.as_ref()) {
+            reports.push(self.shard_report(&view, &holder, id).await);
+        }
+        Ok(Placement {
+            id,
+            shard,
+            owner,
+            reports: reports.into_iter().filter_map(Result::ok).collect(),
+        })
+    }
+
+    async fn shard_report(&self, view: &View, member: &str, id: CustomerId) -> Result<ShardReport> {
+        let registry = self.registry_of(view, member)?;
+        call(&registry, self.ctx.request_timeout, |reply| {
+            RegistryMsg::ShardInfo(Wire::ok(id), reply)
+        })
+        .await
+    }
+
+    async fn command(
+        &self,
+        id: CustomerId,
+        command: CustomerCommand,
+        key: Option<String>,
+    ) -> Result<Routed<Customer>> {
         let op = command.name();
-        let request = self.route_request(id, command);
+        let request = self.route_request(id, command, key);
         let routed = self
             .route(id, op, |reply| {
                 RegistryMsg::Route(Wire::ok(request.clone()), reply)
             })
             .await?;
-        match routed.value {
-            Some(customer) => Ok(Routed {
-                value: customer,
-                owner: routed.owner,
-            }),
-            None => Err(Error::Internal(
-                "a non-delete command returned no customer".into(),
-            )),
-        }
+        expect_customer(routed)
     }
 
-    /// A routed command whose deadline is one request timeout from now. Every attempt of one
-    /// request carries this same deadline: a retry must never extend the time in which an
-    /// earlier attempt, delayed somewhere, could still start its write.
-    fn route_request(&self, id: CustomerId, command: CustomerCommand) -> RouteRequest {
+    /// A routed command whose deadline is one request timeout from now, with its request id.
+    /// Every attempt of one request carries this same deadline and id: a retry must never
+    /// extend the time in which an earlier attempt, delayed somewhere, could still start its
+    /// write, nor apply it a second time.
+    fn route_request(
+        &self,
+        id: CustomerId,
+        command: CustomerCommand,
+        key: Option<String>,
+    ) -> RouteRequest {
+        let hash = body_hash(command.name(), &id, &command);
         RouteRequest {
             id,
+            request: request_meta(key, hash),
             command,
             deadline_ms: deadline_after(self.ctx.request_timeout),
         }
     }
 
-    /// Calls the owner's Registry, retrying once against a recomputed owner.
-    async fn route<T: Send + 'static>(
+    /// Calls the shard owner's Registry, following redirects and retrying per [`retry_plan`]
+    /// within one deadline.
+    async fn route(
         &self,
         id: CustomerId,
         op: &'static str,
-        mut build: impl FnMut(RpcReplyPort<Wire<T>>) -> RegistryMsg,
-    ) -> Result<Routed<T>> {
+        mut build: impl FnMut(RpcReplyPort<Wire<RouteReply>>) -> RegistryMsg,
+    ) -> Result<Routed<RouteReply>> {
         let deadline = Instant::now() + self.ctx.request_timeout;
         let mut view_rx = self.ctx.view.clone();
-        let view = view_rx.borrow_and_update().clone();
-        let first = self.call_owner(&view, id, op, deadline, &mut build).await;
-        let err = match first {
-            Err(e) if e.is_retryable() => e,
-            other => return other,
-        };
-        let owner_before = view.ring.owner(&id).map(|m| m.name.clone());
-        metrics::counter!("customer_routing_retries_total", "op" => op).increment(1);
-        // Give membership a moment to notice whatever made the owner unreachable.
-        let _ = tokio::time::timeout(RETRY_VIEW_WAIT, view_rx.changed()).await;
-        let view = view_rx.borrow_and_update().clone();
-        tracing::info!(customer = %id, op, error = %err, from = ?owner_before, to = ?view.ring.owner(&id).map(|m| &m.name), "retrying against the recomputed owner");
-        self.call_owner(&view, id, op, deadline, &mut build).await
+        let mut target: Option<String> = None;
+        let mut attempt = 0;
+        // Whether an earlier attempt of this write may have reached an owner and may still
+        // apply there. Retrying is safe (the request id applies at most once), but giving up
+        // with a "not applied" answer would then be a lie: the answer is "unknown" (504).
+        let mut maybe_applied = false;
+        loop {
+            attempt += 1;
+            let view = view_rx.borrow_and_update().clone();
+            let target_now = target.take();
+            let err = match self
+                .call_owner(&view, id, target_now.as_deref(), op, deadline, &mut build)
+                .await
+            {
+                Ok(r) => return Ok(r),
+                Err(e) => e,
+            };
+            maybe_applied |= op != "get" && may_have_applied(&err);
+            let wait = match retry_plan(&err, attempt) {
+                Retry::No => return Err(final_error(err, maybe_applied)),
+                Retry::At(holder) if self.reachable(&view, &holder) => {
+                    target = Some(holder);
+                    None
+                }
+                // A holder we cannot reach (dead, or cut off): its shard is being taken over;
+                // give that a moment and ask the placement owner again.
+                Retry::At(_) => Some(NOT_HOLDER_BACKOFF * attempt.min(8)),
+                Retry::AfterViewChange(wait) => Some(wait),
+            };
+            metrics::counter!("customer_routing_retries_total", "op" => op).increment(1);
+            tracing::debug!(customer = %id, op, attempt, error = %err, to = ?target, "retrying");
+            if let Some(wait) = wait {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let _ = tokio::time::timeout(wait.min(left), view_rx.changed()).await;
+            }
+        }
     }
 
     async fn call_owner<T: Send + 'static>(
         &self,
         view: &View,
         id: CustomerId,
+        target: Option<&str>,
         op: &'static str,
         deadline: Instant,
         build: &mut impl FnMut(RpcReplyPort<Wire<T>>) -> RegistryMsg,
@@ -257,22 +446,26 @@ impl Gateway {
                 "the request's deadline passed before a retry".into(),
             ));
         }
-        let owner = view
-            .ring
-            .owner(&id)
-            .ok_or_else(|| Error::Unavailable("no member can own customers right now".into()))?
-            .name
-            .clone();
+        let owner = match target {
+            Some(t) => t.to_owned(),
+            None => view
+                .ring
+                .owner(&id)
+                .ok_or_else(|| Error::Unavailable("no member can own customers right now".into()))?
+                .name
+                .clone(),
+        };
         let registry = self.registry_of(view, &owner)?;
         let remote = owner != self.ctx.name;
         let started = Instant::now();
         let value = if remote {
             // Fail fast when membership drops the owner mid-call (e.g. evicted while frozen)
-            // instead of waiting out the whole deadline; the caller then retries.
+            // instead of waiting out the whole deadline; the caller then retries (the request
+            // id makes that safe even if the first call is still running somewhere).
             tokio::select! {
                 r = call(&registry, timeout, build) => r,
                 () = self.left_view(&owner) => Err(Error::Unavailable(format!(
-                    "owner {owner} left the cluster during the call"
+                    "owner {owner} {OWNER_LEFT}"
                 ))),
             }
         } else {
@@ -288,6 +481,7 @@ impl Gateway {
         Ok(Routed {
             value: value?,
             owner,
+            replayed: false,
         })
     }
 
@@ -302,6 +496,10 @@ impl Gateway {
                 return std::future::pending().await;
             }
         }
+    }
+
+    fn reachable(&self, view: &View, member: &str) -> bool {
+        member == self.ctx.name || view.registries.contains_key(member)
     }
 
     fn local_registry(&self) -> Result<ActorRef<RegistryMsg>> {
@@ -319,6 +517,33 @@ impl Gateway {
             .cloned()
             .ok_or_else(|| Error::Unavailable(format!("node {member} is not reachable")))
     }
+}
+
+/// Unwraps a routed reply that must carry a customer.
+fn expect_customer(routed: Routed<RouteReply>) -> Result<Routed<Customer>> {
+    match routed.value.customer {
+        Some(customer) => Ok(Routed {
+            value: customer,
+            owner: routed.owner,
+            replayed: routed.value.replayed,
+        }),
+        None => Err(Error::Internal(
+            "a non-delete command returned no customer".into(),
+        )),
+    }
+}
+
+/// Where one customer lives, for `GET /v1/customers/{id}/placement` and `where`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// The customer.
+    pub id: CustomerId,
+    /// Its shard.
+    pub shard: u16,
+    /// The member placement gives the shard to, as this node sees the members.
+    pub owner: Option<String>,
+    /// The lease as the owner (and the holder it names, if another node) sees it.
+    pub reports: Vec<ShardReport>,
 }
 
 /// Largest page a list may ask for: the storage engine's bound, named here so the API layer
@@ -354,6 +579,8 @@ pub struct MemberStatus {
     pub owned_share: f64,
     /// Customer actors active on it now; `None` when its Registry did not answer in time.
     pub active_customers: Option<u64>,
+    /// Shards whose lease it holds now; `None` when its Registry did not answer in time.
+    pub leases_held: Option<u64>,
     /// Whether this member is the node that answered.
     pub this_node: bool,
 }
@@ -398,7 +625,7 @@ impl Gateway {
         .await;
         let active = stats
             .into_iter()
-            .map(|s| s.ok().map(|st| st.active_customers))
+            .map(|s| s.ok().map(|st| (st.active_customers, st.leases_held)))
             .collect::<Vec<_>>();
         ClusterStatus {
             node: self.ctx.name.clone(),
@@ -409,8 +636,8 @@ impl Gateway {
     }
 
     /// Whether this node can serve customer requests: a Database actor answers its ping
-    /// within `db_timeout`, and this node is in its own placement view. `Unavailable`
-    /// otherwise, saying which.
+    /// within `db_timeout`, this node is in its own placement view, and it holds the lease of
+    /// every shard placement gives it. `Unavailable` otherwise, saying which.
     pub async fn readiness(&self, db_timeout: Duration) -> Result<Readiness> {
         let database_node = tokio::time::timeout(db_timeout, self.ctx.db.ping())
             .await
@@ -419,6 +646,21 @@ impl Gateway {
         let members: Vec<String> = view.ring.names().into_iter().map(str::to_owned).collect();
         if !members.contains(&self.ctx.name) {
             return Err(Error::Unavailable("this node is not a member yet".into()));
+        }
+        let placed = view.ring.local_shards();
+        let now = crate::clock::holder_now();
+        let missing = placed
+            .iter()
+            .filter(|s| {
+                self.ctx.leases.shard_state(**s, now)
+                    == crate::cluster::lease::ShardState::NotHolder
+            })
+            .count();
+        if missing > 0 {
+            return Err(Error::Unavailable(format!(
+                "this node does not hold the leases of {missing} of the {} shards placed on it yet",
+                placed.len()
+            )));
         }
         Ok(Readiness {
             node: self.ctx.name.clone(),
@@ -429,10 +671,10 @@ impl Gateway {
 }
 
 /// Pairs each member with its share of the id space and its active-customer count
-/// (`active[i]` belongs to `members[i]`; `None` = did not answer).
+/// and lease count (`active[i]` belongs to `members[i]`; `None` = did not answer).
 fn member_statuses(
     members: &[crate::cluster::placement::Member],
-    active: &[Option<u64>],
+    active: &[Option<(u64, u64)>],
     this_node: &str,
 ) -> Vec<MemberStatus> {
     let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
@@ -447,7 +689,8 @@ fn member_statuses(
             http_addr: m.http_addr.clone(),
             hosts_db: m.hosts_db,
             owned_share: share,
-            active_customers: *active,
+            active_customers: active.map(|a| a.0),
+            leases_held: active.map(|a| a.1),
             this_node: m.name == this_node,
         })
         .collect()
@@ -456,6 +699,33 @@ fn member_statuses(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_write_whose_earlier_attempt_may_still_apply_never_gives_up_as_not_applied() {
+        let left = Error::Unavailable(format!("owner n3 {OWNER_LEFT}"));
+        assert!(may_have_applied(&left));
+        assert!(may_have_applied(&Error::Timeout("no reply".into())));
+        let refused = Error::NotHolder {
+            holder: None,
+            token: 4,
+        };
+        assert!(!may_have_applied(&refused));
+        assert!(!may_have_applied(&Error::Unavailable(
+            "node n2 is not reachable".into()
+        )));
+
+        assert!(matches!(
+            final_error(refused.clone(), true),
+            Error::Timeout(_)
+        ));
+        assert_eq!(final_error(refused.clone(), false), refused);
+        let gone = Error::NotFound("customer x".into());
+        assert_eq!(
+            final_error(gone.clone(), true),
+            gone,
+            "a decided answer stands"
+        );
+    }
     use crate::cluster::placement::Member;
 
     fn member(name: &str, hosts_db: bool) -> Member {
@@ -465,6 +735,73 @@ mod tests {
             http_addr: format!("{name}:8081"),
             hosts_db,
         }
+    }
+
+    #[test]
+    fn a_not_holder_naming_the_holder_is_retried_there_and_one_naming_nobody_after_a_wait() {
+        let named = Error::NotHolder {
+            holder: Some("n3".into()),
+            token: 4,
+        };
+        assert_eq!(retry_plan(&named, 1), Retry::At("n3".into()));
+        let nobody = Error::NotHolder {
+            holder: None,
+            token: 0,
+        };
+        assert_eq!(
+            retry_plan(&nobody, 2),
+            Retry::AfterViewChange(NOT_HOLDER_BACKOFF * 2)
+        );
+        assert_eq!(retry_plan(&named, MAX_ATTEMPTS), Retry::No);
+    }
+
+    #[test]
+    fn an_unknown_outcome_is_never_retried_and_unavailable_only_once() {
+        assert_eq!(retry_plan(&Error::Timeout("t".into()), 1), Retry::No);
+        assert_eq!(
+            retry_plan(&Error::Unavailable("u".into()), 1),
+            Retry::AfterViewChange(RETRY_VIEW_WAIT)
+        );
+        assert_eq!(retry_plan(&Error::Unavailable("u".into()), 2), Retry::No);
+        assert_eq!(retry_plan(&Error::NotFound("n".into()), 1), Retry::No);
+    }
+
+    #[test]
+    fn idempotency_keys_are_one_to_two_hundred_visible_ascii_characters() {
+        assert!(check_key("a").is_ok());
+        assert!(check_key(&"k".repeat(MAX_KEY_LEN)).is_ok());
+        for bad in ["", "with space", "tab\t", "é", &"k".repeat(MAX_KEY_LEN + 1)] {
+            assert!(
+                matches!(check_key(bad), Err(Error::InvalidInput(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_keyed_create_names_the_same_customer_on_every_node_and_keys_do_not_collide() {
+        assert_eq!(id_for_key("order-17"), id_for_key("order-17"));
+        assert_ne!(id_for_key("order-17"), id_for_key("order-18"));
+        assert_eq!(id_for_key("order-17").get_version_num(), 8);
+    }
+
+    #[test]
+    fn the_body_hash_covers_method_customer_and_body() {
+        let (a, b) = (CustomerId::from_u128(1), CustomerId::from_u128(2));
+        let h = body_hash("patch", &a, &"x");
+        assert_eq!(h, body_hash("patch", &a, &"x"));
+        assert_ne!(h, body_hash("replace", &a, &"x"));
+        assert_ne!(h, body_hash("patch", &b, &"x"));
+        assert_ne!(h, body_hash("patch", &a, &"y"));
+    }
+
+    #[test]
+    fn every_request_gets_a_fresh_attempt_and_keeps_the_clients_key() {
+        let one = request_meta(Some("k".into()), 7);
+        let two = request_meta(Some("k".into()), 7);
+        assert_eq!((one.id.as_str(), one.body_hash), ("k", 7));
+        assert_ne!(one.attempt, two.attempt);
+        assert_ne!(request_meta(None, 7).id, request_meta(None, 7).id);
     }
 
     #[test]
@@ -484,7 +821,7 @@ mod tests {
     #[test]
     fn member_status_pairs_each_member_with_its_share_and_counters() {
         let members = [member("n1", true), member("n2", false), member("n3", false)];
-        let statuses = member_statuses(&members, &[Some(4), None, Some(0)], "n2");
+        let statuses = member_statuses(&members, &[Some((4, 300)), None, Some((0, 2))], "n2");
         let names: Vec<&str> = statuses.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(names, ["n1", "n2", "n3"]);
         assert_eq!(
@@ -493,6 +830,10 @@ mod tests {
                 .map(|m| m.active_customers)
                 .collect::<Vec<_>>(),
             [Some(4), None, Some(0)]
+        );
+        assert_eq!(
+            statuses.iter().map(|m| m.leases_held).collect::<Vec<_>>(),
+            [Some(300), None, Some(2)]
         );
         assert_eq!(
             statuses.iter().map(|m| m.this_node).collect::<Vec<_>>(),

@@ -5,6 +5,7 @@
 //! ├── Database   [only with --db-path] (database.rs) joins "customer-db.v2"; storage engine on its own threads
 //! ├── Heartbeat                        (cluster::heartbeat) joins "customer-heartbeat.v2"; answers peers' pings, nothing else
 //! ├── Membership                       (cluster::membership) who is alive; publishes the placement view
+//! ├── LeaseKeeper                      (lease_keeper.rs) registers, renews, acquires and releases shard leases
 //! └── Registry                         (registry.rs) joins "customer-registry.v2"; get-or-create, route, retire
 //!     ├── Customer <id>                (customer.rs) one per active customer; serialises all ops on it
 //!     └── …
@@ -23,10 +24,14 @@
 //!   message queued behind everything it already sent — so no accepted request is dropped by
 //!   passivation.
 //! * Customer actors are local-only (`RactorMessage`): they are never announced to peers.
+//! * A customer is served only by the holder of its shard's lease ([`lease_keeper`]): every
+//!   request checks [`NodeContext::leases`] in the same actor turn as the cache read, and
+//!   every write carries the lease's fencing token and the request's id.
 
 pub mod customer;
 pub mod database;
 pub mod gateway;
+pub mod lease_keeper;
 pub mod registry;
 pub mod supervisor;
 
@@ -36,8 +41,11 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::cluster::lease::LeaseConfig;
 use crate::cluster::membership::{Lease, View};
+use crate::config::ReadMode;
 use database::DatabaseClient;
+use lease_keeper::NodeLeases;
 
 /// What every actor of a node shares: identity, timeouts, the placement view, the way to the
 /// database and the counters. Built once by `node::start`.
@@ -50,8 +58,21 @@ pub struct NodeContext {
     pub idle_timeout: Duration,
     /// The latest placement view, published by Membership.
     pub view: watch::Receiver<Arc<View>>,
-    /// Whether this node's view of the cluster is recent enough to serve cached state.
+    /// Whether this node's view of the cluster is recent (Membership's freshness flag; the
+    /// safety of cached reads rests on [`NodeContext::leases`], not on this).
     pub lease: Lease,
+    /// This process's shard leases: what it may serve, under which token, until when.
+    pub leases: Arc<NodeLeases>,
+    /// Lease timing (TTL, renew interval, margin).
+    pub lease_config: LeaseConfig,
+    /// Where GETs are served from (R1).
+    pub read_mode: ReadMode,
+    /// Customers with a write whose outcome is unknown and not yet settled (F3), with that
+    /// write's request stamp: their reloads are not cached until it is settled. Shared by the
+    /// customer actors so it outlives any one of them; bounded by the writes in flight.
+    pub unsettled: std::sync::Mutex<
+        std::collections::HashMap<crate::customer::CustomerId, crate::storage::RequestStamp>,
+    >,
     /// The way to the database actor, wherever it runs.
     pub db: DatabaseClient,
     /// Counters shared by the Registry and customer actors.
@@ -67,6 +88,15 @@ pub struct NodeContext {
 pub struct TestFaults {
     /// The customer whose actor panics on its next command (supervision tests).
     pub panic_customer: std::sync::Mutex<Option<crate::customer::CustomerId>>,
+    /// When set, customer actors treat every write's reply as lost (the database applied
+    /// it, or not, but the owner never learns which): the F3 settle path.
+    pub lose_write_replies: std::sync::atomic::AtomicBool,
+    /// When set, customer actors' writes never reach the database and their outcome is
+    /// unknown to the owner: the F3 settle path of a write that was not applied.
+    pub drop_writes: std::sync::atomic::AtomicBool,
+    /// When set, the LeaseKeeper treats the next grant's reply as lost (the grant committed,
+    /// the keeper never learnt it): the reconcile path (DESIGN §10 case 13). One-shot.
+    pub lose_next_grant_reply: std::sync::atomic::AtomicBool,
 }
 
 #[cfg(test)]
@@ -82,6 +112,19 @@ impl TestFaults {
             return true;
         }
         false
+    }
+
+    /// `outcome`, or a lost reply when [`TestFaults::lose_write_replies`] is set.
+    pub fn maybe_lose<T>(&self, outcome: crate::error::Result<T>) -> crate::error::Result<T> {
+        if self
+            .lose_write_replies
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(crate::error::Error::Timeout(
+                "test fault: the write's reply was lost".into(),
+            ));
+        }
+        outcome
     }
 }
 

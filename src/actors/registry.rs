@@ -23,9 +23,12 @@ use tokio::task::JoinHandle;
 
 use super::customer::{CustomerActor, CustomerArgs, CustomerMsg};
 use super::{Counters, NodeContext};
+use crate::clock::holder_now;
+use crate::cluster::lease::{ShardState, ShardStatus};
+use crate::cluster::placement::shard_of_customer;
 use crate::cluster::protocol::{
-    CustomerPage, ListRequest, NodeInfo, REGISTRY_GROUP, RegistryMsg, RegistryStats, check_peer,
-    registry_name,
+    CustomerPage, ListRequest, NodeInfo, REGISTRY_GROUP, RegistryMsg, RegistryStats, ShardReport,
+    check_peer, registry_name,
 };
 use crate::codec::{Wire, answer};
 use crate::customer::CustomerId;
@@ -155,6 +158,11 @@ impl Actor for Registry {
                 }
             }
             RegistryMsg::Stats(_, reply) => answer(reply, Ok(state.stats())),
+            RegistryMsg::ShardInfo(request, reply) => {
+                if let Some((id, reply)) = request.open(reply) {
+                    answer(reply, Ok(state.shard_report(id)));
+                }
+            }
             RegistryMsg::PlacementChanged(_) => state.drop_unowned(),
             RegistryMsg::Sweep(_) => state.sweep(),
             RegistryMsg::Release(Wire(Ok((id, pid)))) => state.release(id, pid),
@@ -208,6 +216,14 @@ impl RegistryState {
     /// Hands `msg` to the customer's actor, activating one if needed. If the actor died
     /// between lookup and send, the message comes back and goes to a fresh actor.
     async fn deliver(&mut self, myself: &ActorRef<RegistryMsg>, id: CustomerId, msg: CustomerMsg) {
+        let shard = shard_of_customer(&id);
+        if !self.active.contains_key(&id)
+            && self.ctx.leases.shard_state(shard, holder_now()) == ShardState::NotHolder
+        {
+            // Not activated for a shard we may not serve; the actor re-checks on every request.
+            metrics::counter!("customer_requests_not_holder_total").increment(1);
+            return fail(msg, self.ctx.leases.not_holder(shard));
+        }
         let mut msg = msg;
         for _ in 0..2 {
             let actor = match self.actor_for(myself, id).await {
@@ -309,7 +325,53 @@ impl RegistryState {
         for id in &idle {
             self.retire(id, "idle");
         }
-        release_memory_after(idle.len());
+        let lost = self.without_lease();
+        for id in &lost {
+            self.retire(id, "shard lease lost");
+        }
+        release_memory_after(idle.len() + lost.len());
+    }
+
+    /// Customers whose shard this node no longer holds (LOST, or forgotten after a loss or a
+    /// release): their actors stop and their caches go (L6). LAPSED keeps them (the same
+    /// epoch may be renewed again).
+    fn without_lease(&self) -> Vec<CustomerId> {
+        let now = holder_now();
+        self.active
+            .keys()
+            .filter(|id| {
+                let status = self.ctx.leases.status(shard_of_customer(id), now);
+                matches!(status, None | Some(ShardStatus::Lost { .. }))
+            })
+            .copied()
+            .collect()
+    }
+
+    /// This node's view of `id`'s shard, for `GET …/placement`.
+    fn shard_report(&self, id: CustomerId) -> ShardReport {
+        let shard = shard_of_customer(&id);
+        let now = holder_now();
+        let (state, token, valid_for_ms) = match self.ctx.leases.status(shard, now) {
+            Some(ShardStatus::Held {
+                token, valid_until, ..
+            }) => {
+                let left = valid_until.saturating_sub(now.at).as_millis() as u64;
+                ("held", Some(token), Some(left))
+            }
+            Some(ShardStatus::Lapsed { token, .. }) => ("lapsed", Some(token), None),
+            Some(ShardStatus::Lost { token }) => ("lost", Some(token), None),
+            Some(ShardStatus::Releasing { token }) => ("releasing", Some(token), None),
+            None => ("none", None, None),
+        };
+        ShardReport {
+            node: self.ctx.name.clone(),
+            shard,
+            state: state.to_owned(),
+            token,
+            valid_for_ms,
+            holder_hint: self.ctx.leases.hint(shard).and_then(|(h, _)| h),
+            active: self.active.contains_key(&id),
+        }
     }
 
     fn drop_unowned(&mut self) {
@@ -342,6 +404,7 @@ impl RegistryState {
             passivations: Counters::read(&c.passivations),
             restarts: Counters::read(&c.restarts),
             version_conflicts: Counters::read(&c.version_conflicts),
+            leases_held: self.ctx.leases.held_count(holder_now()) as u64,
         }
     }
 }
@@ -421,13 +484,13 @@ mod tests {
                 .into();
 
         let a = gateway
-            .create(new_customer_id(), fields("A", "a@x.io"))
+            .create(new_customer_id(), fields("A", "a@x.io"), None)
             .await
             .unwrap()
             .0
             .value;
         let b = gateway
-            .create(new_customer_id(), fields("B", "b@x.io"))
+            .create(new_customer_id(), fields("B", "b@x.io"), None)
             .await
             .unwrap()
             .0
@@ -438,6 +501,7 @@ mod tests {
         let crash = RouteRequest {
             id: a.id,
             command: CustomerCommand::Get,
+            request: crate::actors::gateway::request_meta(None, 0),
             deadline_ms: u64::MAX,
         };
         let crashed = call(&registry, Duration::from_secs(5), |r| {

@@ -2,8 +2,9 @@
 //!
 //! Start order: Database (if this node hosts one; a node that cannot open its database must
 //! not pretend to serve), then Heartbeat (so peers can ping us as soon as they admit us), then
-//! Registry, then Membership (which announces us to peers). Stop order is the reverse, and the
-//! Database flushes every queued write before it reports stopped.
+//! Registry, then Membership (which announces us to peers), then the LeaseKeeper (which
+//! acquires the shards placement gives us). Stop order is the reverse, and the Database
+//! flushes every queued write before it reports stopped.
 //!
 //! The NodeServer (transport) is deliberately not a child: it is started before this tree and
 //! stopped after it, so a graceful leave can still be heard by peers while the tree drains.
@@ -28,6 +29,7 @@ use ractor_cluster::RactorMessage;
 
 use super::NodeContext;
 use super::database::{self, DatabaseArgs};
+use super::lease_keeper;
 use super::registry::{self, RegistryArgs};
 use crate::cluster::heartbeat;
 use crate::cluster::membership::{self, MembershipArgs};
@@ -54,15 +56,19 @@ pub enum Child {
     Registry,
     /// Membership: member set, failure detection, placement view.
     Membership,
+    /// The LeaseKeeper: registers, renews, acquires and releases shard leases. Its lease state
+    /// lives in the NodeContext, so a restarted keeper continues it.
+    LeaseKeeper,
 }
 
 impl Child {
     /// Every child, in start order.
-    pub const ALL: [Child; 4] = [
+    pub const ALL: [Child; 5] = [
         Child::Database,
         Child::Heartbeat,
         Child::Registry,
         Child::Membership,
+        Child::LeaseKeeper,
     ];
 
     /// Name for logs and the `child` metric label.
@@ -72,6 +78,7 @@ impl Child {
             Child::Heartbeat => "heartbeat",
             Child::Registry => "registry",
             Child::Membership => "membership",
+            Child::LeaseKeeper => "lease keeper",
         }
     }
 }
@@ -252,6 +259,9 @@ impl SupervisorState {
                 registry::spawn(args, supervisor).await?.get_cell()
             }
             Child::Membership => membership::spawn(self.args.membership.clone(), supervisor)
+                .await?
+                .get_cell(),
+            Child::LeaseKeeper => lease_keeper::spawn(self.args.ctx.clone(), supervisor)
                 .await?
                 .get_cell(),
         };
@@ -466,7 +476,7 @@ mod tests {
             let deadline = Instant::now() + Duration::from_secs(10);
             let created = loop {
                 match gateway
-                    .create(id, fields("After", &format!("after{i}@x.io")))
+                    .create(id, fields("After", &format!("after{i}@x.io")), None)
                     .await
                 {
                     Ok((routed, _)) => break routed.value,

@@ -67,7 +67,9 @@ impl ApiError {
                     Error::InvalidInput(_) => StatusCode::UNPROCESSABLE_ENTITY,
                     Error::Conflict(_) | Error::VersionConflict { .. } => StatusCode::CONFLICT,
                     Error::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
-                    Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+                    Error::Unavailable(_) | Error::NotHolder { .. } => {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    }
                     Error::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
                     Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
                 };
@@ -115,7 +117,9 @@ impl IntoResponse for ApiError {
             Self::Service(Error::Internal(detail)) => {
                 tracing::error!(error = ?detail, "internal error answering a request");
             }
-            Self::Service(err @ (Error::Unavailable(_) | Error::Timeout(_))) => {
+            Self::Service(
+                err @ (Error::Unavailable(_) | Error::Timeout(_) | Error::NotHolder { .. }),
+            ) => {
                 tracing::warn!(error = ?err.to_string(), status = status.as_u16(), "request failed");
             }
             _ => {}
@@ -129,7 +133,7 @@ impl IntoResponse for ApiError {
         let mut response = (status, Json(body)).into_response();
         let headers = response.headers_mut();
         match self {
-            Self::Service(Error::Unavailable(_)) => {
+            Self::Service(Error::Unavailable(_) | Error::NotHolder { .. }) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
             }
             Self::Unauthorized => {
@@ -167,6 +171,13 @@ mod tests {
             ),
             (Error::Unavailable("x".into()), 503),
             (Error::Timeout("x".into()), 504),
+            (
+                Error::NotHolder {
+                    holder: Some("n2".into()),
+                    token: 3,
+                },
+                503,
+            ),
             (Error::Internal("x".into()), 500),
         ];
         for (err, status) in cases {

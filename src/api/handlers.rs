@@ -12,11 +12,11 @@ use serde_json::{Value, json};
 use super::error::{ApiError, ErrorBody};
 use super::json::JsonBody;
 use super::model::{
-    ClusterJson, CustomerInput, CustomerJson, CustomerPatchInput, ListQuery, ListResponse,
-    MemberJson, PingJson,
+    ClusterJson, CustomerInput, CustomerJson, CustomerPatchInput, LeaseJson, ListQuery,
+    ListResponse, MemberJson, PingJson, PlacementJson,
 };
-use super::{AppState, OWNER_NODE};
-use crate::actors::gateway::{ClusterStatus, Gateway, Routed};
+use super::{AppState, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAY, OWNER_NODE};
+use crate::actors::gateway::{self, ClusterStatus, Gateway, Routed};
 use crate::config::is_valid_node_name;
 use crate::customer::{Customer, CustomerId, new_customer_id, parse_customer_id, validate};
 use crate::error::Error;
@@ -54,19 +54,25 @@ type ApiResult = Result<Response, ApiError>;
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 422, description = "Invalid field", body = ErrorBody),
-        (status = 503, description = "Database or owner unavailable; Retry-After set", body = ErrorBody),
+        (status = 503, description = "Not applied (database, owner or shard lease unavailable); retry; Retry-After set", body = ErrorBody),
+        (status = 504, description = "Outcome unknown: retry with the same Idempotency-Key", body = ErrorBody),
     ),
     security(("bearer" = [])))]
 pub async fn create(
     State(s): State<AppState>,
+    headers: HeaderMap,
     JsonBody(body): JsonBody<CustomerInput>,
 ) -> ApiResult {
-    let id = match &body.id {
-        Some(raw) => parse_customer_id(raw).map_err(|e| ApiError::Unprocessable(e.to_string()))?,
-        None => new_customer_id(),
+    let key = idempotency_key(&headers)?;
+    let id = match (&body.id, &key) {
+        (Some(raw), _) => {
+            parse_customer_id(raw).map_err(|e| ApiError::Unprocessable(e.to_string()))?
+        }
+        (None, Some(key)) => gateway::id_for_key(key),
+        (None, None) => new_customer_id(),
     };
     let fields = validate(body.input())?;
-    let (routed, created_now) = s.gateway.create(id, fields).await?;
+    let (routed, created_now) = s.gateway.create(id, fields, key).await?;
     let location = format!("/v1/customers/{}", routed.value.id);
     let status = if created_now {
         StatusCode::CREATED
@@ -129,9 +135,10 @@ pub async fn replace(
         ));
     }
     let fields = validate(body.input())?;
+    let key = idempotency_key(&headers)?;
     Ok(customer_response(
         StatusCode::OK,
-        s.gateway.replace(id, fields, if_match).await?,
+        s.gateway.replace(id, fields, if_match, key).await?,
     ))
 }
 
@@ -163,9 +170,10 @@ pub async fn patch(
     let id = path_id(&id)?;
     let if_match = if_match(&headers)?;
     let patch = CustomerPatchInput::from_document(&doc).map_err(ApiError::Unprocessable)?;
+    let key = idempotency_key(&headers)?;
     Ok(customer_response(
         StatusCode::OK,
-        s.gateway.patch(id, patch.into(), if_match).await?,
+        s.gateway.patch(id, patch.into(), if_match, key).await?,
     ))
 }
 
@@ -189,10 +197,59 @@ pub async fn delete(
     headers: HeaderMap,
 ) -> ApiResult {
     let id = path_id(&id)?;
-    let routed = s.gateway.delete(id, if_match(&headers)?).await?;
+    let key = idempotency_key(&headers)?;
+    let routed = s.gateway.delete(id, if_match(&headers)?, key).await?;
     let mut response = StatusCode::NO_CONTENT.into_response();
     set_owner(&mut response, &routed.owner);
+    set_replay(&mut response, routed.replayed);
     Ok(response)
+}
+
+/// `GET /v1/customers/{id}/placement` — the customer's shard, the placement owner, and the
+/// shard's lease as the owner (and the holder it names) sees it.
+#[utoipa::path(get, path = "/v1/customers/{id}/placement", tag = "cluster",
+    params(("id" = String, Path, description = "Customer UUID")),
+    responses(
+        (status = 200, description = "Shard, owner, lease holder, token, validity left", body = PlacementJson),
+        (status = 400, description = "Malformed id", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn placement(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult {
+    let id = path_id(&id)?;
+    let p = s.gateway.placement(id).await?;
+    let leases = p
+        .reports
+        .into_iter()
+        .map(|r| LeaseJson {
+            node: r.node,
+            state: r.state,
+            token: r.token,
+            valid_for_ms: r.valid_for_ms,
+            holder: r.holder_hint,
+            actor_active: r.active,
+        })
+        .collect();
+    Ok(Json(PlacementJson {
+        id: p.id.to_string(),
+        shard: p.shard,
+        owner: p.owner,
+        leases,
+    })
+    .into_response())
+}
+
+/// The client's `Idempotency-Key`, checked (1–200 visible ASCII characters, else 400).
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(raw) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let text = raw
+        .to_str()
+        .map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII".into()))?;
+    gateway::check_key(text)
+        .map(|k| Some(k.to_owned()))
+        .map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
 /// `GET /v1/customers?limit=&after=`
@@ -258,6 +315,7 @@ fn cluster_json(status: ClusterStatus) -> ClusterJson {
             db: m.hosts_db,
             owned_share: (m.owned_share * 10_000.0).round() / 10_000.0,
             active_customers: m.active_customers,
+            leases_held: m.leases_held,
             this_node: m.this_node,
         })
         .collect();
@@ -401,7 +459,16 @@ fn customer_response(status: StatusCode, routed: Routed<Customer>) -> Response {
         response.headers_mut().insert(header::ETAG, v);
     }
     set_owner(&mut response, &routed.owner);
+    set_replay(&mut response, routed.replayed);
     response
+}
+
+fn set_replay(response: &mut Response, replayed: bool) {
+    if replayed {
+        response
+            .headers_mut()
+            .insert(IDEMPOTENT_REPLAY, HeaderValue::from_static("true"));
+    }
 }
 
 fn set_owner(response: &mut Response, owner: &str) {
@@ -430,6 +497,7 @@ mod tests {
             hosts_db: name == "n1",
             owned_share: share,
             active_customers: active,
+            leases_held: active.map(|a| a * 10),
             this_node: name == "n2",
         };
         let json = cluster_json(ClusterStatus {

@@ -46,6 +46,10 @@ use error::ApiError;
 pub const OWNER_NODE: &str = "x-owner-node";
 /// Header naming the node that received the request.
 pub const ENTRY_NODE: &str = "x-entry-node";
+/// Header carrying the client's idempotency key for a write (DESIGN §6 F4).
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Response header saying the answer is the one stored for this key the first time.
+pub const IDEMPOTENT_REPLAY: &str = "idempotent-replay";
 /// Header carrying the request id (accepted from the client, or generated).
 pub const REQUEST_ID: &str = "x-request-id";
 
@@ -105,6 +109,7 @@ pub fn router(state: AppState) -> Router {
             "/v1/customers/{id}",
             get(get_one).put(replace).patch(patch).delete(delete),
         )
+        .route("/v1/customers/{id}/placement", get(placement))
         .route("/v1/cluster", get(cluster))
         .route("/v1/cluster/ping/{node}", get(ping))
         .route_layer(from_fn_with_state(state.clone(), middleware::auth));

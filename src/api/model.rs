@@ -234,10 +234,43 @@ pub struct MemberJson {
     pub owned_share: f64,
     /// Customer actors active on it now; null when it did not answer.
     pub active_customers: Option<u64>,
+    /// Shards whose lease it holds now; null when it did not answer.
+    #[serde(default)]
+    pub leases_held: Option<u64>,
     /// `up`, or `unreachable` when its Registry did not answer in time.
     pub status: String,
     /// Whether this member is the node that answered.
     pub this_node: bool,
+}
+
+/// Response of `GET /v1/customers/{id}/placement`: where a customer lives and who may serve it.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PlacementJson {
+    /// The customer id.
+    pub id: String,
+    /// Its shard (0..1024).
+    pub shard: u16,
+    /// The member placement gives the shard to, as the answering node sees the members.
+    pub owner: Option<String>,
+    /// The lease as the owner (and the holder it names, if another node) sees it.
+    pub leases: Vec<LeaseJson>,
+}
+
+/// One node's view of a shard's lease.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LeaseJson {
+    /// The node reporting.
+    pub node: String,
+    /// `held`, `lapsed`, `lost`, `releasing` or `none`.
+    pub state: String,
+    /// Fencing token of its grant.
+    pub token: Option<u64>,
+    /// Lease validity left on that node's clock, ms (only while held).
+    pub valid_for_ms: Option<u64>,
+    /// The holder named in the last lease table that node read.
+    pub holder: Option<String>,
+    /// Whether a customer actor for this id is active on that node.
+    pub actor_active: bool,
 }
 
 /// Response of `GET /v1/cluster/ping/{node}`: round trips of a bare Registry ping.

@@ -14,8 +14,8 @@ use utoipa::{Modify, OpenApi};
 use super::error::{ErrorBody, ErrorDetail};
 use super::handlers;
 use super::model::{
-    ClusterJson, CustomerInput, CustomerJson, CustomerPatchInput, ListResponse, MemberJson,
-    PingJson,
+    ClusterJson, CustomerInput, CustomerJson, CustomerPatchInput, LeaseJson, ListResponse,
+    MemberJson, PingJson, PlacementJson,
 };
 
 /// The OpenAPI document.
@@ -32,6 +32,7 @@ use super::model::{
         handlers::replace,
         handlers::patch,
         handlers::delete,
+        handlers::placement,
         handlers::cluster,
         handlers::ping,
         handlers::health,
@@ -46,6 +47,8 @@ use super::model::{
         ListResponse,
         ClusterJson,
         MemberJson,
+        PlacementJson,
+        LeaseJson,
         PingJson,
         ErrorBody,
         ErrorDetail

@@ -207,6 +207,43 @@ pub async fn get(opts: &ClientOpts, args: &GetArgs) -> Result<String, ClientErro
     render_customer(opts, &r)
 }
 
+/// Runs `where`: the customer's shard, owner and lease as the cluster sees them.
+pub async fn where_is(opts: &ClientOpts, args: &GetArgs) -> Result<String, ClientError> {
+    let path = format!("{}/placement", customer_path(&args.id));
+    let r = opts.client()?.get(&path).await?.ok()?;
+    if opts.json {
+        return Ok(String::from_utf8_lossy(&r.body).into_owned());
+    }
+    Ok(render_placement(&r.json()?))
+}
+
+/// A placement as text.
+pub fn render_placement(p: &crate::api::model::PlacementJson) -> String {
+    let mut out = format!(
+        "customer {} is in shard {}, placed on {}\n",
+        p.id,
+        p.shard,
+        p.owner.as_deref().unwrap_or("(no member)")
+    );
+    for l in &p.leases {
+        let token = l.token.map_or("-".into(), |t| t.to_string());
+        let left = l.valid_for_ms.map_or("-".into(), |ms| format!("{ms} ms"));
+        let _ = writeln!(
+            out,
+            "  {}: lease {} (token {token}, valid for {left}), holder per its table: {}, actor {}",
+            l.node,
+            l.state,
+            l.holder.as_deref().unwrap_or("none"),
+            if l.actor_active {
+                "active"
+            } else {
+                "not active"
+            },
+        );
+    }
+    out.trim_end().to_owned()
+}
+
 /// Runs `update`.
 pub async fn update(opts: &ClientOpts, args: &UpdateArgs) -> Result<String, ClientError> {
     let mut patch = Map::new();
@@ -394,8 +431,8 @@ pub fn render_cluster(c: &ClusterJson) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<12} {:<12} {:<3} {:>7} {:>8}  {:<21}  CLUSTER",
-        "NODE", "STATUS", "DB", "OWNED", "ACTIVE", "HTTP"
+        "{:<12} {:<12} {:<3} {:>7} {:>8} {:>7}  {:<21}  CLUSTER",
+        "NODE", "STATUS", "DB", "OWNED", "ACTIVE", "LEASES", "HTTP"
     );
     for m in &c.members {
         let name = if m.this_node {
@@ -404,14 +441,16 @@ pub fn render_cluster(c: &ClusterJson) -> String {
             m.name.clone()
         };
         let active = m.active_customers.map_or("-".into(), |a| a.to_string());
+        let leases = m.leases_held.map_or("-".into(), |a| a.to_string());
         let _ = writeln!(
             out,
-            "{:<12} {:<12} {:<3} {:>6.1}% {:>8}  {:<21}  {}",
+            "{:<12} {:<12} {:<3} {:>6.1}% {:>8} {:>7}  {:<21}  {}",
             name,
             m.status,
             if m.db { "yes" } else { "no" },
             m.owned_share * 100.0,
             active,
+            leases,
             m.http_addr,
             m.cluster_addr
         );
@@ -544,6 +583,7 @@ mod tests {
                 db: false,
                 owned_share: 1.0,
                 active_customers: Some(4),
+                leases_held: Some(12),
                 status: "up".into(),
                 this_node: true,
             }],
@@ -553,5 +593,31 @@ mod tests {
         assert!(t.contains("n1*"), "{t}");
         assert!(t.contains("100.0%"), "{t}");
         assert!(t.contains("NONE"), "{t}");
+        assert!(t.contains("LEASES") && t.contains(" 12 "), "{t}");
+    }
+
+    #[test]
+    fn a_placement_names_the_shard_owner_and_each_nodes_lease() {
+        use crate::api::model::{LeaseJson, PlacementJson};
+        let p = PlacementJson {
+            id: "c1".into(),
+            shard: 513,
+            owner: Some("n2".into()),
+            leases: vec![LeaseJson {
+                node: "n2".into(),
+                state: "held".into(),
+                token: Some(7),
+                valid_for_ms: Some(1400),
+                holder: Some("n2".into()),
+                actor_active: true,
+            }],
+        };
+        let t = render_placement(&p);
+        assert!(t.contains("shard 513, placed on n2"), "{t}");
+        assert!(
+            t.contains("n2: lease held (token 7, valid for 1400 ms)"),
+            "{t}"
+        );
+        assert!(t.contains("actor active"), "{t}");
     }
 }

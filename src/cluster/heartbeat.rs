@@ -140,7 +140,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_ping_is_answered_while_the_registry_works_through_thousands_of_activations() {
-        use crate::cluster::protocol::{CustomerCommand, RegistryMsg, RouteRequest};
+        use crate::cluster::protocol::{CustomerCommand, RegistryMsg, RequestMeta, RouteRequest};
         use crate::customer::new_customer_id;
 
         let dir = tempfile::tempdir().unwrap();
@@ -157,12 +157,17 @@ mod tests {
                 .into();
 
         // Bury the Registry under activations, then queue a call behind them.
-        for _ in 0..5000 {
+        for i in 0..5000 {
             let (tx, _rx) = ractor::concurrency::oneshot();
             let get = Wire::ok(RouteRequest {
                 id: new_customer_id(),
                 command: CustomerCommand::Get,
                 deadline_ms: u64::MAX,
+                request: RequestMeta {
+                    id: format!("hb-backlog-{i}"),
+                    body_hash: 0,
+                    attempt: 0,
+                },
             });
             registry
                 .send_message(RegistryMsg::Route(get, tx.into()))

@@ -157,10 +157,11 @@ impl Ring {
         }
     }
 
-    /// The owner of a customer.
+    /// The member that should own a customer: the owner of its shard (DESIGN §3). Leases
+    /// are per shard, so routing must agree with them: a customer is never placed by its id
+    /// alone.
     pub fn owner(&self, id: &CustomerId) -> Option<&Member> {
-        let name = owner_of(self.members.iter().map(|m| m.name.as_str()), id.as_bytes())?;
-        self.members.iter().find(|m| m.name == name)
+        self.shard_owner(shard_of_customer(id))
     }
 
     /// True when this node owns the customer.
@@ -533,7 +534,8 @@ mod tests {
         assert_eq!(ring.epoch, 2);
         let id = keys(1)[0];
         let o = ring.owner(&id).unwrap();
-        assert_eq!(o.name, owner(&names(3), &id));
+        let by_shard = owner_of_shard(["n1", "n2", "n3"], shard_of_customer(&id)).unwrap();
+        assert_eq!(o.name, by_shard);
         assert_eq!(ring.is_local_owner(&id), o.name == "n1");
         assert!(ring.same_members(&[member("n2"), member("n1"), member("n3")]));
         assert!(!ring.same_members(&[member("n2")]));

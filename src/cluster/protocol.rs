@@ -21,6 +21,10 @@ use crate::clock::now_ms;
 use crate::codec::Wire;
 use crate::customer::{Customer, CustomerFields, CustomerId, CustomerPatch};
 use crate::error::{Error, Result};
+use crate::storage::{
+    Grant, Holder, Observed, Registration, Release, Renewal, RequestStamp, Settlement, ShardId,
+    ShardLease, Takeover, Write, WriteOutcome,
+};
 
 /// Version of this protocol. Checked in the `Hello` exchange before a peer becomes a member.
 pub const PROTOCOL_VERSION: u32 = 2;
@@ -133,6 +137,8 @@ pub struct RouteRequest {
     pub id: CustomerId,
     /// What to do.
     pub command: CustomerCommand,
+    /// The client request this command belongs to (F4); reads ignore it, writes carry it.
+    pub request: RequestMeta,
     /// Wall-clock deadline (ms since the Unix epoch) after which the caller has given up.
     /// The owner refuses to start an expired request, so a message delayed in a frozen
     /// process cannot replay an old write over newer ones after the caller retried elsewhere.
@@ -144,8 +150,87 @@ pub struct RouteRequest {
 pub struct CreateRequest {
     /// The customer to store (id chosen by the entry node).
     pub customer: Customer,
+    /// The client request this create belongs to (F4).
+    pub request: RequestMeta,
     /// Same meaning as [`RouteRequest::deadline_ms`].
     pub deadline_ms: u64,
+}
+
+/// The request id of one client request, as the entry node fixed it (DESIGN §6 F4): the
+/// same for every internal retry of that request, so a retry can never apply twice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestMeta {
+    /// The client's `Idempotency-Key`, or one the entry node made (a UUID v7).
+    pub id: String,
+    /// Stable hash of the canonical request (method, customer id, body): the same key with
+    /// another body is refused.
+    pub body_hash: u64,
+    /// Random per HTTP request at the entry node; a client retry after a 503 is a new attempt.
+    pub attempt: u32,
+}
+
+impl RequestMeta {
+    /// The stamp the database stores for this request, written at wall-clock `at` (µs; used
+    /// only for pruning).
+    pub fn stamp(&self, at: i64) -> RequestStamp {
+        RequestStamp {
+            id: self.id.clone(),
+            body_hash: self.body_hash,
+            attempt: self.attempt,
+            at,
+        }
+    }
+}
+
+/// What the owner answers a routed command or create with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteReply {
+    /// The customer after the operation; `None` after a delete.
+    pub customer: Option<Customer>,
+    /// True when the answer is the one stored for this request id the first time (an
+    /// idempotent replay, F1): nothing was applied now.
+    pub replayed: bool,
+}
+
+/// How one shard looks from the node that should own it, for `GET …/placement` and `where`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShardReport {
+    /// The node that answered.
+    pub node: String,
+    /// The shard.
+    pub shard: ShardId,
+    /// This node's state of the shard: `held`, `lapsed`, `lost`, `releasing` or `none`.
+    pub state: String,
+    /// Token of this node's grant, if any.
+    pub token: Option<u64>,
+    /// Validity left on this node's holder clock, in ms (only while held).
+    pub valid_for_ms: Option<u64>,
+    /// The holder named in the last lease table this node read, if any.
+    pub holder_hint: Option<String>,
+    /// Whether a customer actor for the asked id is active on this node.
+    pub active: bool,
+}
+
+/// A takeover of a dead node (L5), as sent to the database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TakeoverRequest {
+    /// Who takes over.
+    pub contender: Holder,
+    /// The row observed unchanged for TTL.
+    pub victim: Observed,
+    /// Shards to grant, ascending.
+    pub shards: Vec<ShardId>,
+}
+
+/// A restarted process taking its own name's row over (L5), as sent to the database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnRowRequest {
+    /// The new incarnation.
+    pub incarnation: u64,
+    /// The old row observed unchanged for TTL.
+    pub observed: Observed,
+    /// Shards to grant, ascending.
+    pub shards: Vec<ShardId>,
 }
 
 /// A deadline `timeout` from now.
@@ -199,6 +284,8 @@ pub struct RegistryStats {
     pub restarts: u64,
     /// Stale writes rejected by the database's compare-and-set (fencing).
     pub version_conflicts: u64,
+    /// Shards this node holds the lease of right now.
+    pub leases_held: u64,
 }
 
 /// A conditional update at the database.
@@ -233,13 +320,16 @@ pub enum RegistryMsg {
     Hello(Wire<NodeInfo>, RpcReplyPort<Wire<NodeInfo>>),
     /// Creates a customer (id chosen by the entry node; idempotent by id).
     #[rpc]
-    CreateCustomer(Wire<CreateRequest>, RpcReplyPort<Wire<Customer>>),
-    /// Runs a command on the customer's actor; replies `None` for a delete.
+    CreateCustomer(Wire<CreateRequest>, RpcReplyPort<Wire<RouteReply>>),
+    /// Runs a command on the customer's actor; the reply's customer is `None` for a delete.
     #[rpc]
-    Route(Wire<RouteRequest>, RpcReplyPort<Wire<Option<Customer>>>),
+    Route(Wire<RouteRequest>, RpcReplyPort<Wire<RouteReply>>),
     /// Lists customers from the database.
     #[rpc]
     ListCustomers(Wire<ListRequest>, RpcReplyPort<Wire<CustomerPage>>),
+    /// This node's view of the shard of a customer id (observability).
+    #[rpc]
+    ShardInfo(Wire<CustomerId>, RpcReplyPort<Wire<ShardReport>>),
     /// Counters of this Registry.
     #[rpc]
     Stats(Wire<()>, RpcReplyPort<Wire<RegistryStats>>),
@@ -283,6 +373,36 @@ pub enum DatabaseMsg {
     /// One page ordered by id.
     #[rpc]
     ListCustomers(Wire<ListRequest>, RpcReplyPort<Wire<Vec<Customer>>>),
+    /// A write with its fence and request stamp (F1); replies with its full outcome.
+    #[rpc]
+    Submit(Wire<Write>, RpcReplyPort<Wire<WriteOutcome>>),
+    /// F3: settles a request whose outcome is unknown.
+    #[rpc]
+    Settle(Wire<RequestStamp>, RpcReplyPort<Wire<Settlement>>),
+    /// L1: registers `(node, incarnation)`.
+    #[rpc]
+    Register(Wire<(String, u64)>, RpcReplyPort<Wire<Registration>>),
+    /// L2: renew number `k` of a holder; the reply carries the node table.
+    #[rpc]
+    Renew(Wire<(Holder, u64)>, RpcReplyPort<Wire<Renewal>>),
+    /// L5: revokes a dead node and grants its shards.
+    #[rpc]
+    Takeover(Wire<TakeoverRequest>, RpcReplyPort<Wire<Takeover>>),
+    /// L5: a restarted process takes its own name's row over.
+    #[rpc]
+    TakeoverOwnRow(Wire<OwnRowRequest>, RpcReplyPort<Wire<Takeover>>),
+    /// L5: grants released, never-held or stale-epoch shards.
+    #[rpc]
+    Grant(Wire<(Holder, Vec<ShardId>)>, RpcReplyPort<Wire<Grant>>),
+    /// L6: releases `(shard, token)`.
+    #[rpc]
+    Release(Wire<(ShardId, u64)>, RpcReplyPort<Wire<Release>>),
+    /// L6: clears `(node, incarnation)` from its node row on graceful stop.
+    #[rpc]
+    ClearIncarnation(Wire<(String, u64)>, RpcReplyPort<Wire<bool>>),
+    /// Every shard lease row, for routing, acquiring and reconcile.
+    #[rpc]
+    LeaseTable(Wire<()>, RpcReplyPort<Wire<Vec<ShardLease>>>),
 }
 
 /// Calls `actor` with a deadline and flattens transport and domain failures into one
@@ -323,6 +443,31 @@ mod tests {
         assert_eq!(Wire::<T>::from_bytes(wire.into_bytes()), Wire::ok(value));
     }
 
+    fn meta() -> RequestMeta {
+        RequestMeta {
+            id: "key-1".into(),
+            body_hash: 0xfeed,
+            attempt: 3,
+        }
+    }
+
+    fn holder() -> Holder {
+        Holder {
+            node: "n2".into(),
+            incarnation: 9,
+            epoch: 4,
+        }
+    }
+
+    fn observed() -> Observed {
+        Observed {
+            node: "n1".into(),
+            incarnation: 8,
+            epoch: 2,
+            seq: 77,
+        }
+    }
+
     fn customer() -> Customer {
         Customer::new(
             new_customer_id(),
@@ -350,6 +495,7 @@ mod tests {
         round_trip(c.clone());
         round_trip(CreateRequest {
             customer: c.clone(),
+            request: meta(),
             deadline_ms: u64::MAX,
         });
         round_trip(Some(c.clone()));
@@ -374,6 +520,7 @@ mod tests {
             round_trip(RouteRequest {
                 id: c.id,
                 command,
+                request: meta(),
                 deadline_ms: 7,
             });
         }
@@ -414,22 +561,41 @@ mod tests {
     const GOLDEN: (u32, &str) = (
         2,
         "
-        node_info 00026e31010e3132372e302e302e313a343730310e3132372e302e302e313a38303831012a
+        node_info 00026e31020e3132372e302e302e313a343730310e3132372e302e302e313a38303831012a
         customer 001001910000000070008000000000000001045a6fc3ab0f7a6f65406578616d706c652e636f6d01062b31203535350003fd00803c3048140c00fd02803c3048140c00
-        create 001001910000000070008000000000000001045a6fc3ab0f7a6f65406578616d706c652e636f6d01062b31203535350003fd00803c3048140c00fd02803c3048140c0009
-        route_get 0010019100000000700080000000000000010007
-        route_replace 00100191000000007000800000000000000101045a6fc3ab0f7a6f65406578616d706c652e636f6d01062b312035353500010307
-        route_patch 001001910000000070008000000000000001020201780001000007
-        route_delete 00100191000000007000800000000000000103010107
+        create 001001910000000070008000000000000001045a6fc3ab0f7a6f65406578616d706c652e636f6d01062b31203535350003fd00803c3048140c00fd02803c3048140c00056b65792d31fbedfe0309
+        route_get 00100191000000007000800000000000000100056b65792d31fbedfe0307
+        route_replace 00100191000000007000800000000000000101045a6fc3ab0f7a6f65406578616d706c652e636f6d01062b3120353535000103056b65792d31fbedfe0307
+        route_patch 0010019100000000700080000000000000010202017800010000056b65792d31fbedfe0307
+        route_delete 001001910000000070008000000000000001030101056b65792d31fbedfe0307
         list 000110019100000000700080000000000000010a
         page 00011001910000000070008000000000000001045a6fc3ab0f7a6f65406578616d706c652e636f6d01062b31203535350003fd00803c3048140c00fd02803c3048140c0000
-        stats 00026e330506010002
+        stats 00026e330506010002fb5501
         update 001001910000000070008000000000000001045a6fc3ab0f7a6f65406578616d706c652e636f6d01062b312035353500040a
         delete 00100191000000007000800000000000000100
         release 0010019100000000700080000000000000014d
         error 01040102
         absent 0000
         ping 0007
+        route_reply 00011001910000000070008000000000000001045a6fc3ab0f7a6f65406578616d706c652e636f6d01062b31203535350003fd00803c3048140c00fd02803c3048140c0001
+        shard_report 00026e32fb01020468656c64010c01fbaa0501026e3201
+        submit 00021001910000000070008000000000000001010301fb01020c01056b65792d31fbedfe03fd00803c3048140c00
+        outcome_fenced 000201026e330d
+        outcome_replayed 000101
+        settlement 000103
+        register 00026e3209
+        registration 000004
+        renew 00026e3209040f
+        renewal 000001026e310108024d
+        takeover 00026e320904026e3108024d0201fb0102
+        own_row 000a026e3108024d0102
+        takeover_done 00000301fb01020c
+        grant 00026e320904020102
+        granted 000000
+        lease_release 00fb01020c
+        released 00000d
+        lease_table 0001fb010201026e32010901040c
+        not_holder 010601026e330d
         ",
     );
 
@@ -469,6 +635,7 @@ mod tests {
         let route = |command| RouteRequest {
             id: c.id,
             command,
+            request: meta(),
             deadline_ms: 7,
         };
         vec![
@@ -476,7 +643,7 @@ mod tests {
                 "node_info",
                 hex(NodeInfo {
                     name: "n1".into(),
-                    protocol_version: 1,
+                    protocol_version: 2,
                     cluster_addr: "127.0.0.1:4701".into(),
                     http_addr: "127.0.0.1:8081".into(),
                     hosts_db: true,
@@ -488,6 +655,7 @@ mod tests {
                 "create",
                 hex(CreateRequest {
                     customer: c.clone(),
+                    request: meta(),
                     deadline_ms: 9,
                 }),
             ),
@@ -533,6 +701,7 @@ mod tests {
                     passivations: 1,
                     restarts: 0,
                     version_conflicts: 2,
+                    leases_held: 341,
                 }),
             ),
             (
@@ -561,6 +730,117 @@ mod tests {
             ),
             ("absent", hex(None::<Customer>)),
             ("ping", hex(7u64)),
+            (
+                "route_reply",
+                hex(RouteReply {
+                    customer: Some(c.clone()),
+                    replayed: true,
+                }),
+            ),
+            (
+                "shard_report",
+                hex(ShardReport {
+                    node: "n2".into(),
+                    shard: 513,
+                    state: "held".into(),
+                    token: Some(12),
+                    valid_for_ms: Some(1450),
+                    holder_hint: Some("n2".into()),
+                    active: true,
+                }),
+            ),
+            (
+                "submit",
+                hex(Write {
+                    op: crate::storage::WriteOp::Delete {
+                        id: c.id,
+                        expected_version: Some(3),
+                    },
+                    fence: Some(crate::storage::Fence {
+                        shard: 513,
+                        token: 12,
+                    }),
+                    request: Some(meta().stamp(1_700_000_000_000_000)),
+                }),
+            ),
+            (
+                "outcome_fenced",
+                hex(WriteOutcome::Fenced {
+                    holder: Some("n3".into()),
+                    token: 13,
+                }),
+            ),
+            (
+                "outcome_replayed",
+                hex(WriteOutcome::Replayed(
+                    crate::storage::StoredResult::Deleted,
+                )),
+            ),
+            (
+                "settlement",
+                hex(Settlement::Stored(crate::storage::StoredResult::Aborted)),
+            ),
+            ("register", hex(("n2".to_string(), 9u64))),
+            ("registration", hex(Registration::Registered { epoch: 4 })),
+            ("renew", hex((holder(), 15u64))),
+            (
+                "renewal",
+                hex(Renewal::Renewed {
+                    table: vec![crate::storage::NodeLease {
+                        node: "n1".into(),
+                        incarnation: Some(8),
+                        epoch: 2,
+                        seq: 77,
+                    }],
+                }),
+            ),
+            (
+                "takeover",
+                hex(TakeoverRequest {
+                    contender: holder(),
+                    victim: observed(),
+                    shards: vec![1, 513],
+                }),
+            ),
+            (
+                "own_row",
+                hex(OwnRowRequest {
+                    incarnation: 10,
+                    observed: observed(),
+                    shards: vec![2],
+                }),
+            ),
+            (
+                "takeover_done",
+                hex(Takeover::Done {
+                    victim_epoch: 3,
+                    granted: vec![crate::storage::ShardGrant {
+                        shard: 513,
+                        token: 12,
+                    }],
+                }),
+            ),
+            ("grant", hex((holder(), vec![1u16, 2]))),
+            ("granted", hex(Grant::Granted(vec![]))),
+            ("lease_release", hex((513u16, 12u64))),
+            ("released", hex(Release::Released { token: 13 })),
+            (
+                "lease_table",
+                hex(vec![ShardLease {
+                    shard: 513,
+                    holder: Some("n2".into()),
+                    holder_incarnation: Some(9),
+                    holder_epoch: Some(4),
+                    token: 12,
+                }]),
+            ),
+            (
+                "not_holder",
+                hex_of(Wire::<u64>(Err(Error::NotHolder {
+                    holder: Some("n3".into()),
+                    token: 13,
+                }))),
+            ),
         ]
     }
 

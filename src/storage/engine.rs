@@ -278,24 +278,36 @@ impl Engine {
                 let readers = (0..readers)
                     .map(|_| SqliteStore::open_reader(path))
                     .collect::<Result<Vec<_>>>()?;
-                Self::start(writer, readers, config.max_batch)
+                Self::start(writer, readers, config.max_batch, path.clone())
             }
             Backend::Postgres(pg) => {
                 let writer = PostgresStore::connect(pg)?;
                 let readers = vec![writer.clone(); readers];
-                Self::start(writer, readers, config.max_batch)
+                Self::start(writer, readers, config.max_batch, PathBuf::new())
             }
         }
     }
 
     /// Starts the writer thread over `writer` and one reader thread per store in `readers`.
-    fn start<S: Store>(writer: S, readers: Vec<S>, max_batch: usize) -> Result<Self> {
+    /// `stall_key` names this engine for the test-only writer stall hook ([`stall`]).
+    fn start<S: Store>(
+        writer: S,
+        readers: Vec<S>,
+        max_batch: usize,
+        stall_key: PathBuf,
+    ) -> Result<Self> {
         let (lease_tx, lease_rx) = crossbeam_channel::unbounded();
         let (write_tx, write_rx) = crossbeam_channel::unbounded();
         let (read_tx, read_rx) = crossbeam_channel::unbounded();
+        #[cfg(not(test))]
+        let _ = stall_key;
         let mut threads = vec![spawn_named("db-writer", {
             let max = max_batch.max(1);
-            move || write_loop(writer, &lease_rx, &write_rx, max)
+            move || {
+                #[cfg(test)]
+                stall::bind(stall_key);
+                write_loop(writer, &lease_rx, &write_rx, max)
+            }
         })?];
         for (i, reader) in readers.into_iter().enumerate() {
             let rx = read_rx.clone();
@@ -435,7 +447,11 @@ fn write_loop(
 ) {
     while let Some(next) = next_job(leases, writes, max_batch) {
         match next {
-            Next::Lease(job) => job.run(&mut store),
+            Next::Lease(job) => {
+                #[cfg(test)]
+                stall::wait_while_stalled();
+                job.run(&mut store)
+            }
             Next::Writes(batch) => write_batch(&mut store, batch),
         }
     }
@@ -444,6 +460,8 @@ fn write_loop(
 fn write_batch(store: &mut impl Store, batch: Vec<WriteJob>) {
     let (writes, dones): (Vec<Write>, Vec<Done<WriteOutcome>>) =
         batch.into_iter().map(|j| (j.write, j.done)).unzip();
+    #[cfg(test)]
+    stall::wait_while_stalled();
     let started = Instant::now();
     let result = store.write_batch(&writes);
     metrics::histogram!("customer_db_batch_size").record(writes.len() as f64);
@@ -476,6 +494,52 @@ fn complete(result: Result<Vec<WriteOutcome>>, dones: Vec<Done<WriteOutcome>>) {
                     "database write failed: {err}"
                 ))));
             }
+        }
+    }
+}
+
+/// Test-only fault hook (DESIGN §10 "stall the writer"): holds the writer of one database
+/// file after it took a batch (or a lease job) and before it runs it, so a test can have a
+/// write in flight past its deadline and let it commit later, or starve renews. Keyed by file, because tests of one binary run
+/// many engines at once.
+#[cfg(test)]
+pub mod stall {
+    use std::cell::RefCell;
+    use std::collections::BTreeSet;
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    static STALLED: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+
+    thread_local! {
+        static KEY: RefCell<Option<PathBuf>> = const { RefCell::new(None) };
+    }
+
+    /// Stalls (or releases) the writer of the database at `path`.
+    pub fn set(path: &Path, stalled: bool) {
+        let mut set = STALLED.lock().unwrap_or_else(|p| p.into_inner());
+        if stalled {
+            set.insert(path.to_path_buf());
+        } else {
+            set.remove(path);
+        }
+    }
+
+    pub(super) fn bind(path: PathBuf) {
+        KEY.with(|k| *k.borrow_mut() = Some(path));
+    }
+
+    pub(super) fn wait_while_stalled() {
+        let Some(key) = KEY.with(|k| k.borrow().clone()) else {
+            return;
+        };
+        while STALLED
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&key)
+        {
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 }

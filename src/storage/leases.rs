@@ -24,6 +24,8 @@
 //! holder, not here: storage compares values, never times. This module holds the row types and
 //! outcomes shared by every backend; the SQL is in each backend.
 
+use serde::{Deserialize, Serialize};
+
 /// Number of shard rows: one per shard of the id space (must equal placement's shard count,
 /// a protocol constant; the migration creates exactly these rows).
 pub const SHARD_ROWS: u16 = 1024;
@@ -33,7 +35,7 @@ pub type ShardId = u16;
 
 /// A node process as it names itself in lease operations: who it is and under which epoch it
 /// currently believes it is registered.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Holder {
     /// Stable node name (placement hashes it).
     pub node: String,
@@ -45,7 +47,7 @@ pub struct Holder {
 
 /// A node row exactly as a contender observed it unchanged for TTL: a takeover applies only if
 /// the row still holds these values.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Observed {
     /// The node being revoked.
     pub node: String,
@@ -58,7 +60,7 @@ pub struct Observed {
 }
 
 /// One row of `node_leases`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeLease {
     /// Node name.
     pub node: String,
@@ -84,7 +86,7 @@ impl NodeLease {
 }
 
 /// One row of `shard_leases`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardLease {
     /// The shard.
     pub shard: ShardId,
@@ -99,7 +101,7 @@ pub struct ShardLease {
 }
 
 /// A shard granted, with the token its writes must carry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ShardGrant {
     /// The shard.
     pub shard: ShardId,
@@ -108,7 +110,7 @@ pub struct ShardGrant {
 }
 
 /// Outcome of [`super::Store::register`] (L1).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Registration {
     /// The row now names this incarnation at `epoch`: a new name starts at epoch 1; a row
     /// cleared by a graceful stop, or still naming this same incarnation (re-registering after
@@ -123,7 +125,7 @@ pub enum Registration {
 }
 
 /// Outcome of [`super::Store::renew`] (L2).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Renewal {
     /// The row took the new `seq`. Carries the whole node table, committed, for contenders.
     Renewed {
@@ -145,7 +147,7 @@ pub enum Renewal {
 }
 
 /// Outcome of [`super::Store::takeover`] and [`super::Store::takeover_own_row`] (L5).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Takeover {
     /// The victim's epoch was bumped and these shards were granted (ascending; a requested
     /// shard that was not grantable is absent).
@@ -167,7 +169,7 @@ pub enum Takeover {
 }
 
 /// Outcome of [`super::Store::grant`] (L5).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Grant {
     /// These shards were granted (ascending; others requested were not grantable).
     Granted(Vec<ShardGrant>),
@@ -176,7 +178,7 @@ pub enum Grant {
 }
 
 /// Outcome of [`super::Store::release`] (L6).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Release {
     /// Released; the shard's token is now `token`.
     Released {

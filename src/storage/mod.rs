@@ -57,6 +57,8 @@ pub mod sqlite;
 #[cfg(test)]
 pub mod suite;
 
+use serde::{Deserialize, Serialize};
+
 use crate::customer::{Customer, CustomerFields, CustomerId};
 use crate::error::{Error, Result};
 
@@ -75,7 +77,7 @@ pub const MAX_PAGE_SIZE: u32 = 1000;
 pub const MAX_LIST_ROWS: u32 = MAX_PAGE_SIZE + 1;
 
 /// What one write changes. See [`Write`] for the fence and request id that go with it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WriteOp {
     /// Insert a new customer. Idempotent by id: if the id exists (live) with the same fields
     /// the stored row is returned; with different fields, or if the id was deleted, it is a
@@ -114,7 +116,7 @@ impl WriteOp {
 
 /// The fencing token a write carries (F1 step ii): the write applies only while the shard's
 /// row still holds this token, i.e. while no other node has been granted the shard since.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fence {
     /// The shard of the customer being written (placement computes it; storage does not).
     pub shard: ShardId,
@@ -123,7 +125,7 @@ pub struct Fence {
 }
 
 /// One write as submitted: what to change, under which lease, for which request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Write {
     /// The change.
     pub op: WriteOp,
@@ -147,7 +149,7 @@ impl From<WriteOp> for Write {
 
 /// What one write in a batch came to. Only [`WriteOutcome::Decided`] with `Ok` is a fresh
 /// state of the customer that a cache may keep.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WriteOutcome {
     /// Decided now, in this batch: the stored customer after the write (`None` after a delete),
     /// or the domain error (not found, conflict, version conflict, body mismatch).

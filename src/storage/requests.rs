@@ -40,7 +40,7 @@ pub const MIN_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 pub const ABORTED: &str = "aborted";
 
 /// Identifies one attempt of one client request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestStamp {
     /// The request id; global across customers and entry nodes.
     pub id: String,
@@ -110,7 +110,7 @@ impl StoredResult {
 }
 
 /// What [`super::Store::settle`] found.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Settlement {
     /// The id is now recorded as aborted: the attempt never applied and never will; answer 503.
     Aborted,
