@@ -189,6 +189,26 @@ wait_converged() {
   done
 }
 
+# True once every member of node $1's view holds the leases of exactly the shards placement
+# gives it: shard leases move to a joining node only after the old holder releases them, so
+# right after the members converge one node may still hold them all.
+leases_settled() {
+  local out
+  out="$("$BIN" status --json --node "$(http_url "$1")" --token "$(cat "$RUN/token")" --timeout-ms 1000 2>/dev/null)" || return 1
+  paste -d ' ' \
+    <(printf '%s' "$out" | grep -o '"owned_share":[0-9.e-]*' | cut -d: -f2) \
+    <(printf '%s' "$out" | grep -o '"leases_held":[0-9a-z]*' | cut -d: -f2) \
+    | awk 'BEGIN { ok = 0 } { ok = 1; if ($2 == "null" || ($1 * 1024 - $2) ^ 2 > 0.25) bad = 1 } END { exit !(ok && !bad) }'
+}
+
+wait_leases() {
+  local deadline=$((SECONDS + WAIT_S))
+  until leases_settled n1; do
+    (( SECONDS < deadline )) || { echo "timed out waiting for the shard leases to settle (see cluster.sh status)" >&2; return 1; }
+    sleep 0.2
+  done
+}
+
 cmd_up() {
   local n=3 netns=0 postgres=0 arg i
   for arg in "$@"; do
@@ -219,6 +239,8 @@ cmd_up() {
   for ((i = 1; i <= n; i++)); do start_node "n$i"; done
   echo "waiting until every node sees $n members..."
   wait_converged "$n"
+  echo "waiting until every node holds the leases of its shards..."
+  wait_leases
   trap - EXIT
   echo
   "$BIN" status --node "$(http_url n1)" --token "$(cat "$RUN/token")"

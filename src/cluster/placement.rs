@@ -89,16 +89,13 @@ where
     owner_of(members, &shard_key(shard))
 }
 
-/// Number of sample keys used to estimate ownership shares.
-pub const SHARE_SAMPLES: u32 = 8192;
-
-/// Each member's share of the id space, estimated over [`SHARE_SAMPLES`] fixed sample keys
-/// (deterministic: every node reports the same figure for the same members).
+/// Each member's share of the id space: the fraction of the [`SHARDS`] shards placement gives
+/// it (customers are placed by shard, so this is exactly the share of customers it should
+/// own, and `share × SHARDS` is the number of shard leases it should hold once they settle).
 pub fn shares<'a>(members: &[&'a str]) -> Vec<(&'a str, f64)> {
     let mut counts = vec![0u32; members.len()];
-    for i in 0..SHARE_SAMPLES {
-        let key = xxh3_64(&i.to_le_bytes()).to_le_bytes();
-        let owner = owner_of(members.iter().copied(), &key);
+    for shard in 0..SHARDS {
+        let owner = owner_of_shard(members.iter().copied(), shard);
         if let Some(pos) = members.iter().position(|m| Some(*m) == owner) {
             counts[pos] += 1;
         }
@@ -106,7 +103,7 @@ pub fn shares<'a>(members: &[&'a str]) -> Vec<(&'a str, f64)> {
     members
         .iter()
         .zip(counts)
-        .map(|(m, c)| (*m, f64::from(c) / f64::from(SHARE_SAMPLES)))
+        .map(|(m, c)| (*m, f64::from(c) / f64::from(SHARDS)))
         .collect()
 }
 
