@@ -64,6 +64,54 @@ pub struct DatabaseState {
 }
 
 impl DatabaseState {
+    /// Serves the liveness and customer messages; hands any other (lease) message back.
+    fn customer_job(&self, engine: &Engine, message: DatabaseMsg) -> Option<DatabaseMsg> {
+        match message {
+            DatabaseMsg::Ping(request, reply) => {
+                if let Some(((), reply)) = self.admit(request, reply) {
+                    answer(reply, Ok(self.node.clone()));
+                }
+            }
+            DatabaseMsg::InsertCustomer(request, reply) => {
+                if let Some((c, reply)) = self.admit(request, reply) {
+                    engine.write(WriteOp::Insert(c), expect_row(reply));
+                }
+            }
+            DatabaseMsg::GetCustomer(request, reply) => {
+                if let Some((id, reply)) = self.admit(request, reply) {
+                    engine.read(ReadJob::Get(id, done(reply)));
+                }
+            }
+            DatabaseMsg::UpdateCustomer(request, reply) => {
+                if let Some((u, reply)) = self.admit(request, reply) {
+                    engine.write(u.into(), expect_row(reply));
+                }
+            }
+            DatabaseMsg::DeleteCustomer(request, reply) => {
+                if let Some((d, reply)) = self.admit(request, reply) {
+                    engine.write(d.into(), expect_deleted(reply));
+                }
+            }
+            DatabaseMsg::ListCustomers(request, reply) => {
+                if let Some((l, reply)) = self.admit(request, reply) {
+                    engine.read(list_job(l, done(reply)));
+                }
+            }
+            DatabaseMsg::Submit(request, reply) => {
+                if let Some((w, reply)) = self.admit(request, reply) {
+                    engine.submit(w, done(reply));
+                }
+            }
+            DatabaseMsg::LeaseTable(request, reply) => {
+                if let Some(((), reply)) = self.admit(request, reply) {
+                    engine.read(ReadJob::LeaseTable(done(reply)));
+                }
+            }
+            other => return Some(other),
+        }
+        None
+    }
+
     /// Recomputes [`Self::rivals`] from the process group and logs a change. Over a shared
     /// backend (PostgreSQL) other members are peers, never rivals.
     fn check_rivals(&mut self) {
@@ -190,48 +238,8 @@ impl Actor for Database {
         let Some(engine) = state.engine.as_ref() else {
             return Ok(());
         };
-        match message {
-            DatabaseMsg::Ping(request, reply) => {
-                if let Some(((), reply)) = state.admit(request, reply) {
-                    answer(reply, Ok(state.node.clone()));
-                }
-            }
-            DatabaseMsg::InsertCustomer(request, reply) => {
-                if let Some((c, reply)) = state.admit(request, reply) {
-                    engine.write(WriteOp::Insert(c), expect_row(reply));
-                }
-            }
-            DatabaseMsg::GetCustomer(request, reply) => {
-                if let Some((id, reply)) = state.admit(request, reply) {
-                    engine.read(ReadJob::Get(id, done(reply)));
-                }
-            }
-            DatabaseMsg::UpdateCustomer(request, reply) => {
-                if let Some((u, reply)) = state.admit(request, reply) {
-                    engine.write(u.into(), expect_row(reply));
-                }
-            }
-            DatabaseMsg::DeleteCustomer(request, reply) => {
-                if let Some((d, reply)) = state.admit(request, reply) {
-                    engine.write(d.into(), expect_deleted(reply));
-                }
-            }
-            DatabaseMsg::ListCustomers(request, reply) => {
-                if let Some((l, reply)) = state.admit(request, reply) {
-                    engine.read(list_job(l, done(reply)));
-                }
-            }
-            DatabaseMsg::Submit(request, reply) => {
-                if let Some((w, reply)) = state.admit(request, reply) {
-                    engine.submit(w, done(reply));
-                }
-            }
-            DatabaseMsg::LeaseTable(request, reply) => {
-                if let Some(((), reply)) = state.admit(request, reply) {
-                    engine.read(ReadJob::LeaseTable(done(reply)));
-                }
-            }
-            other => state.lease_job(engine, other),
+        if let Some(lease_message) = state.customer_job(engine, message) {
+            state.lease_job(engine, lease_message);
         }
         Ok(())
     }

@@ -137,18 +137,14 @@ impl Actor for Registry {
             }
             RegistryMsg::CreateCustomer(request, reply) => {
                 if let Some((r, reply)) = request.open(reply) {
-                    let id = r.customer.id;
-                    state
-                        .deliver(&myself, id, CustomerMsg::Create(r, reply))
-                        .await;
+                    let msg = (r.customer.id, CustomerMsg::Create(r, reply));
+                    state.deliver(&myself, msg.0, msg.1).await;
                 }
             }
             RegistryMsg::Route(request, reply) => {
                 if let Some((r, reply)) = request.open(reply) {
-                    let id = r.id;
-                    state
-                        .deliver(&myself, id, CustomerMsg::Command(r, reply))
-                        .await;
+                    let msg = (r.id, CustomerMsg::Command(r, reply));
+                    state.deliver(&myself, msg.0, msg.1).await;
                 }
             }
             RegistryMsg::ListCustomers(request, reply) => {
