@@ -234,20 +234,7 @@ mod tests {
     fn golden_owners_never_change() {
         // If this fails, a change moved customers between nodes. That is a data-placement
         // migration, not a refactor: do not update the table without a migration plan.
-        let ids = [
-            "77abc86d-5c37-7e26-8ce8-4966b29ddcc9",
-            "2442ffee-de6a-7078-8f47-fb14845f2683",
-            "7fc3c2c1-eb93-74af-89be-e45c15f85978",
-            "336e4be6-f30c-7a46-861e-f5b3323991e1",
-            "899495bb-ab1c-75f7-845b-3cd960010db2",
-            "d7837a73-5e63-7450-8ca5-48bc37308f37",
-            "9b531443-d9d6-76ce-8b32-263a74ea384c",
-            "d1e73bb4-cd64-74b0-8d28-27587bf640ed",
-            "d93d69a1-bf9d-777d-8b99-53a99fab4936",
-            "b9e2abdb-9e65-7233-8d4c-d67f3f7e2d16",
-            "3d199396-b28e-74c9-8417-b1849aa3bb66",
-            "bcafb082-d44c-7afc-8ee8-a248d1598889",
-        ];
+        let ids = GOLDEN_IDS;
         let three = names(3);
         let five = names(5);
         let got3: Vec<String> = ids
