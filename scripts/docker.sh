@@ -282,7 +282,10 @@ wait_healthy() {
 
 # Whether the node image's binary has the PostgreSQL engine (--database-url).
 image_has_postgres() {
-  docker run --rm "$IMAGE" node --help 2> /dev/null | grep -q -- '--database-url'
+  local help
+  # Read it whole first: with pipefail, `grep -q` leaving early would fail the pipeline.
+  help="$(docker run --rm "$IMAGE" node --help 2> /dev/null || true)"
+  grep -q -- '--database-url' <<< "$help"
 }
 
 cmd_up() {
