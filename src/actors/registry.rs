@@ -449,16 +449,9 @@ mod tests {
     use crate::actors::gateway::Gateway;
     use crate::cluster::protocol::{CustomerCommand, RouteRequest, call};
     use crate::config::Config;
-    use crate::customer::{CustomerFields, new_customer_id};
+    use crate::customer::new_customer_id;
 
-    fn fields(name: &str, email: &str) -> CustomerFields {
-        CustomerFields {
-            name: name.into(),
-            email: email.into(),
-            phone: None,
-            address: None,
-        }
-    }
+    use crate::storage::suite::fields;
 
     async fn stats(registry: &ActorRef<RegistryMsg>) -> RegistryStats {
         call(registry, Duration::from_secs(5), |r| {

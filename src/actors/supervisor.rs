@@ -343,7 +343,7 @@ mod tests {
         DATABASE_GROUP, HEARTBEAT_GROUP, database_name, heartbeat_name, registry_name,
     };
     use crate::config::Config;
-    use crate::customer::{CustomerFields, new_customer_id};
+    use crate::customer::new_customer_id;
 
     fn at(t0: Instant, ms: u64) -> Instant {
         t0 + Duration::from_millis(ms)
@@ -420,14 +420,7 @@ mod tests {
         }
     }
 
-    fn fields(name: &str, email: &str) -> CustomerFields {
-        CustomerFields {
-            name: name.into(),
-            email: email.into(),
-            phone: None,
-            address: None,
-        }
-    }
+    use crate::storage::suite::fields;
 
     /// The actor registered as `name` once it is running and not `old`.
     async fn replacement(name: &str, old: ActorId) -> ActorCell {

@@ -73,7 +73,8 @@ pub fn customer(name: &str, email: &str) -> Customer {
     Customer::new(new_customer_id(), fields(name, email), 1)
 }
 
-fn fields(name: &str, email: &str) -> CustomerFields {
+/// Valid fields with only the required name and email (shared by actor tests too).
+pub fn fields(name: &str, email: &str) -> CustomerFields {
     CustomerFields {
         name: name.into(),
         email: email.into(),
