@@ -130,6 +130,10 @@ async fn scenario(fault: Option<Fault>, seed: u64) -> Option<Outcomes> {
     tokio::time::sleep(AFTER).await;
     let timeline = cluster.describe_timeline(workload.recorder().origin());
     let history = workload.finish().await;
+    let slug = fault.map_or("no-fault".to_string(), |f| f.slug());
+    cluster.keep_logs(
+        &std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("faults-{slug}-logs")),
+    );
     let report = checker::check(&history.ops());
     Some(Outcomes {
         history,
