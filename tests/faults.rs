@@ -546,9 +546,14 @@ async fn a_holder_cut_off_past_ttl_shows_the_write_of_the_node_that_took_over_an
         email: format!("case2-{key}@example.com"),
     };
     let n3 = [(2, &http[2])];
-    let created = until_served(&recorder, &n3, 0, &key, &create, bound).await;
-    assert_eq!(created.meta.owner.as_deref(), Some("n3"), "{created:?}");
-    let cached = until_served(&recorder, &n3, 0, &key, &Request::Get, bound).await;
+    until_served(&recorder, &n3, 0, &key, &create, bound).await;
+    // Right after start-up n1 may still hold the shard (it took every lease first); wait
+    // until n3 serves it, which also caches the row there.
+    let cached = wait_until("n3 serves the customer", bound, || async {
+        let r = recorder.send(&http[2], 2, 0, &key, &Request::Get).await;
+        (r.meta.owner.as_deref() == Some("n3")).then_some(r)
+    })
+    .await;
     assert_eq!(found_value(&cached), Some("before"));
 
     cluster.inject(Fault::Isolate(3));
