@@ -253,6 +253,11 @@ pub const METRICS: &[(&str, MetricKind, &str)] = &[
         "Round trip of one lease renew (send to reply)",
     ),
     (
+        "customer_db_writer_panics_total",
+        MetricKind::Counter,
+        "Panics in the storage writer thread (the writer stops; the database actor restarts it)",
+    ),
+    (
         "customer_lease_statements_total",
         MetricKind::Counter,
         "Lease statements sent to the database, by kind: renew, table, grant, takeover, release, register, own_row, ping",

@@ -879,6 +879,43 @@ mod tests {
         f.node.supervisor.stop(None);
     }
 
+    /// A panic in the storage writer is not a 503 until restart: the batch's outcome is
+    /// reported unknown (never "not applied"), the Database actor fails on its next message
+    /// and its supervisor starts it over a fresh engine; writes apply again, and the panicked
+    /// one never does.
+    #[tokio::test]
+    async fn a_panicking_storage_writer_is_restarted_and_its_unknown_write_never_applies() {
+        let f = Fixture::new("writer-panic-test").await;
+        let db_file = f.dir.path().join("c.db");
+        let actor = f.activation().await;
+        send(&actor, get()).await.unwrap();
+        crate::storage::engine::stall::panic_next_batch(&db_file);
+        let lost = send(&actor, patch_as("name", "in the panic", "key-panic", 1)).await;
+        assert!(
+            matches!(lost, Err(Error::Timeout(_) | Error::Unavailable(_))),
+            "{lost:?}"
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let written = loop {
+            match send(&actor, patch_as("name", "after", "key-after", 1)).await {
+                Ok(reply) => break reply.customer.expect("a row"),
+                Err(e) => assert!(
+                    std::time::Instant::now() < deadline,
+                    "writes never applied again after the writer panicked: {e}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(
+            (written.version, written.fields.name.as_str()),
+            (2, "after")
+        );
+        let stored = f.stored().await;
+        assert_eq!((stored.version, stored.fields.name.as_str()), (2, "after"));
+        actor.stop(None);
+        f.node.supervisor.stop(None);
+    }
+
     /// One actor per customer per node: a request that arrives while the customer's actor is
     /// passivating waits until it stopped. A successor started next to it would cache a row
     /// the first one's queued write then supersedes — and serve it after that write was
