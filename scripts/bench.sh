@@ -98,8 +98,8 @@ run get_local_1k  "3 nodes: GET via owner @1k/s" "$KEYS"     --nodes "$NODES3" -
 run get_remote_1k "3 nodes: GET via non-owner @1k/s" "$KEYS" --nodes "$NODES3" --route non-owner --mix get=100 --rate 1000
 echo
 echo "bare heartbeat ping, sequential (no customer work):"
-"$BIN" ping n1 --count 2000 --node "$N1" | tee "$OUT/ping_local.txt"
-"$BIN" ping n2 --count 2000 --node "$N1" | tee "$OUT/ping_remote.txt"
+"$BIN" ping n1 --count 1000 --node "$N1" | tee "$OUT/ping_local.txt"
+"$BIN" ping n2 --count 1000 --node "$N1" | tee "$OUT/ping_remote.txt"
 
 if [[ "$POSTGRES" == 1 ]]; then
   echo
