@@ -11,12 +11,17 @@
 #     get-*-1k  the same GETs open-loop at 1000 req/s (latency without queueing)
 #   1-node cluster (baseline for the price of distribution):
 #     GET (closed loop and @1k/s), mix, create (group commit), create with --db-max-batch 1
+#   with --postgres, a 3-node cluster on a local PostgreSQL (scripts/pg.sh, fsync on, fresh
+#   data per cluster; every node runs a Database actor):
+#     mix, create (group commit), create with --db-max-batch 1
 # and prints every run plus ratios: CRUD ÷ ceiling, remote ÷ local, 3-node ÷ 1-node, group
-# commit ÷ one commit per write. Results (JSON) stay in $CC_RUN_DIR/bench.
+# commit ÷ one commit per write (and PostgreSQL ÷ SQLite). Results (JSON) stay in
+# $CC_RUN_DIR/bench.
 #
-# Usage: scripts/bench.sh [--quick] [--micro]
-#   --quick  3 s per run instead of 10 (a smoke run)
-#   --micro  also run the criterion micro-benchmarks and the memory benchmark
+# Usage: scripts/bench.sh [--quick] [--micro] [--postgres]
+#   --quick     3 s per run instead of 10 (a smoke run)
+#   --micro     also run the criterion micro-benchmarks and the memory benchmark
+#   --postgres  also run the 3-node PostgreSQL cluster and compare it with SQLite
 # Env: CC_RUN_DIR (default ./run/bench), CC_BENCH_S, CC_BENCH_CONCURRENCY (default 32), CC_BENCH_KEYS (2000),
 #      CC_BASE_HTTP (8080) and CC_BASE_CLUSTER (4700) as for cluster.sh (node k on base+k)
 set -euo pipefail
@@ -33,26 +38,36 @@ SECS="${CC_BENCH_S:-10}"
 CONC="${CC_BENCH_CONCURRENCY:-32}"
 KEYS="${CC_BENCH_KEYS:-2000}"
 MICRO=0
+POSTGRES=0
 for arg in "$@"; do
   case "$arg" in
     --quick) SECS=3 ;;
     --micro) MICRO=1 ;;
-    *) echo "bench.sh: unknown argument $arg (use --quick, --micro)" >&2; exit 2 ;;
+    --postgres) POSTGRES=1 ;;
+    *) echo "bench.sh: unknown argument $arg (use --quick, --micro, --postgres)" >&2; exit 2 ;;
   esac
 done
 
-trap '"$CLUSTER" down > /dev/null 2>&1 || true' EXIT INT TERM
+# The PostgreSQL server (if any) stops with the cluster; its data goes too.
+cleanup() {
+  "$CLUSTER" down > /dev/null 2>&1 || true
+  if [[ "$POSTGRES" == 1 ]]; then "$ROOT/scripts/pg.sh" destroy > /dev/null 2>&1 || true; fi
+}
+trap cleanup EXIT INT TERM
 
 # HTTP URL of node $1 (1, 2, 3), where cluster.sh started it.
 url() { echo "http://127.0.0.1:$((CC_BASE_HTTP + $1))"; }
 N1="$(url 1)"
 NODES3="$N1,$(url 2),$(url 3)"
 
+# fresh_cluster N [--postgres]: N nodes on empty storage (SQLite files or a new PostgreSQL).
 fresh_cluster() {
   local n="$1"
+  shift
   "$CLUSTER" down > /dev/null 2>&1 || true
   rm -f "$CC_RUN_DIR"/n*.db "$CC_RUN_DIR"/n*.db-wal "$CC_RUN_DIR"/n*.db-shm
-  "$CLUSTER" up "$n" > "$CC_RUN_DIR/up-$n.log"
+  "$ROOT/scripts/pg.sh" destroy > /dev/null 2>&1 || true
+  "$CLUSTER" up "$n" "$@" > "$CC_RUN_DIR/up-$n.log"
   # shellcheck source=/dev/null
   source "$CC_RUN_DIR/env"
 }
@@ -83,8 +98,18 @@ run get_local_1k  "3 nodes: GET via owner @1k/s" "$KEYS"     --nodes "$NODES3" -
 run get_remote_1k "3 nodes: GET via non-owner @1k/s" "$KEYS" --nodes "$NODES3" --route non-owner --mix get=100 --rate 1000
 echo
 echo "bare heartbeat ping, sequential (no customer work):"
-"$BIN" ping n1 --count 2000 --node "$N1" | tee "$OUT/ping_local.txt"
-"$BIN" ping n2 --count 2000 --node "$N1" | tee "$OUT/ping_remote.txt"
+"$BIN" ping n1 --count 1000 --node "$N1" | tee "$OUT/ping_local.txt"
+"$BIN" ping n2 --count 1000 --node "$N1" | tee "$OUT/ping_remote.txt"
+
+if [[ "$POSTGRES" == 1 ]]; then
+  echo
+  echo "== 3-node cluster on PostgreSQL (local server, fsync on; every node a Database actor) =="
+  fresh_cluster 3 --postgres
+  run mix3_pg     "3 nodes PG: 80/20 get/update" "$KEYS" --nodes "$NODES3" --route any --mix get=80,update=20
+  run create3_pg  "3 nodes PG: create (group commit)" 1 --nodes "$NODES3" --route any --mix create=100
+  CC_NODE_ARGS="--db-max-batch 1" fresh_cluster 3 --postgres
+  run create3_pg_nogc "3 nodes PG: create, 1 commit/write" 1 --nodes "$NODES3" --route any --mix create=100
+fi
 
 echo
 echo "== 1-node cluster (baseline) =="
@@ -100,6 +125,13 @@ run create1_nogc "1 node: create, 1 fsync/write" 1 --nodes "$N1" --mix create=10
 echo
 echo "== results =="
 r() { echo "$1=$OUT/$2.json/$OUT/$3.json"; }
+PG_RUNS=()
+if [[ "$POSTGRES" == 1 ]]; then
+  PG_RUNS=("$OUT"/{mix3_pg,create3_pg,create3_pg_nogc}.json
+    --ratio "$(r 'PostgreSQL ÷ SQLite (3-node 80/20 mix)' mix3_pg mix3)"
+    --ratio "$(r 'PostgreSQL ÷ SQLite (3-node create)' create3_pg create3)"
+    --ratio "$(r 'PG group commit ÷ 1 commit/write (3-node create)' create3_pg create3_pg_nogc)")
+fi
 "$BIN" bench-report "$OUT"/{ceiling,get_local,get_remote,get_local_1k,get_remote_1k,mix3,mix3_zipf,create3,get1,get1_1k,mix1,create1,create1_nogc}.json \
   --ratio "$(r 'GET via owner ÷ ceiling' get_local ceiling)" \
   --ratio "$(r 'remote hop ÷ local (GET, closed loop)' get_remote get_local)" \
@@ -109,6 +141,7 @@ r() { echo "$1=$OUT/$2.json/$OUT/$3.json"; }
   --ratio "$(r 'zipf ÷ uniform (3-node mix)' mix3_zipf mix3)" \
   --ratio "$(r '3-node ÷ 1-node (create)' create3 create1)" \
   --ratio "$(r 'group commit ÷ 1 fsync/write (create)' create1 create1_nogc)" \
+  "${PG_RUNS[@]}" \
   | tee "$OUT/summary.txt"
 
 if [[ "$MICRO" == 1 ]]; then

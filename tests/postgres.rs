@@ -121,6 +121,15 @@ fn get(engine: &Engine, c: &Customer) -> Result<Option<Customer>, Error> {
         .expect("the engine answers")
 }
 
+fn ping(engine: &Engine) -> Result<(), Error> {
+    let (tx, rx) = mpsc::channel();
+    engine.read(ReadJob::Ping(Box::new(move |r| {
+        let _ = tx.send(r);
+    })));
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("the engine answers")
+}
+
 #[test]
 fn a_stopped_server_answers_unavailable_in_time_and_service_resumes_after_restart() {
     if !wanted("a_stopped_server_answers_unavailable_in_time_and_service_resumes_after_restart") {
@@ -139,6 +148,7 @@ fn a_stopped_server_answers_unavailable_in_time_and_service_resumes_after_restar
     .expect("engine opens");
     let before = customer("before@x.io");
     assert_eq!(insert(&engine, &before), Ok(Some(before.clone())));
+    assert_eq!(ping(&engine), Ok(()), "a ping of a running server");
 
     server.pg("down");
     let during = customer("during@x.io");
@@ -153,6 +163,11 @@ fn a_stopped_server_answers_unavailable_in_time_and_service_resumes_after_restar
         assert!(
             matches!(read, Err(Error::Unavailable(_))),
             "read {attempt} while down: {read:?}"
+        );
+        let pinged = ping(&engine);
+        assert!(
+            matches!(pinged, Err(Error::Unavailable(_))),
+            "ping {attempt} while down: {pinged:?}"
         );
         assert!(
             started.elapsed() < Duration::from_millis(4500),
@@ -182,5 +197,6 @@ fn a_stopped_server_answers_unavailable_in_time_and_service_resumes_after_restar
     }
     assert_eq!(insert(&engine, &during), Ok(Some(during.clone())));
     assert_eq!(get(&engine, &during), Ok(Some(during)));
+    assert_eq!(ping(&engine), Ok(()), "a ping after the restart");
     engine.shutdown();
 }

@@ -69,7 +69,7 @@ impl DatabaseState {
         match message {
             DatabaseMsg::Ping(request, reply) => {
                 if let Some(((), reply)) = self.admit(request, reply) {
-                    answer(reply, Ok(self.node.clone()));
+                    self.ping(engine, reply);
                 }
             }
             DatabaseMsg::InsertCustomer(request, reply) => {
@@ -146,6 +146,21 @@ impl DatabaseState {
             }
             None => request.open(reply),
         }
+    }
+
+    /// Answers a ping with this node's name. Over a shared server (PostgreSQL) the actor is
+    /// always reachable, so the answer waits for one round trip to the server: a ping that
+    /// succeeds while the server is down would let a node rejoin the registry only to leave
+    /// again one lease TTL later, and `/ready` would blame the leases instead of the database.
+    fn ping(&self, engine: &Engine, reply: RpcReplyPort<Wire<String>>) {
+        if !self.shared {
+            answer(reply, Ok(self.node.clone()));
+            return;
+        }
+        let node = self.node.clone();
+        engine.read(ReadJob::Ping(Box::new(move |r| {
+            answer(reply, r.map(|()| node));
+        })));
     }
 
     /// The error every request gets while another database node is in the cluster.

@@ -641,7 +641,13 @@ impl Gateway {
     pub async fn readiness(&self, db_timeout: Duration) -> Result<Readiness> {
         let database_node = tokio::time::timeout(db_timeout, self.ctx.db.ping())
             .await
-            .map_err(|_| Error::Unavailable("database did not answer in time".into()))??;
+            .map_err(|_| {
+                Error::Unavailable(format!(
+                    "database unreachable: no answer to a ping within {} ms",
+                    db_timeout.as_millis()
+                ))
+            })?
+            .map_err(|e| Error::Unavailable(format!("database ping failed: {e}")))?;
         let view = self.ctx.view();
         let members: Vec<String> = view.ring.names().into_iter().map(str::to_owned).collect();
         if !members.contains(&self.ctx.name) {

@@ -577,6 +577,19 @@ impl Workload {
     /// key, when it was served (read and written), as time since `since`; `None` for a key
     /// never served. The probe's requests are recorded like any others.
     pub async fn probe(&self, since: Duration, bound: Duration) -> Vec<Option<Duration>> {
+        let all: Vec<usize> = (0..self.http.len()).collect();
+        self.probe_via(since, bound, &all).await
+    }
+
+    /// [`Workload::probe`] through `entries` only (indices into [`HistoryConfig::entries`]),
+    /// e.g. the survivors while a node is down. Panics if `entries` is empty.
+    pub async fn probe_via(
+        &self,
+        since: Duration,
+        bound: Duration,
+        entries: &[usize],
+    ) -> Vec<Option<Duration>> {
+        assert!(!entries.is_empty(), "a probe needs an entry node");
         let keys = self.book.lock().map(|b| b.ids.clone()).unwrap_or_default();
         let probes = keys.iter().enumerate().map(|(i, key)| async move {
             let deadline = since + bound;
@@ -584,7 +597,7 @@ impl Workload {
             let mut turn = i;
             let mut seq = 0;
             while self.now() < deadline {
-                let entry = turn % self.http.len();
+                let entry = entries[turn % entries.len()];
                 turn += 1;
                 let request = if read {
                     seq += 1;

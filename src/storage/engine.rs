@@ -207,6 +207,8 @@ pub enum ReadJob {
     },
     /// Every shard lease row, for routing and reconcile (committed values only).
     LeaseTable(Done<Vec<ShardLease>>),
+    /// [`Store::ping`]: one round trip to the store, for liveness and `/ready`.
+    Ping(Done<()>),
 }
 
 /// Which store the engine runs.
@@ -355,6 +357,7 @@ impl Engine {
                 ReadJob::Get(_, done) => done(Err(stopped())),
                 ReadJob::List { done, .. } => done(Err(stopped())),
                 ReadJob::LeaseTable(done) => done(Err(stopped())),
+                ReadJob::Ping(done) => done(Err(stopped())),
             }
         }
     }
@@ -615,6 +618,7 @@ fn read_loop(mut store: impl Store, rx: &Receiver<ReadJob>) {
             ReadJob::Get(id, done) => done(store.get(&id)),
             ReadJob::List { after, limit, done } => done(store.list(after.as_ref(), limit)),
             ReadJob::LeaseTable(done) => done(store.lease_table()),
+            ReadJob::Ping(done) => done(store.ping()),
         }
     }
 }

@@ -198,6 +198,10 @@ pub trait Store: Send + 'static {
     /// (clamped to [`MAX_LIST_ROWS`]).
     fn list(&mut self, after: Option<&CustomerId>, limit: u32) -> Result<Vec<Customer>>;
 
+    /// One round trip to the store (`SELECT 1`): `Ok` when it answers, `Unavailable` when a
+    /// server is unreachable. Liveness and `/ready` ask this, not the actor in front of it.
+    fn ping(&mut self) -> Result<()>;
+
     /// F3: settles a request whose outcome is unknown, so it can never apply later. Records
     /// the id as aborted unless it is already settled; see [`Settlement`].
     fn settle(&mut self, stamp: &RequestStamp) -> Result<Settlement>;

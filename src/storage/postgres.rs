@@ -727,6 +727,13 @@ impl Store for PostgresStore {
         )
     }
 
+    fn ping(&mut self) -> Result<()> {
+        self.read(async move |client| {
+            client.simple_query("SELECT 1").await?;
+            Ok(())
+        })
+    }
+
     fn get(&mut self, id: &CustomerId) -> Result<Option<Customer>> {
         let id = id.to_string();
         self.read(async move |client| {

@@ -203,6 +203,11 @@ impl Store for SqliteStore {
         select_live(&self.conn, id)
     }
 
+    fn ping(&mut self) -> Result<()> {
+        self.conn.query_row("SELECT 1", [], |_| Ok(()))?;
+        Ok(())
+    }
+
     fn list(&mut self, after: Option<&CustomerId>, limit: u32) -> Result<Vec<Customer>> {
         let limit = limit.clamp(1, super::MAX_LIST_ROWS);
         let after = after.map(|id| id.to_string()).unwrap_or_default();

@@ -4,6 +4,7 @@
 
 pub mod nemesis;
 pub mod netns;
+pub mod postgres;
 
 use std::future::Future;
 use std::net::TcpListener;
@@ -216,6 +217,13 @@ impl TestNode {
         }
     }
 
+    /// Whether the process started last is still alive (not exited, not killed).
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
     /// Starts the same node again (same name, ports, database file).
     pub fn restart(&mut self) {
         self.kill();
@@ -336,6 +344,29 @@ impl TestCluster {
             }
             spec.extra = extra.iter().map(|s| s.to_string()).collect();
         }
+        Self::launch(specs, dir).await
+    }
+
+    /// Starts `n` nodes that each run a Database actor over the PostgreSQL database at `url`
+    /// (`--database-url`), the others seeding from the first, and waits until each sees all.
+    pub async fn start_postgres(prefix: &str, n: usize, url: &str, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut specs: Vec<NodeSpec> = (1..=n)
+            .map(|i| NodeSpec::new(&format!("{prefix}{i}")))
+            .collect();
+        let seed = specs[0].cluster_addr();
+        for (i, spec) in specs.iter_mut().enumerate() {
+            if i > 0 {
+                spec.seeds = vec![seed.clone()];
+            }
+            spec.extra = vec!["--database-url".into(), url.into()];
+            spec.extra.extend(extra.iter().map(|s| s.to_string()));
+        }
+        Self::launch(specs, dir).await
+    }
+
+    async fn launch(specs: Vec<NodeSpec>, dir: tempfile::TempDir) -> Self {
+        let n = specs.len();
         let nodes = specs
             .into_iter()
             .map(|s| TestNode::start(s, dir.path()))
@@ -343,6 +374,14 @@ impl TestCluster {
         let cluster = Self { nodes, dir };
         cluster.wait_converged(n, Duration::from_secs(60)).await;
         cluster
+    }
+
+    /// The HTTP URL of every node, in start order.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("http://127.0.0.1:{}", n.spec.http_port))
+            .collect()
     }
 
     /// Waits until every running node in `self.nodes` reports `n` members.
