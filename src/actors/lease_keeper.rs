@@ -44,6 +44,7 @@ use crate::cluster::lease::{
 };
 use crate::cluster::protocol::{OwnRowRequest, REGISTRY_GROUP, TakeoverRequest, registry_name};
 use crate::error::{Error, Result};
+use crate::events::EventKind;
 use crate::storage::{
     Grant, Holder, NodeLease, Registration, Release, Renewal, ShardGrant, ShardId, ShardLease,
     Takeover,
@@ -293,6 +294,8 @@ pub struct KeeperState {
     releasing: BTreeMap<ShardId, (u64, Instant)>,
     /// After a graceful stop: do nothing more.
     stopped: bool,
+    /// Whether the last renew reached the database: a change is reported as an event.
+    db_reachable: bool,
     ticker: Option<JoinHandle<()>>,
 }
 
@@ -318,6 +321,7 @@ impl Actor for LeaseKeeper {
             reconcile: false,
             releasing: BTreeMap::new(),
             stopped: false,
+            db_reachable: true,
             ticker: Some(ticker),
         })
     }
@@ -446,6 +450,11 @@ impl KeeperState {
             tracing::error!(
                 "no lease renew succeeded for a whole TTL: stopped renewing and left the registry so others may take our shards over"
             );
+            self.emit(
+                EventKind::LeaseExpired,
+                "every shard of this node",
+                "no lease renew succeeded for a whole TTL; left the registry",
+            );
         }
         if !leases.read().is_stopped() {
             return false;
@@ -570,6 +579,7 @@ impl KeeperState {
     ) {
         match r {
             Ok(Renewal::Renewed { table }) => {
+                self.database_seen(Ok(()));
                 self.ctx
                     .leases
                     .update(|l| l.renew_succeeded(renew.k, renew.epoch, at));
@@ -578,8 +588,35 @@ impl KeeperState {
             }
             Ok(Renewal::Lost { current }) => self.on_lost(myself, renew.epoch, &current),
             Ok(Renewal::Superseded { current }) => superseded(&self.ctx, current.as_ref()),
-            Err(e) => tracing::debug!(k = renew.k, error = %e, "renew failed"),
+            Err(e) => {
+                tracing::debug!(k = renew.k, error = %e, "renew failed");
+                self.database_seen(Err(e));
+            }
         }
+    }
+
+    /// Reports the database becoming unreachable (or reachable again) through lease renews.
+    fn database_seen(&mut self, outcome: Result<()>) {
+        if outcome.is_ok() == self.db_reachable {
+            return;
+        }
+        self.db_reachable = outcome.is_ok();
+        match outcome {
+            Ok(()) => self.emit(
+                EventKind::DatabaseAvailability,
+                "available",
+                "a lease renew succeeded again",
+            ),
+            Err(e) => self.emit(
+                EventKind::DatabaseAvailability,
+                "unavailable",
+                format!("a lease renew failed: {e}"),
+            ),
+        }
+    }
+
+    fn emit(&self, kind: EventKind, detail: impl Into<String>, cause: impl Into<String>) {
+        self.ctx.events.emit(kind, detail, cause);
     }
 
     fn on_lost(&mut self, myself: &ActorRef<LeaseKeeperMsg>, epoch: u64, current: &NodeLease) {
@@ -592,6 +629,11 @@ impl KeeperState {
             now = current.epoch,
             lost = lost.len(),
             "this node's lease was revoked: every shard is LOST; registering again"
+        );
+        self.emit(
+            EventKind::LeaseExpired,
+            format!("{} shards lost", lost.len()),
+            format!("this node's lease was revoked (epoch {epoch} → {})", current.epoch),
         );
         self.ctx
             .leases
@@ -619,6 +661,13 @@ impl KeeperState {
             .filter(|(_, (_, since))| since.elapsed() >= interval)
             .map(|(s, (t, _))| (*s, *t))
             .collect();
+        if !due.is_empty() {
+            self.emit(
+                EventKind::LeaseReleased,
+                format!("{} shards", due.len()),
+                "placement gives them to another node",
+            );
+        }
         for (shard, token) in due {
             self.releasing.remove(&shard);
             let db = self.ctx.db.clone();
@@ -721,6 +770,11 @@ impl KeeperState {
         }
         for (victim, shards) in plan.takeovers {
             tracing::info!(victim = %victim.node, shards = shards.len(), "holder's lease row stood still for TTL: taking its shards over");
+            self.emit(
+                EventKind::LeaseExpired,
+                format!("{} shards of {}", shards.len(), victim.node),
+                "its lease row stood still for TTL; taking its shards over",
+            );
             let request = TakeoverRequest {
                 contender: me.clone(),
                 victim: crate::storage::Observed {
@@ -778,6 +832,11 @@ impl KeeperState {
                 if n > 0 {
                     metrics::counter!("customer_leases_acquired_total").increment(n as u64);
                     tracing::info!(granted = n, epoch, "shard leases granted");
+                    self.emit(
+                        EventKind::LeaseAcquired,
+                        format!("{n} shards"),
+                        format!("granted under epoch {epoch}"),
+                    );
                 }
             }
             Err(e) => {
@@ -814,6 +873,11 @@ impl KeeperState {
             .clear_incarnation(&self.ctx.name, self.ctx.leases.incarnation())
             .await;
         tracing::info!(released = ok, of = held.len(), cleared = ?cleared, "shard leases released for shutdown");
+        self.emit(
+            EventKind::LeaseReleased,
+            format!("{ok} of {} shards", held.len()),
+            "graceful shutdown",
+        );
     }
 }
 

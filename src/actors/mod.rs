@@ -77,6 +77,8 @@ pub struct NodeContext {
     pub db: DatabaseClient,
     /// Counters shared by the Registry and customer actors.
     pub counters: Counters,
+    /// Cluster events as this node sees them (`GET /v1/events`, the dashboard).
+    pub events: crate::events::EventBus,
     /// Faults a test injects into this node; kept out of every wire type.
     #[cfg(test)]
     pub faults: TestFaults,
