@@ -114,7 +114,8 @@ impl ClusterEvent {
 /// neither overlap nor leave a gap.
 struct Inner {
     recent: VecDeque<ClusterEvent>,
-    live: broadcast::Sender<ClusterEvent>,
+    /// `None` once the node stops: every subscriber's stream then ends.
+    live: Option<broadcast::Sender<ClusterEvent>>,
 }
 
 /// A node's event bus: cheap to clone, shared by every actor that emits.
@@ -132,7 +133,7 @@ impl EventBus {
             node: node.into(),
             inner: Arc::new(Mutex::new(Inner {
                 recent: VecDeque::with_capacity(RECENT_EVENTS),
-                live,
+                live: Some(live),
             })),
         }
     }
@@ -153,13 +154,26 @@ impl EventBus {
         }
         inner.recent.push_back(event.clone());
         // No subscriber is not an error: the ring still keeps the event.
-        let _ = inner.live.send(event);
+        if let Some(live) = &inner.live {
+            let _ = live.send(event);
+        }
     }
 
-    /// The recent events, oldest first, and a receiver for every event after them.
+    /// The recent events, oldest first, and a receiver for every event after them (closed
+    /// at once after [`EventBus::close`]).
     pub fn subscribe(&self) -> (Vec<ClusterEvent>, broadcast::Receiver<ClusterEvent>) {
         let inner = self.lock();
-        (inner.recent.iter().cloned().collect(), inner.live.subscribe())
+        let live = match &inner.live {
+            Some(live) => live.subscribe(),
+            None => broadcast::channel(1).1,
+        };
+        (inner.recent.iter().cloned().collect(), live)
+    }
+
+    /// Ends every subscriber's stream (the node is stopping), so open streams do not hold
+    /// the HTTP server's graceful stop. Later events are still kept in the ring.
+    pub fn close(&self) {
+        self.lock().live = None;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -199,6 +213,16 @@ mod tests {
         assert_eq!(next.kind, EventKind::MemberEvicted);
         assert_eq!(next.cause, "silent for 1500 ms");
         assert!(live.try_recv().is_err(), "nothing replayed twice");
+    }
+
+    #[test]
+    fn closing_the_bus_ends_every_stream() {
+        let bus = EventBus::new("n1");
+        let (_, mut before) = bus.subscribe();
+        bus.close();
+        let (_, mut after) = bus.subscribe();
+        assert_eq!(before.try_recv(), Err(broadcast::error::TryRecvError::Closed));
+        assert_eq!(after.try_recv(), Err(broadcast::error::TryRecvError::Closed));
     }
 
     #[test]

@@ -219,6 +219,7 @@ impl RunningNode {
         tracing::info!("leaving the cluster");
         let _ = ractor::call!(self.supervisor, SupervisorMsg::LeaveCluster);
         release_leases(&self.config.name).await;
+        self.ctx.events.close();
         let _ = self.http_stop.send(true);
         let grace = self.config.shutdown_grace;
         match tokio::time::timeout(grace, self.http).await {

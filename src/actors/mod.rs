@@ -33,6 +33,7 @@ pub mod database;
 pub mod gateway;
 pub mod lease_keeper;
 pub mod registry;
+pub mod shard_map;
 pub mod supervisor;
 
 use std::sync::Arc;
