@@ -221,8 +221,14 @@ mod tests {
         let (_, mut before) = bus.subscribe();
         bus.close();
         let (_, mut after) = bus.subscribe();
-        assert_eq!(before.try_recv(), Err(broadcast::error::TryRecvError::Closed));
-        assert_eq!(after.try_recv(), Err(broadcast::error::TryRecvError::Closed));
+        assert_eq!(
+            before.try_recv(),
+            Err(broadcast::error::TryRecvError::Closed)
+        );
+        assert_eq!(
+            after.try_recv(),
+            Err(broadcast::error::TryRecvError::Closed)
+        );
     }
 
     #[test]

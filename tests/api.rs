@@ -910,7 +910,10 @@ async fn the_event_stream_replays_recent_events_then_sends_new_ones() {
     let response = app.router.clone().oneshot(request).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let content_type = response.headers()[header::CONTENT_TYPE].to_str().unwrap();
-    assert!(content_type.starts_with("text/event-stream"), "{content_type}");
+    assert!(
+        content_type.starts_with("text/event-stream"),
+        "{content_type}"
+    );
     let body = response.into_body();
     // The node's own start (leases granted) was recorded before we subscribed: replayed.
     let replayed = sse_until(body, |s| s.contains("member_evicted")).await;
@@ -929,7 +932,13 @@ async fn the_event_stream_replays_recent_events_then_sends_new_ones() {
         .header(header::AUTHORIZATION, "Bearer secret-token")
         .body(Body::empty())
         .unwrap();
-    let body = app.router.clone().oneshot(request).await.unwrap().into_body();
+    let body = app
+        .router
+        .clone()
+        .oneshot(request)
+        .await
+        .unwrap()
+        .into_body();
     let emitter = bus.clone();
     tokio::spawn(async move {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -994,7 +1003,12 @@ async fn the_dashboard_is_static_and_served_without_a_token() {
         ("/dashboard/app.js", "text/javascript", "sessionStorage"),
         ("/dashboard/style.css", "text/css", "#shard-map"),
     ] {
-        let response = app.router.clone().oneshot(empty("GET", path)).await.unwrap();
+        let response = app
+            .router
+            .clone()
+            .oneshot(empty("GET", path))
+            .await
+            .unwrap();
         assert_eq!(response.status(), StatusCode::OK, "{path}");
         let ct = response.headers()[header::CONTENT_TYPE].to_str().unwrap();
         assert!(ct.starts_with(kind), "{path}: {ct}");

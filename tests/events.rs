@@ -75,7 +75,11 @@ async fn a_frozen_node_is_streamed_as_evicted_as_it_happens_and_replayed_later()
         .await
         .unwrap()
         .expect("run events");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let human = String::from_utf8(out.stdout).unwrap();
     let line = human
         .lines()

@@ -633,7 +633,10 @@ impl KeeperState {
         self.emit(
             EventKind::LeaseExpired,
             format!("{} shards lost", lost.len()),
-            format!("this node's lease was revoked (epoch {epoch} → {})", current.epoch),
+            format!(
+                "this node's lease was revoked (epoch {epoch} → {})",
+                current.epoch
+            ),
         );
         self.ctx
             .leases

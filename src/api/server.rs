@@ -42,12 +42,12 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
+use futures::StreamExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
-use futures::StreamExt;
 use tower::ServiceExt;
 
 use crate::config::HttpLimits;

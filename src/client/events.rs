@@ -172,7 +172,9 @@ mod tests {
             data: data.into(),
         };
         let line = render(&frame, false).expect("line");
-        assert!(line.contains("member_evicted") && line.contains("n3") && line.contains("(silent)"));
+        assert!(
+            line.contains("member_evicted") && line.contains("n3") && line.contains("(silent)")
+        );
         assert_eq!(render(&frame, true).expect("json"), data);
     }
 

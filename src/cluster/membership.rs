@@ -425,7 +425,10 @@ impl MembershipState {
                 let name = info.name.clone();
                 tracing::info!(peer = %name, addr = %info.cluster_addr, db = info.hosts_db, "member {}", if restarted { "restarted" } else { "joined" });
                 let (kind, cause) = if restarted {
-                    (EventKind::MemberRejoined, "a new process start of this node")
+                    (
+                        EventKind::MemberRejoined,
+                        "a new process start of this node",
+                    )
                 } else {
                     (EventKind::MemberUp, "handshake finished")
                 };
@@ -575,9 +578,7 @@ impl MembershipState {
                     );
                     metrics::counter!("customer_heartbeat_suspicions_total").increment(1);
                     let cause = format!("no heartbeat answer for {} ms", silent_for.as_millis());
-                    self.args
-                        .events
-                        .emit(EventKind::MemberSuspect, peer, cause);
+                    self.args.events.emit(EventKind::MemberSuspect, peer, cause);
                 }
                 Verdict::Evict { peer, silent_for } => self.evict(&peer, silent_for),
             }

@@ -15,6 +15,8 @@ let eventsAbort = null;
 const colours = new Map();
 const lastCounts = new Map(); // node -> {at, total, errors}
 let lastOwners = null;
+const movedAt = new Map(); // shard -> when its owner last changed (ms), highlighted a while
+const MOVED_HIGHLIGHT_MS = 5000;
 
 function colourOf(node) {
   if (!node) return "#bbb";
@@ -127,7 +129,8 @@ function renderShards(table) {
   for (const row of table.shards) {
     const cell = cells[row.shard];
     if (!cell) continue;
-    const moved = lastOwners && lastOwners[row.shard] !== row.owner;
+    if (lastOwners && lastOwners[row.shard] !== row.owner) movedAt.set(row.shard, Date.now());
+    const moved = Date.now() - (movedAt.get(row.shard) || 0) < MOVED_HIGHLIGHT_MS;
     cell.className = "cell " + row.state + (moved ? " moved" : "");
     cell.dataset.owner = row.owner || "";
     cell.dataset.holder = row.holder || "";
