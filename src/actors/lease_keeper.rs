@@ -294,6 +294,9 @@ pub struct KeeperState {
     releasing: BTreeMap<ShardId, (u64, Instant)>,
     /// After a graceful stop: do nothing more.
     stopped: bool,
+    /// Shards whose release was sent since they were last granted: the releasing set may send
+    /// one again after its answer, and the `lease_released` event counts each shard once.
+    release_sent: std::collections::BTreeSet<ShardId>,
     /// Whether the last renew reached the database: a change is reported as an event.
     db_reachable: bool,
     ticker: Option<JoinHandle<()>>,
@@ -321,6 +324,7 @@ impl Actor for LeaseKeeper {
             reconcile: false,
             releasing: BTreeMap::new(),
             stopped: false,
+            release_sent: Default::default(),
             db_reachable: true,
             ticker: Some(ticker),
         })
@@ -664,10 +668,14 @@ impl KeeperState {
             .filter(|(_, (_, since))| since.elapsed() >= interval)
             .map(|(s, (t, _))| (*s, *t))
             .collect();
-        if !due.is_empty() {
+        let fresh = due
+            .iter()
+            .filter(|(s, _)| self.release_sent.insert(*s))
+            .count();
+        if fresh > 0 {
             self.emit(
                 EventKind::LeaseReleased,
-                format!("{} shards", due.len()),
+                format!("{fresh} shards"),
                 "placement gives them to another node",
             );
         }
@@ -823,6 +831,9 @@ impl KeeperState {
         match r {
             Ok(granted) => {
                 let n = granted.len();
+                for g in &granted {
+                    self.release_sent.remove(&g.shard);
+                }
                 let kept = self.ctx.leases.update(|l| {
                     granted
                         .iter()
