@@ -9,6 +9,7 @@
 
 mod support;
 
+use std::io::Write;
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -41,9 +42,13 @@ fn browser_tools() -> Option<(PathBuf, PathBuf)> {
         std::env::var("CI").as_deref() != Ok("true"),
         "{message}: missing under CI=true"
     );
-    eprintln!("\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
-    eprintln!("!!! SKIPPED: {message}");
-    eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n");
+    // Straight to the process's stderr: the test harness captures `eprintln!` of a passing
+    // test, and this must be seen.
+    let banner = "!".repeat(76);
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n{banner}\n!!! SKIPPED: {message}\n{banner}\n"
+    );
     None
 }
 
