@@ -138,7 +138,7 @@ scenario() {
   # The report without its per-second timeline (kept in $RUN/$name.out and .json).
   sed '/^== timeline/,$d' "$RUN/$name.out"
   grep -v "^workload running" "$RUN/$name.err" >&2 || true
-  echo "history: $RUN/$name.history.jsonl (customer-cluster check-history FILE)"
+  echo "history: $(rel "$RUN/$name.history.jsonl") (customer-cluster check-history FILE)"
   return "$status"
 }
 

@@ -253,6 +253,16 @@ pub const METRICS: &[(&str, MetricKind, &str)] = &[
         "Round trip of one lease renew (send to reply)",
     ),
     (
+        "customer_db_writer_panics_total",
+        MetricKind::Counter,
+        "Panics in the storage writer thread (the writer stops; the database actor restarts it)",
+    ),
+    (
+        "customer_lease_statements_total",
+        MetricKind::Counter,
+        "Lease statements sent to the database, by kind: renew, table, grant, takeover, release, register, own_row, ping",
+    ),
+    (
         "customer_fenced_writes_total",
         MetricKind::Counter,
         "Writes the database refused because the shard's token moved on (not applied)",
@@ -282,6 +292,11 @@ pub const METRICS: &[(&str, MetricKind, &str)] = &[
 /// The `kind` label values of `customer_http_timeouts_total`, registered at start.
 pub const HTTP_TIMEOUT_KINDS: [&str; 3] = ["header", "idle", "request"];
 
+/// The `kind` label values of `customer_lease_statements_total`, registered at start.
+pub const LEASE_STATEMENT_KINDS: [&str; 8] = [
+    "renew", "table", "grant", "takeover", "release", "register", "own_row", "ping",
+];
+
 /// Describes every metric of [`METRICS`] and registers it at zero, so a fresh node already
 /// exports every series: `rate()` and absence alerts need a series to exist before its first
 /// event. Labelled metrics get an unlabelled zero series (their label values are not known in
@@ -306,6 +321,9 @@ fn describe_and_register_catalogue() {
     }
     for kind in HTTP_TIMEOUT_KINDS {
         metrics::counter!("customer_http_timeouts_total", "kind" => kind).absolute(0);
+    }
+    for kind in LEASE_STATEMENT_KINDS {
+        metrics::counter!("customer_lease_statements_total", "kind" => kind).absolute(0);
     }
 }
 

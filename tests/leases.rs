@@ -16,6 +16,8 @@ static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const
 
 /// The shipped lease TTL (`--lease-ttl-ms` default).
 const TTL: Duration = Duration::from_millis(2000);
+/// The shipped renew interval (`--lease-renew-ms` default).
+const RENEW: Duration = Duration::from_millis(500);
 
 async fn patch_name(node: &TestNode, id: &str, name: &str) -> HttpResponse {
     node.client
@@ -275,4 +277,54 @@ async fn sigterm_of_an_owner_under_load_gives_no_error_beyond_503_and_no_stale_r
         }
     }
     assert!(served > 0);
+}
+
+/// This node's `customer_lease_statements_total` by kind.
+async fn lease_statements(node: &TestNode) -> std::collections::BTreeMap<String, f64> {
+    let r = node.client.get("/metrics").await.expect("metrics request");
+    assert_eq!(r.status, 200);
+    String::from_utf8_lossy(&r.body)
+        .lines()
+        .filter(|l| l.starts_with("customer_lease_statements_total{"))
+        .filter_map(|l| {
+            let (_, kind) = l.split_once("kind=\"")?;
+            let (kind, _) = kind.split_once('"')?;
+            Some((kind.to_string(), l.rsplit_once(' ')?.1.parse().ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn in_the_steady_state_the_lease_costs_one_statement_per_node_per_renew_interval() {
+    let _one = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let cluster = TestCluster::start("ss", 3, &[]).await;
+    for i in 0..300 {
+        let r = cluster.nodes[i % 3]
+            .create("Steady", &format!("steady{i}@example.com"))
+            .await;
+        assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    }
+    let before = futures::future::join_all(cluster.nodes.iter().map(lease_statements)).await;
+    // A measuring window, not a wait for a condition: the rate is what is asserted.
+    let window = RENEW * 16;
+    tokio::time::sleep(window).await;
+    let after = futures::future::join_all(cluster.nodes.iter().map(lease_statements)).await;
+    for ((node, b), a) in cluster.nodes.iter().zip(&before).zip(&after) {
+        let delta = |kind: &str| a.get(kind).unwrap_or(&0.0) - b.get(kind).unwrap_or(&0.0);
+        let renews = delta("renew");
+        let others: f64 = a.keys().filter(|k| *k != "renew").map(|k| delta(k)).sum();
+        println!(
+            "{}: {renews} renews and {others} other lease statements in {window:?} ({:.2} per interval)",
+            node.spec.name,
+            (renews + others) / 16.0
+        );
+        assert!(renews >= 8.0, "{}: only {renews} renews", node.spec.name);
+        // At most one table read per TABLE_REFRESH_TICKS (60) intervals for the hints, plus
+        // slack for one placement change; a read every tick would be 16.
+        assert!(
+            others <= 5.0,
+            "{}: {others} non-renew lease statements in 16 intervals: {a:?} vs {b:?}",
+            node.spec.name
+        );
+    }
 }

@@ -253,6 +253,15 @@ impl Actor for Database {
         let Some(engine) = state.engine.as_ref() else {
             return Ok(());
         };
+        if engine.writer_stopped() {
+            // The message is dropped unanswered (its caller sees it dropped: not applied, it
+            // never reached storage); the supervisor starts this actor again over a fresh
+            // engine after its backoff.
+            return Err(
+                "the storage writer thread stopped after a panic; restarting the database actor"
+                    .into(),
+            );
+        }
         if let Some(lease_message) = state.customer_job(engine, message) {
             state.lease_job(engine, lease_message);
         }

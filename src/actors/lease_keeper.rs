@@ -28,7 +28,7 @@
 //! and waiting on a lease on the request path: a request that finds its shard not HELD is
 //! answered `NotHolder` at once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -288,6 +288,8 @@ pub struct KeeperState {
     busy: bool,
     /// Grants and takeovers in flight: no new table read (and plan) until they answered.
     pending_grants: usize,
+    /// Ticks since the last shard-table read was sent.
+    ticks_since_table: u32,
     /// A grant or release reply was lost: reconcile on the next table read.
     reconcile: bool,
     /// Shards in RELEASING since the given tick, released on a later one.
@@ -321,6 +323,7 @@ impl Actor for LeaseKeeper {
             nodes: Vec::new(),
             busy: false,
             pending_grants: 0,
+            ticks_since_table: 0,
             reconcile: false,
             releasing: BTreeMap::new(),
             stopped: false,
@@ -371,6 +374,16 @@ impl Actor for LeaseKeeper {
     }
 }
 
+/// In the steady state the shard table is read once per this many renew intervals, to refresh
+/// the holder hints (every placement change reads it anyway).
+pub const TABLE_REFRESH_TICKS: u32 = 60;
+
+/// Counts one lease statement sent to the database, by kind (see
+/// [`crate::telemetry::LEASE_STATEMENT_KINDS`]).
+fn statement(kind: &'static str) {
+    metrics::counter!("customer_lease_statements_total", "kind" => kind).increment(1);
+}
+
 /// Runs `work` on its own task and sends its result back as a message.
 fn spawn_to<F, M>(myself: &ActorRef<LeaseKeeperMsg>, work: F, wrap: M)
 where
@@ -411,6 +424,7 @@ impl KeeperState {
         if let Some(renew) = self.ctx.leases.update(|l| l.renew_sent(holder_now())) {
             let db = self.ctx.db.clone();
             let sent = Instant::now();
+            statement("renew");
             spawn_to(
                 myself,
                 async move { db.renew(me, renew.k).await },
@@ -422,15 +436,42 @@ impl KeeperState {
             );
         }
         self.release_moved(myself);
-        if !self.busy && self.pending_grants == 0 {
+        self.ticks_since_table += 1;
+        if !self.busy && self.pending_grants == 0 && self.table_wanted() {
             self.busy = true;
+            self.ticks_since_table = 0;
             let db = self.ctx.db.clone();
+            statement("table");
             spawn_to(
                 myself,
                 async move { db.lease_table().await },
                 LeaseKeeperMsg::Table,
             );
         }
+    }
+
+    /// Whether this tick needs the shard table. In the steady state (every shard placement
+    /// gives us is HELD, nothing being released, nothing to reconcile) the renew is the only
+    /// statement per interval; the table is read then only every [`TABLE_REFRESH_TICKS`] to
+    /// refresh the holder hints that redirects and `placement` show. Takeovers need no read of
+    /// their own: a dead node's shards become ours by placement first, and that is a change.
+    fn table_wanted(&self) -> bool {
+        if self.reconcile || !self.releasing.is_empty() {
+            return true;
+        }
+        if self.ticks_since_table >= TABLE_REFRESH_TICKS {
+            return true;
+        }
+        let held: BTreeSet<ShardId> = self
+            .ctx
+            .leases
+            .read()
+            .held()
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        let placed = self.placed_here();
+        placed.len() != held.len() || placed.iter().any(|s| !held.contains(s))
     }
 
     fn register(&mut self, myself: &ActorRef<LeaseKeeperMsg>) {
@@ -440,6 +481,7 @@ impl KeeperState {
         self.busy = true;
         let db = self.ctx.db.clone();
         let (node, inc) = (self.ctx.name.clone(), self.ctx.leases.incarnation());
+        statement("register");
         spawn_to(myself, async move { db.register(&node, inc).await }, |r| {
             LeaseKeeperMsg::Registered(r, holder_now())
         });
@@ -470,6 +512,7 @@ impl KeeperState {
             return false;
         }
         let db = self.ctx.db.clone();
+        statement("ping");
         spawn_to(
             myself,
             async move {
@@ -543,6 +586,7 @@ impl KeeperState {
             shards: self.placed_here(),
         };
         let db = self.ctx.db.clone();
+        statement("own_row");
         spawn_to(
             myself,
             async move { db.takeover_own_row(request).await },
@@ -682,6 +726,7 @@ impl KeeperState {
         for (shard, token) in due {
             self.releasing.remove(&shard);
             let db = self.ctx.db.clone();
+            statement("release");
             spawn_to(
                 myself,
                 async move { db.release(shard, token).await },
@@ -768,6 +813,7 @@ impl KeeperState {
         self.pending_grants += usize::from(!plan.grant.is_empty()) + plan.takeovers.len();
         if !plan.grant.is_empty() {
             let (db, me, shards) = (self.ctx.db.clone(), me.clone(), plan.grant);
+            statement("grant");
             spawn_to(
                 myself,
                 async move {
@@ -797,6 +843,7 @@ impl KeeperState {
                 shards,
             };
             let db = self.ctx.db.clone();
+            statement("takeover");
             spawn_to(
                 myself,
                 async move {

@@ -52,10 +52,16 @@ pub struct RegistryState {
     ctx: Arc<NodeContext>,
     /// What we answer peers' `Hello` with.
     info: NodeInfo,
-    /// The customer actors active here, by customer: where requests are delivered. An entry
-    /// is removed the moment retirement starts, so a request that arrives after it activates a
-    /// fresh actor instead of queueing behind `Passivate`.
+    /// The customer actors active here, by customer: where requests are delivered.
     active: HashMap<CustomerId, Active>,
+    /// Actors told to passivate that have not stopped yet, by customer, with the requests that
+    /// arrived for that customer meanwhile. A retiring actor still works through the requests
+    /// queued ahead of its `Passivate` (reloading its row if it dropped it), so a successor
+    /// started next to it would be a second actor for the same customer under the same lease
+    /// token: writes would race on the version, and reads could come from the older one's
+    /// cache after the newer one acknowledged a write. One actor per customer per node at any
+    /// time: the successor starts when the supervision event says the predecessor stopped.
+    retiring: HashMap<CustomerId, Retiring>,
     /// The reverse index, by actor id: supervision events name only the actor, and an actor
     /// that stops or panics must be mapped back to its customer — and told apart from a
     /// successor already in `active` for the same customer.
@@ -71,6 +77,18 @@ struct Active {
     /// Last delivery, for the idle sweep.
     last_used: Instant,
 }
+
+/// A customer actor between `Passivate` and its stop.
+struct Retiring {
+    /// Which actor: its stop releases the requests below.
+    actor: ActorId,
+    /// Requests for the customer that arrived meanwhile, in arrival order.
+    waiting: Vec<CustomerMsg>,
+}
+
+/// Requests held per customer while its actor passivates; more are refused with a 503 (the
+/// actor is slow to stop, e.g. a write waiting for an unreachable database).
+pub const MAX_WAITING_PER_CUSTOMER: usize = 256;
 
 /// Ids idle for at least `idle_timeout` at `now`.
 pub fn idle_ids<'a>(
@@ -107,6 +125,7 @@ impl Actor for Registry {
             ctx: args.ctx,
             info: args.info,
             active: HashMap::new(),
+            retiring: HashMap::new(),
             by_actor: HashMap::new(),
             sweeper: Some(sweeper),
         })
@@ -169,16 +188,16 @@ impl Actor for Registry {
 
     async fn handle_supervisor_evt(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match event {
             SupervisionEvent::ActorTerminated(cell, _, _) => {
-                state.forget(&cell);
+                state.stopped(&myself, &cell).await;
             }
             SupervisionEvent::ActorFailed(cell, err) => {
-                if let Some(id) = state.forget(&cell) {
+                if let Some(id) = state.stopped(&myself, &cell).await {
                     Counters::bump(&state.ctx.counters.restarts);
                     metrics::counter!("customer_actors_restarted_total").increment(1);
                     tracing::warn!(customer = %id, error = %err, "customer actor panicked; it will be re-activated from the database on next use");
@@ -225,6 +244,17 @@ impl RegistryState {
             metrics::counter!("customer_requests_not_holder_total").increment(1);
             return fail(msg, self.ctx.leases.not_holder(shard));
         }
+        if let Some(retiring) = self.retiring.get_mut(&id) {
+            if retiring.waiting.len() >= MAX_WAITING_PER_CUSTOMER {
+                return fail(
+                    msg,
+                    Error::Unavailable(format!(
+                        "customer {id} is being passivated and {MAX_WAITING_PER_CUSTOMER} requests already wait for it; retry"
+                    )),
+                );
+            }
+            return retiring.waiting.push(msg);
+        }
         let mut msg = msg;
         for _ in 0..2 {
             let actor = match self.actor_for(myself, id).await {
@@ -234,7 +264,8 @@ impl RegistryState {
             match actor.send_message(msg) {
                 Ok(()) => return,
                 Err(ractor::MessagingErr::SendErr(back)) => {
-                    self.forget(&actor.get_cell());
+                    // An active actor that died: nothing waits on it (only retiring ones).
+                    let _ = self.forget(&actor.get_cell());
                     msg = back;
                 }
                 Err(_) => return,
@@ -289,12 +320,19 @@ impl RegistryState {
         }
     }
 
-    /// Removes the entry and queues `Passivate`. Returns whether there was an actor.
+    /// Moves the entry to `retiring` and queues `Passivate`; requests that arrive before the
+    /// actor stopped wait for its successor. Returns whether there was an actor.
     fn retire(&mut self, id: &CustomerId, why: &str) -> bool {
         let Some(active) = self.active.remove(id) else {
             return false;
         };
-        self.by_actor.remove(&active.actor.get_id());
+        self.retiring.insert(
+            *id,
+            Retiring {
+                actor: active.actor.get_id(),
+                waiting: Vec::new(),
+            },
+        );
         let _ = active.actor.cast(CustomerMsg::Passivate);
         Counters::bump(&self.ctx.counters.passivations);
         metrics::counter!("customer_actors_passivated_total").increment(1);
@@ -303,8 +341,9 @@ impl RegistryState {
         true
     }
 
-    /// Drops bookkeeping for a stopped actor; returns its customer id if it was still active.
-    fn forget(&mut self, cell: &ActorCell) -> Option<CustomerId> {
+    /// Drops bookkeeping for a stopped actor. Returns its customer id if it was active or
+    /// retiring, and the requests that waited for it to stop (to deliver to a successor).
+    fn forget(&mut self, cell: &ActorCell) -> Option<(CustomerId, Vec<CustomerMsg>)> {
         let id = self.by_actor.remove(&cell.get_id())?;
         if self
             .active
@@ -313,6 +352,27 @@ impl RegistryState {
         {
             self.active.remove(&id);
             metrics::gauge!("customer_actors_active").decrement(1.0);
+        }
+        let waiting = match self.retiring.get(&id) {
+            Some(r) if r.actor == cell.get_id() => self
+                .retiring
+                .remove(&id)
+                .map(|r| r.waiting)
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
+        Some((id, waiting))
+    }
+
+    /// A customer actor stopped: deliver what waited for it to a successor.
+    async fn stopped(
+        &mut self,
+        myself: &ActorRef<RegistryMsg>,
+        cell: &ActorCell,
+    ) -> Option<CustomerId> {
+        let (id, waiting) = self.forget(cell)?;
+        for msg in waiting {
+            self.deliver(myself, id, msg).await;
         }
         Some(id)
     }

@@ -359,6 +359,12 @@ impl Engine {
         }
     }
 
+    /// Whether the writer thread has stopped while the engine is open: it panicked (see
+    /// `write_loop`); nothing more will be written until the engine is replaced.
+    pub fn writer_stopped(&self) -> bool {
+        self.threads.first().is_some_and(JoinHandle::is_finished)
+    }
+
     /// Closes the queues and waits until every queued request has been completed.
     pub fn shutdown(self) {
         drop(self.lease_tx);
@@ -439,6 +445,10 @@ pub fn next_job<L, W>(
     }
 }
 
+/// The writer thread. It returns when the queues close (shutdown) or after a panic in a job:
+/// a store that panicked mid-statement is not trusted with the next one. The Database actor
+/// notices the stopped writer ([`Engine::writer_stopped`]) and fails, and its supervisor
+/// starts it again over a fresh engine.
 fn write_loop(
     mut store: impl Store,
     leases: &Receiver<LeaseJob>,
@@ -446,27 +456,63 @@ fn write_loop(
     max_batch: usize,
 ) {
     while let Some(next) = next_job(leases, writes, max_batch) {
-        match next {
+        let survived = match next {
             Next::Lease(job) => {
                 #[cfg(test)]
                 stall::wait_while_stalled();
-                job.run(&mut store)
+                // A panicking job drops its reply: its caller sees the request dropped and
+                // treats it as failed (a lease operation never counts as done unanswered).
+                guarded("lease job", || job.run(&mut store)).is_some()
             }
             Next::Writes(batch) => write_batch(&mut store, batch),
+        };
+        if !survived {
+            return;
         }
     }
 }
 
-fn write_batch(store: &mut impl Store, batch: Vec<WriteJob>) {
+/// Runs `f`, turning a panic into `None` and an error log line.
+fn guarded<T>(what: &str, f: impl FnOnce() -> T) -> Option<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(v) => Some(v),
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            tracing::error!(what, panic = %why, "the storage writer panicked; it stops and the database actor restarts it");
+            metrics::counter!("customer_db_writer_panics_total").increment(1);
+            None
+        }
+    }
+}
+
+/// Commits one batch and answers every write in it. Returns false if the store panicked:
+/// the batch's outcome is then unknown (it may have committed), so every write in it is
+/// answered as such (F3: its owner settles the request id), never as "not applied".
+fn write_batch(store: &mut impl Store, batch: Vec<WriteJob>) -> bool {
     let (writes, dones): (Vec<Write>, Vec<Done<WriteOutcome>>) =
         batch.into_iter().map(|j| (j.write, j.done)).unzip();
     #[cfg(test)]
     stall::wait_while_stalled();
     let started = Instant::now();
-    let result = store.write_batch(&writes);
+    let result = guarded("write batch", || {
+        #[cfg(test)]
+        stall::panic_if_asked();
+        store.write_batch(&writes)
+    });
     metrics::histogram!("customer_db_batch_size").record(writes.len() as f64);
     metrics::histogram!("customer_db_commit_seconds").record(started.elapsed().as_secs_f64());
+    let survived = result.is_some();
+    let result = result.unwrap_or_else(|| {
+        Err(Error::Timeout(
+            "the storage writer panicked during the commit".into(),
+        ))
+    });
     complete(result, dones);
+    survived
 }
 
 fn complete(result: Result<Vec<WriteOutcome>>, dones: Vec<Done<WriteOutcome>>) {
@@ -528,6 +574,25 @@ pub mod stall {
 
     pub(super) fn bind(path: PathBuf) {
         KEY.with(|k| *k.borrow_mut() = Some(path));
+    }
+
+    static PANIC_NEXT: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+
+    /// Makes the writer of the database at `path` panic in its next write batch.
+    pub fn panic_next_batch(path: &Path) {
+        let mut set = PANIC_NEXT.lock().unwrap_or_else(|p| p.into_inner());
+        set.insert(path.to_path_buf());
+    }
+
+    pub(super) fn panic_if_asked() {
+        let Some(key) = KEY.with(|k| k.borrow().clone()) else {
+            return;
+        };
+        let asked = PANIC_NEXT
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key);
+        assert!(!asked, "test fault: the writer was asked to panic");
     }
 
     pub(super) fn wait_while_stalled() {

@@ -39,6 +39,21 @@ pub enum Fault {
     DbCut(usize),
 }
 
+impl Fault {
+    /// A file-name-friendly name of the fault's kind.
+    pub fn slug(&self) -> String {
+        match self {
+            Fault::Kill(_) => "kill",
+            Fault::Freeze(_) => "freeze",
+            Fault::Isolate(_) => "isolate",
+            Fault::Minority(_) => "minority",
+            Fault::Partial(..) => "partial",
+            Fault::DbCut(_) => "db-cut",
+        }
+        .to_string()
+    }
+}
+
 impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -167,6 +182,15 @@ impl LabCluster {
     /// Every fault so far, in injection order.
     pub fn timeline(&self) -> &[FaultRecord] {
         &self.timeline
+    }
+
+    /// Copies every node's log to `to` (created), so a failed run can be read afterwards.
+    pub fn keep_logs(&self, to: &std::path::Path) {
+        let _ = std::fs::create_dir_all(to);
+        for node in &self.nodes {
+            let name = format!("{}.log", node.spec.name);
+            let _ = std::fs::copy(self.dir.path().join(&name), to.join(&name));
+        }
     }
 
     /// The timeline as lines, times in ms since `origin` (the workload's time 0).

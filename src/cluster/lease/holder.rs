@@ -161,6 +161,12 @@ pub struct HolderLease {
     next_k: u64,
     pending: BTreeMap<u64, Pending>,
     shards: BTreeMap<ShardId, Shard>,
+    /// Per shard, the highest token this incarnation stopped serving: a release was begun at
+    /// it, or a write under it was fenced, or it was found lost. A release whose reply is late
+    /// or lost may still commit after any lease-table read, and a fence proves the row moved,
+    /// so a row naming us at such a token proves nothing: it is never adopted or served
+    /// again, only released again (L6). Grants always carry a newer token.
+    spent: BTreeMap<ShardId, u64>,
     liveness: Liveness,
     /// Holder-clock time of the last registration or validity extension (L7).
     last_progress: Duration,
@@ -176,6 +182,7 @@ impl HolderLease {
             next_k: 1,
             pending: BTreeMap::new(),
             shards: BTreeMap::new(),
+            spent: BTreeMap::new(),
             liveness: Liveness::Renewing,
             last_progress: now.at,
         }
@@ -320,7 +327,7 @@ impl HolderLease {
     /// (false) when `epoch` is not our current epoch: such a grant can never be served, and
     /// the caller should reconcile or release it.
     pub fn granted(&mut self, shard: ShardId, token: u64, epoch: u64) -> bool {
-        if self.epoch() != Some(epoch) {
+        if self.epoch() != Some(epoch) || self.is_spent(shard, token) {
             return false;
         }
         self.shards.insert(shard, Shard::Held { token, epoch });
@@ -339,6 +346,7 @@ impl HolderLease {
             return false;
         }
         *entry = Shard::Lost { token };
+        self.spend(shard, token);
         true
     }
 
@@ -349,10 +357,23 @@ impl HolderLease {
         match *entry {
             Shard::Held { token, .. } | Shard::Releasing { token } => {
                 *entry = Shard::Releasing { token };
+                self.spend(shard, token);
                 Some(token)
             }
             Shard::Lost { .. } => None,
         }
+    }
+
+    /// Records that `shard` is never to be served again at `token` or below.
+    fn spend(&mut self, shard: ShardId, token: u64) {
+        let highest = self.spent.entry(shard).or_insert(token);
+        *highest = (*highest).max(token);
+    }
+
+    /// Whether `shard`'s grant at `token` was given up (released, fenced or lost): that grant
+    /// may be gone even if a lease-table read still names us at it.
+    fn is_spent(&self, shard: ShardId, token: u64) -> bool {
+        self.spent.get(&shard).is_some_and(|&r| token <= r)
     }
 
     /// Forgets `shard` (its release committed, or its LOST actors are stopped).
@@ -408,7 +429,14 @@ impl HolderLease {
             incarnation: self.incarnation,
             epoch,
         };
-        let decisions = reconcile(&me, rows, &self.held(), placed_here);
+        let adoptable = |shard: ShardId| {
+            placed_here(shard)
+                && rows
+                    .iter()
+                    .find(|r| r.shard == shard)
+                    .is_some_and(|r| !self.is_spent(shard, r.token))
+        };
+        let decisions = reconcile(&me, rows, &self.held(), adoptable);
         for d in &decisions {
             match *d {
                 Reconciled::Adopt { shard, token } => {
@@ -416,12 +444,13 @@ impl HolderLease {
                 }
                 Reconciled::Release { shard, token } => {
                     self.shards.insert(shard, Shard::Releasing { token });
+                    self.spend(shard, token);
                 }
                 Reconciled::Lost { shard } => {
                     if let Some(entry) = self.shards.get_mut(&shard) {
-                        *entry = Shard::Lost {
-                            token: entry.token(),
-                        };
+                        let token = entry.token();
+                        *entry = Shard::Lost { token };
+                        self.spend(shard, token);
                     }
                 }
             }
@@ -826,6 +855,46 @@ mod tests {
         assert_eq!(
             lease.shard_status(9, at(20)),
             Some(ShardStatus::Releasing { token: 2 })
+        );
+    }
+
+    /// A lease-table read that predates our own release (or a fence) still names us at the
+    /// old token. Adopting it would serve a cache from before the shard moved away and back
+    /// — stale reads until the next write. Such a row is released again, never adopted.
+    #[test]
+    fn a_row_naming_us_at_a_token_we_released_or_saw_fenced_is_never_adopted() {
+        let mut lease = holding();
+        renew(&mut lease, 0, 10);
+        assert!(lease.granted(8, 5, 1));
+        assert_eq!(lease.begin_release(7), Some(3));
+        assert!(lease.on_fenced(8, 5));
+        let row = |shard, token| ShardLeaseRow {
+            shard,
+            holder: Some("n1".into()),
+            holder_incarnation: INC,
+            holder_epoch: 1,
+            token,
+        };
+        // Placement gives both shards back to us; the (stale) rows still name us.
+        let decisions = lease.reconcile("n1", &[row(7, 3), row(8, 5)], |_| true);
+        assert_eq!(
+            decisions,
+            [
+                Reconciled::Release { shard: 7, token: 3 },
+                Reconciled::Release { shard: 8, token: 5 },
+            ]
+        );
+        assert_eq!(lease.shard_state(7, at(20)), ShardState::NotHolder);
+        assert_eq!(lease.shard_state(8, at(20)), ShardState::NotHolder);
+        // Nor does a grant reply at a spent token bring it back; a newer grant does.
+        assert!(!lease.granted(7, 3, 1));
+        assert!(lease.granted(7, 6, 1));
+        assert_eq!(
+            lease.shard_state(7, at(20)),
+            ShardState::Serve {
+                token: 6,
+                valid_until: ms(1950)
+            }
         );
     }
 
