@@ -132,6 +132,16 @@ pub enum Command {
         #[command(flatten)]
         opts: ClientOpts,
     },
+    /// Print the cluster events one node sees: its recent ones (up to 200), then new ones as
+    /// they happen (members, placement, shard leases, restarts, database availability).
+    Events {
+        /// Follow or stop.
+        #[command(flatten)]
+        args: crate::client::events::EventsArgs,
+        /// Connection options.
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
     /// Print a shell completion script to stdout.
     #[command(after_help = "Install, e.g.:\n  \
         bash: customer-cluster completions bash > ~/.local/share/bash-completion/completions/customer-cluster\n  \

@@ -35,6 +35,7 @@
 //! * [`faults`] — fault testing: the failover workload and its report, and the
 //!   linearizability checker for recorded histories.
 //! * [`clock`] — every clock the crate reads (wall clock for records, the raw holder clock).
+//! * [`events`] — the node's event bus behind `GET /v1/events` and the dashboard.
 //! * [`config`], [`node`], [`telemetry`], [`cli`] — wiring.
 
 #![warn(missing_docs)]
@@ -50,6 +51,7 @@ pub mod codec;
 pub mod config;
 pub mod customer;
 pub mod error;
+pub mod events;
 pub mod faults;
 pub mod node;
 pub mod storage;

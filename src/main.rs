@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use customer_cluster::cli::{self, Cli, Command, NodeArgs};
-use customer_cluster::client::{commands, exit::Ending, import};
+use customer_cluster::client::{self, commands, exit::Ending, import};
 use customer_cluster::config::Config;
 use customer_cluster::{bench, faults};
 
@@ -15,6 +15,7 @@ async fn main() -> ExitCode {
     let ending = match Cli::parse().command {
         Command::Node(args) => node(*args).await,
         Command::Status { args, opts } => commands::status_command(&opts, &args).await,
+        Command::Events { args, opts } => client::events::command(&opts, &args).await,
         Command::Bench(args) => bench::command(&args).await,
         Command::BenchReport(args) => Ending::text(bench::compare::run(&args)),
         Command::Workload(args) => faults::command(&args).await,

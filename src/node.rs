@@ -33,6 +33,7 @@ use crate::cluster::placement::{Member, Ring};
 use crate::cluster::protocol::{NodeInfo, PROTOCOL_VERSION};
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::events::EventBus;
 
 /// A running node.
 pub struct RunningNode {
@@ -80,6 +81,7 @@ pub async fn start_actors(
     };
     let (view_tx, view_rx) = watch::channel(Arc::new(View::single(Ring::single(local))));
     let lease = Lease::new(config.failure_timeout, Instant::now());
+    let events = EventBus::new(&config.name);
     let ctx = Arc::new(NodeContext {
         name: config.name.clone(),
         request_timeout: config.request_timeout,
@@ -96,6 +98,7 @@ pub async fn start_actors(
         unsettled: Default::default(),
         db: DatabaseClient::new(&config.name, config.request_timeout),
         counters: Counters::default(),
+        events: events.clone(),
         #[cfg(test)]
         faults: Default::default(),
     });
@@ -117,6 +120,7 @@ pub async fn start_actors(
         view_tx: Arc::new(view_tx),
         lease,
         mesh,
+        events,
     };
     let args = SupervisorArgs {
         ctx: ctx.clone(),
@@ -215,6 +219,7 @@ impl RunningNode {
         tracing::info!("leaving the cluster");
         let _ = ractor::call!(self.supervisor, SupervisorMsg::LeaveCluster);
         release_leases(&self.config.name).await;
+        self.ctx.events.close();
         let _ = self.http_stop.send(true);
         let grace = self.config.shutdown_grace;
         match tokio::time::timeout(grace, self.http).await {

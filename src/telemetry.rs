@@ -277,6 +277,16 @@ pub const METRICS: &[(&str, MetricKind, &str)] = &[
         MetricKind::Counter,
         "Writes answered with the result stored for their request id (nothing applied)",
     ),
+    (
+        "customer_events_total",
+        MetricKind::Counter,
+        "Cluster events this node emitted on its event bus (GET /v1/events), by kind",
+    ),
+    (
+        "customer_event_subscribers_dropped_total",
+        MetricKind::Counter,
+        "Event streams ended because their reader fell more than 256 events behind",
+    ),
 ];
 
 /// The `kind` label values of `customer_http_timeouts_total`, registered at start.

@@ -685,6 +685,8 @@ async fn the_openapi_document_is_valid_and_matches_the_router() {
         ("/v1/customers/{id}/placement", vec!["get"]),
         ("/v1/cluster", vec!["get"]),
         ("/v1/cluster/ping/{node}", vec!["get"]),
+        ("/v1/cluster/shards", vec!["get"]),
+        ("/v1/events", vec!["get"]),
         ("/health", vec!["get"]),
         ("/ready", vec!["get"]),
         ("/metrics", vec!["get"]),
@@ -710,6 +712,9 @@ async fn the_openapi_document_is_valid_and_matches_the_router() {
                 !op["responses"].as_object().unwrap().is_empty(),
                 "{method} {path}"
             );
+            if *path == "/v1/events" {
+                continue; // a stream that never ends: routed, see the event stream tests
+            }
             let uri = path
                 .replace("{id}", "01900000-0000-7000-8000-000000000000")
                 .replace("{node}", "nobody");
@@ -727,6 +732,8 @@ async fn the_openapi_document_is_valid_and_matches_the_router() {
         "CustomerPatchInput",
         "ListResponse",
         "ClusterJson",
+        "ShardMapJson",
+        "ClusterEvent",
         "ErrorBody",
     ] {
         assert!(
@@ -864,4 +871,153 @@ async fn the_placement_of_a_customer_names_its_shard_owner_and_lease() {
     let left = lease["valid_for_ms"].as_u64().unwrap();
     assert!(left > 0 && left <= 2000, "{left}");
     assert_eq!(lease["actor_active"], true);
+}
+
+/// Reads SSE frames from a streaming body until one satisfies `found` (or 10 s pass).
+async fn sse_until(body: Body, found: impl Fn(&str) -> bool) -> String {
+    let mut stream = body.into_data_stream();
+    let mut seen = String::new();
+    let deadline = std::time::Duration::from_secs(10);
+    tokio::time::timeout(deadline, async {
+        use futures::StreamExt;
+        while let Some(chunk) = stream.next().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk.expect("body chunk")));
+            if found(&seen) {
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no matching event in: {seen}"));
+    seen
+}
+
+#[tokio::test]
+async fn the_event_stream_replays_recent_events_then_sends_new_ones() {
+    let app = app_with(true, &["secret-token"]).await;
+    let denied = send(&app, empty("GET", "/v1/events")).await;
+    assert_eq!(denied.status, StatusCode::UNAUTHORIZED);
+    let bus = &app.actors.ctx.events;
+    bus.emit(
+        customer_cluster::events::EventKind::MemberEvicted,
+        "n9",
+        "silent for 1600 ms",
+    );
+    let request = req("GET", "/v1/events")
+        .header(header::AUTHORIZATION, "Bearer secret-token")
+        .body(Body::empty())
+        .unwrap();
+    let response = app.router.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let content_type = response.headers()[header::CONTENT_TYPE].to_str().unwrap();
+    assert!(
+        content_type.starts_with("text/event-stream"),
+        "{content_type}"
+    );
+    let body = response.into_body();
+    // The node's own start (leases granted) was recorded before we subscribed: replayed.
+    let replayed = sse_until(body, |s| s.contains("member_evicted")).await;
+    assert!(replayed.contains("lease_acquired"), "{replayed}");
+    let line = replayed
+        .lines()
+        .find(|l| l.contains("member_evicted"))
+        .unwrap();
+    let event: Value = serde_json::from_str(line.trim_start_matches("data:").trim()).unwrap();
+    assert_eq!(event["detail"], "n9");
+    assert_eq!(event["cause"], "silent for 1600 ms");
+    assert_eq!(event["node"], app.actors.ctx.name.as_str());
+
+    // A live event reaches a stream that is already open.
+    let request = req("GET", "/v1/events")
+        .header(header::AUTHORIZATION, "Bearer secret-token")
+        .body(Body::empty())
+        .unwrap();
+    let body = app
+        .router
+        .clone()
+        .oneshot(request)
+        .await
+        .unwrap()
+        .into_body();
+    let emitter = bus.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        emitter.emit(
+            customer_cluster::events::EventKind::ActorRestarted,
+            "live-one",
+            "test",
+        );
+    });
+    sse_until(body, |s| s.contains("live-one")).await;
+}
+
+#[tokio::test]
+async fn a_subscriber_that_falls_behind_gets_a_final_dropped_event() {
+    let app = app().await;
+    let body = app
+        .router
+        .clone()
+        .oneshot(empty("GET", "/v1/events"))
+        .await
+        .unwrap()
+        .into_body();
+    // The stream is not read while far more events than its buffer are emitted.
+    for i in 0..customer_cluster::events::SUBSCRIBER_BUFFER * 2 + 300 {
+        app.actors.ctx.events.emit(
+            customer_cluster::events::EventKind::PlacementChanged,
+            format!("{i}"),
+            "flood",
+        );
+    }
+    let all = sse_until(body, |s| s.contains("event: dropped")).await;
+    assert!(all.contains("\"missed\""), "{all}");
+}
+
+#[tokio::test]
+async fn the_shard_table_lists_every_shard_with_owner_and_lease() {
+    let app = app().await;
+    let r = send(&app, empty("GET", "/v1/cluster/shards")).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let shards = r.body["shards"].as_array().expect("shards");
+    assert_eq!(shards.len(), 1024);
+    let me = app.actors.ctx.name.as_str();
+    for (i, s) in shards.iter().enumerate() {
+        assert_eq!(s["shard"], i as u64);
+        assert_eq!(s["owner"], me);
+    }
+    // Ready means every shard's lease is held here.
+    assert!(
+        shards
+            .iter()
+            .all(|s| s["state"] == "held" && s["holder"] == me),
+        "{:?}",
+        &shards[..3]
+    );
+}
+
+#[tokio::test]
+async fn the_dashboard_is_static_and_served_without_a_token() {
+    let app = app_with(true, &["secret-token"]).await;
+    for (path, kind, needle) in [
+        ("/dashboard", "text/html", "shard-map"),
+        ("/dashboard/app.js", "text/javascript", "sessionStorage"),
+        ("/dashboard/style.css", "text/css", "#shard-map"),
+    ] {
+        let response = app
+            .router
+            .clone()
+            .oneshot(empty("GET", path))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        let ct = response.headers()[header::CONTENT_TYPE].to_str().unwrap();
+        assert!(ct.starts_with(kind), "{path}: {ct}");
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        assert!(String::from_utf8_lossy(&bytes).contains(needle), "{path}");
+    }
+    let missing = send(&app, empty("GET", "/dashboard/secrets.txt")).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    // The data behind it is not open.
+    let shards = send(&app, empty("GET", "/v1/cluster/shards")).await;
+    assert_eq!(shards.status, StatusCode::UNAUTHORIZED);
 }

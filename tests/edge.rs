@@ -1,6 +1,7 @@
 //! The HTTP edge against a real node process over raw TCP: slow and idle clients are cut at
 //! their timeouts, connections over the cap are refused at once while open ones keep working,
-//! and `/metrics` neither grows with what clients send nor lacks any catalogued metric.
+//! an open event stream is not taken for an idle connection, and `/metrics` neither grows with
+//! what clients send nor lacks any catalogued metric.
 
 mod support;
 
@@ -307,5 +308,35 @@ async fn made_up_methods_and_paths_do_not_grow_metrics_and_a_fresh_node_exports_
         series_count(&after),
         series_count(&before),
         "200 made-up requests added series"
+    );
+}
+
+#[tokio::test]
+async fn an_open_event_stream_is_not_cut_at_the_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node("streamer", dir.path(), &["--http-idle-timeout-ms", "1000"]).await;
+    let mut stream = connect(&node).await;
+    stream
+        .write_all(b"GET /v1/events HTTP/1.1\r\nhost: test\r\n\r\n")
+        .await
+        .unwrap();
+    // The head and the replay of the node's start-up events, until the stream goes quiet.
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 8192];
+    while let Ok(Ok(n)) =
+        tokio::time::timeout(Duration::from_millis(300), stream.read(&mut chunk)).await
+    {
+        assert!(n > 0, "the stream closed while replaying");
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    let seen = String::from_utf8_lossy(&seen);
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    assert!(seen.contains("text/event-stream"), "{seen}");
+    assert!(seen.contains("lease_acquired"), "{seen}");
+    // Quiet for well past the 1 s idle limit: a stream in flight is not an idle connection.
+    assert_eq!(
+        closed_within(&mut stream, Duration::from_millis(3000)).await,
+        None,
+        "the event stream was cut as if the connection were idle"
     );
 }

@@ -50,6 +50,8 @@ pub struct DatabaseArgs {
     pub node: String,
     /// Storage engine settings.
     pub engine: EngineConfig,
+    /// Where availability changes (a rival database node appearing or leaving) are reported.
+    pub events: crate::events::EventBus,
 }
 
 /// State of [`Database`].
@@ -61,6 +63,8 @@ pub struct DatabaseState {
     rivals: Vec<String>,
     /// Whether the backend is shared by every node (PostgreSQL): then there are no rivals.
     shared: bool,
+    /// Where availability changes are reported.
+    events: crate::events::EventBus,
 }
 
 impl DatabaseState {
@@ -122,7 +126,17 @@ impl DatabaseState {
         }
         if rivals.is_empty() {
             tracing::info!("this is the only database node again; serving database requests");
+            self.events.emit(
+                crate::events::EventKind::DatabaseAvailability,
+                "available",
+                "this is the only database node again",
+            );
         } else {
+            self.events.emit(
+                crate::events::EventKind::DatabaseAvailability,
+                "unavailable",
+                format!("other database nodes: {}", rivals.join(",")),
+            );
             tracing::error!(
                 others = ?rivals,
                 "another node also hosts a database; SQLite is not replicated, so every database request is refused until only one database node remains (stop the others or restart them without --db-path)"
@@ -208,6 +222,7 @@ impl Actor for Database {
             engine: Some(engine),
             rivals: Vec::new(),
             shared: args.engine.backend.is_shared(),
+            events: args.events,
         };
         state.check_rivals();
         Ok(state)

@@ -44,6 +44,7 @@ use crate::cluster::lease::{
 };
 use crate::cluster::protocol::{OwnRowRequest, REGISTRY_GROUP, TakeoverRequest, registry_name};
 use crate::error::{Error, Result};
+use crate::events::EventKind;
 use crate::storage::{
     Grant, Holder, NodeLease, Registration, Release, Renewal, ShardGrant, ShardId, ShardLease,
     Takeover,
@@ -295,6 +296,11 @@ pub struct KeeperState {
     releasing: BTreeMap<ShardId, (u64, Instant)>,
     /// After a graceful stop: do nothing more.
     stopped: bool,
+    /// Shards whose release was sent since they were last granted: the releasing set may send
+    /// one again after its answer, and the `lease_released` event counts each shard once.
+    release_sent: std::collections::BTreeSet<ShardId>,
+    /// Whether the last renew reached the database: a change is reported as an event.
+    db_reachable: bool,
     ticker: Option<JoinHandle<()>>,
 }
 
@@ -321,6 +327,8 @@ impl Actor for LeaseKeeper {
             reconcile: false,
             releasing: BTreeMap::new(),
             stopped: false,
+            release_sent: Default::default(),
+            db_reachable: true,
             ticker: Some(ticker),
         })
     }
@@ -488,6 +496,11 @@ impl KeeperState {
             tracing::error!(
                 "no lease renew succeeded for a whole TTL: stopped renewing and left the registry so others may take our shards over"
             );
+            self.emit(
+                EventKind::LeaseExpired,
+                "every shard of this node",
+                "no lease renew succeeded for a whole TTL; left the registry",
+            );
         }
         if !leases.read().is_stopped() {
             return false;
@@ -614,6 +627,7 @@ impl KeeperState {
     ) {
         match r {
             Ok(Renewal::Renewed { table }) => {
+                self.database_seen(Ok(()));
                 self.ctx
                     .leases
                     .update(|l| l.renew_succeeded(renew.k, renew.epoch, at));
@@ -622,8 +636,35 @@ impl KeeperState {
             }
             Ok(Renewal::Lost { current }) => self.on_lost(myself, renew.epoch, &current),
             Ok(Renewal::Superseded { current }) => superseded(&self.ctx, current.as_ref()),
-            Err(e) => tracing::debug!(k = renew.k, error = %e, "renew failed"),
+            Err(e) => {
+                tracing::debug!(k = renew.k, error = %e, "renew failed");
+                self.database_seen(Err(e));
+            }
         }
+    }
+
+    /// Reports the database becoming unreachable (or reachable again) through lease renews.
+    fn database_seen(&mut self, outcome: Result<()>) {
+        if outcome.is_ok() == self.db_reachable {
+            return;
+        }
+        self.db_reachable = outcome.is_ok();
+        match outcome {
+            Ok(()) => self.emit(
+                EventKind::DatabaseAvailability,
+                "available",
+                "a lease renew succeeded again",
+            ),
+            Err(e) => self.emit(
+                EventKind::DatabaseAvailability,
+                "unavailable",
+                format!("a lease renew failed: {e}"),
+            ),
+        }
+    }
+
+    fn emit(&self, kind: EventKind, detail: impl Into<String>, cause: impl Into<String>) {
+        self.ctx.events.emit(kind, detail, cause);
     }
 
     fn on_lost(&mut self, myself: &ActorRef<LeaseKeeperMsg>, epoch: u64, current: &NodeLease) {
@@ -636,6 +677,14 @@ impl KeeperState {
             now = current.epoch,
             lost = lost.len(),
             "this node's lease was revoked: every shard is LOST; registering again"
+        );
+        self.emit(
+            EventKind::LeaseExpired,
+            format!("{} shards lost", lost.len()),
+            format!(
+                "this node's lease was revoked (epoch {epoch} → {})",
+                current.epoch
+            ),
         );
         self.ctx
             .leases
@@ -663,6 +712,17 @@ impl KeeperState {
             .filter(|(_, (_, since))| since.elapsed() >= interval)
             .map(|(s, (t, _))| (*s, *t))
             .collect();
+        let fresh = due
+            .iter()
+            .filter(|(s, _)| self.release_sent.insert(*s))
+            .count();
+        if fresh > 0 {
+            self.emit(
+                EventKind::LeaseReleased,
+                format!("{fresh} shards"),
+                "placement gives them to another node",
+            );
+        }
         for (shard, token) in due {
             self.releasing.remove(&shard);
             let db = self.ctx.db.clone();
@@ -767,6 +827,11 @@ impl KeeperState {
         }
         for (victim, shards) in plan.takeovers {
             tracing::info!(victim = %victim.node, shards = shards.len(), "holder's lease row stood still for TTL: taking its shards over");
+            self.emit(
+                EventKind::LeaseExpired,
+                format!("{} shards of {}", shards.len(), victim.node),
+                "its lease row stood still for TTL; taking its shards over",
+            );
             let request = TakeoverRequest {
                 contender: me.clone(),
                 victim: crate::storage::Observed {
@@ -813,6 +878,9 @@ impl KeeperState {
         match r {
             Ok(granted) => {
                 let n = granted.len();
+                for g in &granted {
+                    self.release_sent.remove(&g.shard);
+                }
                 let kept = self.ctx.leases.update(|l| {
                     granted
                         .iter()
@@ -825,6 +893,11 @@ impl KeeperState {
                 if n > 0 {
                     metrics::counter!("customer_leases_acquired_total").increment(n as u64);
                     tracing::info!(granted = n, epoch, "shard leases granted");
+                    self.emit(
+                        EventKind::LeaseAcquired,
+                        format!("{n} shards"),
+                        format!("granted under epoch {epoch}"),
+                    );
                 }
             }
             Err(e) => {
@@ -861,6 +934,11 @@ impl KeeperState {
             .clear_incarnation(&self.ctx.name, self.ctx.leases.incarnation())
             .await;
         tracing::info!(released = ok, of = held.len(), cleared = ?cleared, "shard leases released for shutdown");
+        self.emit(
+            EventKind::LeaseReleased,
+            format!("{ok} of {} shards", held.len()),
+            "graceful shutdown",
+        );
     }
 }
 

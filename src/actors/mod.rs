@@ -33,6 +33,7 @@ pub mod database;
 pub mod gateway;
 pub mod lease_keeper;
 pub mod registry;
+pub mod shard_map;
 pub mod supervisor;
 
 use std::sync::Arc;
@@ -77,6 +78,8 @@ pub struct NodeContext {
     pub db: DatabaseClient,
     /// Counters shared by the Registry and customer actors.
     pub counters: Counters,
+    /// Cluster events as this node sees them (`GET /v1/events`, the dashboard).
+    pub events: crate::events::EventBus,
     /// Faults a test injects into this node; kept out of every wire type.
     #[cfg(test)]
     pub faults: TestFaults,

@@ -201,6 +201,11 @@ impl Actor for Registry {
                     Counters::bump(&state.ctx.counters.restarts);
                     metrics::counter!("customer_actors_restarted_total").increment(1);
                     tracing::warn!(customer = %id, error = %err, "customer actor panicked; it will be re-activated from the database on next use");
+                    state.ctx.events.emit(
+                        crate::events::EventKind::ActorRestarted,
+                        format!("customer {id}"),
+                        format!("panicked ({err}); re-activated from the database on next use"),
+                    );
                 }
             }
             _ => {}

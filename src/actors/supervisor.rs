@@ -206,6 +206,11 @@ impl SupervisorState {
             RestartDecision::LeaveStopped => {}
             RestartDecision::RestartAfter(delay) => {
                 tracing::warn!(child = name, reason = %why, delay_ms = delay.as_millis() as u64, "child stopped unexpectedly; restarting it after a backoff");
+                self.args.ctx.events.emit(
+                    crate::events::EventKind::ActorRestarted,
+                    name,
+                    format!("{why}; restarting after {} ms", delay.as_millis()),
+                );
                 myself.send_after(delay, move || SupervisorMsg::Restart(child));
             }
             RestartDecision::GiveUp { restarts } => {
@@ -245,6 +250,7 @@ impl SupervisorState {
                 let args = DatabaseArgs {
                     node: self.args.ctx.name.clone(),
                     engine,
+                    events: self.args.ctx.events.clone(),
                 };
                 database::spawn(args, supervisor).await?.get_cell()
             }

@@ -417,7 +417,11 @@ pub async fn ready(State(s): State<AppState>) -> ApiResult {
 pub async fn metrics(State(s): State<AppState>) -> Response {
     match &s.metrics {
         Some(handle) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            [
+                (header::CONTENT_TYPE, "text/plain; version=0.0.4"),
+                // Unauthenticated already; lets a dashboard served by a peer read the rates.
+                (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+            ],
             handle.render(),
         )
             .into_response(),

@@ -14,13 +14,17 @@
 //! client), `json` the axum extractor over them, `handlers` the routes, `openapi` the document
 //! generated from both, `error` the one error→status mapping, `middleware` the layers, and
 //! `server` the accept loop with the edge's limits (connections, header/idle timeouts).
+//! `events` streams the node's event bus (SSE) and its shard table; `dashboard` serves the
+//! static page that watches them.
 //!
 //! Deliberately not here: business rules (in `customer`), routing decisions (in
 //! `actors::gateway`), TLS for clients (terminate it in a proxy in front of the node). Nothing
 //! here reaches past the actors layer: cluster state and storage limits come through the
 //! [`Gateway`] (checked by `tests/architecture.rs`).
 
+pub mod dashboard;
 pub mod error;
+pub mod events;
 pub mod handlers;
 pub mod json;
 pub mod middleware;
@@ -112,6 +116,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/customers/{id}/placement", get(placement))
         .route("/v1/cluster", get(cluster))
         .route("/v1/cluster/ping/{node}", get(ping))
+        .route("/v1/cluster/shards", get(events::shards))
+        .route("/v1/events", get(events::events))
         .route_layer(from_fn_with_state(state.clone(), middleware::auth));
     Router::new()
         .merge(v1)
@@ -119,6 +125,8 @@ pub fn router(state: AppState) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi::document))
+        .route("/dashboard", get(dashboard::page))
+        .route("/dashboard/{asset}", get(dashboard::asset))
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(state.max_body_bytes))

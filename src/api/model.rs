@@ -290,6 +290,32 @@ pub struct PingJson {
     pub mean_us: u64,
 }
 
+/// Response of `GET /v1/cluster/shards`: every shard's owner and lease as this node sees them.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ShardMapJson {
+    /// The node that answered.
+    pub node: String,
+    /// Placement epoch of this node's view.
+    pub epoch: u64,
+    /// All 1024 shards, shard 0 first.
+    pub shards: Vec<ShardJson>,
+}
+
+/// One shard in [`ShardMapJson`].
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ShardJson {
+    /// Shard number, 0 to 1023.
+    pub shard: u16,
+    /// The member placement gives it to (`null` without members).
+    pub owner: Option<String>,
+    /// The node holding its lease in the last lease table read (`null` when free).
+    pub holder: Option<String>,
+    /// Fencing token of that lease (0 when never granted).
+    pub token: u64,
+    /// `held`, `lapsed`, `lost`, `releasing`, `free` or `unknown` (before the first read).
+    pub state: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,8 +15,9 @@ use super::error::{ErrorBody, ErrorDetail};
 use super::handlers;
 use super::model::{
     ClusterJson, CustomerInput, CustomerJson, CustomerPatchInput, LeaseJson, ListResponse,
-    MemberJson, PingJson, PlacementJson,
+    MemberJson, PingJson, PlacementJson, ShardJson, ShardMapJson,
 };
+use crate::events::{ClusterEvent, EventKind};
 
 /// The OpenAPI document.
 #[derive(OpenApi)]
@@ -35,6 +36,8 @@ use super::model::{
         handlers::placement,
         handlers::cluster,
         handlers::ping,
+        super::events::shards,
+        super::events::events,
         handlers::health,
         handlers::ready,
         handlers::metrics,
@@ -50,6 +53,10 @@ use super::model::{
         PlacementJson,
         LeaseJson,
         PingJson,
+        ShardMapJson,
+        ShardJson,
+        ClusterEvent,
+        EventKind,
         ErrorBody,
         ErrorDetail
     )),

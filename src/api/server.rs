@@ -42,6 +42,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
+use futures::StreamExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -178,6 +179,27 @@ impl Watch {
             }
         }
     }
+}
+
+/// Marks a request finished on its connection when dropped: when its answer is handed to
+/// hyper, or for a stream, when its body ends.
+struct Finished(Arc<Watch>);
+
+impl Drop for Finished {
+    fn drop(&mut self) {
+        self.0.update(|s| {
+            s.request_finished(Instant::now());
+            true
+        });
+    }
+}
+
+/// Whether `response` is a long-lived stream (Server-Sent Events).
+fn is_stream(response: &axum::response::Response) -> bool {
+    response
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
 }
 
 /// The socket, reporting arriving bytes to the connection's [`Watch`].
@@ -348,12 +370,20 @@ async fn serve_connection(
         });
         let answer = app.clone().oneshot(req.map(Body::new));
         async move {
-            let response = answer.await;
-            watch.update(|s| {
-                s.request_finished(Instant::now());
-                true
-            });
-            response
+            let response = answer.await?;
+            let finished = Finished(watch);
+            if !is_stream(&response) {
+                return Ok::<_, std::convert::Infallible>(response);
+            }
+            // A stream is in flight until its body ends, not when its head is sent: the idle
+            // timeout must not cut a quiet event stream.
+            Ok(response.map(|body| {
+                let chunks = body.into_data_stream().map(move |chunk| {
+                    let _ = &finished;
+                    chunk
+                });
+                Body::from_stream(chunks)
+            }))
         }
     });
     let connection = hyper::server::conn::http1::Builder::new().serve_connection(io, service);

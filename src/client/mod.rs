@@ -7,6 +7,7 @@
 //! silently downgrading.
 
 pub mod commands;
+pub mod events;
 pub mod exit;
 pub mod import;
 
@@ -160,6 +161,43 @@ impl HttpClient {
     /// The node URL.
     pub fn base(&self) -> &str {
         &self.base
+    }
+
+    /// Opens a long-lived GET (an event stream): the head must arrive within the client's
+    /// timeout, the body is the caller's to read for as long as it likes. An error status is
+    /// read in full and returned as the API's error.
+    pub async fn open_stream(&self, path: &str) -> Result<hyper::body::Incoming, ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let mut builder = Request::builder()
+            .method(Method::GET)
+            .uri(&url)
+            .header(hyper::header::ACCEPT, "text/event-stream");
+        if let Some(token) = &self.token {
+            builder = builder.header(AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = builder
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ClientError::Url(url.clone(), e.to_string()))?;
+        let head = tokio::time::timeout(self.timeout, self.inner.request(request))
+            .await
+            .map_err(|_| ClientError::Timeout(self.base.clone(), self.timeout))?
+            .map_err(|e| self.unreachable(error_chain(&e)))?;
+        let (parts, body) = head.into_parts();
+        if parts.status.is_success() {
+            return Ok(body);
+        }
+        let body = tokio::time::timeout(self.timeout, body.collect())
+            .await
+            .map_err(|_| ClientError::Timeout(self.base.clone(), self.timeout))?
+            .map_err(|e| self.unreachable(e.to_string()))?;
+        Err(HttpResponse {
+            status: parts.status,
+            headers: parts.headers,
+            body: body.to_bytes(),
+        }
+        .ok()
+        .err()
+        .unwrap_or_else(|| ClientError::Decode(format!("HTTP {}", parts.status))))
     }
 
     /// Sends a request; `body` is sent as JSON (`Content-Type` from `headers` if given).

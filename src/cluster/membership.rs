@@ -49,6 +49,7 @@ use super::protocol::{
 };
 use crate::codec::Wire;
 use crate::error::{Error, Result};
+use crate::events::{EventBus, EventKind};
 
 /// The placement view: the ring plus the Registry of every remote member.
 #[derive(Debug, Clone)]
@@ -173,6 +174,8 @@ pub struct MembershipArgs {
     pub lease: Lease,
     /// The transport; `None` runs without a mesh (a lone in-process node).
     pub mesh: Option<Mesh>,
+    /// Where member and placement changes are reported (`GET /v1/events`).
+    pub events: EventBus,
 }
 
 /// A member other than us.
@@ -421,6 +424,15 @@ impl MembershipState {
                 self.dials.want(&info.cluster_addr, now);
                 let name = info.name.clone();
                 tracing::info!(peer = %name, addr = %info.cluster_addr, db = info.hosts_db, "member {}", if restarted { "restarted" } else { "joined" });
+                let (kind, cause) = if restarted {
+                    (
+                        EventKind::MemberRejoined,
+                        "a new process start of this node",
+                    )
+                } else {
+                    (EventKind::MemberUp, "handshake finished")
+                };
+                self.args.events.emit(kind, &name, cause);
                 self.detector.add(&name, now);
                 self.peers.insert(
                     name,
@@ -471,6 +483,11 @@ impl MembershipState {
         self.peers.remove(&node);
         self.detector.remove(&node);
         tracing::info!(peer = %node, "member left");
+        self.args.events.emit(
+            EventKind::MemberLeft,
+            &node,
+            "its Registry left the process group (stopped, or its session closed)",
+        );
         self.publish("member left");
     }
 
@@ -560,6 +577,8 @@ impl MembershipState {
                         "member suspected: no heartbeat answer"
                     );
                     metrics::counter!("customer_heartbeat_suspicions_total").increment(1);
+                    let cause = format!("no heartbeat answer for {} ms", silent_for.as_millis());
+                    self.args.events.emit(EventKind::MemberSuspect, peer, cause);
                 }
                 Verdict::Evict { peer, silent_for } => self.evict(&peer, silent_for),
             }
@@ -594,6 +613,11 @@ impl MembershipState {
             "member evicted: silent for longer than the failure timeout"
         );
         metrics::counter!("customer_members_evicted_total").increment(1);
+        let cause = format!(
+            "silent for {} ms, longer than the failure timeout",
+            silent_for.as_millis()
+        );
+        self.args.events.emit(EventKind::MemberEvicted, peer, cause);
         self.peers.remove(peer);
         for s in self.sessions.values() {
             if s.event.peer_node() == Some(peer) {
@@ -649,6 +673,15 @@ impl MembershipState {
         let ring = previous.ring.next(members);
         let epoch = ring.epoch;
         tracing::info!(epoch, members = ?ring.names(), why, "placement view published");
+        let moved = previous.ring.shards_moved(&ring);
+        let detail = format!(
+            "epoch {epoch}: members {}; {moved} of {} shards moved",
+            ring.names().join(","),
+            crate::cluster::placement::SHARDS
+        );
+        self.args
+            .events
+            .emit(EventKind::PlacementChanged, detail, why);
         metrics::gauge!("customer_cluster_members").set(ring.members.len() as f64);
         metrics::counter!("customer_placement_changes_total").increment(1);
         self.args

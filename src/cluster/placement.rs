@@ -179,6 +179,15 @@ impl Ring {
             .collect()
     }
 
+    /// How many of the [`SHARDS`] shards have another owner in `other` than here.
+    pub fn shards_moved(&self, other: &Ring) -> usize {
+        (0..SHARDS)
+            .filter(|s| {
+                self.shard_owner(*s).map(|m| &m.name) != other.shard_owner(*s).map(|m| &m.name)
+            })
+            .count()
+    }
+
     /// Member names, sorted.
     pub fn names(&self) -> Vec<&str> {
         self.members.iter().map(|m| m.name.as_str()).collect()

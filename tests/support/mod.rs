@@ -139,9 +139,15 @@ impl TestNode {
     /// Starts the node; its stderr goes to `<log_dir>/<name>.log`.
     pub fn start(spec: NodeSpec, log_dir: &Path) -> Self {
         let log = log_dir.join(format!("{}.log", spec.name));
+        // A node started with `--api-token T` is asked with that token.
+        let token = spec
+            .extra
+            .windows(2)
+            .find(|w| w[0] == "--api-token")
+            .map(|w| w[1].clone());
         let client = HttpClient::new(
             &format!("127.0.0.1:{}", spec.http_port),
-            None,
+            token,
             Duration::from_secs(15),
         )
         .expect("client");

@@ -1,0 +1,117 @@
+//! `GET /v1/events` (Server-Sent Events) and `GET /v1/cluster/shards`: what the dashboard and
+//! `customer-cluster events` watch.
+//!
+//! A new stream first replays the node's recent events (up to [`RECENT_EVENTS`](crate::events::RECENT_EVENTS), oldest
+//! first), then sends every new one as it happens: one SSE `data:` line of [`ClusterEvent`]
+//! JSON per event, with a keep-alive comment every 15 s. A subscriber that falls more than
+//! [`SUBSCRIBER_BUFFER`](crate::events::SUBSCRIBER_BUFFER) events behind is dropped: its
+//! stream ends with one final `event: dropped` whose data says how many it missed. The stream
+//! also ends when the node stops.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::Stream;
+use tokio::sync::broadcast::Receiver;
+use tokio::sync::broadcast::error::RecvError;
+
+use super::AppState;
+use super::error::{ApiError, ErrorBody};
+use super::model::{ShardJson, ShardMapJson};
+use crate::actors::shard_map::ShardMap;
+use crate::events::ClusterEvent;
+
+/// `GET /v1/events`
+#[utoipa::path(get, path = "/v1/events", tag = "cluster",
+    responses(
+        (status = 200, description = "text/event-stream: the recent events, then each new one as it happens; each `data:` line is one ClusterEvent. A subscriber that falls behind gets a final `event: dropped` and the stream ends.",
+            content_type = "text/event-stream", body = ClusterEvent),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn events(State(s): State<AppState>) -> Response {
+    let (replay, live) = s.gateway.events().subscribe();
+    Sse::new(feed(replay.into(), live))
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+/// What one stream still has to send.
+struct Feed {
+    replay: VecDeque<ClusterEvent>,
+    live: Receiver<ClusterEvent>,
+    ended: bool,
+}
+
+/// The replay, then the live events, then (if it lagged) the final `dropped` event.
+fn feed(
+    replay: VecDeque<ClusterEvent>,
+    live: Receiver<ClusterEvent>,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    let start = Feed {
+        replay,
+        live,
+        ended: false,
+    };
+    futures::stream::unfold(start, |mut feed| async move {
+        let event = next_event(&mut feed).await?;
+        Some((Ok(event), feed))
+    })
+}
+
+async fn next_event(feed: &mut Feed) -> Option<Event> {
+    if feed.ended {
+        return None;
+    }
+    if let Some(event) = feed.replay.pop_front() {
+        return Some(data(&event));
+    }
+    match feed.live.recv().await {
+        Ok(event) => Some(data(&event)),
+        Err(RecvError::Lagged(missed)) => {
+            feed.ended = true;
+            metrics::counter!("customer_event_subscribers_dropped_total").increment(1);
+            let why = serde_json::json!({ "missed": missed, "reason": "subscriber fell behind" });
+            Some(Event::default().event("dropped").data(why.to_string()))
+        }
+        Err(RecvError::Closed) => None,
+    }
+}
+
+fn data(event: &ClusterEvent) -> Event {
+    let json = serde_json::to_string(event).unwrap_or_default();
+    Event::default().data(json)
+}
+
+/// `GET /v1/cluster/shards`
+#[utoipa::path(get, path = "/v1/cluster/shards", tag = "cluster",
+    responses(
+        (status = 200, description = "All 1024 shards: placement owner and lease holder/state as this node sees them", body = ShardMapJson),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn shards(State(s): State<AppState>) -> Result<Response, ApiError> {
+    Ok(Json(shard_map_json(s.gateway.shard_map())).into_response())
+}
+
+fn shard_map_json(map: ShardMap) -> ShardMapJson {
+    ShardMapJson {
+        node: map.node,
+        epoch: map.epoch,
+        shards: map
+            .shards
+            .into_iter()
+            .map(|r| ShardJson {
+                shard: r.shard,
+                owner: r.owner,
+                holder: r.holder,
+                token: r.token,
+                state: r.state.to_owned(),
+            })
+            .collect(),
+    }
+}
