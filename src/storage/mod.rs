@@ -48,6 +48,7 @@
 //! function), and it never reads a clock (`applied_at` comes in with the request stamp).
 
 pub mod cas;
+pub mod email_keys;
 pub mod engine;
 pub mod leases;
 pub mod migrations;
@@ -250,4 +251,8 @@ pub trait Store: Send + 'static {
 
     /// Every node row, ordered by name: what contenders watch.
     fn node_table(&mut self) -> Result<Vec<NodeLease>>;
+
+    /// Email-key conflicts found when keys were first computed that still stand: the later
+    /// row is live and still has its suffixed key ([`email_keys`]). Ordered by id.
+    fn email_key_conflicts(&mut self) -> Result<Vec<email_keys::KeyConflict>>;
 }
