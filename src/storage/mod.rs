@@ -27,7 +27,9 @@
 //!
 //! A delete leaves a tombstone (`deleted = 1`) at the next version, so a version number is
 //! never reused for an id and a create on a deleted id is a `Conflict` (409). Gets and lists
-//! skip tombstones; an email address is unique among live customers only.
+//! skip tombstones; an email address is unique among live customers only, by its key
+//! ([`crate::customer::email_key`], stored in `email_key`; see [`email_keys`] for rows stored
+//! before keys existed).
 //!
 //! ## Leases (L1, L2, L5, L6)
 //!
