@@ -2,6 +2,12 @@
 //! resident set size before and after, then passivate them all and read it again.
 //!
 //! Run: `cargo bench --bench memory` (N defaults to 100000; override with CC_MEMORY_CUSTOMERS).
+//!
+//! Scan mode: with `CC_MEMORY_MAX_ACTIVE=C` (a number, or `none` for no cap) the node runs
+//! with `max_active_customers = C`, the reads are a scan of N distinct stored ids, and the
+//! run ends after printing the resident size the scan left (`scan_rss_bytes=…`, read by
+//! `scripts/bench.sh --scan`). Without the variable there is no cap either, so every
+//! actor stays active and the per-actor figure means what it says.
 
 use std::time::{Duration, Instant};
 
@@ -51,6 +57,11 @@ async fn main() {
     // Long enough to measure the loaded state, short enough that the idle sweep (which also
     // returns freed heap to the OS) empties the node soon after.
     config.idle_timeout = Duration::from_secs(15);
+    let scan_cap = std::env::var("CC_MEMORY_MAX_ACTIVE").ok();
+    config.max_active_customers = scan_cap
+        .as_deref()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(usize::MAX);
     let node = start_actors(&config, None, 1).await.unwrap();
     let registry: ActorRef<RegistryMsg> = ractor::registry::where_is(registry_name(&config.name))
         .unwrap()
@@ -107,6 +118,16 @@ async fn main() {
         .await;
     let active = stats(&registry).await.active_customers;
     let loaded = rss_bytes();
+    if let Some(cap) = scan_cap {
+        println!(
+            "scan of {n} distinct ids with max_active_customers={cap}: {active} actors active, RSS {:.1} MiB (before the scan {:.1} MiB)",
+            mib(loaded),
+            mib(baseline)
+        );
+        println!("scan_rss_bytes={loaded}");
+        node.supervisor.stop(None);
+        return;
+    }
     println!(
         "activated {active} actors in {:.1} s ({:.0}/s)",
         started.elapsed().as_secs_f64(),

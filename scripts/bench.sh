@@ -18,10 +18,13 @@
 # commit ÷ one commit per write (and PostgreSQL ÷ SQLite). Results (JSON) stay in
 # $CC_RUN_DIR/bench.
 #
-# Usage: scripts/bench.sh [--quick] [--micro] [--postgres]
+# Usage: scripts/bench.sh [--quick] [--micro] [--postgres] | scripts/bench.sh --scan
 #   --quick     3 s per run instead of 10 (a smoke run)
 #   --micro     also run the criterion micro-benchmarks and the memory benchmark
 #   --postgres  also run the 3-node PostgreSQL cluster and compare it with SQLite
+#   --scan      only this: the resident size of a node after reads of CC_SCAN_IDS (200000)
+#               distinct stored ids, without a cap and with max_active_customers=CC_SCAN_CAP
+#               (20000), and the ratio (memory benchmark in scan mode, one process per run)
 # Env: CC_RUN_DIR (default ./run/bench), CC_BENCH_S, CC_BENCH_CONCURRENCY (default 32), CC_BENCH_KEYS (2000),
 #      CC_BASE_HTTP (8080) and CC_BASE_CLUSTER (4700) as for cluster.sh (node k on base+k)
 set -euo pipefail
@@ -39,12 +42,14 @@ CONC="${CC_BENCH_CONCURRENCY:-32}"
 KEYS="${CC_BENCH_KEYS:-2000}"
 MICRO=0
 POSTGRES=0
+SCAN=0
 for arg in "$@"; do
   case "$arg" in
     --quick) SECS=3 ;;
     --micro) MICRO=1 ;;
     --postgres) POSTGRES=1 ;;
-    *) echo "bench.sh: unknown argument $arg (use --quick, --micro, --postgres)" >&2; exit 2 ;;
+    --scan) SCAN=1 ;;
+    *) echo "bench.sh: unknown argument $arg (use --quick, --micro, --postgres, --scan)" >&2; exit 2 ;;
   esac
 done
 
@@ -54,6 +59,27 @@ cleanup() {
   if [[ "$POSTGRES" == 1 ]]; then "$ROOT/scripts/pg.sh" destroy > /dev/null 2>&1 || true; fi
 }
 trap cleanup EXIT INT TERM
+
+# scan_rss CAP: resident bytes after the scan, on a node with max_active_customers=CAP.
+scan_rss() {
+  local log="$CC_RUN_DIR/scan-$1.txt"
+  (cd "$ROOT" && CC_MEMORY_CUSTOMERS="$SCAN_IDS" CC_MEMORY_MAX_ACTIVE="$1"     cargo bench --bench memory 2>/dev/null) > "$log"
+  grep -E '^scan of' "$log" >&2
+  sed -n 's/^scan_rss_bytes=//p' "$log"
+}
+
+if [[ "$SCAN" == 1 ]]; then
+  SCAN_IDS="${CC_SCAN_IDS:-200000}"
+  SCAN_CAP="${CC_SCAN_CAP:-20000}"
+  mkdir -p "$CC_RUN_DIR"
+  echo "== RSS after a scan of $SCAN_IDS distinct ids =="
+  uncapped="$(scan_rss none)"
+  capped="$(scan_rss "$SCAN_CAP")"
+  awk -v u="$uncapped" -v c="$capped" -v cap="$SCAN_CAP" 'BEGIN {
+    printf "without a cap: %.1f MiB\nwith max_active_customers=%s: %.1f MiB\ncapped / uncapped: %.2f\n",
+      u / 1048576, cap, c / 1048576, c / u }'
+  exit 0
+fi
 
 # HTTP URL of node $1 (1, 2, 3), where cluster.sh started it.
 url() { echo "http://127.0.0.1:$((CC_BASE_HTTP + $1))"; }

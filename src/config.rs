@@ -106,6 +106,11 @@ pub struct ConfigLayer {
     #[arg(long, env = "CUSTOMER_CLUSTER_IDLE_TIMEOUT_S")]
     pub idle_timeout_s: Option<u64>,
 
+    /// Most customer actors active on this node at once; activating one more passivates the
+    /// least recently used (about 15 KB each) [default: 20000].
+    #[arg(long, env = "CUSTOMER_CLUSTER_MAX_ACTIVE_CUSTOMERS")]
+    pub max_active_customers: Option<usize>,
+
     /// Interval between heartbeats to each peer, in ms [default: 500].
     #[arg(long, env = "CUSTOMER_CLUSTER_HEARTBEAT_MS")]
     pub heartbeat_ms: Option<u64>,
@@ -227,6 +232,7 @@ impl ConfigLayer {
             log_format,
             log_level,
             idle_timeout_s,
+            max_active_customers,
             heartbeat_ms,
             failure_timeout_ms,
             request_timeout_ms,
@@ -336,6 +342,8 @@ pub struct Config {
     pub log_level: Option<String>,
     /// Idle time before a customer actor is passivated.
     pub idle_timeout: Duration,
+    /// Cap on active customer actors; the least recently used is passivated beyond it.
+    pub max_active_customers: usize,
     /// Heartbeat interval.
     pub heartbeat: Duration,
     /// Silence after which a peer is evicted.
@@ -384,6 +392,9 @@ pub mod defaults {
     pub const HTTP_ADDR: &str = "127.0.0.1:8081";
     /// Customer actor idle timeout, seconds.
     pub const IDLE_TIMEOUT_S: u64 = 300;
+    /// Active customer actors per node: ~15 KB of state each (BENCHMARKS.md); a scan of 200k
+    /// distinct ids under this cap left the node at 460 MiB resident (3.2 GiB without it).
+    pub const MAX_ACTIVE_CUSTOMERS: usize = 20_000;
     /// Heartbeat interval, ms.
     pub const HEARTBEAT_MS: u64 = 500;
     /// Eviction after this much silence, ms: 6 heartbeats. Long enough that a busy 2-core
@@ -492,6 +503,9 @@ impl Config {
             idle_timeout: Duration::from_secs(
                 layer.idle_timeout_s.unwrap_or(defaults::IDLE_TIMEOUT_S),
             ),
+            max_active_customers: layer
+                .max_active_customers
+                .unwrap_or(defaults::MAX_ACTIVE_CUSTOMERS),
             heartbeat: ms(layer.heartbeat_ms, defaults::HEARTBEAT_MS),
             failure_timeout: ms(layer.failure_timeout_ms, defaults::FAILURE_TIMEOUT_MS),
             request_timeout,
@@ -536,6 +550,9 @@ impl Config {
         let invalid = |m: &str| Err(Error::InvalidInput(m.to_owned()));
         if self.idle_timeout.is_zero() {
             return invalid("--idle-timeout-s must be at least 1");
+        }
+        if self.max_active_customers == 0 {
+            return invalid("--max-active-customers must be at least 1");
         }
         if self.heartbeat < Duration::from_millis(10) {
             return invalid("--heartbeat-ms must be at least 10");
@@ -776,7 +793,18 @@ mod tests {
         assert_eq!(c.http_addr.to_string(), defaults::HTTP_ADDR);
         assert_eq!(c.advertise_addr, defaults::CLUSTER_ADDR);
         assert_eq!(c.heartbeat, Duration::from_millis(defaults::HEARTBEAT_MS));
+        assert_eq!(c.max_active_customers, defaults::MAX_ACTIVE_CUSTOMERS);
         assert!(c.api_tokens.is_empty() && c.db_path.is_none() && c.tls.is_none());
+    }
+
+    #[test]
+    fn the_active_customer_cap_is_a_flag_and_zero_is_refused() {
+        let mut l = minimal();
+        l.max_active_customers = Some(10);
+        assert_eq!(Config::resolve(l.clone()).unwrap().max_active_customers, 10);
+        l.max_active_customers = Some(0);
+        let err = Config::resolve(l).unwrap_err().to_string();
+        assert!(err.contains("--max-active-customers"), "{err}");
     }
 
     #[test]

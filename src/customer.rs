@@ -11,6 +11,7 @@
 //! (`cluster::protocol`). Each boundary converts at its edge.
 
 use serde::{Deserialize, Serialize};
+use unicode_normalization::UnicodeNormalization;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
@@ -52,7 +53,7 @@ pub fn parse_customer_id(raw: &str) -> Result<CustomerId> {
 pub struct CustomerFields {
     /// Display name, 1..=200 characters after trimming.
     pub name: String,
-    /// Email address; unique across customers, compared case-insensitively.
+    /// Email address as typed; unique across live customers by its [`email_key`].
     pub email: String,
     /// Optional phone number: digits, spaces and `+-().`, at most 32 characters.
     pub phone: Option<String>,
@@ -301,6 +302,41 @@ pub fn is_format_char(c: char) -> bool {
         | 0x1BCA0..=0x1BCA3 | 0x1D173..=0x1D17A | 0xE0001 | 0xE0020..=0xE007F)
 }
 
+/// The uniqueness key of an email: two addresses with the same key are the same mailbox, and
+/// only one live customer may have it. Stored next to the email as typed.
+///
+/// * local part: NFKC, then full Unicode case folding, then NFKC again (repeated until
+///   stable), so `José`, `jose\u{301}` (decomposed), `JOSÉ` and fullwidth `ｊosé` agree;
+/// * domain: the same folding, then IDNA (UTS #46) to its ASCII form (`bücher.de` →
+///   `xn--bcher-kva.de`); a domain IDNA refuses keeps its folded Unicode form.
+///
+/// Idempotent: the key of a key is itself. Dots, `+tags` and the like are not removed:
+/// whether a provider ignores them is the provider's rule, not a property of the address.
+pub fn email_key(email: &str) -> String {
+    let (local, domain) = email.rsplit_once('@').unwrap_or((email, ""));
+    let domain = fold(domain);
+    let domain = match idna::domain_to_ascii(&domain) {
+        Ok(ascii) if !ascii.is_empty() => ascii,
+        _ => domain,
+    };
+    format!("{}@{domain}", fold(local))
+}
+
+/// NFKC and full case folding until the text stops changing (a fold can produce characters
+/// NFKC maps again, and the reverse; two or three rounds settle any real input).
+fn fold(text: &str) -> String {
+    const MAX_ROUNDS: usize = 4;
+    let mut current: String = text.nfkc().collect();
+    for _ in 0..MAX_ROUNDS {
+        let next: String = caseless::default_case_fold_str(&current).nfkc().collect();
+        if next == current {
+            break;
+        }
+        current = next;
+    }
+    current
+}
+
 /// Checks a client's `If-Match` against the current version.
 pub fn check_precondition(if_match: Option<u64>, current: u64) -> Result<()> {
     match if_match {
@@ -312,10 +348,10 @@ pub fn check_precondition(if_match: Option<u64>, current: u64) -> Result<()> {
 }
 
 /// True when a retried create (same id) carries the fields already stored, so replaying it is a
-/// success rather than a conflict. Compares emails case-insensitively, like the unique index.
+/// success rather than a conflict. Compares emails by [`email_key`], like the unique index.
 pub fn is_same_create(stored: &CustomerFields, requested: &CustomerFields) -> bool {
     stored.name == requested.name
-        && stored.email.eq_ignore_ascii_case(&requested.email)
+        && email_key(&stored.email) == email_key(&requested.email)
         && stored.phone == requested.phone
         && stored.address == requested.address
 }
@@ -576,10 +612,46 @@ mod tests {
     fn a_replayed_create_matches_ignoring_email_case_only() {
         let a = fields();
         let mut b = fields();
-        b.email = "ADA@example.com".into();
+        b.email = "ADA@EXAMPLE.com".into();
+        assert!(is_same_create(&a, &b));
+        b.email = "ａda@example.com".into();
         assert!(is_same_create(&a, &b));
         b.name = "Other".into();
         assert!(!is_same_create(&a, &b));
+    }
+
+    #[test]
+    fn one_mailbox_written_four_ways_has_one_key() {
+        let typed = [
+            "josé@example.com",
+            "jose\u{301}@example.com",
+            "JOSÉ@Example.COM",
+            "\u{FF4A}osé@example.com",
+        ];
+        for email in typed {
+            assert!(validate(input("José", email)).is_ok(), "{email} refused");
+            assert_eq!(email_key(email), "josé@example.com", "{email}");
+        }
+        assert_ne!(email_key("jose@example.com"), email_key("josé@example.com"));
+    }
+
+    #[test]
+    fn the_domain_key_is_its_idna_ascii_form() {
+        assert_eq!(email_key("Max@Bücher.DE"), "max@xn--bcher-kva.de");
+        assert_eq!(email_key("max@xn--bcher-kva.de"), "max@xn--bcher-kva.de");
+        // German sharp s folds to "ss" in the local part (full case folding).
+        assert_eq!(email_key("STRAẞE@x.io"), email_key("strasse@x.io"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_email_key_is_idempotent(
+            local in "[a-zA-Z0-9._+éÉßẞｊＡΣσς\u{301}\u{FB01}\u{2126}\u{212B}\u{2474}\u{00A8}-]{1,20}",
+            domain in "[a-zA-Z0-9üÜｅ\u{2126}-]{1,12}\\.(com|de|xn--bcher-kva)",
+        ) {
+            let key = email_key(&format!("{local}@{domain}"));
+            proptest::prop_assert_eq!(email_key(&key), key.clone());
+        }
     }
 
     #[test]

@@ -86,6 +86,7 @@ pub async fn start_actors(
         name: config.name.clone(),
         request_timeout: config.request_timeout,
         idle_timeout: config.idle_timeout,
+        max_active_customers: config.max_active_customers,
         view: view_rx,
         lease: lease.clone(),
         leases: Arc::new(NodeLeases::new(

@@ -138,6 +138,11 @@ pub const METRICS: &[(&str, MetricKind, &str)] = &[
         "Customer actors stopped for idleness, deletion or an ownership move",
     ),
     (
+        "customer_cluster_lru_passivations_total",
+        MetricKind::Counter,
+        "Customer actors passivated because activating another would exceed max_active_customers",
+    ),
+    (
         "customer_actors_restarted_total",
         MetricKind::Counter,
         "Customer actors that panicked and were cleaned up",
@@ -271,6 +276,11 @@ pub const METRICS: &[(&str, MetricKind, &str)] = &[
         "customer_requests_not_holder_total",
         MetricKind::Counter,
         "Requests refused at once because this node does not hold the shard's lease",
+    ),
+    (
+        "customer_email_key_conflicts",
+        MetricKind::Gauge,
+        "Live customers sharing a mailbox with an earlier one, found when email keys were computed; counted when the store opens (nodes with a Database actor)",
     ),
     (
         "customer_idempotent_replays_total",

@@ -219,6 +219,36 @@ async fn duplicate_email_is_409_case_insensitively() {
 }
 
 #[tokio::test]
+async fn one_mailbox_in_four_unicode_forms_is_one_customer_409() {
+    let app = app().await;
+    let first = create(&app, "José", "josé@example.com").await;
+    assert_eq!(first["email"], "josé@example.com", "stored as typed");
+    for twin in [
+        "jose\u{301}@example.com",
+        "JOSÉ@example.com",
+        "\u{FF4A}osé@example.com",
+    ] {
+        let body = json!({"name": "Twin", "email": twin});
+        let r = send(&app, json_req("POST", "/v1/customers", body)).await;
+        assert_eq!(
+            (r.status, r.error_code()),
+            (StatusCode::CONFLICT, "conflict"),
+            "{twin}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_invisible_character_in_an_email_is_422_naming_it() {
+    let app = app().await;
+    let body = json!({"name": "José", "email": "jo\u{200B}se@example.com"});
+    let r = send(&app, json_req("POST", "/v1/customers", body)).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{:?}", r.body);
+    let message = r.body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("invisible character U+200B"), "{message}");
+}
+
+#[tokio::test]
 async fn a_create_with_a_client_id_is_idempotent_and_a_different_body_conflicts() {
     let app = app().await;
     let id = "01900000-0000-7000-8000-0000000000aa";

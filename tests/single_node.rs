@@ -429,3 +429,45 @@ async fn the_failover_workload_verifies_every_acknowledged_write_and_reports_eve
         "every customer was written: {final_names:?}"
     );
 }
+
+/// The value of a series in the node's `/metrics` (the first line starting with `name`).
+async fn metric(node: &TestNode, name: &str) -> f64 {
+    let r = node.client.get("/metrics").await.expect("metrics");
+    let text = String::from_utf8(r.body.to_vec()).expect("utf-8");
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit_once(' '))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or_else(|| panic!("{name} missing from /metrics"))
+}
+
+#[tokio::test]
+async fn a_scan_past_max_active_customers_passivates_the_least_recently_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = NodeSpec::new("lru");
+    spec.db_path = Some(dir.path().join("lru.db"));
+    spec.extra = vec!["--max-active-customers".into(), "10".into()];
+    let node = TestNode::start(spec, dir.path());
+    node.wait_ready(READY).await;
+    const LRU: &str = "customer_cluster_lru_passivations_total";
+    assert_eq!(metric(&node, LRU).await, 0.0, "registered at start");
+
+    let mut created = Vec::new();
+    for i in 0..50 {
+        let r = node.create("Scan", &format!("scan{i}@example.com")).await;
+        assert_eq!(r.status, 201);
+        created.push(r.json::<Value>().expect("json body"));
+    }
+    // Each create activates an actor: 50 activations under a cap of 10.
+    assert_eq!(metric(&node, LRU).await, 40.0);
+    assert!(metric(&node, "customer_actors_active").await <= 10.0);
+
+    // A scan in creation order finds none of its ids active: 50 more, and every read is right.
+    for c in &created {
+        let r = node.get(c["id"].as_str().unwrap()).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(&r.json::<Value>().expect("json body"), c);
+    }
+    assert_eq!(metric(&node, LRU).await, 90.0);
+    assert!(metric(&node, "customer_actors_active").await <= 10.0);
+}

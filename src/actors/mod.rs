@@ -32,6 +32,7 @@ pub mod customer;
 pub mod database;
 pub mod gateway;
 pub mod lease_keeper;
+pub mod recency;
 pub mod registry;
 pub mod shard_map;
 pub mod supervisor;
@@ -57,6 +58,9 @@ pub struct NodeContext {
     pub request_timeout: Duration,
     /// Idle time after which a customer actor is passivated.
     pub idle_timeout: Duration,
+    /// Most customer actors active at once; the Registry passivates the least recently used
+    /// one before an activation would exceed it.
+    pub max_active_customers: usize,
     /// The latest placement view, published by Membership.
     pub view: watch::Receiver<Arc<View>>,
     /// Whether this node's view of the cluster is recent (Membership's freshness flag; the
@@ -145,6 +149,8 @@ pub struct Counters {
     pub activations: AtomicU64,
     /// Customer actors stopped on purpose.
     pub passivations: AtomicU64,
+    /// Of those, the ones stopped to stay within `max_active_customers`.
+    pub lru_passivations: AtomicU64,
     /// Customer actors that panicked.
     pub restarts: AtomicU64,
     /// Stale writes rejected by the database's compare-and-set.

@@ -8,6 +8,8 @@
 //! Retirement of customer actors happens only here, by removing the map entry and then
 //! queueing `Passivate` behind everything already sent (see `actors` module invariants):
 //! * idle longer than `idle_timeout` (periodic sweep);
+//! * least recently used when activating another would exceed `max_active_customers`
+//!   (`recency`), so a scan of many distinct ids cannot take the node's memory;
 //! * the actor reported it holds nothing (deleted or absent: `Release`);
 //! * placement moved the customer to another node (`PlacementChanged`).
 //!
@@ -22,6 +24,7 @@ use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, Supervisio
 use tokio::task::JoinHandle;
 
 use super::customer::{CustomerActor, CustomerArgs, CustomerMsg};
+use super::recency::{Recency, evictions_before_activation};
 use super::{Counters, NodeContext};
 use crate::clock::holder_now;
 use crate::cluster::lease::{ShardState, ShardStatus};
@@ -66,6 +69,8 @@ pub struct RegistryState {
     /// that stops or panics must be mapped back to its customer — and told apart from a
     /// successor already in `active` for the same customer.
     by_actor: HashMap<ActorId, CustomerId>,
+    /// The customers of `active`, least recently used first: who goes when the cap is hit.
+    recency: Recency,
     /// The periodic idle sweep; aborted when the Registry stops.
     sweeper: Option<JoinHandle<()>>,
 }
@@ -127,6 +132,7 @@ impl Actor for Registry {
             active: HashMap::new(),
             retiring: HashMap::new(),
             by_actor: HashMap::new(),
+            recency: Recency::default(),
             sweeper: Some(sweeper),
         })
     }
@@ -284,8 +290,10 @@ impl RegistryState {
     ) -> Result<ActorRef<CustomerMsg>> {
         if let Some(active) = self.active.get_mut(&id) {
             active.last_used = Instant::now();
+            self.recency.touch(id);
             return Ok(active.actor.clone());
         }
+        self.make_room();
         let args = CustomerArgs {
             id,
             ctx: self.ctx.clone(),
@@ -298,6 +306,7 @@ impl RegistryState {
         metrics::counter!("customer_actors_activated_total").increment(1);
         metrics::gauge!("customer_actors_active").increment(1.0);
         self.by_actor.insert(actor.get_id(), id);
+        self.recency.touch(id);
         self.active.insert(
             id,
             Active {
@@ -306,6 +315,23 @@ impl RegistryState {
             },
         );
         Ok(actor)
+    }
+
+    /// Retires least recently used actors until one more activation stays within
+    /// `max_active_customers`. The same retirement as the idle sweep's: `Passivate` queues
+    /// behind everything already sent, so every accepted command is still answered.
+    fn make_room(&mut self) {
+        let excess = evictions_before_activation(self.active.len(), self.ctx.max_active_customers);
+        for _ in 0..excess {
+            let Some(oldest) = self.recency.oldest() else {
+                return;
+            };
+            self.recency.remove(&oldest);
+            if self.retire(&oldest, "least recently used at the active cap") {
+                Counters::bump(&self.ctx.counters.lru_passivations);
+                metrics::counter!("customer_cluster_lru_passivations_total").increment(1);
+            }
+        }
     }
 
     /// A customer actor reported it holds nothing: retire it, unless a successor (another
@@ -326,6 +352,7 @@ impl RegistryState {
         let Some(active) = self.active.remove(id) else {
             return false;
         };
+        self.recency.remove(id);
         self.retiring.insert(
             *id,
             Retiring {
@@ -351,6 +378,7 @@ impl RegistryState {
             .is_some_and(|a| a.actor.get_id() == cell.get_id())
         {
             self.active.remove(&id);
+            self.recency.remove(&id);
             metrics::gauge!("customer_actors_active").decrement(1.0);
         }
         let waiting = match self.retiring.get(&id) {
@@ -658,6 +686,50 @@ mod tests {
             }
             node.supervisor.stop(None);
         }
+    }
+
+    #[tokio::test]
+    async fn a_scan_past_the_active_cap_passivates_the_least_recently_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::local("registry-lru-test", Some(dir.path().join("c.db")));
+        config.max_active_customers = 10;
+        let node = crate::node::start_actors(&config, None, 1).await.unwrap();
+        let gateway = Gateway::new(node.ctx.clone());
+        let registry: ActorRef<RegistryMsg> =
+            ractor::registry::where_is(registry_name(&config.name))
+                .unwrap()
+                .into();
+        let mut stored = Vec::new();
+        for i in 0..50 {
+            let email = format!("scan{i}@example.com");
+            let c = crate::customer::Customer::new(new_customer_id(), fields("S", &email), 1);
+            stored.push(node.ctx.db.insert(c).await.unwrap());
+        }
+        for c in &stored {
+            assert_eq!(&gateway.get(c.id).await.unwrap().value, c);
+            assert!(stats(&registry).await.active_customers <= 10);
+        }
+        let lru = || Counters::read(&node.ctx.counters.lru_passivations);
+        assert_eq!(lru(), 40);
+        // The ten most recent stayed active: reading them activates nothing.
+        let activations = stats(&registry).await.activations;
+        for c in &stored[40..] {
+            assert_eq!(&gateway.get(c.id).await.unwrap().value, c);
+        }
+        assert_eq!(stats(&registry).await.activations, activations);
+        // A write, then a re-read of everything: passivated customers come back intact.
+        let first = &stored[0];
+        let renamed = gateway
+            .replace(first.id, fields("Renamed", &first.fields.email), None, None)
+            .await
+            .unwrap()
+            .value;
+        for c in &stored[1..] {
+            assert_eq!(&gateway.get(c.id).await.unwrap().value, c);
+        }
+        assert_eq!(gateway.get(first.id).await.unwrap().value, renamed);
+        assert!(stats(&registry).await.active_customers <= 10);
+        node.supervisor.stop(None);
     }
 
     #[test]

@@ -92,7 +92,7 @@ pub struct CustomerInput {
     /// Display name, 1..=200 characters, no control characters.
     #[schema(value_type = String, pattern = r"^[^\s\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]([^\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]{0,198}[^\s\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069])?$", example = "Ada Lovelace")]
     pub name: Option<String>,
-    /// Email address, unique (case-insensitive).
+    /// Email address, stored as typed; unique by mailbox (Unicode NFKC, case folded, IDNA domain).
     #[schema(value_type = String, pattern = r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9]([A-Za-z0-9-]{0,60}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,60}[A-Za-z0-9])?){1,2}$", example = "ada@example.com")]
     pub email: Option<String>,
     /// Phone number: at least 3 digits; digits, spaces and `+-().`; at most 32 characters.

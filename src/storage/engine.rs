@@ -29,6 +29,7 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Select, Sender};
 
+use super::email_keys;
 use super::postgres::{PostgresConfig, PostgresStore, redact_url};
 use super::sqlite::SqliteStore;
 use super::{
@@ -276,14 +277,16 @@ impl Engine {
         let readers = config.readers.max(1);
         match &config.backend {
             Backend::Sqlite(path) => {
-                let writer = SqliteStore::open(path)?;
+                let mut writer = SqliteStore::open(path)?;
+                email_keys::report(&writer.email_key_conflicts()?);
                 let readers = (0..readers)
                     .map(|_| SqliteStore::open_reader(path))
                     .collect::<Result<Vec<_>>>()?;
                 Self::start(writer, readers, config.max_batch, path.clone())
             }
             Backend::Postgres(pg) => {
-                let writer = PostgresStore::connect(pg)?;
+                let mut writer = PostgresStore::connect(pg)?;
+                email_keys::report(&writer.email_key_conflicts()?);
                 let readers = vec![writer.clone(); readers];
                 Self::start(writer, readers, config.max_batch, PathBuf::new())
             }

@@ -7,6 +7,7 @@
 
 use rusqlite::Connection;
 
+use super::email_keys::{ExistingRow, assign_keys};
 use crate::error::{Error, Result};
 
 /// The schema, one step at a time.
@@ -72,7 +73,23 @@ pub const MIGRATIONS: &[&str] = &[
     );
     WITH RECURSIVE n(shard) AS (SELECT 0 UNION ALL SELECT shard + 1 FROM n WHERE shard < 1023)
     INSERT INTO shard_leases (shard) SELECT shard FROM n;",
+    // 5: one mailbox, one customer. `email_key` is `customer::email_key(email)` (NFKC, case
+    // folded, IDNA domain); SQL cannot compute it, so [`backfill_email_keys`] fills it for
+    // existing rows in this migration's transaction and records collisions between live rows
+    // in `email_key_conflicts` (the later row keeps a suffixed key: see `storage::email_keys`).
+    "ALTER TABLE customers ADD COLUMN email_key TEXT;
+    CREATE TABLE email_key_conflicts (
+        id        TEXT NOT NULL PRIMARY KEY,
+        kept_id   TEXT NOT NULL,
+        email_key TEXT NOT NULL
+    ) WITHOUT ROWID;",
+    // 6: uniqueness moves from the ASCII-folded email to the key, among live rows.
+    "DROP INDEX customers_live_email;
+    CREATE UNIQUE INDEX customers_live_email_key ON customers (email_key) WHERE deleted = 0;",
 ];
+
+/// The schema version whose transaction also computes `email_key` for existing rows.
+pub const EMAIL_KEY_VERSION: usize = 5;
 
 /// Applies every pending migration. Refuses a database from a newer release.
 pub fn migrate(conn: &mut Connection) -> Result<u32> {
@@ -86,11 +103,46 @@ pub fn migrate(conn: &mut Connection) -> Result<u32> {
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
+        if index + 1 == EMAIL_KEY_VERSION {
+            backfill_email_keys(&tx)?;
+        }
         tx.pragma_update(None, "user_version", index as u32 + 1)?;
         tx.commit()?;
         tracing::info!(version = index + 1, "applied schema migration");
     }
     Ok(target)
+}
+
+/// Computes `email_key` for every existing row (creation order) and records conflicts.
+fn backfill_email_keys(tx: &rusqlite::Transaction<'_>) -> Result<()> {
+    let rows = {
+        let mut stmt =
+            tx.prepare("SELECT id, email, deleted FROM customers ORDER BY created_at, id")?;
+        stmt.query_map([], |r| {
+            Ok(ExistingRow {
+                id: r.get(0)?,
+                email: r.get(1)?,
+                deleted: r.get::<_, i64>(2)? != 0,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?
+    };
+    let (keys, conflicts) = assign_keys(&rows);
+    let mut set = tx.prepare("UPDATE customers SET email_key = ?2 WHERE id = ?1")?;
+    for (id, key) in &keys {
+        set.execute(rusqlite::params![id, key])?;
+    }
+    let mut record =
+        tx.prepare("INSERT INTO email_key_conflicts (id, kept_id, email_key) VALUES (?1, ?2, ?3)")?;
+    for c in &conflicts {
+        record.execute(rusqlite::params![c.id, c.kept_id, c.email_key])?;
+    }
+    tracing::info!(
+        rows = keys.len(),
+        conflicts = conflicts.len(),
+        "computed email keys of existing customers"
+    );
+    Ok(())
 }
 
 #[cfg(test)]
@@ -120,11 +172,13 @@ mod tests {
         assert_eq!(hashes, GOLDEN);
     }
 
-    const GOLDEN: [u64; 4] = [
+    const GOLDEN: [u64; 6] = [
         3_066_139_734_361_182_192,
         11_179_909_018_587_875_527,
         8_533_377_482_470_824_501,
         10_432_355_395_005_300_299,
+        14_771_358_039_249_383_017,
+        5_231_525_077_490_614_823,
     ];
 
     #[test]
@@ -145,7 +199,8 @@ mod tests {
                 "applied_requests",
                 "applied_requests_by_age",
                 "customers",
-                "customers_live_email",
+                "customers_live_email_key",
+                "email_key_conflicts",
                 "node_leases",
                 "shard_leases"
             ]

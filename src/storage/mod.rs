@@ -27,7 +27,9 @@
 //!
 //! A delete leaves a tombstone (`deleted = 1`) at the next version, so a version number is
 //! never reused for an id and a create on a deleted id is a `Conflict` (409). Gets and lists
-//! skip tombstones; an email address is unique among live customers only.
+//! skip tombstones; an email address is unique among live customers only, by its key
+//! ([`crate::customer::email_key`], stored in `email_key`; see [`email_keys`] for rows stored
+//! before keys existed).
 //!
 //! ## Leases (L1, L2, L5, L6)
 //!
@@ -48,6 +50,7 @@
 //! function), and it never reads a clock (`applied_at` comes in with the request stamp).
 
 pub mod cas;
+pub mod email_keys;
 pub mod engine;
 pub mod leases;
 pub mod migrations;
@@ -254,4 +257,8 @@ pub trait Store: Send + 'static {
 
     /// Every node row, ordered by name: what contenders watch.
     fn node_table(&mut self) -> Result<Vec<NodeLease>>;
+
+    /// Email-key conflicts found when keys were first computed that still stand: the later
+    /// row is live and still has its suffixed key ([`email_keys`]). Ordered by id.
+    fn email_key_conflicts(&mut self) -> Result<Vec<email_keys::KeyConflict>>;
 }

@@ -80,6 +80,7 @@ use deadpool_postgres::{
 use tokio_postgres::NoTls;
 use tokio_postgres::error::SqlState;
 
+use super::email_keys::KeyConflict;
 use super::leases::{
     Grant, Holder, NodeLease, Observed, Registration, Release, Renewal, ShardId, ShardLease,
     Takeover,
@@ -87,7 +88,7 @@ use super::leases::{
 use super::requests::{RequestStamp, Settlement, StoredResult};
 use super::{Fence, Store, Write, WriteOp, WriteOutcome, cas};
 use crate::config::Secret;
-use crate::customer::{Customer, CustomerFields, CustomerId, is_same_create};
+use crate::customer::{Customer, CustomerFields, CustomerId, email_key, is_same_create};
 use crate::error::{Error, Result};
 
 /// Default pool size per node: the writer and the reader threads each hold at most one
@@ -538,7 +539,7 @@ async fn insert(tx: &Transaction<'_>, c: &Customer) -> Result<Result<Customer>> 
     // must not abort the transaction.
     let stmt = tx
         .prepare_cached(&format!(
-            "INSERT INTO customers ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+            "INSERT INTO customers ({COLUMNS}, email_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
              ON CONFLICT DO NOTHING RETURNING id"
         ))
         .await?;
@@ -555,6 +556,7 @@ async fn insert(tx: &Transaction<'_>, c: &Customer) -> Result<Result<Customer>> 
                 &(c.version as i64),
                 &c.created_at,
                 &c.updated_at,
+                &email_key(&f.email),
             ],
         )
         .await?;
@@ -593,7 +595,8 @@ async fn update(
     let stmt = tx
         .prepare_cached(&format!(
             "UPDATE customers
-                SET name = $1, email = $2, phone = $3, address = $4,
+                SET email_key = CASE WHEN email = $2 THEN email_key ELSE $8 END,
+                    name = $1, email = $2, phone = $3, address = $4,
                     version = version + 1, updated_at = greatest(updated_at, $5)
               WHERE id = $6 AND version = $7 AND NOT deleted
           RETURNING {COLUMNS}"
@@ -604,7 +607,8 @@ async fn update(
     // the write's own release to release.
     let id_text = id.to_string();
     let expected_i64 = expected as i64;
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 7] = [
+    let key = email_key(&fields.email);
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 8] = [
         &fields.name,
         &fields.email,
         &fields.phone,
@@ -612,6 +616,7 @@ async fn update(
         &now,
         &id_text,
         &expected_i64,
+        &key,
     ];
     let (savepoint, res) = futures::join!(
         tx.batch_execute("SAVEPOINT u"),
@@ -821,6 +826,29 @@ impl Store for PostgresStore {
     fn node_table(&mut self) -> Result<Vec<NodeLease>> {
         self.in_tx(async |tx| leases::node_table(tx).await)
     }
+
+    fn email_key_conflicts(&mut self) -> Result<Vec<KeyConflict>> {
+        self.in_tx(async |tx| {
+            let rows = tx
+                .query(
+                    "SELECT k.id, k.kept_id, k.email_key FROM email_key_conflicts k
+                       JOIN customers c ON c.id = k.id
+                      WHERE NOT c.deleted AND c.email_key = k.email_key
+                      ORDER BY k.id",
+                    &[],
+                )
+                .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(KeyConflict {
+                        id: r.try_get(0)?,
+                        kept_id: r.try_get(1)?,
+                        email_key: r.try_get(2)?,
+                    })
+                })
+                .collect()
+        })
+    }
 }
 
 /// Test support: a fresh schema per test on the server named by `CC_TEST_DATABASE_URL`.
@@ -1006,6 +1034,40 @@ mod tests {
     const MIGRATIONS_LEN: i32 = migrations::MIGRATIONS.len() as i32;
 
     #[test]
+    fn colliding_emails_stored_before_keys_are_kept_and_reported() {
+        let Some(url) = url(module_path!()) else {
+            return;
+        };
+        let scratch = Scratch::new(&url);
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let client = scratch.connect().await;
+            client
+                .batch_execute(
+                    "CREATE TABLE schema_version (version INTEGER NOT NULL PRIMARY KEY,
+                     applied_at TIMESTAMPTZ NOT NULL DEFAULT now());
+                     INSERT INTO schema_version (version) VALUES (1), (2), (3), (4);",
+                )
+                .await
+                .unwrap();
+            for sql in &migrations::MIGRATIONS[..4] {
+                client.batch_execute(sql).await.unwrap();
+            }
+            for (id, email, at) in suite::COLLIDING_ROWS {
+                client
+                    .execute(
+                        &format!("INSERT INTO customers ({COLUMNS}) VALUES ($1, 'N', $2, NULL, NULL, 1, $3, $3)"),
+                        &[&id, &email, &at],
+                    )
+                    .await
+                    .unwrap();
+            }
+        });
+        let mut store = PostgresStore::connect(&scratch.config()).unwrap();
+        suite::colliding_rows_are_kept_and_reported_after_migration(&mut store);
+    }
+
+    #[test]
     fn a_grant_waits_for_a_write_holding_the_shard_row_for_share() {
         // DESIGN §10 case 1, with two connections: a batch that checked shard 5's token holds
         // the row FOR SHARE; a grant of shard 5 must wait until that batch commits.
@@ -1072,8 +1134,8 @@ mod tests {
             // The write (F1 iii) still applies under the token it checked, then commits.
             writer
                 .execute(
-                    "INSERT INTO customers (id, name, email, version, created_at, updated_at)
-                     VALUES ('00000000-0000-7000-8000-000000000001', 'A', 'a@x.io', 1, 0, 0)",
+                    "INSERT INTO customers (id, name, email, email_key, version, created_at, updated_at)
+                     VALUES ('00000000-0000-7000-8000-000000000001', 'A', 'a@x.io', 'a@x.io', 1, 0, 0)",
                     &[],
                 )
                 .await

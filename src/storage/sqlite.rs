@@ -22,13 +22,14 @@ use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, Row, Transaction, params};
 
+use super::email_keys::KeyConflict;
 use super::leases::{
     Grant, Holder, NodeLease, Observed, Registration, Release, Renewal, ShardId, ShardLease,
     Takeover,
 };
 use super::requests::{RequestStamp, Settlement, StoredResult};
 use super::{Store, Write, WriteOp, WriteOutcome, cas, migrations};
-use crate::customer::{Customer, CustomerFields, CustomerId, is_same_create};
+use crate::customer::{Customer, CustomerFields, CustomerId, email_key, is_same_create};
 use crate::error::{Error, Result};
 
 /// How long a connection waits for a lock held by another connection before failing.
@@ -272,6 +273,23 @@ impl Store for SqliteStore {
     fn node_table(&mut self) -> Result<Vec<NodeLease>> {
         leases::node_table(&self.conn)
     }
+
+    fn email_key_conflicts(&mut self) -> Result<Vec<KeyConflict>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT k.id, k.kept_id, k.email_key FROM email_key_conflicts k
+               JOIN customers c ON c.id = k.id
+              WHERE c.deleted = 0 AND c.email_key = k.email_key
+              ORDER BY k.id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(KeyConflict {
+                id: r.get(0)?,
+                kept_id: r.get(1)?,
+                email_key: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
 }
 
 /// A live (not deleted) customer.
@@ -321,7 +339,7 @@ fn insert(conn: &Connection, c: &Customer) -> Result<Customer> {
         )));
     }
     let mut stmt = conn.prepare_cached(&format!(
-        "INSERT INTO customers ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+        "INSERT INTO customers ({COLUMNS}, email_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
     ))?;
     let f = &c.fields;
     let res = stmt.execute(params![
@@ -332,7 +350,8 @@ fn insert(conn: &Connection, c: &Customer) -> Result<Customer> {
         f.address,
         c.version as i64,
         c.created_at,
-        c.updated_at
+        c.updated_at,
+        email_key(&f.email)
     ]);
     match res {
         Ok(_) => Ok(c.clone()),
@@ -349,7 +368,8 @@ fn update(
 ) -> Result<Customer> {
     let mut stmt = conn.prepare_cached(&format!(
         "UPDATE customers
-            SET name = ?1, email = ?2, phone = ?3, address = ?4,
+            SET email_key = CASE WHEN email = ?2 COLLATE BINARY THEN email_key ELSE ?8 END,
+                name = ?1, email = ?2, phone = ?3, address = ?4,
                 version = version + 1, updated_at = max(updated_at, ?5)
           WHERE id = ?6 AND version = ?7 AND deleted = 0
       RETURNING {COLUMNS}"
@@ -363,7 +383,8 @@ fn update(
                 fields.address,
                 now,
                 id.to_string(),
-                expected as i64
+                expected as i64,
+                email_key(&fields.email)
             ],
             from_row,
         )
@@ -473,6 +494,30 @@ mod tests {
         s.write_batch(&[WriteOp::Insert(c.clone()).into()]).unwrap();
         assert_eq!(r.get(&c.id).unwrap(), Some(c));
         assert_eq!(r.lease_table().unwrap().len(), 1024);
+    }
+
+    #[test]
+    fn colliding_emails_stored_before_keys_are_kept_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v4.db");
+        {
+            let mut conn = Connection::open(&path).unwrap();
+            let tx = conn.transaction().unwrap();
+            for sql in &migrations::MIGRATIONS[..4] {
+                tx.execute_batch(sql).unwrap();
+            }
+            tx.pragma_update(None, "user_version", 4).unwrap();
+            for (id, email, at) in suite::COLLIDING_ROWS {
+                tx.execute(
+                    &format!("INSERT INTO customers ({COLUMNS}) VALUES (?1, 'N', ?2, NULL, NULL, 1, ?3, ?3)"),
+                    params![id, email, at],
+                )
+                .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let mut s = SqliteStore::open(&path).unwrap();
+        suite::colliding_rows_are_kept_and_reported_after_migration(&mut s);
     }
 
     #[test]

@@ -23,6 +23,8 @@ macro_rules! store_suite {
             insert_get_update_delete_round_trip,
             a_stale_update_is_rejected_and_leaves_the_newer_row,
             duplicate_email_is_a_conflict_case_insensitively,
+            one_mailbox_written_four_ways_is_one_customer,
+            an_update_to_another_customers_mailbox_is_a_conflict,
             a_repeated_insert_is_idempotent_and_a_different_body_conflicts,
             failed_writes_in_a_batch_do_not_abort_the_others,
             list_pages_by_id_with_a_keyset_cursor_and_skips_deleted,
@@ -207,6 +209,121 @@ pub fn duplicate_email_is_a_conflict_case_insensitively(s: &mut dyn Store) {
         Err(Error::Conflict(_))
     ));
     assert_eq!(s.get(&b.id).unwrap(), None);
+}
+
+/// Uniqueness is on the email key: composed, decomposed, upper-case and fullwidth forms of
+/// one address are one mailbox, and the email is stored as typed.
+pub fn one_mailbox_written_four_ways_is_one_customer(s: &mut dyn Store) {
+    let first = customer("José", "josé@example.com");
+    assert_eq!(
+        decided(one(s, WriteOp::Insert(first.clone()))),
+        Ok(Some(first.clone()))
+    );
+    for twin in [
+        "jose\u{301}@example.com",
+        "JOSÉ@EXAMPLE.COM",
+        "\u{FF4A}osé@example.com",
+    ] {
+        let b = customer("Twin", twin);
+        let refused = decided(one(s, WriteOp::Insert(b.clone())));
+        assert!(
+            matches!(refused, Err(Error::Conflict(_))),
+            "{twin}: {refused:?}"
+        );
+        assert_eq!(s.get(&b.id).unwrap(), None, "{twin}");
+    }
+    let other = customer("Jose", "jose@example.com");
+    assert!(decided(one(s, WriteOp::Insert(other))).is_ok());
+    assert_eq!(
+        s.get(&first.id).unwrap().unwrap().fields.email,
+        "josé@example.com"
+    );
+    assert!(s.email_key_conflicts().unwrap().is_empty());
+}
+
+/// An update that moves a customer onto another live customer's mailbox is refused, and one
+/// that only changes the case of its own email is not.
+pub fn an_update_to_another_customers_mailbox_is_a_conflict(s: &mut dyn Store) {
+    let a = customer("A", "straße@x.io");
+    let b = customer("B", "b@x.io");
+    one(s, WriteOp::Insert(a.clone()));
+    one(s, WriteOp::Insert(b.clone()));
+    let onto_a = WriteOp::Update {
+        id: b.id,
+        fields: fields("B", "STRASSE@x.io"),
+        expected_version: 1,
+        now: 5,
+    };
+    assert!(matches!(decided(one(s, onto_a)), Err(Error::Conflict(_))));
+    let own = WriteOp::Update {
+        id: a.id,
+        fields: fields("A", "STRASSE@X.IO"),
+        expected_version: 1,
+        now: 5,
+    };
+    let renamed = decided(one(s, own)).unwrap().unwrap();
+    assert_eq!(renamed.fields.email, "STRASSE@X.IO");
+}
+
+/// Live rows stored before schema version 5 whose emails are one mailbox written three ways,
+/// plus an unrelated one: `(id, email, created_at)`. Each engine's migration test inserts
+/// them into a version-4 schema, migrates, and runs
+/// [`colliding_rows_are_kept_and_reported_after_migration`].
+pub const COLLIDING_ROWS: [(&str, &str, i64); 4] = [
+    ("00000000-0000-7000-8000-00000000000b", "JOSÉ@x.io", 2),
+    ("00000000-0000-7000-8000-00000000000a", "josé@x.io", 1),
+    (
+        "00000000-0000-7000-8000-00000000000c",
+        "jose\u{301}@x.io",
+        3,
+    ),
+    ("00000000-0000-7000-8000-00000000000d", "ada@x.io", 4),
+];
+
+/// After the migration: every row is kept as typed, the earliest keeps the mailbox, the two
+/// later ones are reported naming the earliest, the mailbox stays taken, unrelated edits of a
+/// reported row work, and changing its email resolves its conflict.
+pub fn colliding_rows_are_kept_and_reported_after_migration(s: &mut dyn Store) {
+    let id = |i: usize| crate::customer::parse_customer_id(COLLIDING_ROWS[i].0).unwrap();
+    for (i, (_, email, _)) in COLLIDING_ROWS.iter().enumerate() {
+        assert_eq!(s.get(&id(i)).unwrap().unwrap().fields.email, *email);
+    }
+    let named = |s: &mut dyn Store| -> Vec<(String, String)> {
+        let found = s.email_key_conflicts().unwrap();
+        found.into_iter().map(|c| (c.id, c.kept_id)).collect()
+    };
+    let kept = COLLIDING_ROWS[1].0.to_owned();
+    assert_eq!(
+        named(s),
+        [
+            (COLLIDING_ROWS[0].0.to_owned(), kept.clone()),
+            (COLLIDING_ROWS[2].0.to_owned(), kept.clone())
+        ]
+    );
+    let newcomer = customer("New", "JOSÉ@X.IO");
+    assert!(matches!(
+        decided(one(s, WriteOp::Insert(newcomer))),
+        Err(Error::Conflict(_))
+    ));
+    let rename = WriteOp::Update {
+        id: id(0),
+        fields: fields("Renamed", COLLIDING_ROWS[0].1),
+        expected_version: 1,
+        now: 10,
+    };
+    assert!(
+        decided(one(s, rename)).is_ok(),
+        "a name change of a reported row"
+    );
+    assert_eq!(named(s).len(), 2);
+    let moved = WriteOp::Update {
+        id: id(0),
+        fields: fields("Renamed", "jose.other@x.io"),
+        expected_version: 2,
+        now: 11,
+    };
+    assert!(decided(one(s, moved)).is_ok());
+    assert_eq!(named(s), [(COLLIDING_ROWS[2].0.to_owned(), kept)]);
 }
 
 /// A create retried with the same id and fields returns the stored row.

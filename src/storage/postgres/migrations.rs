@@ -4,9 +4,10 @@
 //! migration *n* ([`crate::storage::migrations`]): same tables, columns and constraints, so a
 //! version number means the same schema on both engines. Differences are dialect only: ids
 //! are `TEXT COLLATE "C"` (byte order, so keyset pages order exactly like SQLite's), the
-//! ASCII-case-insensitive email rule is a unique index on `lower(email COLLATE "C")` (the
-//! `"C"` collation folds ASCII only, like SQLite's `NOCASE`), booleans are `BOOLEAN`, and the
-//! 1024 shard rows come from `generate_series`.
+//! ASCII-case-insensitive email rule of versions 1–5 was a unique index on
+//! `lower(email COLLATE "C")` (the `"C"` collation folds ASCII only, like SQLite's `NOCASE`);
+//! from version 6 both engines index the `email_key` column computed in Rust. Booleans are
+//! `BOOLEAN`, and the 1024 shard rows come from `generate_series`.
 //!
 //! Several nodes start at once against one server, so migrating is serialised by a
 //! transaction-scoped advisory lock ([`MIGRATION_LOCK`]): the first node applies every pending
@@ -17,6 +18,8 @@
 use tokio_postgres::Client;
 
 use crate::error::{Error, Result};
+use crate::storage::email_keys::{ExistingRow, KeyConflict, assign_keys};
+use crate::storage::migrations::EMAIL_KEY_VERSION;
 
 /// Advisory lock key held while migrating (any value unlikely to collide; "cc-migr").
 pub const MIGRATION_LOCK: i64 = 0x0063_632d_6d69_6772;
@@ -68,6 +71,19 @@ pub const MIGRATIONS: &[&str] = &[
         token              BIGINT NOT NULL DEFAULT 0
     );
     INSERT INTO shard_leases (shard) SELECT generate_series(0, 1023);"#,
+    // 5: one mailbox, one customer: `email_key` is `customer::email_key(email)`, filled for
+    // existing rows by [`backfill_email_keys`] in the same transaction; collisions between
+    // live rows are recorded in `email_key_conflicts` (see `storage::email_keys`).
+    r#"ALTER TABLE customers ADD COLUMN email_key TEXT;
+    CREATE TABLE email_key_conflicts (
+        id        TEXT NOT NULL PRIMARY KEY,
+        kept_id   TEXT NOT NULL,
+        email_key TEXT NOT NULL
+    );"#,
+    // 6: uniqueness moves from the ASCII-folded email to the key, among live rows.
+    r#"ALTER TABLE customers ALTER COLUMN email_key SET NOT NULL;
+    DROP INDEX customers_live_email;
+    CREATE UNIQUE INDEX customers_live_email_key ON customers (email_key COLLATE "C") WHERE NOT deleted;"#,
 ];
 
 /// Applies every pending migration in one transaction under [`MIGRATION_LOCK`]. Refuses a
@@ -98,6 +114,9 @@ pub async fn migrate(client: &mut Client) -> Result<u32> {
     }
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(current.max(0) as usize) {
         tx.batch_execute(sql).await?;
+        if index + 1 == EMAIL_KEY_VERSION {
+            backfill_email_keys(&tx).await?;
+        }
         let version = index as i32 + 1;
         tx.execute(
             "INSERT INTO schema_version (version) VALUES ($1)",
@@ -108,6 +127,52 @@ pub async fn migrate(client: &mut Client) -> Result<u32> {
     }
     tx.commit().await?;
     Ok(target as u32)
+}
+
+/// Computes `email_key` for every existing row (creation order) and records conflicts: one
+/// read, one `UPDATE … FROM unnest(…)`, one insert.
+async fn backfill_email_keys(tx: &tokio_postgres::Transaction<'_>) -> Result<()> {
+    let rows = tx
+        .query(
+            "SELECT id, email, deleted FROM customers ORDER BY created_at, id",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(ExistingRow {
+                id: r.try_get(0)?,
+                email: r.try_get(1)?,
+                deleted: r.try_get(2)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let (keys, conflicts) = assign_keys(&rows);
+    let (ids, values): (Vec<&str>, Vec<&str>) =
+        keys.iter().map(|(i, k)| (i.as_str(), k.as_str())).unzip();
+    tx.execute(
+        "UPDATE customers c SET email_key = k.key
+           FROM unnest($1::text[], $2::text[]) AS k(id, key) WHERE c.id = k.id",
+        &[&ids, &values],
+    )
+    .await?;
+    let column = |f: fn(&KeyConflict) -> &str| conflicts.iter().map(f).collect::<Vec<_>>();
+    tx.execute(
+        "INSERT INTO email_key_conflicts (id, kept_id, email_key)
+         SELECT * FROM unnest($1::text[], $2::text[], $3::text[])",
+        &[
+            &column(|c| &c.id),
+            &column(|c| &c.kept_id),
+            &column(|c| &c.email_key),
+        ],
+    )
+    .await?;
+    tracing::info!(
+        rows = keys.len(),
+        conflicts = conflicts.len(),
+        "computed email keys of existing customers (postgres)"
+    );
+    Ok(())
 }
 
 #[cfg(test)]
@@ -132,10 +197,12 @@ mod tests {
         );
     }
 
-    const GOLDEN: [u64; 4] = [
+    const GOLDEN: [u64; 6] = [
         11_514_218_651_068_461_214,
         9_799_222_682_829_499_137,
         12_618_246_681_954_152_846,
         13_498_172_532_673_909_827,
+        16_352_508_518_732_972_486,
+        8_424_774_568_697_198_701,
     ];
 }
