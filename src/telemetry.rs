@@ -23,6 +23,8 @@ use tracing_subscriber::registry::LookupSpan;
 
 use crate::config::LogFormat;
 
+pub mod transport;
+
 /// Default filter: our INFO, the actor and transport libraries' warnings only (their INFO lines
 /// are per-connection chatter, and their per-actor spans would prefix every line).
 pub const DEFAULT_LOG_FILTER: &str = "info,ractor=warn,ractor_cluster=warn";
@@ -82,19 +84,63 @@ where
         mut writer: Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> fmt::Result {
-        if !self.json {
-            write!(writer, "[{}] ", self.node)?;
-            return self.inner.format_event(ctx, writer, event);
-        }
         let mut line = String::new();
         self.inner
             .format_event(ctx, Writer::new(&mut line), event)?;
+        let line = plain_transport_words(event, line, self.json);
+        if !self.json {
+            write!(writer, "[{}] ", self.node)?;
+            return writer.write_str(&line);
+        }
         match line.strip_prefix('{') {
             Some(rest) => {
                 let node = serde_json::to_string(&self.node).map_err(|_| fmt::Error)?;
                 write!(writer, "{{\"node\":{node},{rest}")
             }
             None => writer.write_str(&line),
+        }
+    }
+}
+
+/// A `ractor_cluster` WARN line with its message in plain words ([`transport::explain`]);
+/// every other line, and every line while the node logs at DEBUG, unchanged.
+fn plain_transport_words(event: &tracing::Event<'_>, line: String, json: bool) -> String {
+    let meta = event.metadata();
+    if !meta.target().starts_with("ractor_cluster")
+        || *meta.level() != tracing::Level::WARN
+        || tracing::level_filters::LevelFilter::current() >= tracing::Level::DEBUG
+    {
+        return line;
+    }
+    let mut message = MessageText(None);
+    event.record(&mut message);
+    let Some(raw) = message.0 else { return line };
+    let Some(plain) = transport::explain(&raw) else {
+        return line;
+    };
+    if json {
+        let (Ok(from), Ok(to)) = (serde_json::to_string(&raw), serde_json::to_string(&plain))
+        else {
+            return line;
+        };
+        return line.replacen(&from, &to, 1);
+    }
+    line.replacen(&raw, &plain, 1)
+}
+
+/// The `message` field of an event, as text.
+struct MessageText(Option<String>);
+
+impl tracing::field::Visit for MessageText {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+        if field.name() == "message" {
+            self.0 = Some(format!("{value:?}"));
+        }
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            self.0 = Some(value.to_owned());
         }
     }
 }

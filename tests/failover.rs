@@ -167,6 +167,12 @@ async fn a_killed_node_loses_nothing_and_owns_customers_again_after_restart() {
     );
     let all: Vec<&TestNode> = cluster.nodes.iter().collect();
     assert_no_stale_reads(&all, &acked).await;
+    // The survivors say in plain words that the session ended; no debug dumps of the
+    // transport's handshake structs, and no cookie scare for an ordinary restart.
+    let log = cluster.nodes[0].log();
+    assert!(log.contains("session with k2"), "{log}");
+    assert!(!log.contains("NameMessage"), "{log}");
+    assert!(!log.contains("keep failing"), "{log}");
 }
 
 #[tokio::test]

@@ -206,6 +206,8 @@ pub struct MembershipState {
     /// Sessions by NodeSession actor id: which addresses are connected (re-dialing) and which
     /// sessions to close when a peer is evicted.
     sessions: HashMap<ActorId, Session>,
+    /// Handshakes that ended early, in a row, by peer host: what their log line says.
+    handshakes: HandshakeFailures,
     /// Pure failure detector over `peers`: who to ping, who is silent.
     detector: Detector,
     /// Addresses to keep connected to (seeds and members), with per-address backoff.
@@ -260,6 +262,7 @@ impl Actor for Membership {
             args,
             peers: BTreeMap::new(),
             sessions: HashMap::new(),
+            handshakes: HandshakeFailures::default(),
             dials,
             last_tick: now,
             ticker: Some(ticker),
@@ -506,6 +509,7 @@ impl MembershipState {
             }
             SessionEventKind::Ready => {
                 tracing::debug!(peer = ?event.peer_node(), addr = ?event.peer_addr, "session ready");
+                self.handshakes.succeeded(&event.socket_addr);
                 if let Some(addr) = &event.peer_addr {
                     self.dials.want(addr, Instant::now());
                 }
@@ -524,11 +528,24 @@ impl MembershipState {
             }
             SessionEventKind::Disconnected => match self.sessions.remove(&id) {
                 Some(s) if s.ready => tracing::info!(peer = ?s.event.peer_node(), "session closed"),
-                Some(s) => tracing::warn!(
-                    addr = %s.event.socket_addr,
-                    peer = ?s.event.peer_node(),
-                    "connection closed during the handshake: check that both nodes use the same cookie and TLS settings"
-                ),
+                Some(s) => {
+                    let addr = &s.event.socket_addr;
+                    match self.handshakes.failed(addr) {
+                        HandshakeNote::Once => tracing::info!(
+                            addr = %addr,
+                            "connection closed during the handshake: the peer restarted, froze or was cut off mid-handshake; it is dialled again"
+                        ),
+                        HandshakeNote::Repeated(n) => tracing::warn!(
+                            addr = %addr,
+                            failures = n,
+                            "handshakes with this host keep failing: check that both nodes use the same cookie and TLS settings"
+                        ),
+                        HandshakeNote::Quiet => tracing::debug!(
+                            addr = %addr,
+                            "connection closed during the handshake"
+                        ),
+                    }
+                }
                 None => {}
             },
         }
@@ -760,9 +777,66 @@ pub async fn spawn(args: MembershipArgs, supervisor: ActorCell) -> Result<ActorR
     Ok(actor)
 }
 
+/// Handshake failures in a row after which the log suspects the configuration.
+pub const HANDSHAKE_FAILURES_TO_WARN: u32 = 3;
+
+/// What to log for a handshake that ended early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeNote {
+    /// The first ones from a host: a restart or a freeze mid-handshake does this (INFO).
+    Once,
+    /// The `n`th in a row: likely a cookie or TLS mismatch (WARN, once per streak).
+    Repeated(u32),
+    /// Later ones of the same streak (DEBUG).
+    Quiet,
+}
+
+/// Handshake failures in a row per peer host (the port of an incoming connection changes
+/// every time, so the host is what identifies a peer here); a finished handshake resets it.
+#[derive(Debug, Default)]
+pub struct HandshakeFailures(HashMap<String, u32>);
+
+impl HandshakeFailures {
+    fn host(addr: &str) -> String {
+        addr.rsplit_once(':').map_or(addr, |(h, _)| h).to_owned()
+    }
+
+    /// A handshake with `addr` ended early: what to log.
+    pub fn failed(&mut self, addr: &str) -> HandshakeNote {
+        let n = self.0.entry(Self::host(addr)).or_insert(0);
+        *n += 1;
+        match *n {
+            n if n < HANDSHAKE_FAILURES_TO_WARN => HandshakeNote::Once,
+            n if n == HANDSHAKE_FAILURES_TO_WARN => HandshakeNote::Repeated(n),
+            _ => HandshakeNote::Quiet,
+        }
+    }
+
+    /// A handshake with `addr` finished: its streak ends.
+    pub fn succeeded(&mut self, addr: &str) {
+        self.0.remove(&Self::host(addr));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_handshake_failing_once_is_a_restart_and_failing_in_a_row_suspects_the_cookie() {
+        let mut h = HandshakeFailures::default();
+        assert_eq!(h.failed("10.0.0.3:51000"), HandshakeNote::Once);
+        assert_eq!(h.failed("10.0.0.3:51002"), HandshakeNote::Once);
+        assert_eq!(h.failed("10.0.0.3:51004"), HandshakeNote::Repeated(3));
+        assert_eq!(h.failed("10.0.0.3:51006"), HandshakeNote::Quiet);
+        assert_eq!(h.failed("10.0.0.2:4702"), HandshakeNote::Once, "per host");
+        h.succeeded("10.0.0.3:4703");
+        assert_eq!(
+            h.failed("10.0.0.3:51008"),
+            HandshakeNote::Once,
+            "a success resets"
+        );
+    }
 
     fn at(t0: Instant, ms: u64) -> Instant {
         t0 + Duration::from_millis(ms)

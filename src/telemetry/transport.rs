@@ -1,0 +1,131 @@
+//! Plain words for the transport library's warnings.
+//!
+//! `ractor_cluster` logs session ends as debug dumps of its handshake structs
+//! (`Node session Some(NameMessage { name: "n3#…@10.0.0.3", flags: …, connection_string:
+//! "10.0.0.3:4703", … }) exited with 'Some("tcp_session_closed")'`). The log formatter passes
+//! each of its WARN lines through [`explain`] and prints one clear line instead: who, and what
+//! the reason means. The raw line is printed as is when the node logs at DEBUG.
+
+/// A clear line for a known `ractor_cluster` warning, or `None` to keep the raw one.
+pub fn explain(raw: &str) -> Option<String> {
+    if let Some(rest) = raw.strip_prefix("Node session ") {
+        let (who, reason) = rest.rsplit_once(" exited with '")?;
+        let reason = quoted(reason.trim_end_matches('\'')).unwrap_or("no reason given");
+        return Some(match peer(who) {
+            Some((name, addr)) => {
+                format!("session with {name} ({addr}) ended: {}", meaning(reason))
+            }
+            None => format!(
+                "a cluster connection ended before the peer named itself: {}",
+                meaning(reason)
+            ),
+        });
+    }
+    if let Some(rest) = raw.strip_prefix("NodeSession ") {
+        if rest.contains("unknown child actor exit") {
+            let who = peer(rest).map_or_else(|| "a peer".to_owned(), |(n, _)| n);
+            return Some(format!(
+                "session with {who}: an actor that already stopped reported its exit (harmless after a restart or an eviction)"
+            ));
+        }
+        return None;
+    }
+    if let Some(err) = raw.strip_prefix("Closing cluster stream after framing error: ") {
+        return Some(format!("a cluster connection closed: {err}"));
+    }
+    if let Some(rest) = raw.strip_prefix("Slow ping detected ") {
+        let (pair, _) = rest.split_once(';').unwrap_or((rest, ""));
+        return Some(format!(
+            "the transport's own ping was slow: {pair} (further ones at DEBUG)"
+        ));
+    }
+    None
+}
+
+/// What a session's exit reason means for an operator.
+fn meaning(reason: &str) -> String {
+    let why = match reason {
+        "tcp_session_closed" => {
+            "the connection closed (the peer stopped, restarted, or dropped it)"
+        }
+        "auth_fail" => {
+            "auth_fail: the peer's cookie does not match ours (or its TLS certificate was refused)"
+        }
+        "duplicate_connection" => {
+            "both sides dialled each other at once; the other connection is kept (duplicate_connection)"
+        }
+        other if other.starts_with("evicted by") => {
+            return format!("{other} (the failure detector stopped hearing it)");
+        }
+        other => other,
+    };
+    why.to_owned()
+}
+
+/// `(name, address)` out of a `Some(NameMessage { name: "n3#123@host", …,
+/// connection_string: "host:port", … })` dump.
+fn peer(dump: &str) -> Option<(String, String)> {
+    let name = field(dump, "name: ")?;
+    let name = name.split('#').next().unwrap_or(name).to_owned();
+    let addr = field(dump, "connection_string: ").unwrap_or("?").to_owned();
+    Some((name, addr))
+}
+
+/// The string value after `key` (`key"value"`).
+fn field<'a>(dump: &'a str, key: &str) -> Option<&'a str> {
+    let start = dump.find(key)? + key.len();
+    quoted(&dump[start..])
+}
+
+/// The contents of the first `"…"` in `s` (after an optional `Some(`).
+fn quoted(s: &str) -> Option<&str> {
+    let s = s.strip_prefix("Some(").unwrap_or(s);
+    let s = s.strip_prefix('"')?;
+    s.split_once('"').map(|(v, _)| v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NAMED: &str = r#"Node session Some(NameMessage { name: "n3#1795809408352@10.213.0.3", flags: Some(NodeFlags { version: 1 }), connection_string: "10.213.0.3:4703", connection_id: 0 }) exited with 'Some("tcp_session_closed")'"#;
+
+    #[test]
+    fn a_session_end_names_the_peer_and_says_what_the_reason_means() {
+        assert_eq!(
+            explain(NAMED).unwrap(),
+            "session with n3 (10.213.0.3:4703) ended: the connection closed (the peer stopped, restarted, or dropped it)"
+        );
+        let auth = NAMED.replace("tcp_session_closed", "auth_fail");
+        let line = explain(&auth).unwrap();
+        assert!(line.starts_with("session with n3 (10.213.0.3:4703) ended: auth_fail"));
+        assert!(line.contains("cookie"));
+        let evicted = NAMED.replace("tcp_session_closed", "evicted by n1: no heartbeat");
+        assert!(
+            explain(&evicted)
+                .unwrap()
+                .contains("evicted by n1: no heartbeat")
+        );
+    }
+
+    #[test]
+    fn an_unnamed_session_and_other_known_lines_get_plain_words() {
+        let unnamed = r#"Node session None exited with 'Some("tcp_session_closed")'"#;
+        assert!(
+            explain(unnamed)
+                .unwrap()
+                .starts_with("a cluster connection ended before the peer named itself")
+        );
+        let child = r#"NodeSession Some(NameMessage { name: "n1#1@h", flags: None, connection_string: "h:4701", connection_id: 0 }) received an unknown child actor exit event from 0.12 - 'None'"#;
+        assert!(explain(child).unwrap().starts_with("session with n1: "));
+        let framing =
+            "Closing cluster stream after framing error: Connection reset by peer (os error 104)";
+        assert_eq!(
+            explain(framing).unwrap(),
+            "a cluster connection closed: Connection reset by peer (os error 104)"
+        );
+        assert!(explain("Slow ping detected a - b (61ms); further slow Pongs will only be logged at debug level").unwrap().contains("a - b (61ms)"));
+        assert_eq!(explain("something else entirely"), None);
+        assert!(!explain(NAMED).unwrap().contains("NameMessage"));
+    }
+}
