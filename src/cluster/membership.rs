@@ -194,6 +194,8 @@ struct Session {
     opened_at: Instant,
     /// Whether the handshake finished; only ready sessions count as connected for re-dialing.
     ready: bool,
+    /// We closed it for stalling in its handshake (a frozen or cut-off peer): not a refusal.
+    stalled: bool,
 }
 
 /// State of [`Membership`].
@@ -504,6 +506,7 @@ impl MembershipState {
                         event,
                         opened_at: Instant::now(),
                         ready: false,
+                        stalled: false,
                     },
                 );
             }
@@ -523,22 +526,26 @@ impl MembershipState {
                         event,
                         opened_at,
                         ready: true,
+                        stalled: false,
                     },
                 );
             }
             SessionEventKind::Disconnected => match self.sessions.remove(&id) {
                 Some(s) if s.ready => tracing::info!(peer = ?s.event.peer_node(), "session closed"),
+                Some(s) if s.stalled => tracing::info!(
+                    addr = %s.event.socket_addr,
+                    "closed a handshake that stalled: the peer is frozen or unreachable; it is dialled again"
+                ),
                 Some(s) => {
                     let addr = &s.event.socket_addr;
                     match self.handshakes.failed(addr) {
-                        HandshakeNote::Once => tracing::info!(
+                        HandshakeNote::Logged => tracing::info!(
                             addr = %addr,
-                            "connection closed during the handshake: the peer restarted, froze or was cut off mid-handshake; it is dialled again"
+                            "connection closed during the handshake: a peer that restarted, froze or was cut off does this (a cookie mismatch is logged as auth_fail)"
                         ),
-                        HandshakeNote::Repeated(n) => tracing::warn!(
+                        HandshakeNote::LastLogged => tracing::info!(
                             addr = %addr,
-                            failures = n,
-                            "handshakes with this host keep failing: check that both nodes use the same cookie and TLS settings"
+                            "connection closed during the handshake again; until one succeeds, further ones from this host are logged at DEBUG"
                         ),
                         HandshakeNote::Quiet => tracing::debug!(
                             addr = %addr,
@@ -650,9 +657,10 @@ impl MembershipState {
     /// is closed, so re-dialing cannot pile up half-open sessions.
     fn close_stuck_handshakes(&mut self, now: Instant) {
         let limit = self.args.failure_timeout.max(Duration::from_secs(2));
-        for s in self.sessions.values() {
-            if !s.ready && now.saturating_duration_since(s.opened_at) > limit {
+        for s in self.sessions.values_mut() {
+            if !s.ready && !s.stalled && now.saturating_duration_since(s.opened_at) > limit {
                 tracing::debug!(addr = %s.event.socket_addr, "closing a session stuck in its handshake");
+                s.stalled = true;
                 s.event.session.stop(Some("handshake timeout".into()));
             }
         }
@@ -777,22 +785,25 @@ pub async fn spawn(args: MembershipArgs, supervisor: ActorCell) -> Result<ActorR
     Ok(actor)
 }
 
-/// Handshake failures in a row after which the log suspects the configuration.
-pub const HANDSHAKE_FAILURES_TO_WARN: u32 = 3;
+/// Handshake closures in a row from one host that are logged at INFO; later ones of the same
+/// streak go to DEBUG.
+pub const HANDSHAKE_CLOSURES_LOGGED: u32 = 3;
 
-/// What to log for a handshake that ended early.
+/// How to log a handshake that ended early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HandshakeNote {
-    /// The first ones from a host: a restart or a freeze mid-handshake does this (INFO).
-    Once,
-    /// The `n`th in a row: likely a cookie or TLS mismatch (WARN, once per streak).
-    Repeated(u32),
+    /// One of the first of a streak (INFO).
+    Logged,
+    /// The last one of a streak logged at INFO (it says the rest go to DEBUG).
+    LastLogged,
     /// Later ones of the same streak (DEBUG).
     Quiet,
 }
 
-/// Handshake failures in a row per peer host (the port of an incoming connection changes
+/// Handshakes closed early in a row per peer host (the port of an incoming connection changes
 /// every time, so the host is what identifies a peer here); a finished handshake resets it.
+/// Only the log's volume depends on it: after a freeze a node may see a dozen closures, and a
+/// real cookie mismatch is reported by the transport as `auth_fail`.
 #[derive(Debug, Default)]
 pub struct HandshakeFailures(HashMap<String, u32>);
 
@@ -806,8 +817,8 @@ impl HandshakeFailures {
         let n = self.0.entry(Self::host(addr)).or_insert(0);
         *n += 1;
         match *n {
-            n if n < HANDSHAKE_FAILURES_TO_WARN => HandshakeNote::Once,
-            n if n == HANDSHAKE_FAILURES_TO_WARN => HandshakeNote::Repeated(n),
+            n if n < HANDSHAKE_CLOSURES_LOGGED => HandshakeNote::Logged,
+            n if n == HANDSHAKE_CLOSURES_LOGGED => HandshakeNote::LastLogged,
             _ => HandshakeNote::Quiet,
         }
     }
@@ -823,17 +834,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_handshake_failing_once_is_a_restart_and_failing_in_a_row_suspects_the_cookie() {
+    fn handshake_closures_are_logged_three_in_a_row_per_host_then_quietly() {
         let mut h = HandshakeFailures::default();
-        assert_eq!(h.failed("10.0.0.3:51000"), HandshakeNote::Once);
-        assert_eq!(h.failed("10.0.0.3:51002"), HandshakeNote::Once);
-        assert_eq!(h.failed("10.0.0.3:51004"), HandshakeNote::Repeated(3));
+        assert_eq!(h.failed("10.0.0.3:51000"), HandshakeNote::Logged);
+        assert_eq!(h.failed("10.0.0.3:51002"), HandshakeNote::Logged);
+        assert_eq!(h.failed("10.0.0.3:51004"), HandshakeNote::LastLogged);
         assert_eq!(h.failed("10.0.0.3:51006"), HandshakeNote::Quiet);
-        assert_eq!(h.failed("10.0.0.2:4702"), HandshakeNote::Once, "per host");
+        assert_eq!(h.failed("10.0.0.2:4702"), HandshakeNote::Logged, "per host");
         h.succeeded("10.0.0.3:4703");
         assert_eq!(
             h.failed("10.0.0.3:51008"),
-            HandshakeNote::Once,
+            HandshakeNote::Logged,
             "a success resets"
         );
     }
