@@ -338,18 +338,8 @@ impl TestCluster {
     /// Starts `n` nodes named `<prefix>1..<prefix>n` and waits until each sees all of them.
     pub async fn start(prefix: &str, n: usize, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut specs: Vec<NodeSpec> = (1..=n)
-            .map(|i| NodeSpec::new(&format!("{prefix}{i}")))
-            .collect();
-        let seed = specs[0].cluster_addr();
-        for (i, spec) in specs.iter_mut().enumerate() {
-            if i == 0 {
-                spec.db_path = Some(dir.path().join("customers.db"));
-            } else {
-                spec.seeds = vec![seed.clone()];
-            }
-            spec.extra = extra.iter().map(|s| s.to_string()).collect();
-        }
+        let mut specs = Self::specs(prefix, n, &[], extra);
+        specs[0].db_path = Some(dir.path().join("customers.db"));
         Self::launch(specs, dir).await
     }
 
@@ -357,6 +347,13 @@ impl TestCluster {
     /// (`--database-url`), the others seeding from the first, and waits until each sees all.
     pub async fn start_postgres(prefix: &str, n: usize, url: &str, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
+        let specs = Self::specs(prefix, n, &["--database-url", url], extra);
+        Self::launch(specs, dir).await
+    }
+
+    /// `n` node specs, every node after the first seeded from it, each with `storage` then
+    /// `extra` as its extra flags.
+    fn specs(prefix: &str, n: usize, storage: &[&str], extra: &[&str]) -> Vec<NodeSpec> {
         let mut specs: Vec<NodeSpec> = (1..=n)
             .map(|i| NodeSpec::new(&format!("{prefix}{i}")))
             .collect();
@@ -365,10 +362,9 @@ impl TestCluster {
             if i > 0 {
                 spec.seeds = vec![seed.clone()];
             }
-            spec.extra = vec!["--database-url".into(), url.into()];
-            spec.extra.extend(extra.iter().map(|s| s.to_string()));
+            spec.extra = storage.iter().chain(extra).map(|s| s.to_string()).collect();
         }
-        Self::launch(specs, dir).await
+        specs
     }
 
     async fn launch(specs: Vec<NodeSpec>, dir: tempfile::TempDir) -> Self {
