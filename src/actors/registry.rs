@@ -554,16 +554,31 @@ mod tests {
         .unwrap()
     }
 
-    #[tokio::test]
-    async fn a_panicking_customer_actor_is_cleaned_up_and_others_are_unaffected() {
+    /// A node with its own SQLite file (kept while the returned directory lives), its Gateway
+    /// and its Registry.
+    async fn node_with_db(
+        name: &str,
+        tune: impl FnOnce(&mut Config),
+    ) -> (
+        tempfile::TempDir,
+        crate::node::NodeActors,
+        Gateway,
+        ActorRef<RegistryMsg>,
+    ) {
         let dir = tempfile::tempdir().unwrap();
-        let config = Config::local("registry-crash-test", Some(dir.path().join("c.db")));
+        let mut config = Config::local(name, Some(dir.path().join("c.db")));
+        tune(&mut config);
         let node = crate::node::start_actors(&config, None, 1).await.unwrap();
         let gateway = Gateway::new(node.ctx.clone());
-        let registry: ActorRef<RegistryMsg> =
-            ractor::registry::where_is(registry_name(&config.name))
-                .unwrap()
-                .into();
+        let registry = ractor::registry::where_is(registry_name(&config.name))
+            .unwrap()
+            .into();
+        (dir, node, gateway, registry)
+    }
+
+    #[tokio::test]
+    async fn a_panicking_customer_actor_is_cleaned_up_and_others_are_unaffected() {
+        let (_dir, node, gateway, registry) = node_with_db("registry-crash-test", |_| {}).await;
 
         let a = gateway
             .create(new_customer_id(), fields("A", "a@x.io"), None)
@@ -690,15 +705,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_scan_past_the_active_cap_passivates_the_least_recently_used() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::local("registry-lru-test", Some(dir.path().join("c.db")));
-        config.max_active_customers = 10;
-        let node = crate::node::start_actors(&config, None, 1).await.unwrap();
-        let gateway = Gateway::new(node.ctx.clone());
-        let registry: ActorRef<RegistryMsg> =
-            ractor::registry::where_is(registry_name(&config.name))
-                .unwrap()
-                .into();
+        let (_dir, node, gateway, registry) =
+            node_with_db("registry-lru-test", |c| c.max_active_customers = 10).await;
         let mut stored = Vec::new();
         for i in 0..50 {
             let email = format!("scan{i}@example.com");
