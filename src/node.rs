@@ -87,7 +87,7 @@ pub async fn start_actors(
         request_timeout: config.request_timeout,
         idle_timeout: config.idle_timeout,
         max_active_customers: config.max_active_customers,
-        view: view_rx,
+        view: view_rx.clone(),
         lease: lease.clone(),
         leases: Arc::new(NodeLeases::new(
             &config.name,
@@ -97,7 +97,7 @@ pub async fn start_actors(
         lease_config: config.lease,
         read_mode: config.read_mode,
         unsettled: Default::default(),
-        db: DatabaseClient::new(&config.name, config.request_timeout),
+        db: DatabaseClient::new(&config.name, config.request_timeout).watching(view_rx.clone()),
         counters: Counters::default(),
         events: events.clone(),
         #[cfg(test)]

@@ -309,6 +309,11 @@ pub const METRICS: &[(&str, MetricKind, &str)] = &[
         "Panics in the storage writer thread (the writer stops; the database actor restarts it)",
     ),
     (
+        "customer_db_calls_aborted_total",
+        MetricKind::Counter,
+        "Database calls ended early because the database node left the membership view mid-call (outcome unknown, 504 for writes)",
+    ),
+    (
         "customer_lease_statements_total",
         MetricKind::Counter,
         "Lease statements sent to the database, by kind: renew, table, grant, takeover, release, register, own_row, ping",
