@@ -37,6 +37,7 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
 
+use super::lease_keeper::WritePermit;
 use super::{Counters, NodeContext};
 use crate::clock::{holder_now, now_micros};
 use crate::cluster::lease::ShardState;
@@ -274,12 +275,24 @@ impl CustomerState {
         }
     }
 
+    /// Leave to write on this customer's shard now (counted in flight until dropped, L6), or
+    /// `NotHolder`.
+    fn write_permit(&self) -> Result<WritePermit> {
+        self.ctx
+            .leases
+            .begin_write(self.shard, holder_now())
+            .ok_or_else(|| {
+                metrics::counter!("customer_requests_not_holder_total").increment(1);
+                self.ctx.leases.not_holder(self.shard)
+            })
+    }
+
     async fn create(&mut self, request: CreateRequest) -> Result<RouteReply> {
         check_deadline(request.deadline_ms)?;
         self.settle_pending().await;
-        let token = self.serving_token()?;
+        let permit = self.write_permit()?;
         let stamp = request.request.stamp(now_micros());
-        self.write(WriteOp::Insert(request.customer), token, stamp)
+        self.write(WriteOp::Insert(request.customer), permit.token, stamp)
             .await
     }
 
@@ -311,9 +324,9 @@ impl CustomerState {
         // The caller may have given up and retried elsewhere: never start a write late; and
         // the lease may have lapsed while the row loaded: check it again.
         check_deadline(request.deadline_ms)?;
-        let token = self.serving_token()?;
+        let permit = self.write_permit()?;
         let stamp = request.request.stamp(now_micros());
-        self.write(op, token, stamp).await
+        self.write(op, permit.token, stamp).await
     }
 
     /// The current row: the cache when loaded under `token` (checked in this same turn as the
