@@ -778,6 +778,52 @@ mod tests {
         f.node.supervisor.stop(None);
     }
 
+    /// DESIGN §10 case 14 (L3): the actor is never told that its shard was LOST and granted
+    /// again while it kept a cached row — here there is no notice to delay at all: every request
+    /// reads the node's lease state in the same turn as the cache, and a row loaded under an
+    /// older token is never served.
+    #[tokio::test]
+    async fn an_actor_never_told_its_shard_was_lost_and_granted_again_serves_no_stale_read() {
+        let f = Fixture::new("lost-notice-test").await;
+        let actor = f.activation().await;
+        assert_eq!(send_row(&actor, get()).await.unwrap().version, 1); // cached under T
+        let token = f.wait_held().await;
+        // Behind this node's back the shard moves on (as a takeover would) and another writer
+        // changes the customer.
+        f.node.ctx.db.release(f.shard, token).await.unwrap();
+        let mut fields = f.customer.fields.clone();
+        fields.name = "written while the shard was elsewhere".into();
+        let newer = f
+            .node
+            .ctx
+            .db
+            .update(crate::cluster::protocol::UpdateRequest {
+                id: f.customer.id,
+                fields,
+                expected_version: 1,
+                now: now_micros(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(newer.version, 2);
+        // The node learns it lost the shard and is granted it again under a newer token; the
+        // actor (outside the Registry, so nobody stops it) still holds version 1 in its cache.
+        assert!(f.node.ctx.leases.on_fenced(f.shard, token));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let regranted = loop {
+            let t = f.wait_held().await;
+            if t > token {
+                break t;
+            }
+            assert!(std::time::Instant::now() < deadline, "never granted again");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert!(regranted > token);
+        assert_eq!(send_row(&actor, get()).await.unwrap(), newer);
+        actor.stop(None);
+        f.node.supervisor.stop(None);
+    }
+
     #[tokio::test]
     async fn a_replayed_request_never_touches_the_cache_so_a_later_read_shows_the_newer_write() {
         let f = Fixture::new("replay-cache-test").await;
