@@ -339,6 +339,16 @@ pub const METRICS: &[(&str, MetricKind, &str)] = &[
         "Cluster events this node emitted on its event bus (GET /v1/events), by kind",
     ),
     (
+        "customer_cluster_preauth_refused_total",
+        MetricKind::Counter,
+        "Cluster connections refused before authentication, by reason: over_cap, timeout, bad_frame, tls, name_mismatch",
+    ),
+    (
+        "customer_cluster_preauth_connections",
+        MetricKind::Gauge,
+        "Cluster connections accepted and still in their handshake (at most --cluster-max-unauthenticated)",
+    ),
+    (
         "customer_event_subscribers_dropped_total",
         MetricKind::Counter,
         "Event streams ended because their reader fell more than 256 events behind",
@@ -356,7 +366,8 @@ pub const LEASE_STATEMENT_KINDS: [&str; 8] = [
 /// Describes every metric of [`METRICS`] and registers it at zero, so a fresh node already
 /// exports every series: `rate()` and absence alerts need a series to exist before its first
 /// event. Labelled metrics get an unlabelled zero series (their label values are not known in
-/// advance), except `customer_http_timeouts_total`, whose kinds are.
+/// advance), except those whose label values are known: `customer_http_timeouts_total`,
+/// `customer_lease_statements_total` and `customer_cluster_preauth_refused_total`.
 fn describe_and_register_catalogue() {
     for (name, kind, help) in METRICS {
         match kind {
@@ -380,6 +391,9 @@ fn describe_and_register_catalogue() {
     }
     for kind in LEASE_STATEMENT_KINDS {
         metrics::counter!("customer_lease_statements_total", "kind" => kind).absolute(0);
+    }
+    for reason in crate::cluster::handshake::REFUSAL_REASONS {
+        metrics::counter!("customer_cluster_preauth_refused_total", "reason" => reason).absolute(0);
     }
 }
 
