@@ -89,6 +89,7 @@ async fn tls_cluster(dir: &Path, names: &[&str], ca: &Ca) -> Vec<TestNode> {
     }
     let all: Vec<String> = names.iter().map(|n| n.to_string()).collect();
     for node in &nodes {
+        node.wait_ready(Duration::from_secs(60)).await;
         let what = format!("{} lists {all:?}", node.spec.name);
         wait_until(&what, Duration::from_secs(60), || async {
             (node.members().await? == all).then_some(())
@@ -272,12 +273,19 @@ async fn a_peer_with_a_valid_certificate_for_another_name_is_refused_both_ways()
     let t2 = TestNode::start(t2, certs.path());
     let both = vec!["t1".to_string(), "t2".to_string()];
     for node in [&t1, &t2] {
+        node.wait_ready(Duration::from_secs(60)).await;
         wait_until("t1 and t2 only", Duration::from_secs(60), || async {
             (node.members().await? == both).then_some(())
         })
         .await;
     }
-    let id = id_of(&t2.create("Named right", "named@example.com").await);
+    // (placement may still be settling after t2's join: a 503 is retried)
+    let created = wait_until("a create through t2", Duration::from_secs(60), || async {
+        let r = t2.create("Named right", "named@example.com").await;
+        (r.status == 201).then_some(r)
+    })
+    .await;
+    let id = id_of(&created);
     assert_eq!(t1.get(&id).await.status, 200);
     assert!(!t1.log().contains("member joined peer=y"));
     impostor.stop();
