@@ -19,7 +19,7 @@
 //! * Dials go through the same checks ([`super::gate::dial`]), then
 //!   `client_connect_external`.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -156,10 +156,8 @@ impl Mesh {
             Transport::Plain => NodeConnectionMode::Transitive,
             Transport::Tls { .. } => NodeConnectionMode::Isolated,
         };
-        let loopback = match config.bind.ip() {
-            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        };
+        // IPv4 loopback whatever --cluster-addr is: it exists wherever the node can run.
+        let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let server = NodeServer::new(
             0,
             config.cookie,
