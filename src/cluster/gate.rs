@@ -191,6 +191,12 @@ impl Gate {
     }
 }
 
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     config: Arc<GateConfig>,
