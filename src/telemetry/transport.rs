@@ -85,9 +85,7 @@ fn meaning(reason: &str) -> String {
         "tcp_session_closed" => {
             "the connection closed (the peer stopped, restarted, or dropped it)"
         }
-        "auth_fail" => {
-            "auth_fail: the peer's cookie does not match ours (or its TLS certificate was refused)"
-        }
+        "auth_fail" => "auth_fail: the peer's cookie does not match ours",
         "duplicate_connection" => {
             "both sides dialled each other at once; the other connection is kept (duplicate_connection)"
         }
