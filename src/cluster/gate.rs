@@ -154,7 +154,8 @@ pub struct Gate {
 }
 
 impl Gate {
-    /// Binds `config.bind` and hands connections that pass the checks to `server`.
+    /// Binds `config.bind`, tells `server` to advertise that port, and hands it the
+    /// connections that pass the checks.
     pub async fn start(config: GateConfig, server: ActorRef<NodeServerMessage>) -> Result<Self> {
         let listener = TcpListener::bind(config.bind).await.map_err(|e| {
             Error::InvalidInput(format!(
@@ -163,6 +164,13 @@ impl Gate {
             ))
         })?;
         let local_addr = listener.local_addr()?;
+        // Advertise this port, not the loopback one the NodeServer's own listener reported
+        // when it started; sent before any connection can be handed over.
+        server
+            .cast(NodeServerMessage::PortChanged {
+                port: local_addr.port(),
+            })
+            .map_err(|e| Error::Internal(format!("cluster transport stopped: {e}")))?;
         let refusals = Arc::new(Refusals {
             log: Mutex::new(RefusalLog::new(REFUSAL_LOG_WINDOW)),
         });

@@ -184,11 +184,6 @@ impl Mesh {
                 return Err(e);
             }
         };
-        // Advertise the cluster port, not the loopback one the NodeServer's listener got
-        // (that listener reported its own port first, during the spawn above).
-        let _ = server.cast(NodeServerMessage::PortChanged {
-            port: gate.local_addr.port(),
-        });
         Ok(Self {
             server,
             transport: config.transport,
