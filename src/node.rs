@@ -165,7 +165,7 @@ pub async fn start(config: Config) -> Result<RunningNode> {
     }
     let (incoming, transport) = match &config.tls {
         Some(paths) => {
-            let (incoming, transport) = crate::cluster::tls::load(paths)?;
+            let (incoming, transport) = crate::cluster::tls::load(paths, &config.name)?;
             (Some(incoming), transport)
         }
         None => (None, Transport::Plain),
@@ -178,6 +178,8 @@ pub async fn start(config: Config) -> Result<RunningNode> {
         cookie: config.cookie.expose().to_owned(),
         incoming,
         transport,
+        max_unauthenticated: config.cluster_max_unauthenticated,
+        handshake_timeout: config.cluster_handshake_timeout,
     })
     .await?;
     let actors = match start_actors(&config, Some(mesh.clone()), incarnation).await {
