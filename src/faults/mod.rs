@@ -37,7 +37,7 @@
 //!   rate, lost database replies, delayed routed writes), behind a hidden `--fault-hook` flag.
 //!
 //! Deliberately not here: injecting the faults (the driving script or test does it, so the
-//! same workload serves every kind of fault); clock synchronisation between the workload's
+//! same workload serves every kind of fault; [`hooks`] only acts in a node started with it); clock synchronisation between the workload's
 //! host and the nodes (every time in the history is read on the workload's host).
 
 pub mod checker;
