@@ -458,6 +458,20 @@ fn a_bad_fault_hook_spec_stops_the_node_before_it_starts_with_a_clear_message() 
             "{spec}: {stderr}"
         );
     }
+    let out = std::process::Command::new(support::BIN)
+        .args(["node", "--name", "x", "--cookie", support::COOKIE])
+        .args([
+            "--http-addr",
+            "127.0.0.1:0",
+            "--cluster-addr",
+            "127.0.0.1:0",
+        ])
+        .env("CUSTOMER_CLUSTER_FAULT_HOOKS", "clock-rate=0.5,bogus")
+        .output()
+        .expect("run the binary");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("bad --fault-hook \"bogus\""), "{stderr}");
 }
 
 #[test]
