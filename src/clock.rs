@@ -3,7 +3,8 @@
 //! * **Wall clock** ([`now_ms`], [`now_micros`]): for humans and records only —
 //!   `created_at`/`updated_at`, log and report timestamps, and this process start's
 //!   incarnation number ([`incarnation`]). It can jump (NTP, an operator), so no safety
-//!   decision reads it, and it is never compared across hosts.
+//!   decision reads it, and it is never compared across hosts. (A test-only fault hook can
+//!   set it off: `--fault-hook wall-clock-offset=MS`.)
 //! * **Holder clock** ([`holder_now`]): `CLOCK_MONOTONIC_RAW` plus the time the host spent
 //!   suspended. It is never slewed by NTP and keeps counting through a suspend, which is what
 //!   a lease holder needs to count down its own lease (DESIGN §6 L3). Pure code takes time as
@@ -33,9 +34,10 @@ pub fn incarnation() -> u64 {
 }
 
 fn since_epoch() -> Duration {
-    SystemTime::now()
+    let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
+        .unwrap_or_default();
+    crate::faults::hooks::wall_clock(now)
 }
 
 fn read(clock: libc::clockid_t) -> Duration {

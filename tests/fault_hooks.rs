@@ -8,8 +8,10 @@
 //!   serving its cache after another node took over and wrote: the checker reports it. That
 //!   shows the checker works and that the clock assumption is what the safety rests on.
 //! * **case 5, a write delayed in the network** — held 4 s by the entry node, past the
-//!   client's deadline and its retry with the same `Idempotency-Key`; it reaches the owner
-//!   after the client's next acknowledged write and changes nothing (request id, F1).
+//!   client's deadline and its retry with the same `Idempotency-Key`; it reaches an owner
+//!   whose wall clock lags after the client's next acknowledged write and changes nothing
+//!   (request id, F1). Without a retry and with clocks in agreement, the owner refuses it
+//!   (its deadline passed).
 //! * **case 7, database replies lost** — the Database actor's replies to n3 are dropped
 //!   mid-run: n3's shards move to the other nodes within about 2 × TTL (L7), the history
 //!   stays linearizable, and n3 serves again once the replies flow.
@@ -274,19 +276,14 @@ async fn a_holder_clock_drifting_past_the_margin_serves_a_stale_read_and_the_che
 // ---- case 5: a write delayed in the network ---------------------------------------------------
 
 /// n1 holds every write it routes to another node for 4 s (its request deadline is 3 s). A
-/// PATCH sent through n1 to the owner n3 times out (504, outcome unknown); the client retries
-/// it with the same `Idempotency-Key` through n3 (applied), then writes the next value. The
-/// held PATCH reaches n3 afterwards, with its wall-clock deadline moved out of the way: it
-/// must change nothing, because its request id was applied already. The value stored last
-/// is the client's last acknowledged write, through every entry node.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_write_delayed_past_the_clients_retry_never_lands_after_its_next_acknowledged_write() {
-    let _serial = SERIAL.lock().await;
-    let Some(lab) = NetLab::try_new(3) else {
-        return;
-    };
+/// PATCH "late" sent through n1 to the owner n3 times out (504, outcome unknown); the client
+/// then (if `retry`) sends it again with the same `Idempotency-Key` through n3, and writes
+/// "next" through n3. The held PATCH reaches n3 after that acknowledged write. Returns the
+/// owner's answer to it (as n1 logged it), the final reads through n1, n2, n3 and the story.
+async fn delayed_write(retry: bool, owner_flags: &[&str]) -> Option<(String, Vec<String>)> {
+    let lab = NetLab::try_new(3)?;
     let delay = ["--fault-hook", "delay-routed-writes=4000"];
-    let cluster = LabCluster::start_each(lab, [&delay, &[], &[]]).await;
+    let cluster = LabCluster::start_each(lab, [&delay, &[], owner_flags]).await;
     let http = clients(&cluster.urls(), Duration::from_secs(10));
     let recorder = Recorder::new();
     let bound = Duration::from_secs(30);
@@ -312,31 +309,28 @@ async fn a_write_delayed_past_the_clients_retry_never_lands_after_its_next_ackno
         Some(504),
         "the held write should time out with an unknown outcome: {held:?}"
     );
-    let retried = recorder
-        .send_keyed(&http[2], 2, 1, &key, &late, Some("late-write-key"))
-        .await;
-    assert!(
-        matches!(retried.op.outcome, Outcome::Ok(Reply::Written { .. })),
-        "{retried:?}"
-    );
+    if retry {
+        let retried = recorder
+            .send_keyed(&http[2], 2, 1, &key, &late, Some("late-write-key"))
+            .await;
+        assert!(
+            matches!(retried.op.outcome, Outcome::Ok(Reply::Written { .. })),
+            "{retried:?}"
+        );
+    }
     let next = until_served(&recorder, &n3, 1, &key, &patch("next"), bound).await;
     assert!(
         matches!(next.op.outcome, Outcome::Ok(Reply::Written { .. })),
         "{next:?}"
     );
     let n1 = cluster.node(1);
-    wait_until("the owner answered the held write", bound, || async {
+    let answered = wait_until("the owner answered the held write", bound, || async {
         n1.log()
-            .contains("the owner answered a held routed write")
-            .then_some(())
+            .lines()
+            .find(|l| l.contains("the owner answered a held routed write"))
+            .map(str::to_owned)
     })
     .await;
-    let answered = n1
-        .log()
-        .lines()
-        .find(|l| l.contains("the owner answered a held routed write"))
-        .unwrap_or_default()
-        .to_owned();
 
     let all: Vec<(usize, &HttpClient)> = http.iter().enumerate().collect();
     let mut finals = Vec::new();
@@ -347,15 +341,43 @@ async fn a_write_delayed_past_the_clients_retry_never_lands_after_its_next_ackno
     let ops: Vec<_> = recorder.snapshot().into_iter().map(|r| r.op).collect();
     let story: String = ops.iter().map(|op| format!("  {op}\n")).collect();
     let report = checker::check(&ops);
-    eprintln!(
-        "delayed write: {answered}\nfinal reads through n1, n2, n3: {finals:?}\n{story}checker: {report}"
-    );
+    eprintln!("delayed write: {answered}\nfinal reads: {finals:?}\n{story}checker: {report}");
     assert_eq!(
         finals,
         ["next", "next", "next"],
-        "the held write landed after the client's next acknowledged write\n{story}"
+        "the held write landed after the client's next acknowledged write\n{answered}\n{story}"
     );
     assert!(report.is_ok(), "{story}{report}");
+    Some((answered, finals))
+}
+
+/// The client retried with the same key, and the owner's wall clock lags 5 s, so the
+/// deadline guard lets the held write through: it must change nothing, because its request
+/// id was applied already (F1) — a replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_delayed_past_the_clients_retry_never_lands_after_its_next_acknowledged_write() {
+    let _serial = SERIAL.lock().await;
+    let lagging = ["--fault-hook", "wall-clock-offset=-5000"];
+    if let Some((answered, _)) = delayed_write(true, &lagging).await {
+        assert!(
+            answered.contains("replayed: true"),
+            "the late write was expected to reach the owner and be answered from its stored \
+             result: {answered}"
+        );
+    }
+}
+
+/// The client did not retry but wrote something else; with wall clocks in agreement the
+/// owner refuses the held write, whose deadline passed, before it reaches the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_delayed_past_its_deadline_is_refused_by_the_owner_after_the_next_write() {
+    let _serial = SERIAL.lock().await;
+    if let Some((answered, _)) = delayed_write(false, &[]).await {
+        assert!(
+            answered.contains("answer=Err(Timeout"),
+            "the owner was expected to refuse the expired write: {answered}"
+        );
+    }
 }
 
 // ---- case 7: the database actor's replies to one node dropped ---------------------------------

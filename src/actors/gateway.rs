@@ -107,9 +107,8 @@ async fn call_remote<T: Send + std::fmt::Debug + 'static>(
     }
 }
 
-/// The held call of [`call_remote`]: the message leaves `delay` after the call starts, with
-/// its wall-clock deadline moved back by as much (see the hook's doc); the caller waits
-/// `timeout` as always. A task keeps the reply port and logs the owner's answer, so a test
+/// The held call of [`call_remote`]: the message leaves `delay` after the call starts; the
+/// caller waits `timeout` as always. A task keeps the reply port and logs the owner's answer, so a test
 /// can tell when the late write was served even though its caller gave up long before.
 async fn call_held<T: Send + std::fmt::Debug + 'static>(
     registry: &ActorRef<RegistryMsg>,
@@ -118,18 +117,13 @@ async fn call_held<T: Send + std::fmt::Debug + 'static>(
     build: impl FnOnce(RpcReplyPort<Wire<T>>) -> RegistryMsg,
 ) -> Result<T> {
     let (tx, rx) = ractor::concurrency::oneshot();
-    let mut message = build((tx, timeout).into());
-    let extra = delay.as_millis() as u64;
-    match &mut message {
-        RegistryMsg::Route(Wire(Ok(r)), _) => r.deadline_ms = r.deadline_ms.saturating_add(extra),
-        RegistryMsg::CreateCustomer(Wire(Ok(r)), _) => {
-            r.deadline_ms = r.deadline_ms.saturating_add(extra)
-        }
-        _ => {}
-    }
+    let message = build((tx, timeout).into());
     let (answer_tx, answer_rx) = tokio::sync::oneshot::channel();
     let registry = registry.clone();
-    tracing::warn!(delay_ms = extra, "fault hook: holding a routed write");
+    tracing::warn!(
+        delay_ms = delay.as_millis() as u64,
+        "fault hook: holding a routed write"
+    );
     tokio::spawn(async move {
         tokio::time::sleep(delay).await;
         let dropped = || {

@@ -11,6 +11,7 @@
 //!  install() ─ loud WARN ─ atomics below ─ SIGUSR1 / SIGUSR2 listener
 //!      │
 //!      ├── clock::holder_now()          reads holder_clock()       (clock-rate=R)
+//!      ├── clock::now_ms/now_micros     read wall_clock()          (wall-clock-offset=MS)
 //!      ├── DatabaseClient call/submit   reads db_replies_dropped() (drop-db-replies)
 //!      └── Gateway, remote write        reads routed_write_delay() (delay-routed-writes=MS)
 //! ```
@@ -26,9 +27,11 @@
 //!   ractor_cluster does not tell an actor which node a call came from.
 //! * `delay-routed-writes=MS`: every write (create, put, patch, delete) this node routes to
 //!   another node's Registry is held MS ms before it is sent, while the caller's deadline runs
-//!   as usual — a message delayed in the network. Its wall-clock `deadline_ms` is moved back
-//!   by the same MS, as if the owner's wall clock lagged this node's: that deadline is only an
-//!   extra guard, and the hook exists to show what the fence and the request id do without it.
+//!   as usual — a message delayed in the network.
+//! * `wall-clock-offset=MS` (−3 600 000 ≤ MS ≤ 3 600 000, may be negative): this node's wall
+//!   clock reads MS ms off. Nothing in the lease argument reads it; the wall-clock
+//!   `deadline_ms` of routed requests does, so an owner whose clock lags accepts a late write
+//!   its entry node already gave up on — what the fence and the request id must then handle.
 //! * `start=on|off` (default `on`): whether the two switchable hooks above act from the start.
 //!   SIGUSR1 turns them on, SIGUSR2 off, at any time (the signal listener runs whenever any
 //!   hook is given), so a test can start a healthy cluster and inject the fault mid-run.
@@ -40,7 +43,7 @@
 //! are covered in-process); jitter or loss on other messages.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// The rate a `clock-rate` hook may set: slower than 0.1 or faster than 10 would only stall
@@ -49,6 +52,9 @@ pub const CLOCK_RATE_RANGE: std::ops::RangeInclusive<f64> = 0.1..=10.0;
 
 /// Most ms a routed write may be held (one minute: far beyond any request deadline).
 pub const MAX_DELAY_MS: u64 = 60_000;
+
+/// Largest wall-clock offset, either way (an hour).
+pub const MAX_WALL_OFFSET_MS: i64 = 3_600_000;
 
 /// Whether any hook was installed (for the log and `enabled()`).
 static ENABLED: AtomicBool = AtomicBool::new(false);
@@ -60,6 +66,8 @@ static CLOCK_ORIGIN: OnceLock<Duration> = OnceLock::new();
 static DROP_DB_REPLIES: AtomicBool = AtomicBool::new(false);
 /// `delay-routed-writes` in ms; 0 = no hook.
 static DELAY_ROUTED_WRITES_MS: AtomicU64 = AtomicU64::new(0);
+/// `wall-clock-offset` in ms; 0 = no hook.
+static WALL_OFFSET_MS: AtomicI64 = AtomicI64::new(0);
 /// Whether the switchable hooks act now (SIGUSR1 / SIGUSR2).
 static ARMED: AtomicBool = AtomicBool::new(false);
 
@@ -72,6 +80,8 @@ pub enum Hook {
     DropDbReplies,
     /// Writes routed to other nodes are held this long.
     DelayRoutedWrites(Duration),
+    /// The wall clock reads this many ms off (negative: behind).
+    WallClockOffset(i64),
     /// Whether the switchable hooks act from the start.
     Start(bool),
 }
@@ -99,11 +109,18 @@ pub fn parse(spec: &str) -> Result<Hook, String> {
                 "delay-routed-writes takes milliseconds from 1 to 60000",
             )),
         },
+        ("wall-clock-offset", Some(v)) => match v.parse::<i64>() {
+            Ok(ms) if ms != 0 && ms.abs() <= MAX_WALL_OFFSET_MS => Ok(Hook::WallClockOffset(ms)),
+            _ => Err(bad(
+                "wall-clock-offset takes non-zero milliseconds from -3600000 to 3600000",
+            )),
+        },
         ("start", Some("on")) => Ok(Hook::Start(true)),
         ("start", Some("off")) => Ok(Hook::Start(false)),
         ("start", _) => Err(bad("start takes on or off")),
         _ => Err(bad(
-            "expected clock-rate=R, drop-db-replies, delay-routed-writes=MS or start=on|off",
+            "expected clock-rate=R, drop-db-replies, delay-routed-writes=MS, \
+             wall-clock-offset=MS or start=on|off",
         )),
     }
 }
@@ -130,6 +147,7 @@ pub fn install(hooks: &[Hook]) {
             Hook::DelayRoutedWrites(d) => {
                 DELAY_ROUTED_WRITES_MS.store(d.as_millis() as u64, Ordering::Relaxed)
             }
+            Hook::WallClockOffset(ms) => WALL_OFFSET_MS.store(ms, Ordering::Relaxed),
             Hook::Start(on) => armed = on,
         }
     }
@@ -185,6 +203,18 @@ pub fn scale(at: Duration, origin: Duration, rate: f64) -> Duration {
     origin + at.saturating_sub(origin).mul_f64(rate)
 }
 
+/// The wall-clock time since the Unix epoch `since_epoch` as the `wall-clock-offset` hook has
+/// it read: itself without the hook.
+pub fn wall_clock(since_epoch: Duration) -> Duration {
+    let ms = WALL_OFFSET_MS.load(Ordering::Relaxed);
+    let offset = Duration::from_millis(ms.unsigned_abs());
+    if ms >= 0 {
+        since_epoch + offset
+    } else {
+        since_epoch.saturating_sub(offset)
+    }
+}
+
 /// Whether replies of Database actors to this node are to be discarded now.
 pub fn db_replies_dropped() -> bool {
     DROP_DB_REPLIES.load(Ordering::Relaxed) && ARMED.load(Ordering::Relaxed)
@@ -209,6 +239,10 @@ mod tests {
             Ok(Hook::DelayRoutedWrites(Duration::from_secs(4)))
         );
         assert_eq!(parse("start=off"), Ok(Hook::Start(false)));
+        assert_eq!(
+            parse("wall-clock-offset=-5000"),
+            Ok(Hook::WallClockOffset(-5000))
+        );
         assert_eq!(parse("start=on"), Ok(Hook::Start(true)));
     }
 
@@ -223,6 +257,9 @@ mod tests {
             "delay-routed-writes=0",
             "delay-routed-writes=60001",
             "start=maybe",
+            "wall-clock-offset=0",
+            "wall-clock-offset=3600001",
+            "wall-clock-offset=-3600001",
             "stall-writer",
             "",
         ] {
@@ -257,5 +294,6 @@ mod tests {
         assert_eq!(routed_write_delay(), None);
         let at = Duration::from_secs(12345);
         assert_eq!(holder_clock(at), at);
+        assert_eq!(wall_clock(at), at);
     }
 }
