@@ -229,6 +229,16 @@ pub struct NodeArgs {
     /// Settings (each overrides the config file).
     #[command(flatten)]
     pub settings: ConfigLayer,
+    /// Test-only fault hooks (`crate::faults::hooks`), hidden from `--help`: they may break
+    /// the consistency contract on purpose. Repeatable; the env var takes a comma list.
+    #[arg(
+        long = "fault-hook",
+        hide = true,
+        env = "CUSTOMER_CLUSTER_FAULT_HOOKS",
+        value_delimiter = ',',
+        value_name = "SPEC"
+    )]
+    pub fault_hooks: Vec<String>,
 }
 
 #[cfg(test)]

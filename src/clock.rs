@@ -3,11 +3,13 @@
 //! * **Wall clock** ([`now_ms`], [`now_micros`]): for humans and records only —
 //!   `created_at`/`updated_at`, log and report timestamps, and this process start's
 //!   incarnation number ([`incarnation`]). It can jump (NTP, an operator), so no safety
-//!   decision reads it, and it is never compared across hosts.
+//!   decision reads it, and it is never compared across hosts. (A test-only fault hook can
+//!   set it off: `--fault-hook wall-clock-offset=MS`.)
 //! * **Holder clock** ([`holder_now`]): `CLOCK_MONOTONIC_RAW` plus the time the host spent
 //!   suspended. It is never slewed by NTP and keeps counting through a suspend, which is what
 //!   a lease holder needs to count down its own lease (DESIGN §6 L3). Pure code takes time as
-//!   an argument; only actor edges read these functions.
+//!   an argument; only actor edges read these functions. A test-only fault hook can make it
+//!   run at another rate (`--fault-hook clock-rate=R`, [`crate::faults::hooks`]).
 //!
 //! Deliberately not here: synchronised clocks of any kind. Across hosts the crate sends
 //! durations, never instants.
@@ -32,9 +34,10 @@ pub fn incarnation() -> u64 {
 }
 
 fn since_epoch() -> Duration {
-    SystemTime::now()
+    let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
+        .unwrap_or_default();
+    crate::faults::hooks::wall_clock(now)
 }
 
 fn read(clock: libc::clockid_t) -> Duration {
@@ -61,8 +64,18 @@ pub struct HolderInstant {
     pub suspended: Duration,
 }
 
-/// Reads the holder clock (DESIGN §6 L3).
+/// Reads the holder clock (DESIGN §6 L3). A `clock-rate` fault hook
+/// ([`crate::faults::hooks`]) makes it run fast or slow; without one it is the reading itself.
 pub fn holder_now() -> HolderInstant {
+    let now = holder_now_unscaled();
+    HolderInstant {
+        at: crate::faults::hooks::holder_clock(now.at),
+        ..now
+    }
+}
+
+/// Reads the holder clock as the host keeps it, whatever the fault hooks say.
+pub(crate) fn holder_now_unscaled() -> HolderInstant {
     let boot = read(libc::CLOCK_BOOTTIME);
     let mono = read(libc::CLOCK_MONOTONIC);
     let raw = read(libc::CLOCK_MONOTONIC_RAW);

@@ -36,7 +36,15 @@ async fn main() -> ExitCode {
 
 /// `node`: load the config, start logging, run until SIGINT/SIGTERM.
 async fn node(args: NodeArgs) -> Ending {
-    let NodeArgs { config, settings } = args;
+    let NodeArgs {
+        config,
+        settings,
+        fault_hooks,
+    } = args;
+    let hooks = match faults::hooks::parse_all(&fault_hooks) {
+        Ok(h) => h,
+        Err(e) => return Ending::failed(&e),
+    };
     let config = match Config::load(config.as_deref(), settings) {
         Ok(c) => c,
         Err(e) => return Ending::failed(&e),
@@ -46,6 +54,7 @@ async fn node(args: NodeArgs) -> Ending {
         config.log_level.as_deref(),
         &config.name,
     );
+    faults::hooks::install(&hooks);
     match customer_cluster::node::run(config).await {
         Ok(()) => Ending::Done(String::new()),
         Err(e) => {

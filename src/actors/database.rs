@@ -508,7 +508,20 @@ impl DatabaseClient {
             .await;
         metrics::histogram!("customer_db_call_seconds", "op" => op)
             .record(started.elapsed().as_secs_f64());
-        result
+        self.reply_lost(started).await.map_or(result, Err)
+    }
+
+    /// The `drop-db-replies` fault hook: when it acts, the reply that came (or not) is thrown
+    /// away and the caller waits out its timeout, as if the network had lost the reply.
+    async fn reply_lost(&self, started: Instant) -> Option<Error> {
+        if !crate::faults::hooks::db_replies_dropped() {
+            return None;
+        }
+        tokio::time::sleep_until((started + self.timeout).into()).await;
+        Some(Error::Timeout(format!(
+            "no database reply within {} ms (dropped by a fault hook)",
+            self.timeout.as_millis()
+        )))
     }
 
     /// Liveness of the database; returns the hosting node's name.
@@ -579,6 +592,9 @@ impl DatabaseClient {
         let outcome = self.unless_host_leaves(&db, sent).await;
         metrics::histogram!("customer_db_call_seconds", "op" => "submit")
             .record(started.elapsed().as_secs_f64());
+        if let Some(lost) = self.reply_lost(started).await {
+            return Err(lost);
+        }
         outcome
     }
 

@@ -92,6 +92,68 @@ pub fn retry_plan(err: &Error, attempt: u32) -> Retry {
     }
 }
 
+/// Calls another node's Registry; under the `delay-routed-writes` fault hook
+/// ([`crate::faults::hooks`]) a write is held before it leaves, while its deadline runs.
+async fn call_remote<T: Send + std::fmt::Debug + 'static>(
+    registry: &ActorRef<RegistryMsg>,
+    timeout: Duration,
+    op: &'static str,
+    build: impl FnOnce(RpcReplyPort<Wire<T>>) -> RegistryMsg,
+) -> Result<T> {
+    let is_write = matches!(op, "create" | "replace" | "patch" | "delete");
+    match crate::faults::hooks::routed_write_delay().filter(|_| is_write) {
+        None => call(registry, timeout, build).await,
+        Some(delay) => call_held(registry, timeout, delay, build).await,
+    }
+}
+
+/// The held call of [`call_remote`]: the message leaves `delay` after the call starts; the
+/// caller waits `timeout` as always. A task keeps the reply port and logs the owner's answer, so a test
+/// can tell when the late write was served even though its caller gave up long before.
+async fn call_held<T: Send + std::fmt::Debug + 'static>(
+    registry: &ActorRef<RegistryMsg>,
+    timeout: Duration,
+    delay: Duration,
+    build: impl FnOnce(RpcReplyPort<Wire<T>>) -> RegistryMsg,
+) -> Result<T> {
+    let (tx, rx) = ractor::concurrency::oneshot();
+    let message = build((tx, timeout).into());
+    let (answer_tx, answer_rx) = tokio::sync::oneshot::channel();
+    let registry = registry.clone();
+    tracing::warn!(
+        delay_ms = delay.as_millis() as u64,
+        "fault hook: holding a routed write"
+    );
+    tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        let dropped = || {
+            Err(Error::Unavailable(format!(
+                "{REQUEST_DROPPED} (held write)"
+            )))
+        };
+        let result = match registry.send_message(message) {
+            Err(_) => dropped(),
+            Ok(()) => match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(Wire(r))) => r,
+                Ok(Err(_)) => dropped(),
+                Err(_) => Err(Error::Timeout("no answer to a held write".into())),
+            },
+        };
+        tracing::warn!(answer = ?result, "fault hook: the owner answered a held routed write");
+        let _ = answer_tx.send(result);
+    });
+    match tokio::time::timeout(timeout, answer_rx).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_)) => Err(Error::Unavailable(format!(
+            "{REQUEST_DROPPED} (held write)"
+        ))),
+        Err(_) => Err(Error::Timeout(format!(
+            "no reply within {} ms",
+            timeout.as_millis()
+        ))),
+    }
+}
+
 /// Whether a failed call may still have delivered its request to an owner that could apply
 /// it: the call timed out, or the owner left (or its session dropped) while the request was
 /// on its way. A refusal (`NotHolder`, a domain error, an owner never reached) is definite.
@@ -431,7 +493,7 @@ impl Gateway {
         }
     }
 
-    async fn call_owner<T: Send + 'static>(
+    async fn call_owner<T: Send + std::fmt::Debug + 'static>(
         &self,
         view: &View,
         id: CustomerId,
@@ -463,7 +525,7 @@ impl Gateway {
             // instead of waiting out the whole deadline; the caller then retries (the request
             // id makes that safe even if the first call is still running somewhere).
             tokio::select! {
-                r = call(&registry, timeout, build) => r,
+                r = call_remote(&registry, timeout, op, build) => r,
                 () = self.left_view(&owner) => Err(Error::Unavailable(format!(
                     "owner {owner} {OWNER_LEFT}"
                 ))),

@@ -217,8 +217,23 @@ impl Recorder {
         key: &str,
         request: &Request,
     ) -> Recorded {
+        self.send_keyed(http, entry, client, key, request, None)
+            .await
+    }
+
+    /// Like [`Recorder::send`], with the client's `Idempotency-Key` when one is given (the
+    /// same key and body again is a retry of one request, DESIGN §6 F4).
+    pub async fn send_keyed(
+        &self,
+        http: &HttpClient,
+        entry: usize,
+        client: u32,
+        key: &str,
+        request: &Request,
+        idempotency_key: Option<&str>,
+    ) -> Recorded {
         let invoke = self.now();
-        let answer = send(http, key, request).await;
+        let answer = send(http, key, request, idempotency_key).await;
         let complete = self.now();
         let (outcome, status, owner) = match &answer {
             Ok(r) => {
@@ -261,14 +276,20 @@ async fn send(
     http: &HttpClient,
     key: &str,
     request: &Request,
+    idempotency_key: Option<&str>,
 ) -> Result<HttpResponse, ClientError> {
     let path = customer_path(key);
     let tag = request.if_match().map(|v| format!("\"{v}\""));
-    let headers: Vec<(&str, &str)> = tag.iter().map(|t| ("if-match", t.as_str())).collect();
+    let headers: Vec<(&str, &str)> = tag
+        .iter()
+        .map(|t| ("if-match", t.as_str()))
+        .chain(idempotency_key.map(|k| ("idempotency-key", k)))
+        .collect();
     match request {
         Request::Create { value, email } => {
             let body = json!({"id": key, "name": value, "email": email});
-            http.json(Method::POST, "/v1/customers", &body, &[]).await
+            http.json(Method::POST, "/v1/customers", &body, &headers)
+                .await
         }
         Request::Get => http.get(&path).await,
         Request::Put { value, email, .. } => {

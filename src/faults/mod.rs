@@ -33,12 +33,16 @@
 //!   the survivors took to notice and how long until the customers that moved were written
 //!   again. Any stale read or lost write makes the run a failure (exit code 1).
 //!
+//! * **hooks** ([`hooks`]) — test-only faults inside the node process (a clock at the wrong
+//!   rate, lost database replies, delayed routed writes), behind a hidden `--fault-hook` flag.
+//!
 //! Deliberately not here: injecting the faults (the driving script or test does it, so the
-//! same workload serves every kind of fault); clock synchronisation between the workload's
+//! same workload serves every kind of fault; [`hooks`] only acts in a node started with it); clock synchronisation between the workload's
 //! host and the nodes (every time in the history is read on the workload's host).
 
 pub mod checker;
 pub mod history;
+pub mod hooks;
 pub mod report;
 pub mod workload;
 

@@ -93,19 +93,26 @@ impl LabCluster {
     /// Starts n1 (with the database) and n2, n3 seeded from it, each with `extra` flags, and
     /// waits until every node sees all three.
     pub async fn start(lab: NetLab, extra: &[&str]) -> Self {
+        Self::start_each(lab, [extra, extra, extra]).await
+    }
+
+    /// Like [`LabCluster::start`], with its own extra flags for each node (`extra[k - 1]`
+    /// for node `nk`), e.g. a fault hook on one node only.
+    pub async fn start_each(lab: NetLab, extra: [&[&str]; 3]) -> Self {
         assert_eq!(lab.len(), 3, "the fault scenarios use three hosts");
         let dir = tempfile::tempdir().expect("tempdir");
-        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let flags =
+            |k: usize| -> Vec<String> { extra[k - 1].iter().map(|s| s.to_string()).collect() };
         let mut spec = LabNodeSpec::new("n1", 1);
         spec.db_path = Some(dir.path().join("customers.db"));
-        spec.extra = extra.clone();
+        spec.extra = flags(1);
         let n1 = LabNode::start(&lab, spec, dir.path());
         let seed = n1.cluster_addr();
         let mut nodes = vec![n1];
         for k in 2..=3 {
             let mut spec = LabNodeSpec::new(&format!("n{k}"), k);
             spec.seeds = vec![seed.clone()];
-            spec.extra = extra.clone();
+            spec.extra = flags(k);
             nodes.push(LabNode::start(&lab, spec, dir.path()));
         }
         let cluster = Self {

@@ -428,7 +428,8 @@ pub fn cont(pid: u32) {
     signal(pid, libc::SIGCONT);
 }
 
-fn signal(pid: u32, sig: i32) {
+/// Sends `sig` to `pid` (e.g. SIGUSR1, which switches a node's fault hooks on).
+pub fn signal(pid: u32, sig: i32) {
     let target = i32::try_from(pid).unwrap_or_else(|_| panic!("pid {pid} out of range"));
     // SAFETY: kill(2) with a positive pid signals exactly that process.
     let rc = unsafe { libc::kill(target, sig) };
