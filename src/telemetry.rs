@@ -359,6 +359,11 @@ pub const METRICS: &[(&str, MetricKind, &str)] = &[
         "Panics in the storage writer thread (the writer stops; the database actor restarts it)",
     ),
     (
+        "customer_entry_settles_total",
+        MetricKind::Counter,
+        "Writes whose outcome was unknown at the entry node's deadline, settled through their request id, by outcome: aborted (503), stored (its answer), unknown (504)",
+    ),
+    (
         "customer_db_calls_aborted_total",
         MetricKind::Counter,
         "Database calls ended early because the database node left the membership view mid-call (outcome unknown, 504 for writes)",

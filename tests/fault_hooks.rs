@@ -276,7 +276,8 @@ async fn a_holder_clock_drifting_past_the_margin_serves_a_stale_read_and_the_che
 // ---- case 5: a write delayed in the network ---------------------------------------------------
 
 /// n1 holds every write it routes to another node for 4 s (its request deadline is 3 s). A
-/// PATCH "late" sent through n1 to the owner n3 times out (504, outcome unknown); the client
+/// PATCH "late" sent through n1 to the owner n3 times out and n1 settles its request id as
+/// aborted (503: not applied, and it never will be); the client
 /// then (if `retry`) sends it again with the same `Idempotency-Key` through n3, and writes
 /// "next" through n3. The held PATCH reaches n3 after that acknowledged write. Returns the
 /// owner's answer to it (as n1 logged it), the final reads through n1, n2, n3 and the story.
@@ -304,10 +305,12 @@ async fn delayed_write(retry: bool, owner_flags: &[&str]) -> Option<(String, Vec
     let held = recorder
         .send_keyed(&http[0], 0, 1, &key, &late, Some("late-write-key"))
         .await;
+    // The entry node gives up at its deadline and settles the request id (F3): recorded as
+    // aborted, so the held attempt can never apply; the client is told 503 (not applied).
     assert_eq!(
         held.meta.status,
-        Some(504),
-        "the held write should time out with an unknown outcome: {held:?}"
+        Some(503),
+        "the held write should be settled as not applied when its deadline passes: {held:?}"
     );
     if retry {
         let retried = recorder
@@ -376,6 +379,22 @@ async fn a_write_delayed_past_its_deadline_is_refused_by_the_owner_after_the_nex
         assert!(
             answered.contains("answer=Err(Timeout"),
             "the owner was expected to refuse the expired write: {answered}"
+        );
+    }
+}
+
+/// The client did not retry but wrote something else, and the owner's wall clock lags 5 s, so
+/// the deadline guard lets the held write through to the database: the entry node's settle
+/// recorded its attempt as aborted first, so it is refused there and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_delayed_past_its_deadline_never_lands_even_where_the_deadline_guard_is_fooled() {
+    let _serial = SERIAL.lock().await;
+    let lagging = ["--fault-hook", "wall-clock-offset=-5000"];
+    if let Some((answered, _)) = delayed_write(false, &lagging).await {
+        assert!(
+            answered.contains("settled as not applied"),
+            "the late write was expected to reach the database and find its attempt aborted: \
+             {answered}"
         );
     }
 }

@@ -37,6 +37,7 @@ use crate::cluster::protocol::{
 use crate::codec::Wire;
 use crate::customer::{Customer, CustomerFields, CustomerId, CustomerPatch};
 use crate::error::{Error, Result};
+use crate::storage::{Settlement, StoredResult};
 
 /// Longest wait for a new placement view before retrying after `Unavailable`.
 const RETRY_VIEW_WAIT: Duration = Duration::from_millis(1500);
@@ -262,8 +263,9 @@ impl Gateway {
         let created_at = customer.created_at;
         let request = request_meta(key, body_hash("POST", &id, &customer.fields));
         let deadline_ms = deadline_after(self.ctx.request_timeout);
+        let meta = request.clone();
         let routed = self
-            .route(id, "create", move |reply| {
+            .route(id, "create", Some(&meta), move |reply| {
                 let request = CreateRequest {
                     customer: customer.clone(),
                     request: request.clone(),
@@ -317,8 +319,9 @@ impl Gateway {
         // A retry carries the same request id: if an earlier attempt deleted the customer,
         // the database answers with that stored result. A NotFound is therefore the truth, never
         // a lost reply of our own delete (answering it 204 would be a wrong answer).
+        let meta = request.request.clone();
         let routed = self
-            .route(id, "delete", |reply| {
+            .route(id, "delete", Some(&meta), |reply| {
                 RegistryMsg::Route(Wire::ok(request.clone()), reply)
             })
             .await?;
@@ -418,8 +421,9 @@ impl Gateway {
     ) -> Result<Routed<Customer>> {
         let op = command.name();
         let request = self.route_request(id, command, key);
+        let meta = (op != "get").then(|| request.request.clone());
         let routed = self
-            .route(id, op, |reply| {
+            .route(id, op, meta.as_ref(), |reply| {
                 RegistryMsg::Route(Wire::ok(request.clone()), reply)
             })
             .await?;
@@ -451,6 +455,7 @@ impl Gateway {
         &self,
         id: CustomerId,
         op: &'static str,
+        request: Option<&RequestMeta>,
         mut build: impl FnMut(RpcReplyPort<Wire<RouteReply>>) -> RegistryMsg,
     ) -> Result<Routed<RouteReply>> {
         let deadline = Instant::now() + self.ctx.request_timeout;
@@ -474,7 +479,15 @@ impl Gateway {
             };
             maybe_applied |= op != "get" && may_have_applied(&err);
             let wait = match retry_plan(&err, attempt) {
-                Retry::No => return Err(final_error(err, maybe_applied)),
+                Retry::No => {
+                    let last = final_error(err, maybe_applied);
+                    return match (request, &last) {
+                        (Some(request), Error::Timeout(_)) => {
+                            self.settle_unknown(id, request, last).await
+                        }
+                        _ => Err(last),
+                    };
+                }
                 Retry::At(holder) if self.reachable(&view, &holder) => {
                     target = Some(holder);
                     None
@@ -490,6 +503,47 @@ impl Gateway {
                 let left = deadline.saturating_duration_since(Instant::now());
                 let _ = tokio::time::timeout(wait.min(left), view_rx.changed()).await;
             }
+        }
+    }
+
+    /// F3 at the entry node: a write giving up with an unknown outcome settles its request id
+    /// before answering, so an attempt still on its way (delayed in the network, queued in a
+    /// frozen owner) can never apply after the client was answered. The database decides:
+    /// recorded as aborted ⇒ 503, not applied and it never will be (retry freely); already
+    /// applied ⇒ its stored answer; the database cannot say ⇒ the unknown outcome (504, retry
+    /// with the same `Idempotency-Key`).
+    async fn settle_unknown(
+        &self,
+        id: CustomerId,
+        request: &RequestMeta,
+        unknown: Error,
+    ) -> Result<Routed<RouteReply>> {
+        let stamp = request.stamp(crate::clock::now_micros());
+        let settled = tokio::time::timeout(self.ctx.request_timeout / 2, self.ctx.db.settle(stamp))
+            .await
+            .unwrap_or_else(|_| Err(Error::Timeout("the settle got no answer".into())));
+        let outcome = match settled {
+            Ok(Settlement::Aborted | Settlement::Stored(StoredResult::Aborted)) => "aborted",
+            Ok(Settlement::Stored(_)) => "stored",
+            Err(_) => "unknown",
+        };
+        metrics::counter!("customer_entry_settles_total", "outcome" => outcome).increment(1);
+        tracing::info!(customer = %id, request = %request.id, outcome, error = %unknown, "write outcome was unknown at the entry node; settled its request id");
+        match settled {
+            Ok(Settlement::Aborted | Settlement::Stored(StoredResult::Aborted)) => {
+                Err(Error::Unavailable(format!(
+                    "the write did not complete in time ({unknown}) and is now settled as not applied: it never will be; retry"
+                )))
+            }
+            Ok(Settlement::Stored(stored)) => stored.into_result().map(|customer| Routed {
+                value: RouteReply {
+                    customer,
+                    replayed: false,
+                },
+                owner: self.ctx.name.clone(),
+                replayed: false,
+            }),
+            Err(_) => Err(unknown),
         }
     }
 
