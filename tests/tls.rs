@@ -128,3 +128,50 @@ fn a_node_with_unreadable_tls_files_refuses_to_start() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("TLS certificate"));
 }
+
+#[tokio::test]
+async fn a_database_node_that_only_shares_a_third_node_with_the_database_node_is_refused() {
+    // With TLS, nodes dial only their seeds and admitted members (no transitive connects), so
+    // j2 reaches only j3 and never sees j1: it can learn of j1 only from what j3 reports.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ca("cluster ca");
+    let flags = tls_flags(dir.path(), "member", &ca, &ca);
+    let mut db = NodeSpec::new("j1");
+    db.db_path = Some(dir.path().join("j1.db"));
+    db.extra = flags.clone();
+    let db = TestNode::start(db, dir.path());
+    let mut middle = NodeSpec::new("j3");
+    middle.seeds = vec![db.spec.cluster_addr()];
+    middle.extra = flags.clone();
+    let middle = TestNode::start(middle, dir.path());
+    middle.wait_ready(Duration::from_secs(60)).await;
+    let before = id_of(&middle.create("Before", "before@example.com").await);
+
+    let mut rogue = NodeSpec::new("j2");
+    rogue.db_path = Some(dir.path().join("j2.db"));
+    rogue.seeds = vec![middle.spec.cluster_addr()];
+    rogue.extra = flags;
+    let mut rogue = TestNode::start(rogue, dir.path());
+
+    assert_eq!(rogue.wait_exit(Duration::from_secs(60)).await, Some(1));
+    assert!(
+        rogue
+            .log()
+            .contains("refused by the cluster: node j1 is already its database node"),
+        "{}",
+        rogue.log()
+    );
+    assert!(
+        !db.log().contains("j2"),
+        "j1 and j2 were never connected: the refusal came through j3"
+    );
+    let conn = rusqlite::Connection::open(dir.path().join("j2.db")).unwrap();
+    let stored: i64 = conn
+        .query_row("SELECT COUNT(*) FROM customers", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(stored, 0);
+    let after = id_of(&middle.create("After", "after@example.com").await);
+    for id in [&before, &after] {
+        assert_eq!(db.get(id).await.status, 200);
+    }
+}
