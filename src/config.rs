@@ -45,6 +45,16 @@ pub struct ConfigLayer {
     #[arg(long, env = "CUSTOMER_CLUSTER_HTTP_ADDR")]
     pub http_addr: Option<SocketAddr>,
 
+    /// Most cluster connections still in their handshake (not yet authenticated) at once;
+    /// one more is closed at once [default: 64].
+    #[arg(long, env = "CUSTOMER_CLUSTER_CLUSTER_MAX_UNAUTHENTICATED")]
+    pub cluster_max_unauthenticated: Option<usize>,
+
+    /// Longest a cluster connection may take from connect to the end of its handshake (TLS
+    /// and cookie), in ms; slower ones are closed [default: 5000].
+    #[arg(long, env = "CUSTOMER_CLUSTER_CLUSTER_HANDSHAKE_TIMEOUT_MS")]
+    pub cluster_handshake_timeout_ms: Option<u64>,
+
     /// Comma-separated cluster addresses of peers to join; retried with backoff until reachable.
     #[arg(long, env = "CUSTOMER_CLUSTER_SEEDS", value_delimiter = ',')]
     pub seeds: Option<Vec<String>>,
@@ -219,6 +229,8 @@ impl ConfigLayer {
             cluster_addr,
             advertise_addr,
             http_addr,
+            cluster_max_unauthenticated,
+            cluster_handshake_timeout_ms,
             seeds,
             cookie,
             cookie_file,
@@ -325,6 +337,10 @@ pub struct Config {
     pub http_addr: SocketAddr,
     /// Peers to dial at start (and re-dial while they are unreachable).
     pub seeds: Vec<String>,
+    /// Most cluster connections in their handshake at once (`cluster::gate`).
+    pub cluster_max_unauthenticated: usize,
+    /// Longest cluster handshake, from connect to its last frame.
+    pub cluster_handshake_timeout: Duration,
     /// Cluster cookie.
     pub cookie: Secret,
     /// Database file when this node hosts the (only) SQLite database actor.
@@ -416,6 +432,12 @@ pub mod defaults {
     /// The HTTP request timeout is this many times the node's request timeout: a request may
     /// be retried once against a recomputed owner, and each attempt may use a full deadline.
     pub const HTTP_REQUEST_TIMEOUT_FACTOR: u32 = 2;
+    /// Cluster connections in their handshake at once: a cluster of dozens of nodes restarting
+    /// together needs a few each; an anonymous flood gets no further than this.
+    pub const CLUSTER_MAX_UNAUTHENTICATED: usize = 64;
+    /// Cluster handshake deadline, ms: an honest handshake takes milliseconds, a peer on a
+    /// loaded host a second or two; a client that says nothing is closed after this.
+    pub const CLUSTER_HANDSHAKE_TIMEOUT_MS: u64 = 5000;
     /// Open HTTP connections: a few thousand clients, far below the usual fd limit.
     pub const HTTP_MAX_CONNECTIONS: usize = 4096;
     /// Shortest accepted cluster cookie, bytes: 128 bits, so it cannot be guessed online.
@@ -491,6 +513,13 @@ impl Config {
                 .map(|s| s.trim().to_owned())
                 .filter(|s| !s.is_empty())
                 .collect(),
+            cluster_max_unauthenticated: layer
+                .cluster_max_unauthenticated
+                .unwrap_or(defaults::CLUSTER_MAX_UNAUTHENTICATED),
+            cluster_handshake_timeout: ms(
+                layer.cluster_handshake_timeout_ms,
+                defaults::CLUSTER_HANDSHAKE_TIMEOUT_MS,
+            ),
             cookie,
             db_path: layer.db_path.map(|p| data_dir.join(p)),
             database_url,
@@ -575,6 +604,12 @@ impl Config {
         }
         if self.http.max_connections == 0 || self.http.max_connections > 1_000_000 {
             return invalid("--http-max-connections must be from 1 to 1000000");
+        }
+        if self.cluster_max_unauthenticated == 0 || self.cluster_max_unauthenticated > 100_000 {
+            return invalid("--cluster-max-unauthenticated must be from 1 to 100000");
+        }
+        if self.cluster_handshake_timeout < Duration::from_millis(100) {
+            return invalid("--cluster-handshake-timeout-ms must be at least 100");
         }
         if self.max_body_bytes < 1024 {
             return invalid("--max-body-bytes must be at least 1024");
@@ -915,6 +950,28 @@ mod tests {
         let c = Config::resolve(minimal().over(layer)).unwrap();
         assert_eq!(c.lease, LeaseConfig::default());
         assert_eq!(c.read_mode, ReadMode::default());
+        assert_eq!(
+            c.cluster_max_unauthenticated,
+            defaults::CLUSTER_MAX_UNAUTHENTICATED
+        );
+        assert_eq!(
+            c.cluster_handshake_timeout,
+            Duration::from_millis(defaults::CLUSTER_HANDSHAKE_TIMEOUT_MS)
+        );
+    }
+
+    #[test]
+    fn cluster_port_limits_are_validated() {
+        let zero = ConfigLayer {
+            cluster_max_unauthenticated: Some(0),
+            ..minimal()
+        };
+        assert!(Config::resolve(zero).is_err());
+        let short = ConfigLayer {
+            cluster_handshake_timeout_ms: Some(10),
+            ..minimal()
+        };
+        assert!(Config::resolve(short).is_err());
     }
 
     #[test]

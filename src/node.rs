@@ -98,7 +98,7 @@ pub async fn start_actors(
         request_timeout: config.request_timeout,
         idle_timeout: config.idle_timeout,
         max_active_customers: config.max_active_customers,
-        view: view_rx,
+        view: view_rx.clone(),
         lease: lease.clone(),
         leases: Arc::new(NodeLeases::new(
             &config.name,
@@ -108,7 +108,8 @@ pub async fn start_actors(
         lease_config: config.lease,
         read_mode: config.read_mode,
         unsettled: Default::default(),
-        db: DatabaseClient::new(&config.name, config.request_timeout, db_role.clone()),
+        db: DatabaseClient::new(&config.name, config.request_timeout, db_role.clone())
+            .watching(view_rx.clone()),
         db_role: db_role.clone(),
         counters: Counters::default(),
         events: events.clone(),
@@ -179,7 +180,7 @@ pub async fn start(config: Config) -> Result<RunningNode> {
     }
     let (incoming, transport) = match &config.tls {
         Some(paths) => {
-            let (incoming, transport) = crate::cluster::tls::load(paths)?;
+            let (incoming, transport) = crate::cluster::tls::load(paths, &config.name)?;
             (Some(incoming), transport)
         }
         None => (None, Transport::Plain),
@@ -192,6 +193,8 @@ pub async fn start(config: Config) -> Result<RunningNode> {
         cookie: config.cookie.expose().to_owned(),
         incoming,
         transport,
+        max_unauthenticated: config.cluster_max_unauthenticated,
+        handshake_timeout: config.cluster_handshake_timeout,
     })
     .await?;
     let actors = match start_actors(&config, Some(mesh.clone()), incarnation).await {

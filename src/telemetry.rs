@@ -84,10 +84,15 @@ where
         mut writer: Writer<'_>,
         event: &tracing::Event<'_>,
     ) -> fmt::Result {
+        let note = match session_end_budget(event) {
+            Budget::Print(note) => note,
+            // Writing nothing drops the line (the inner format adds the newline).
+            Budget::Suppress => return Ok(()),
+        };
         let mut line = String::new();
         self.inner
             .format_event(ctx, Writer::new(&mut line), event)?;
-        let line = plain_transport_words(event, line, self.json);
+        let line = plain_transport_words(event, line, self.json, note.as_deref());
         if !self.json {
             write!(writer, "[{}] ", self.node)?;
             return writer.write_str(&line);
@@ -102,22 +107,67 @@ where
     }
 }
 
-/// A `ractor_cluster` WARN line with its message in plain words ([`transport::explain`]);
-/// every other line, and every line while the node logs at DEBUG, unchanged.
-fn plain_transport_words(event: &tracing::Event<'_>, line: String, json: bool) -> String {
+/// Whether `event` is a `ractor_cluster` WARN line printed in plain words (not at DEBUG).
+fn is_transport_warning(event: &tracing::Event<'_>) -> bool {
     let meta = event.metadata();
-    if !meta.target().starts_with("ractor_cluster")
-        || *meta.level() != tracing::Level::WARN
-        || tracing::level_filters::LevelFilter::current() >= tracing::Level::DEBUG
-    {
+    meta.target().starts_with("ractor_cluster")
+        && *meta.level() == tracing::Level::WARN
+        && tracing::level_filters::LevelFilter::current() < tracing::Level::DEBUG
+}
+
+/// What to do with a log line, as far as the session-end budget goes.
+enum Budget {
+    /// Print it, with this note appended to its message.
+    Print(Option<String>),
+    /// Drop it (counted; the next printed session end says how many).
+    Suppress,
+}
+
+/// Session-end lines of the transport go through one [`transport::SessionLineBudget`]: a flood
+/// of connections that name themselves and then fail (a crafted name, a wrong cookie) would
+/// otherwise log a line each.
+fn session_end_budget(event: &tracing::Event<'_>) -> Budget {
+    static BUDGET: std::sync::Mutex<Option<transport::SessionLineBudget>> =
+        std::sync::Mutex::new(None);
+    if !is_transport_warning(event) {
+        return Budget::Print(None);
+    }
+    let mut message = MessageText(None);
+    event.record(&mut message);
+    if !message.0.is_some_and(|m| m.starts_with("Node session ")) {
+        return Budget::Print(None);
+    }
+    let Ok(mut budget) = BUDGET.lock() else {
+        return Budget::Print(None);
+    };
+    let budget = budget.get_or_insert_with(transport::SessionLineBudget::default);
+    match budget.admit(std::time::Instant::now()) {
+        Some(0) => Budget::Print(None),
+        Some(n) => Budget::Print(Some(format!(
+            " ({n} similar lines suppressed before this one)"
+        ))),
+        None => Budget::Suppress,
+    }
+}
+
+/// A `ractor_cluster` WARN line with its message in plain words ([`transport::explain`]) and
+/// `note` appended; every other line, and every line while the node logs at DEBUG, unchanged.
+fn plain_transport_words(
+    event: &tracing::Event<'_>,
+    line: String,
+    json: bool,
+    note: Option<&str>,
+) -> String {
+    if !is_transport_warning(event) {
         return line;
     }
     let mut message = MessageText(None);
     event.record(&mut message);
     let Some(raw) = message.0 else { return line };
-    let Some(plain) = transport::explain(&raw) else {
+    let Some(mut plain) = transport::explain(&raw) else {
         return line;
     };
+    plain.push_str(note.unwrap_or_default());
     if json {
         let (Ok(from), Ok(to)) = (serde_json::to_string(&raw), serde_json::to_string(&plain))
         else {
@@ -309,6 +359,11 @@ pub const METRICS: &[(&str, MetricKind, &str)] = &[
         "Panics in the storage writer thread (the writer stops; the database actor restarts it)",
     ),
     (
+        "customer_db_calls_aborted_total",
+        MetricKind::Counter,
+        "Database calls ended early because the database node left the membership view mid-call (outcome unknown, 504 for writes)",
+    ),
+    (
         "customer_lease_statements_total",
         MetricKind::Counter,
         "Lease statements sent to the database, by kind: renew, table, grant, takeover, release, register, own_row, ping",
@@ -339,6 +394,16 @@ pub const METRICS: &[(&str, MetricKind, &str)] = &[
         "Cluster events this node emitted on its event bus (GET /v1/events), by kind",
     ),
     (
+        "customer_cluster_preauth_refused_total",
+        MetricKind::Counter,
+        "Cluster connections refused before authentication, by reason: over_cap, timeout, bad_frame, tls, name_mismatch",
+    ),
+    (
+        "customer_cluster_preauth_connections",
+        MetricKind::Gauge,
+        "Cluster connections accepted and still in their handshake (at most --cluster-max-unauthenticated)",
+    ),
+    (
         "customer_event_subscribers_dropped_total",
         MetricKind::Counter,
         "Event streams ended because their reader fell more than 256 events behind",
@@ -356,7 +421,8 @@ pub const LEASE_STATEMENT_KINDS: [&str; 8] = [
 /// Describes every metric of [`METRICS`] and registers it at zero, so a fresh node already
 /// exports every series: `rate()` and absence alerts need a series to exist before its first
 /// event. Labelled metrics get an unlabelled zero series (their label values are not known in
-/// advance), except `customer_http_timeouts_total`, whose kinds are.
+/// advance), except those whose label values are known: `customer_http_timeouts_total`,
+/// `customer_lease_statements_total` and `customer_cluster_preauth_refused_total`.
 fn describe_and_register_catalogue() {
     for (name, kind, help) in METRICS {
         match kind {
@@ -380,6 +446,9 @@ fn describe_and_register_catalogue() {
     }
     for kind in LEASE_STATEMENT_KINDS {
         metrics::counter!("customer_lease_statements_total", "kind" => kind).absolute(0);
+    }
+    for reason in crate::cluster::handshake::REFUSAL_REASONS {
+        metrics::counter!("customer_cluster_preauth_refused_total", "reason" => reason).absolute(0);
     }
 }
 

@@ -1,14 +1,16 @@
-//! The HTTP edge against a real node process over raw TCP: slow and idle clients are cut at
+//! The edges of a real node process over raw TCP. HTTP: slow and idle clients are cut at
 //! their timeouts, connections over the cap are refused at once while open ones keep working,
 //! an open event stream is not taken for an idle connection, and `/metrics` neither grows with
-//! what clients send nor lacks any catalogued metric.
+//! what clients send nor lacks any catalogued metric. The cluster port: unauthenticated
+//! connections are capped and timed out, counted, and summed up in the log instead of a line
+//! each, while members keep serving and a new peer joins once slots free up.
 
 mod support;
 
 use std::time::{Duration, Instant};
 
 use customer_cluster::telemetry::METRICS;
-use support::{NodeSpec, TestNode, wait_until};
+use support::{NodeSpec, TestNode, id_of, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -338,5 +340,135 @@ async fn an_open_event_stream_is_not_cut_at_the_idle_timeout() {
         closed_within(&mut stream, Duration::from_millis(3000)).await,
         None,
         "the event stream was cut as if the connection were idle"
+    );
+}
+
+/// The value of `customer_cluster_preauth_refused_total{reason=…}` (0 when absent).
+fn preauth_refused(text: &str, reason: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with("customer_cluster_preauth_refused_total{"))
+        .find(|l| l.contains(&format!("reason=\"{reason}\"")))
+        .and_then(|l| l.rsplit_once(' '))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn connect_cluster(node: &TestNode) -> TcpStream {
+    TcpStream::connect(("127.0.0.1", node.spec.cluster_port))
+        .await
+        .expect("connect to the cluster port")
+}
+
+/// Waits until the server closes `stream`; panics if it is still open after `limit`.
+async fn closed(stream: &mut TcpStream, limit: Duration, what: &str) {
+    let mut sink = [0u8; 64];
+    match tokio::time::timeout(limit, stream.read(&mut sink)).await {
+        Err(_) => panic!("{what}: still open after {limit:?}"),
+        Ok(Ok(0)) | Ok(Err(_)) => {}
+        Ok(Ok(n)) => panic!("{what}: the node sent {n} bytes to an unauthenticated client"),
+    }
+}
+
+#[tokio::test]
+async fn the_cluster_port_caps_and_times_out_unauthenticated_connections_and_logs_a_summary() {
+    const CAP: usize = 4;
+    const OVER: usize = 10;
+    let dir = tempfile::tempdir().unwrap();
+    let limits = [
+        "--cluster-max-unauthenticated",
+        "4",
+        "--cluster-handshake-timeout-ms",
+        "6000",
+    ];
+    let n1 = node("gate1", dir.path(), &limits).await;
+    let mut spec = NodeSpec::new("gate2");
+    spec.seeds = vec![n1.spec.cluster_addr()];
+    let n2 = TestNode::start(spec, dir.path());
+    let both = vec!["gate1".to_string(), "gate2".to_string()];
+    wait_until("gate2 joined gate1", READY, || async {
+        (n1.members().await? == both && n2.members().await? == both).then_some(())
+    })
+    .await;
+
+    // CAP idle connections take every slot ...
+    let mut idle = Vec::new();
+    for _ in 0..CAP {
+        idle.push(connect_cluster(&n1).await);
+    }
+    wait_until("every slot is taken", READY, || async {
+        let text = metrics_text(&n1).await;
+        (series(&text, "customer_cluster_preauth_connections") == Some(CAP as f64)).then_some(())
+    })
+    .await;
+    // ... so the next ones are closed at once, long before the idle ones' deadline.
+    for i in 0..OVER {
+        let mut extra = connect_cluster(&n1).await;
+        closed(
+            &mut extra,
+            Duration::from_secs(60),
+            &format!("connection {i} over the cap"),
+        )
+        .await;
+    }
+    // Members keep serving meanwhile: a write through gate2 and a read through gate1.
+    let id = id_of(&n2.create("Behind the gate", "gate@example.com").await);
+    assert_eq!(n1.get(&id).await.status, 200);
+    assert_eq!(n1.members().await.unwrap(), both);
+
+    // The idle ones are closed by the handshake deadline.
+    for (i, conn) in idle.iter_mut().enumerate() {
+        closed(
+            conn,
+            Duration::from_secs(60),
+            &format!("idle connection {i}"),
+        )
+        .await;
+    }
+    // A frame header announcing 4 MiB before authentication is refused at once.
+    let mut big = connect_cluster(&n1).await;
+    big.write_all(&(4u64 << 20).to_be_bytes()).await.unwrap();
+    closed(&mut big, Duration::from_secs(30), "a 4 MiB frame header").await;
+
+    let text = wait_until("the refusals are counted", READY, || async {
+        let text = metrics_text(&n1).await;
+        (preauth_refused(&text, "bad_frame") >= 1.0).then_some(text)
+    })
+    .await;
+    assert_eq!(preauth_refused(&text, "over_cap"), OVER as f64, "{text}");
+    assert_eq!(preauth_refused(&text, "timeout"), CAP as f64, "{text}");
+    assert_eq!(
+        series(&text, "customer_cluster_preauth_connections"),
+        Some(0.0)
+    );
+
+    // A new peer joins once slots are free.
+    let mut spec = NodeSpec::new("gate3");
+    spec.seeds = vec![n1.spec.cluster_addr()];
+    let n3 = TestNode::start(spec, dir.path());
+    let all = vec![
+        "gate1".to_string(),
+        "gate2".to_string(),
+        "gate3".to_string(),
+    ];
+    wait_until("gate3 joined", READY, || async {
+        (n1.members().await? == all && n3.members().await? == all).then_some(())
+    })
+    .await;
+
+    // 15 refusals, a few summary lines (one at once, then at most one per 10 s), and no line
+    // of the transport's own about any of these connections.
+    let log = n1.log();
+    let summaries = log
+        .lines()
+        .filter(|l| l.contains("unauthenticated cluster connection"))
+        .count();
+    let refusals = OVER + CAP + 1;
+    assert!(
+        (1..=3).contains(&summaries),
+        "{summaries} summary lines for {refusals} refusals:\n{log}"
+    );
+    assert!(
+        !log.contains("before the peer named itself") && !log.contains("framing error"),
+        "the transport logged refused connections itself:\n{log}"
     );
 }

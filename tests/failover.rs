@@ -251,3 +251,54 @@ async fn a_gracefully_stopped_node_hands_over_without_client_errors() {
         assert_eq!(w.status, 200, "{:?}", w.body);
     }
 }
+
+/// A database call into a node that is frozen (its TCP session still open, so the call could
+/// wait for its whole deadline) ends once membership evicts that node, not at the deadline:
+/// the client waits about the failure timeout, then gets a clear 503/504.
+#[tokio::test]
+async fn a_database_call_ends_when_the_database_node_is_evicted_not_at_its_deadline() {
+    let _serial = ONE_CLUSTER_AT_A_TIME.lock().await;
+    // A deadline far beyond eviction (1.5 s of silence), so the two endings cannot be confused.
+    let cluster = TestCluster::start("dbc", 3, &["--request-timeout-ms", "30000"]).await;
+    let entry = &cluster.nodes[1];
+    // An id whose shard dbc2 owns and holds (dbc1 hosts the database): its GET makes dbc2 load
+    // from dbc1. The id is never created, so nothing can be cached anywhere.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let id = loop {
+        assert!(Instant::now() < deadline, "no id whose shard dbc2 holds");
+        let id = uuid::Uuid::now_v7().to_string();
+        let r = entry
+            .client
+            .get(&format!("/v1/customers/{id}/placement"))
+            .await
+            .expect("placement");
+        let p: Value = r.json().expect("placement body");
+        let held_by_entry = p["leases"].as_array().is_some_and(|ls| {
+            ls.iter()
+                .any(|l| l["node"] == "dbc2" && l["state"] == "held")
+        });
+        if p["owner"] == "dbc2" && held_by_entry {
+            break id;
+        }
+    };
+
+    cluster.nodes[0].signal(libc::SIGSTOP);
+    let started = Instant::now();
+    let r = entry.get(&id).await;
+    let took = started.elapsed();
+    cluster.nodes[0].signal(libc::SIGCONT);
+    eprintln!("GET answered {} after {took:?}", r.status);
+
+    assert!(
+        took < Duration::from_secs(15),
+        "the GET waited {took:?}: the database call was not ended when dbc1 left"
+    );
+    assert!(
+        matches!(r.status.as_u16(), 503 | 504),
+        "status {}: {:?}",
+        r.status,
+        String::from_utf8_lossy(&r.body)
+    );
+    let body: Value = r.json().expect("a JSON error body");
+    assert!(body["error"]["code"].is_string(), "{body}");
+}

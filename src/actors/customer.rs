@@ -37,6 +37,7 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
 
+use super::lease_keeper::WritePermit;
 use super::{Counters, NodeContext};
 use crate::clock::{holder_now, now_micros};
 use crate::cluster::lease::ShardState;
@@ -274,12 +275,24 @@ impl CustomerState {
         }
     }
 
+    /// Leave to write on this customer's shard now (counted in flight until dropped, L6), or
+    /// `NotHolder`.
+    fn write_permit(&self) -> Result<WritePermit> {
+        self.ctx
+            .leases
+            .begin_write(self.shard, holder_now())
+            .ok_or_else(|| {
+                metrics::counter!("customer_requests_not_holder_total").increment(1);
+                self.ctx.leases.not_holder(self.shard)
+            })
+    }
+
     async fn create(&mut self, request: CreateRequest) -> Result<RouteReply> {
         check_deadline(request.deadline_ms)?;
         self.settle_pending().await;
-        let token = self.serving_token()?;
+        let permit = self.write_permit()?;
         let stamp = request.request.stamp(now_micros());
-        self.write(WriteOp::Insert(request.customer), token, stamp)
+        self.write(WriteOp::Insert(request.customer), permit.token, stamp)
             .await
     }
 
@@ -311,9 +324,9 @@ impl CustomerState {
         // The caller may have given up and retried elsewhere: never start a write late; and
         // the lease may have lapsed while the row loaded: check it again.
         check_deadline(request.deadline_ms)?;
-        let token = self.serving_token()?;
+        let permit = self.write_permit()?;
         let stamp = request.request.stamp(now_micros());
-        self.write(op, token, stamp).await
+        self.write(op, permit.token, stamp).await
     }
 
     /// The current row: the cache when loaded under `token` (checked in this same turn as the
@@ -761,6 +774,52 @@ mod tests {
             send(&actor, get()).await,
             Err(Error::NotHolder { .. })
         ));
+        actor.stop(None);
+        f.node.supervisor.stop(None);
+    }
+
+    /// DESIGN §10 case 14 (L3): the actor is never told that its shard was LOST and granted
+    /// again while it kept a cached row — here there is no notice to delay at all: every request
+    /// reads the node's lease state in the same turn as the cache, and a row loaded under an
+    /// older token is never served.
+    #[tokio::test]
+    async fn an_actor_never_told_its_shard_was_lost_and_granted_again_serves_no_stale_read() {
+        let f = Fixture::new("lost-notice-test").await;
+        let actor = f.activation().await;
+        assert_eq!(send_row(&actor, get()).await.unwrap().version, 1); // cached under T
+        let token = f.wait_held().await;
+        // Behind this node's back the shard moves on (as a takeover would) and another writer
+        // changes the customer.
+        f.node.ctx.db.release(f.shard, token).await.unwrap();
+        let mut fields = f.customer.fields.clone();
+        fields.name = "written while the shard was elsewhere".into();
+        let newer = f
+            .node
+            .ctx
+            .db
+            .update(crate::cluster::protocol::UpdateRequest {
+                id: f.customer.id,
+                fields,
+                expected_version: 1,
+                now: now_micros(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(newer.version, 2);
+        // The node learns it lost the shard and is granted it again under a newer token; the
+        // actor (outside the Registry, so nobody stops it) still holds version 1 in its cache.
+        assert!(f.node.ctx.leases.on_fenced(f.shard, token));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let regranted = loop {
+            let t = f.wait_held().await;
+            if t > token {
+                break t;
+            }
+            assert!(std::time::Instant::now() < deadline, "never granted again");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert!(regranted > token);
+        assert_eq!(send_row(&actor, get()).await.unwrap(), newer);
         actor.stop(None);
         f.node.supervisor.stop(None);
     }

@@ -24,8 +24,10 @@ use std::time::{Duration, Instant};
 
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::watch;
 
 use crate::cluster::dbnode::DbRoleCell;
+use crate::cluster::membership::View;
 use crate::cluster::protocol::{
     self, DATABASE_GROUP, DatabaseMsg, DeleteRequest, ListRequest, OwnRowRequest, TakeoverRequest,
     UpdateRequest, call, database_name, node_of,
@@ -357,6 +359,10 @@ pub struct DatabaseClient {
     /// (while two briefly coexist, until the loser exits, every node that sees both uses the
     /// same one), or any over a shared server; never one of a node not greeted yet.
     role: DbRoleCell,
+    /// The published membership view, when known: a call into a database node that leaves it
+    /// (evicted while frozen or cut off, its session still open) ends at once instead of
+    /// waiting out the whole deadline.
+    view: Option<watch::Receiver<Arc<View>>>,
 }
 
 impl DatabaseClient {
@@ -368,6 +374,30 @@ impl DatabaseClient {
             timeout,
             remote: Arc::new(std::sync::Mutex::new(None)),
             role,
+            view: None,
+        }
+    }
+
+    /// The same client, ending calls early when their database node leaves `view`.
+    pub fn watching(mut self, view: watch::Receiver<Arc<View>>) -> Self {
+        self.view = Some(view);
+        self
+    }
+
+    /// Runs `call` against `db`, cut short when `db` is remote and its node leaves the
+    /// membership view meanwhile (see [`unless_member_leaves`]).
+    async fn unless_host_leaves<T>(
+        &self,
+        db: &ActorRef<DatabaseMsg>,
+        call: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let host = (!db.get_id().is_local())
+            .then(|| db.get_name())
+            .flatten()
+            .and_then(|n| node_of(&n).map(str::to_owned));
+        match (host, self.view.clone()) {
+            (Some(host), Some(view)) => unless_member_leaves(view, &host, call).await,
+            _ => call.await,
         }
     }
 
@@ -428,7 +458,9 @@ impl DatabaseClient {
     ) -> Result<T> {
         let db = self.resolve_soon().await?;
         let started = Instant::now();
-        let result = call(&db, self.timeout, build).await;
+        let result = self
+            .unless_host_leaves(&db, call(&db, self.timeout, build))
+            .await;
         metrics::histogram!("customer_db_call_seconds", "op" => op)
             .record(started.elapsed().as_secs_f64());
         result
@@ -479,25 +511,30 @@ impl DatabaseClient {
     pub async fn submit(&self, write: Write) -> Result<WriteOutcome> {
         let db = self.resolve_soon().await?;
         let started = Instant::now();
-        let sent = db
-            .call(
-                |r| DatabaseMsg::Submit(Wire::ok(write), r),
-                Some(self.timeout),
-            )
-            .await;
+        let sent = async {
+            match db
+                .call(
+                    |r| DatabaseMsg::Submit(Wire::ok(write), r),
+                    Some(self.timeout),
+                )
+                .await
+            {
+                Ok(CallResult::Success(reply)) => reply.0,
+                Ok(CallResult::Timeout) => Err(Error::Timeout(format!(
+                    "the database did not answer a write within {} ms",
+                    self.timeout.as_millis()
+                ))),
+                Ok(CallResult::SenderError) => Err(Error::Timeout(
+                    "the connection to the database was lost before the write's outcome arrived"
+                        .into(),
+                )),
+                Err(e) => Err(e.into()),
+            }
+        };
+        let outcome = self.unless_host_leaves(&db, sent).await;
         metrics::histogram!("customer_db_call_seconds", "op" => "submit")
             .record(started.elapsed().as_secs_f64());
-        match sent {
-            Ok(CallResult::Success(reply)) => reply.0,
-            Ok(CallResult::Timeout) => Err(Error::Timeout(format!(
-                "the database did not answer a write within {} ms",
-                self.timeout.as_millis()
-            ))),
-            Ok(CallResult::SenderError) => Err(Error::Timeout(
-                "the connection to the database was lost before the write's outcome arrived".into(),
-            )),
-            Err(e) => Err(e.into()),
-        }
+        outcome
     }
 
     /// F3: settles a request whose outcome is unknown.
@@ -564,6 +601,42 @@ impl DatabaseClient {
 }
 
 /// Remote Database group members with their node names, sorted by name.
+/// Runs `call`, cut short with [`Error::Timeout`] — the outcome is unknown, exactly as if
+/// the deadline had passed, so a write is settled through its request id — when `host` leaves
+/// `view` meanwhile. A host that is not a member when the call starts is not watched: the
+/// call's own deadline bounds it.
+async fn unless_member_leaves<T>(
+    view: watch::Receiver<Arc<View>>,
+    host: &str,
+    call: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    if !view.borrow().ring.names().contains(&host) {
+        return call.await;
+    }
+    tokio::select! {
+        r = call => r,
+        () = left_view(view, host) => {
+            metrics::counter!("customer_db_calls_aborted_total").increment(1);
+            Err(Error::Timeout(format!(
+                "database node {host} left the cluster during the call; the outcome is unknown"
+            )))
+        }
+    }
+}
+
+/// Completes once `member` is no longer in the published view (never, if the view's sender
+/// is gone: the deadline then bounds the call).
+async fn left_view(mut view: watch::Receiver<Arc<View>>, member: &str) {
+    loop {
+        if !view.borrow_and_update().ring.names().contains(&member) {
+            return;
+        }
+        if view.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+}
+
 fn remote_members() -> Vec<(String, ActorCell)> {
     let mut members: Vec<(String, ActorCell)> = ractor::pg::get_members(&DATABASE_GROUP.to_owned())
         .into_iter()
@@ -601,6 +674,55 @@ pub async fn spawn(args: DatabaseArgs, supervisor: ActorCell) -> Result<ActorRef
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::placement::{Member, Ring};
+
+    fn view_of(names: &[&str]) -> Arc<View> {
+        let members = names
+            .iter()
+            .map(|n| Member {
+                name: (*n).to_owned(),
+                cluster_addr: format!("{n}:1"),
+                http_addr: format!("{n}:2"),
+                hosts_db: *n == "db",
+            })
+            .collect();
+        Arc::new(View::single(
+            Ring::single(Member {
+                name: "me".into(),
+                cluster_addr: "me:1".into(),
+                http_addr: "me:2".into(),
+                hosts_db: false,
+            })
+            .next(members),
+        ))
+    }
+
+    #[tokio::test]
+    async fn a_call_into_a_database_node_ends_as_unknown_when_the_node_leaves_the_view() {
+        let (tx, rx) = watch::channel(view_of(&["me", "db"]));
+        let call = tokio::spawn(async move {
+            unless_member_leaves(rx, "db", std::future::pending::<Result<()>>()).await
+        });
+        tokio::task::yield_now().await;
+        assert!(!call.is_finished(), "ended while db was still a member");
+        tx.send_replace(view_of(&["me"]));
+        let ended = tokio::time::timeout(Duration::from_secs(5), call)
+            .await
+            .expect("the call did not end when db left")
+            .unwrap();
+        // Unknown, never "not applied": a write in flight is settled through its request id.
+        assert!(
+            matches!(ended, Err(Error::Timeout(ref m)) if m.contains("db left")),
+            "{ended:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_call_into_a_non_member_is_bounded_by_its_own_deadline_only() {
+        let (_tx, rx) = watch::channel(view_of(&["me"]));
+        let answered = unless_member_leaves(rx, "db", async { Ok(7) }).await;
+        assert_eq!(answered.unwrap(), 7);
+    }
 
     #[test]
     fn the_followed_database_node_is_preferred_over_the_first_by_name() {

@@ -12,7 +12,7 @@
 //!     │                                                       feed the Observer (receipt time)
 //!     │                                                      Lost: all shards LOST, register
 //!     │                                                      Superseded: exit non-zero
-//!     ├─ held shards placement moved away ─▶ RELEASING now, release one tick later
+//!     ├─ held shards placement moved away ─▶ RELEASING now, released once its writes in flight are settled
 //!     └─ lease table ─▶ reconcile if a grant/release reply was lost
 //!                     └▶ plan_acquire: grant (free, released, stale epoch) / takeover (holder's
 //!                        row revocable) / wait (the holder releases it)
@@ -68,6 +68,26 @@ pub struct NodeLeases {
     /// Holder and token of every shard as the last lease table read showed them: the hint a
     /// `NotHolder` answer carries so the entry node retries at the right node.
     hints: RwLock<BTreeMap<ShardId, (Option<String>, u64)>>,
+    /// Writes in flight per shard (L6 RELEASING waits for their outcomes): counted while a
+    /// [`WritePermit`] lives. Incremented under the holder read lock in the same step as the
+    /// lease check, so once `begin_release` (write lock) has run, the count only falls.
+    writes: Vec<std::sync::atomic::AtomicU32>,
+}
+
+/// Leave to send one write under a shard's token; the shard counts it as in flight until the
+/// permit is dropped (after the write's outcome is known or settled).
+pub struct WritePermit {
+    leases: Arc<NodeLeases>,
+    shard: ShardId,
+    /// The token the write carries (F1).
+    pub token: u64,
+}
+
+impl Drop for WritePermit {
+    fn drop(&mut self) {
+        self.leases.writes[usize::from(self.shard)]
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 impl NodeLeases {
@@ -77,7 +97,36 @@ impl NodeLeases {
             node: node.to_owned(),
             holder: RwLock::new(HolderLease::new(config, incarnation, holder_now())),
             hints: RwLock::new(BTreeMap::new()),
+            writes: (0..crate::cluster::placement::SHARDS)
+                .map(|_| std::sync::atomic::AtomicU32::new(0))
+                .collect(),
         }
+    }
+
+    /// A permit to write on `shard` now, or `None` when the shard may not be served (L6): the
+    /// check and the in-flight count are one step, so a RELEASING shard never gains a write.
+    pub fn begin_write(
+        self: &Arc<Self>,
+        shard: ShardId,
+        now: HolderInstant,
+    ) -> Option<WritePermit> {
+        let lease = self.read();
+        match lease.shard_state(shard, now) {
+            ShardState::Serve { token, .. } => {
+                self.writes[usize::from(shard)].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Some(WritePermit {
+                    leases: self.clone(),
+                    shard,
+                    token,
+                })
+            }
+            ShardState::NotHolder => None,
+        }
+    }
+
+    /// Writes on `shard` whose outcome is not known yet.
+    pub fn writes_in_flight(&self, shard: ShardId) -> u32 {
+        self.writes[usize::from(shard)].load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// This process start's incarnation.
@@ -718,8 +767,9 @@ impl KeeperState {
         let _ = myself.cast(LeaseKeeperMsg::Tick);
     }
 
-    /// Held shards placement gives to another node: RELEASING now (no new requests), the
-    /// release itself one tick later, so writes already started can finish first.
+    /// Held shards placement gives to another node: RELEASING now (no new requests, no new
+    /// writes), the release itself once the writes already started have their outcome (L6), or
+    /// after a request timeout at most (a later write would be fenced: the token moved on).
     fn release_moved(&mut self, myself: &ActorRef<LeaseKeeperMsg>) {
         let placed = self.placed_here();
         let held = self.ctx.leases.read().held();
@@ -730,11 +780,14 @@ impl KeeperState {
                     .or_insert((token, Instant::now()));
             }
         }
-        let interval = self.ctx.lease_config.renew_interval;
+        let patience = self.ctx.request_timeout;
+        let leases = &self.ctx.leases;
         let due: Vec<(ShardId, u64)> = self
             .releasing
             .iter()
-            .filter(|(_, (_, since))| since.elapsed() >= interval)
+            .filter(|(s, (_, since))| {
+                leases.writes_in_flight(**s) == 0 || since.elapsed() >= patience
+            })
             .map(|(s, (t, _))| (*s, *t))
             .collect();
         let fresh = due
@@ -932,7 +985,7 @@ impl KeeperState {
         }
     }
 
-    /// Graceful stop (L6): every shard RELEASING, a short wait for writes in flight, release
+    /// Graceful stop (L6): every shard RELEASING, wait for the writes in flight, release
     /// each at its token, clear our row's incarnation so a restart registers at once.
     async fn release_all(&mut self) {
         self.stopped = true;
@@ -943,7 +996,15 @@ impl KeeperState {
         for (shard, _) in &held {
             self.ctx.leases.update(|l| l.begin_release(*shard));
         }
-        tokio::time::sleep(RELEASE_GRACE.min(self.ctx.request_timeout)).await;
+        // Writes already started get their outcome first (L6), a request timeout at most.
+        let patience = Instant::now() + self.ctx.request_timeout;
+        while Instant::now() < patience
+            && held
+                .iter()
+                .any(|(s, _)| self.ctx.leases.writes_in_flight(*s) > 0)
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let releases = held
             .iter()
             .map(|(shard, token)| self.ctx.db.release(*shard, *token));
@@ -966,9 +1027,6 @@ impl KeeperState {
         );
     }
 }
-
-/// How long a graceful stop waits, after refusing new requests, for writes already started.
-pub const RELEASE_GRACE: Duration = Duration::from_millis(200);
 
 /// L7: joins or leaves `customer-registry` with this node's Registry.
 fn set_registry_membership(node: &str, member: bool) {
@@ -1229,6 +1287,52 @@ mod tests {
             leases.shard_state(7, holder_now()),
             ShardState::Serve { token: t, .. } if t == row.token && t > token
         ));
+        node.supervisor.stop(None);
+    }
+
+    #[tokio::test]
+    async fn a_graceful_stop_waits_for_the_outcome_of_a_write_in_flight_before_releasing_its_shard()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::Config::local("keeper-inflight", Some(dir.path().join("c.db")));
+        let node = crate::node::start_actors(&config, None, 1).await.unwrap();
+        let leases = node.ctx.leases.clone();
+        wait_for("all shards held", || {
+            leases.held_count(holder_now()) == 1024
+        })
+        .await;
+        // A write on shard 7 has been sent and its outcome is not back yet.
+        let permit = leases.begin_write(7, holder_now()).expect("shard 7 served");
+        assert_eq!(leases.writes_in_flight(7), 1);
+        let keeper: ActorRef<LeaseKeeperMsg> =
+            ractor::registry::where_is("lease-keeper/keeper-inflight")
+                .unwrap()
+                .into();
+        let stopping = tokio::spawn(async move { ractor::call!(keeper, LeaseKeeperMsg::Shutdown) });
+        // RELEASING: no new write is let in, and shard 7's row stays ours while one is open.
+        wait_for("shard 7 releasing", || {
+            matches!(leases.shard_state(7, holder_now()), ShardState::NotHolder)
+        })
+        .await;
+        assert!(leases.begin_write(7, holder_now()).is_none());
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        assert!(!stopping.is_finished(), "released with a write in flight");
+        let row = node.ctx.db.lease_table().await.unwrap()[7].clone();
+        assert_eq!(row.holder.as_deref(), Some("keeper-inflight"), "{row:?}");
+        assert_eq!(row.token, permit.token);
+
+        drop(permit);
+        assert_eq!(leases.writes_in_flight(7), 0);
+        tokio::time::timeout(Duration::from_secs(10), stopping)
+            .await
+            .expect("the stop did not finish once the write's outcome was known")
+            .unwrap()
+            .unwrap();
+        let rows = node.ctx.db.lease_table().await.unwrap();
+        assert!(
+            rows.iter().all(|r| r.holder.is_none()),
+            "a shard stayed held"
+        );
         node.supervisor.stop(None);
     }
 

@@ -12,14 +12,22 @@
 //!   and the stable `--name` stays the placement identity.
 //! * One inbound frame over the limit tears down the whole session, so every node uses the
 //!   same limit ([`crate::codec::MAX_FRAME_BYTES`]).
+//! * The cluster port is ours ([`super::gate`]): it caps and times out unauthenticated
+//!   connections and hands the rest to the NodeServer as external streams. The NodeServer's
+//!   own listener is bound to an ephemeral loopback port behind a certificate-less TLS
+//!   acceptor (no session can start there), and told the real port so it advertises that.
+//! * Dials go through the same checks ([`super::gate::dial`]), then
+//!   `client_connect_external`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
 
 use ractor::{Actor, ActorCell, ActorRef};
 use ractor_cluster::node::{NodeConnectionMode, NodeServerSessionInformation};
-use ractor_cluster::{
-    IncomingEncryptionMode, NodeEventSubscription, NodeServer, NodeServerMessage,
-};
+use ractor_cluster::{NodeEventSubscription, NodeServer, NodeServerMessage};
+
+use super::gate::{Gate, GateConfig};
 
 use crate::codec::MAX_FRAME_BYTES;
 use crate::error::{Error, Result};
@@ -117,9 +125,13 @@ pub struct MeshConfig {
     /// Shared cookie.
     pub cookie: String,
     /// Inbound TLS, if any.
-    pub incoming: Option<IncomingEncryptionMode>,
+    pub incoming: Option<tokio_rustls::TlsAcceptor>,
     /// Outbound transport.
     pub transport: Transport,
+    /// Most connections in their handshake at once (`--cluster-max-unauthenticated`).
+    pub max_unauthenticated: usize,
+    /// Longest handshake, inbound and outbound (`--cluster-handshake-timeout-ms`).
+    pub handshake_timeout: Duration,
 }
 
 /// A running NodeServer and the way to dial peers.
@@ -129,44 +141,60 @@ pub struct Mesh {
     pub server: ActorRef<NodeServerMessage>,
     /// Outbound transport.
     pub transport: Transport,
+    /// Deadline of an outbound handshake.
+    handshake_timeout: Duration,
+    /// The cluster port.
+    gate: Arc<Gate>,
 }
 
 impl Mesh {
-    /// Starts the NodeServer listening on `config.bind`.
+    /// Starts the NodeServer and the cluster port on `config.bind` in front of it.
     pub async fn start(config: MeshConfig) -> Result<Self> {
-        // Probe the address first: the NodeServer reports a taken port only as a startup panic.
-        std::net::TcpListener::bind(config.bind).map_err(|e| {
-            Error::InvalidInput(format!(
-                "cannot listen for cluster connections on {}: {e}",
-                config.bind
-            ))
-        })?;
         // With TLS, ractor_cluster's transitive auto-connects would be plain TCP and fail;
         // Membership dials every member explicitly anyway.
         let mode = match config.transport {
             Transport::Plain => NodeConnectionMode::Transitive,
             Transport::Tls { .. } => NodeConnectionMode::Isolated,
         };
+        // IPv4 loopback whatever --cluster-addr is: it exists wherever the node can run.
+        let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let server = NodeServer::new(
-            config.bind.port(),
+            0,
             config.cookie,
             format!("{}#{}", config.name, config.incarnation),
             config.advertise_host,
-            config.incoming,
+            Some(super::tls::closed_listener()?),
             Some(mode),
         )
-        .with_listen_addr(config.bind.ip())
+        .with_listen_addr(loopback)
         .with_max_inbound_frame_size(MAX_FRAME_BYTES);
-        let (server, _) = Actor::spawn(None, server, ()).await.map_err(|e| {
-            Error::InvalidInput(format!(
-                "cannot start the cluster listener on {}: {e}",
-                config.bind
-            ))
-        })?;
+        let (server, _) = Actor::spawn(None, server, ())
+            .await
+            .map_err(|e| Error::Internal(format!("cannot start the cluster transport: {e}")))?;
+        let gate = GateConfig {
+            bind: config.bind,
+            max_unauthenticated: config.max_unauthenticated,
+            handshake_timeout: config.handshake_timeout,
+            tls: config.incoming,
+        };
+        let gate = match Gate::start(gate, server.clone()).await {
+            Ok(gate) => gate,
+            Err(e) => {
+                server.stop(None);
+                return Err(e);
+            }
+        };
         Ok(Self {
             server,
             transport: config.transport,
+            handshake_timeout: config.handshake_timeout,
+            gate: Arc::new(gate),
         })
+    }
+
+    /// The address the cluster port listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.gate.local_addr
     }
 
     /// Subscribes `callback` to session events (replacing an earlier subscription of `id`).
@@ -192,8 +220,8 @@ impl Mesh {
     /// Opens a connection to a peer's cluster address. Success means TCP (and TLS) connected;
     /// authentication continues in the background and shows up as a session event.
     pub async fn dial(&self, addr: &str) -> Result<()> {
-        let result = match &self.transport {
-            Transport::Plain => ractor_cluster::client_connect(&self.server, addr).await,
+        let tls = match &self.transport {
+            Transport::Plain => None,
             Transport::Tls { connector } => {
                 let host = crate::config::split_host_port(addr)
                     .map(|(h, _)| h.to_owned())
@@ -202,15 +230,18 @@ impl Mesh {
                     tokio_rustls::rustls::pki_types::ServerName::try_from(host).map_err(|e| {
                         Error::InvalidInput(format!("bad TLS server name in {addr}: {e}"))
                     })?;
-                ractor_cluster::client_connect_enc(&self.server, addr, connector.clone(), name)
-                    .await
+                Some((connector, name))
             }
         };
-        result.map_err(|e| Error::Unavailable(format!("dial {addr}: {e}")))
+        let stream = super::gate::dial(addr, tls, self.handshake_timeout).await?;
+        ractor_cluster::client_connect_external(&self.server, Box::new(stream))
+            .await
+            .map_err(|e| Error::Unavailable(format!("dial {addr}: {e}")))
     }
 
-    /// Stops the NodeServer (closing every session).
+    /// Stops the cluster port and the NodeServer (closing every session).
     pub fn stop(&self) {
+        self.gate.stop();
         self.server.stop(Some("node stopping".into()));
     }
 }

@@ -5,6 +5,10 @@
 //!   over member names.
 //! * [`lease`] — the pure core of shard leases: renew validity, takeover, reconcile (§6).
 //! * [`mesh`] — the ractor_cluster NodeServer, session events, dialing.
+//! * [`gate`] — the cluster port in front of the NodeServer: a cap on unauthenticated
+//!   connections, a handshake deadline, refusals counted and logged at a bounded rate.
+//! * [`handshake`] — the pure rules for the frames before authentication (sizes, order, the
+//!   announced name against the peer's certificate) and the rate-limited refusal log.
 //! * [`membership`] — who is alive: hello handshake, heartbeats, eviction, re-dialing; the
 //!   published placement view and the freshness lease.
 //! * [`admission`] — the pure rule deciding what a finished `Hello` means (admit, refuse,
@@ -33,6 +37,8 @@ pub mod admission;
 pub mod advertise;
 pub mod dbnode;
 pub mod detector;
+pub mod gate;
+pub mod handshake;
 pub mod heartbeat;
 pub mod lease;
 pub mod membership;

@@ -6,6 +6,43 @@
 //! each of its WARN lines through [`explain`] and prints one clear line instead: who, and what
 //! the reason means. The raw line is printed as is when the node logs at DEBUG.
 
+/// Session-end lines printed per window; the rest are counted and the count is appended to the
+/// next one printed. Enough for a few restarts and evictions at once, few enough that a flood
+/// of failing handshakes cannot fill the log.
+pub const SESSION_LINES_PER_WINDOW: u32 = 10;
+
+/// The window of [`SESSION_LINES_PER_WINDOW`].
+pub const SESSION_LINE_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A budget of session-end lines: at most [`SESSION_LINES_PER_WINDOW`] per
+/// [`SESSION_LINE_WINDOW`]. Time is an argument.
+#[derive(Debug, Default)]
+pub struct SessionLineBudget {
+    window_start: Option<std::time::Instant>,
+    printed: u32,
+    suppressed: u64,
+}
+
+impl SessionLineBudget {
+    /// `Some(n)`: print this line, noting `n` lines suppressed since the last one printed;
+    /// `None`: suppress it.
+    pub fn admit(&mut self, now: std::time::Instant) -> Option<u64> {
+        let fresh = self
+            .window_start
+            .is_none_or(|t| now.saturating_duration_since(t) >= SESSION_LINE_WINDOW);
+        if fresh {
+            self.window_start = Some(now);
+            self.printed = 0;
+        }
+        if self.printed >= SESSION_LINES_PER_WINDOW {
+            self.suppressed += 1;
+            return None;
+        }
+        self.printed += 1;
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
 /// A clear line for a known `ractor_cluster` warning, or `None` to keep the raw one.
 pub fn explain(raw: &str) -> Option<String> {
     if let Some(rest) = raw.strip_prefix("Node session ") {
@@ -48,9 +85,7 @@ fn meaning(reason: &str) -> String {
         "tcp_session_closed" => {
             "the connection closed (the peer stopped, restarted, or dropped it)"
         }
-        "auth_fail" => {
-            "auth_fail: the peer's cookie does not match ours (or its TLS certificate was refused)"
-        }
+        "auth_fail" => "auth_fail: the peer's cookie does not match ours",
         "duplicate_connection" => {
             "both sides dialled each other at once; the other connection is kept (duplicate_connection)"
         }
@@ -87,6 +122,20 @@ fn quoted(s: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn session_end_lines_are_budgeted_per_window_and_the_next_one_says_how_many_were_dropped() {
+        let t0 = std::time::Instant::now();
+        let mut budget = SessionLineBudget::default();
+        for _ in 0..SESSION_LINES_PER_WINDOW {
+            assert_eq!(budget.admit(t0), Some(0));
+        }
+        for _ in 0..25 {
+            assert_eq!(budget.admit(t0 + std::time::Duration::from_secs(5)), None);
+        }
+        assert_eq!(budget.admit(t0 + SESSION_LINE_WINDOW), Some(25));
+        assert_eq!(budget.admit(t0 + SESSION_LINE_WINDOW), Some(0));
+    }
 
     const NAMED: &str = r#"Node session Some(NameMessage { name: "n3#1795809408352@10.213.0.3", flags: Some(NodeFlags { version: 1 }), connection_string: "10.213.0.3:4703", connection_id: 0 }) exited with 'Some("tcp_session_closed")'"#;
 
