@@ -442,7 +442,7 @@ impl MembershipState {
     }
 
     /// Re-decides this node's database role and the database node it follows; tells every
-    /// member when either changed, so a rival it cannot see hears of the other through us.
+    /// peer when either changed, so a rival it cannot see hears of the other through us.
     fn settle_database(&mut self, myself: &ActorRef<MembershipMsg>) {
         let me = DbNode {
             name: self.me().to_owned(),
@@ -493,8 +493,10 @@ impl MembershipState {
             tracing::info!(database_node = %c, "the cluster's database node");
         }
         if self.args.db_role.set_chosen(chosen) || role_changed {
-            for p in self.peers.values() {
-                self.greet(myself, p.registry.get_cell());
+            // Every Registry in the group, members or not yet: a peer whose `Hello` is being
+            // judged right now must hear the change too.
+            for cell in ractor::pg::get_members(&REGISTRY_GROUP.to_owned()) {
+                self.greet(myself, cell);
             }
         }
     }
