@@ -121,6 +121,8 @@ fn codec(c: &mut Criterion) {
             http_addr: "127.0.0.1:8081".into(),
             hosts_db: true,
             incarnation: 1,
+            sqlite: customer_cluster::cluster::dbnode::SqliteRole::Serving,
+            database: None,
         },
     );
     round_trip(

@@ -5,6 +5,10 @@
 //! address → shared context with a single-member placement view → NodeSupervisor (Database,
 //! Heartbeat, Registry, Membership; Membership then dials the seeds) → serve HTTP.
 //!
+//! A node hosting SQLite that the cluster refuses (another node is its database node, see
+//! [`crate::cluster::dbnode`]) stops the same way and exits non-zero with a message naming
+//! that node.
+//!
 //! Graceful stop (SIGINT/SIGTERM): leave the registry group first, so peers re-place our
 //! customers and stop routing to us → release every shard lease (RELEASING, writes in flight
 //! finish, release at the token, clear our lease row) so peers are granted them at once → stop
@@ -27,6 +31,7 @@ use crate::actors::lease_keeper::{LeaseKeeperMsg, NodeLeases, random_incarnation
 use crate::actors::supervisor::{NodeSupervisor, SupervisorArgs, SupervisorMsg};
 use crate::actors::{Counters, NodeContext};
 use crate::api::{AppState, router};
+use crate::cluster::dbnode::DbRoleCell;
 use crate::cluster::membership::{Lease, MembershipArgs, View};
 use crate::cluster::mesh::{Mesh, MeshConfig, Transport};
 use crate::cluster::placement::{Member, Ring};
@@ -80,6 +85,12 @@ pub async fn start_actors(
         hosts_db: config.hosts_database(),
     };
     let (view_tx, view_rx) = watch::channel(Arc::new(View::single(Ring::single(local))));
+    let engine = config.database();
+    let hosts_sqlite = engine.as_ref().is_some_and(|e| !e.backend.is_shared());
+    let db_role = DbRoleCell::new(DbRoleCell::initial_role(
+        hosts_sqlite,
+        !config.seeds.is_empty(),
+    ));
     let lease = Lease::new(config.failure_timeout, Instant::now());
     let events = EventBus::new(&config.name);
     let ctx = Arc::new(NodeContext {
@@ -97,7 +108,9 @@ pub async fn start_actors(
         lease_config: config.lease,
         read_mode: config.read_mode,
         unsettled: Default::default(),
-        db: DatabaseClient::new(&config.name, config.request_timeout).watching(view_rx.clone()),
+        db: DatabaseClient::new(&config.name, config.request_timeout, db_role.clone())
+            .watching(view_rx.clone()),
+        db_role: db_role.clone(),
         counters: Counters::default(),
         events: events.clone(),
         #[cfg(test)]
@@ -110,8 +123,9 @@ pub async fn start_actors(
         http_addr: config.http_addr.to_string(),
         hosts_db: config.hosts_database(),
         incarnation,
+        sqlite: db_role.role(),
+        database: None,
     };
-    let engine = config.database();
     let membership = MembershipArgs {
         info: info.clone(),
         seeds: config.seeds.clone(),
@@ -122,6 +136,7 @@ pub async fn start_actors(
         lease,
         mesh,
         events,
+        db_role,
     };
     let args = SupervisorArgs {
         ctx: ctx.clone(),
@@ -272,12 +287,23 @@ pub async fn run(config: Config) -> Result<()> {
         database = %config.database().map_or("remote (via process group)".to_owned(), |e| e.backend.describe()),
         "node {} is up", config.name
     );
+    let mut refused = node.ctx.db_role.refused_rx();
     let outcome = tokio::select! {
         signal = shutdown_signal() => { tracing::info!(signal, "stop requested"); Ok(()) }
         _ = &mut node.supervisor_done => Err(Error::Internal("the node's actor tree stopped unexpectedly".into())),
+        why = refused.wait_for(Option::is_some) => {
+            let why = why.ok().and_then(|w| w.clone()).unwrap_or_default();
+            Err(Error::Conflict(why))
+        }
     };
-    if outcome.is_ok() {
-        node.shutdown().await?;
+    match &outcome {
+        Ok(()) => node.shutdown().await?,
+        // A refused database node leaves in order too (it serves nothing meanwhile), so its
+        // peers see a graceful leave rather than a vanished session.
+        Err(Error::Conflict(_)) => {
+            let _ = node.shutdown().await;
+        }
+        Err(_) => {}
     }
     outcome
 }

@@ -1,9 +1,10 @@
-//! Three real node processes on loopback: routing through any node, placement balance, the
-//! remote database path, and cookie authentication.
+//! Real node processes on loopback: routing through any node, placement balance, the remote
+//! database path, cookie authentication, and a second SQLite database node being refused.
 
 mod support;
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -145,75 +146,187 @@ async fn a_node_with_a_wrong_cookie_never_becomes_a_member() {
     );
 }
 
+/// Customers stored in an SQLite file, read directly.
+fn customers_in(db: &Path) -> i64 {
+    let conn = rusqlite::Connection::open(db).expect("open the database file");
+    conn.query_row("SELECT COUNT(*) FROM customers", [], |r| r.get(0))
+        .expect("count customers")
+}
+
+/// One write through `entry` read back through `reader`; the failure, if any, as text.
+async fn write_and_read(entry: &TestNode, reader: &TestNode, tag: &str) -> Result<String, String> {
+    let r = entry.create(tag, &format!("{tag}@example.com")).await;
+    if r.status != 201 {
+        return Err(format!(
+            "create via {}: {} {:?}",
+            entry.spec.name, r.status, r.body
+        ));
+    }
+    let id = id_of(&r);
+    let g = reader.get(&id).await;
+    let v: Value = g.json().map_err(|e| format!("{e}"))?;
+    if g.status != 200 || v["name"] != tag {
+        return Err(format!("read via {}: {} {v}", reader.spec.name, g.status));
+    }
+    Ok(id)
+}
+
 #[tokio::test]
-async fn a_second_database_node_makes_the_cluster_refuse_requests_until_it_leaves() {
-    let cluster = TestCluster::start("d", 2, &[]).await;
-    let before = cluster.nodes[1]
-        .create("Before", "before@example.com")
-        .await;
-    assert_eq!(before.status, 201, "{:?}", before.body);
+async fn a_second_database_node_is_refused_and_exits_while_the_cluster_keeps_serving() {
+    let cluster = TestCluster::start("d", 3, &[]).await;
+    let nodes = &cluster.nodes;
+    let mut written = Vec::new();
+    for i in 0..6 {
+        let tag = format!("before{i}");
+        written.push(
+            write_and_read(&nodes[i % 3], &nodes[(i + 1) % 3], &tag)
+                .await
+                .unwrap(),
+        );
+    }
 
-    // An operator mistake: a third node with its own SQLite file joins.
-    let mut spec = NodeSpec::new("d3");
-    spec.db_path = Some(cluster.dir.path().join("second.db"));
-    spec.seeds = vec![cluster.nodes[0].spec.cluster_addr()];
-    let mut second = TestNode::start(spec, cluster.dir.path());
+    // An operator mistake: a fourth node with its own SQLite file joins through d2.
+    let rogue_db = cluster.dir.path().join("second.db");
+    let mut spec = NodeSpec::new("d4");
+    spec.db_path = Some(rogue_db.clone());
+    spec.seeds = vec![nodes[1].spec.cluster_addr()];
+    let mut rogue = TestNode::start(spec, cluster.dir.path());
 
-    // Writes through any node are refused with a 503 that names both database nodes.
-    let d2 = &cluster.nodes[1];
-    let mut attempt = 0;
-    let refusal = wait_until(
-        "writes are refused while two databases are present",
-        Duration::from_secs(60),
-        || {
-            attempt += 1;
-            let email = format!("during{attempt}@example.com");
-            async move {
-                // Shards placed on d3 answer not_holder (d3 cannot be granted leases from a
-                // refusing database), and membership may churn while d3 joins; the others
-                // reach the database and are refused there, saying why.
-                let r = d2.create("During", &email).await;
-                let refused = r.status == 503
-                    && r.json::<Value>().is_ok_and(|b| {
-                        b["error"]["code"] == "unavailable"
-                            && b["error"]["message"]
-                                .as_str()
-                                .is_some_and(|m| m.contains("more than one database node"))
-                    });
-                refused.then_some(r)
-            }
-        },
-    )
-    .await;
-    let body: Value = refusal.json().unwrap();
-    assert_eq!(body["error"]["code"], "unavailable");
-    let message = body["error"]["message"].as_str().unwrap();
+    // Writes through the three members keep succeeding while it is around, and it is never
+    // admitted as a member (no shard is placed on it).
+    let mut i = 0;
+    let code = loop {
+        let tag = format!("during{i}");
+        written.push(
+            write_and_read(&nodes[i % 3], &nodes[(i + 2) % 3], &tag)
+                .await
+                .unwrap(),
+        );
+        for node in nodes {
+            assert_eq!(
+                node.members().await.unwrap(),
+                ["d1", "d2", "d3"],
+                "{}",
+                node.spec.name
+            );
+        }
+        i += 1;
+        if !rogue.is_running() {
+            break rogue.wait_exit(Duration::from_secs(1)).await;
+        }
+        assert!(i < 2000, "the second database node never exited");
+    };
+    assert_eq!(code, Some(1), "the refused node exits non-zero");
+    let log = rogue.log();
     assert!(
-        message.contains("more than one database node in the cluster (d1, d3)"),
-        "{message}"
+        log.contains("refused by the cluster: node d1 is already its database node"),
+        "{log}"
     );
-    let ready = cluster.nodes[0].client.get("/ready").await.unwrap();
-    assert_eq!(ready.status, 503, "d1 reports ready with two databases");
     assert!(
-        cluster.nodes[0]
-            .log()
-            .contains("another node also hosts a database")
+        customers_in(&rogue_db) == 0,
+        "the refused node stored a customer"
     );
 
-    // Once the extra database node is gone, service resumes by itself, with the old data.
-    assert_eq!(second.terminate(Duration::from_secs(20)), Some(0));
-    cluster.nodes[0].wait_ready(Duration::from_secs(30)).await;
-    let after = wait_until("writes succeed again", Duration::from_secs(30), || async {
-        let r = cluster.nodes[1].create("After", "after@example.com").await;
-        (r.status == 201).then_some(r)
+    // After it left: still serving, and everything written before and during reads back.
+    for i in 0..6 {
+        let tag = format!("after{i}");
+        written.push(
+            write_and_read(&nodes[i % 3], &nodes[(i + 1) % 3], &tag)
+                .await
+                .unwrap(),
+        );
+    }
+    for (i, id) in written.iter().enumerate() {
+        assert_eq!(nodes[i % 3].get(id).await.status, 200, "{id}");
+    }
+    for node in nodes {
+        let c = node.cluster().await.unwrap();
+        assert_eq!(c["db_members"], json!(["d1"]), "{}", node.spec.name);
+    }
+    assert_eq!(
+        customers_in(&cluster.dir.path().join("customers.db")),
+        written.len() as i64
+    );
+}
+
+#[tokio::test]
+async fn a_database_node_started_with_seeds_serves_only_after_meeting_the_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut plain = NodeSpec::new("w2");
+    let mut db = NodeSpec::new("w1");
+    db.db_path = Some(dir.path().join("w1.db"));
+    db.seeds = vec![plain.cluster_addr()];
+    plain.seeds = vec![db.cluster_addr()];
+    let db = TestNode::start(db, dir.path());
+
+    // Its seed is not up yet: it answers, but serves nothing, and says why.
+    let ready = wait_until("w1 answers /ready", Duration::from_secs(30), || async {
+        db.client.get("/ready").await.ok()
     })
     .await;
-    assert_eq!(after.header("x-entry-node"), Some("d2"));
-    let r = cluster.nodes[1].get(&id_of(&before)).await;
-    assert_eq!(r.status, 200);
+    assert_eq!(ready.status, 503);
+    let why: Value = ready.json().unwrap();
     assert!(
-        cluster.nodes[0]
-            .log()
-            .contains("this is the only database node again")
+        why["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("serves nothing until it has met the cluster")),
+        "{why}"
     );
+    let r = db.create("Too early", "early@example.com").await;
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    let body: Value = r.json().unwrap();
+    assert_eq!(body["error"]["code"], "unavailable");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("--seeds")),
+        "{body}"
+    );
+    assert_eq!(customers_in(&dir.path().join("w1.db")), 0);
+
+    // Once it has met a peer and learnt of no other database node, it serves.
+    let plain = TestNode::start(plain, dir.path());
+    db.wait_ready(Duration::from_secs(60)).await;
+    plain.wait_ready(Duration::from_secs(60)).await;
+    let id = write_and_read(&plain, &db, "after-meeting").await.unwrap();
+    assert_eq!(plain.get(&id).await.status, 200);
+    assert_eq!(customers_in(&dir.path().join("w1.db")), 1);
+    assert!(
+        db.log()
+            .contains("this node is the database node and serves")
+    );
+}
+
+#[tokio::test]
+async fn of_two_database_nodes_sharing_a_third_the_older_keeps_serving() {
+    // Two database nodes started without seeds, so both serve their own file, and a third
+    // node that knows both. The older start wins; the other exits naming it.
+    let dir = tempfile::tempdir().unwrap();
+    let mut older = NodeSpec::new("i1");
+    older.db_path = Some(dir.path().join("i1.db"));
+    let older = TestNode::start(older, dir.path());
+    older.wait_ready(Duration::from_secs(60)).await;
+    let before = write_and_read(&older, &older, "kept").await.unwrap();
+    let mut younger = NodeSpec::new("i2");
+    younger.db_path = Some(dir.path().join("i2.db"));
+    let mut younger = TestNode::start(younger, dir.path());
+    younger.wait_ready(Duration::from_secs(60)).await;
+
+    let mut third = NodeSpec::new("i3");
+    third.seeds = vec![older.spec.cluster_addr(), younger.spec.cluster_addr()];
+    let third = TestNode::start(third, dir.path());
+
+    assert_eq!(younger.wait_exit(Duration::from_secs(60)).await, Some(1));
+    assert!(
+        younger
+            .log()
+            .contains("refused by the cluster: node i1 is already its database node")
+    );
+    third.wait_ready(Duration::from_secs(60)).await;
+    older.wait_ready(Duration::from_secs(60)).await;
+    let id = write_and_read(&third, &older, "after").await.unwrap();
+    assert_eq!(third.get(&before).await.status, 200);
+    assert_eq!(older.get(&id).await.status, 200);
+    let c = third.cluster().await.unwrap();
+    assert_eq!(c["db_members"], json!(["i1"]));
 }

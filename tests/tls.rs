@@ -238,7 +238,16 @@ async fn a_peer_with_a_valid_certificate_for_another_name_is_refused_both_ways()
     t1.seeds = vec![impostor_addr.clone()];
     t1.extra = tls_flags(certs.path(), "t1", &cluster_ca, &cluster_ca);
     let t1 = TestNode::start(t1, certs.path());
-    t1.wait_ready(Duration::from_secs(30)).await;
+    // t1 hosts the database and has a seed, so it serves only once it has met a real peer
+    // (t2, below); until then its HTTP API answers, which is all the checks below need.
+    wait_until("t1 answers HTTP", Duration::from_secs(30), || async {
+        t1.client
+            .get("/health")
+            .await
+            .ok()
+            .filter(|r| r.status == 200)
+    })
+    .await;
     // (the generated certificates also carry the DNS name localhost)
     let refused = "announced node name \"y\" but its certificate is for localhost, x";
     wait_until(
@@ -289,4 +298,50 @@ async fn a_peer_with_a_valid_certificate_for_another_name_is_refused_both_ways()
     assert_eq!(t1.get(&id).await.status, 200);
     assert!(!t1.log().contains("member joined peer=y"));
     impostor.stop();
+}
+
+#[tokio::test]
+async fn a_database_node_that_only_shares_a_third_node_with_the_database_node_is_refused() {
+    // With TLS, nodes dial only their seeds and admitted members (no transitive connects), so
+    // j2 reaches only j3 and never sees j1: it can learn of j1 only from what j3 reports.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = ca("cluster ca");
+    let mut db = NodeSpec::new("j1");
+    db.db_path = Some(dir.path().join("j1.db"));
+    db.extra = tls_flags(dir.path(), "j1", &ca, &ca);
+    let db = TestNode::start(db, dir.path());
+    let mut middle = NodeSpec::new("j3");
+    middle.seeds = vec![db.spec.cluster_addr()];
+    middle.extra = tls_flags(dir.path(), "j3", &ca, &ca);
+    let middle = TestNode::start(middle, dir.path());
+    middle.wait_ready(Duration::from_secs(60)).await;
+    let before = id_of(&middle.create("Before", "before@example.com").await);
+
+    let mut rogue = NodeSpec::new("j2");
+    rogue.db_path = Some(dir.path().join("j2.db"));
+    rogue.seeds = vec![middle.spec.cluster_addr()];
+    rogue.extra = tls_flags(dir.path(), "j2", &ca, &ca);
+    let mut rogue = TestNode::start(rogue, dir.path());
+
+    assert_eq!(rogue.wait_exit(Duration::from_secs(60)).await, Some(1));
+    assert!(
+        rogue
+            .log()
+            .contains("refused by the cluster: node j1 is already its database node"),
+        "{}",
+        rogue.log()
+    );
+    assert!(
+        !db.log().contains("j2"),
+        "j1 and j2 were never connected: the refusal came through j3"
+    );
+    let conn = rusqlite::Connection::open(dir.path().join("j2.db")).unwrap();
+    let stored: i64 = conn
+        .query_row("SELECT COUNT(*) FROM customers", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(stored, 0);
+    let after = id_of(&middle.create("After", "after@example.com").await);
+    for id in [&before, &after] {
+        assert_eq!(db.get(id).await.status, 200);
+    }
 }

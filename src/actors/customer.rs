@@ -25,7 +25,7 @@
 //! | `Replayed(stored)` | the stored answer, marked replayed | **untouched** (a newer write may follow it) |
 //! | `Fenced` | `NotHolder`; the shard becomes LOST | dropped; never re-applied |
 //! | no answer (timeout, connection lost) | settle: aborted ⇒ 503, stored ⇒ it, unreachable ⇒ 504 | dropped, customer *unsettled* until settled |
-//! | refused or failed before commit (no database, a second database node, batch error) | that error (503) | dropped |
+//! | refused or failed before commit (no database, a database node not serving yet, batch error) | that error (503) | dropped |
 //!
 //! Re-applying a fenced or conflicting write would turn the fence into a no-op: a command
 //! queued in a stale activation would land on top of writes acknowledged after its caller gave

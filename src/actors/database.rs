@@ -3,16 +3,17 @@
 //! The actor is a thin shim over [`crate::storage::engine::Engine`]: each message becomes a
 //! storage job whose completion sends on the caller's reply port, so the actor never waits for
 //! SQLite and its mailbox keeps draining while the writer thread group-commits. It joins the
-//! process group `customer-db.v2`, which is how nodes without `--db-path` find it.
+//! process group `customer-db.v3`, which is how nodes without `--db-path` find it.
 //!
 //! The client prefers a Database actor in this process (registered by name), else the remote
 //! group member whose node name sorts first.
 //!
 //! * **SQLite** (`--db-path`): there must be exactly one. SQLite files are not replicated, so
-//!   two database nodes would each take writes the other never sees. Each Database actor
-//!   therefore watches its group and, while another node's Database actor is in it, refuses
-//!   every request with `Unavailable` (503) and says why in the log and in the error. The
-//!   cluster fails closed until the operator stops one; then service resumes by itself.
+//!   two database nodes would each take writes the other never sees. Which node it is, and
+//!   what a second one does, is decided by Membership ([`crate::cluster::dbnode`]): until
+//!   this node is the serving database node, its actor stays out of the process group (no
+//!   peer can reach it) and refuses every request with `Unavailable` (503) saying why; a node
+//!   that loses to another database node refuses everything and exits.
 //! * **PostgreSQL** (`--database-url`): every node runs a Database actor over the one shared
 //!   server, so many members of the group are expected and that rule is lifted. Each node's
 //!   customer actors use the local one; a remote one is used only while the local one is
@@ -21,11 +22,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ractor::pg::GroupChangeMessage;
 use ractor::rpc::CallResult;
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::watch;
 
+use crate::cluster::dbnode::DbRoleCell;
 use crate::cluster::membership::View;
 use crate::cluster::protocol::{
     self, DATABASE_GROUP, DatabaseMsg, DeleteRequest, ListRequest, OwnRowRequest, TakeoverRequest,
@@ -52,8 +53,8 @@ pub struct DatabaseArgs {
     pub node: String,
     /// Storage engine settings.
     pub engine: EngineConfig,
-    /// Where availability changes (a rival database node appearing or leaving) are reported.
-    pub events: crate::events::EventBus,
+    /// This node's SQLite database role: requests are refused unless it serves.
+    pub role: DbRoleCell,
 }
 
 /// State of [`Database`].
@@ -61,12 +62,10 @@ pub struct DatabaseState {
     node: String,
     /// `None` only during shutdown.
     engine: Option<Engine>,
-    /// Other nodes whose Database actor is in the group; while any exist, requests are refused.
-    rivals: Vec<String>,
-    /// Whether the backend is shared by every node (PostgreSQL): then there are no rivals.
+    /// Whether the backend is shared by every node (PostgreSQL): then there is no role gate.
     shared: bool,
-    /// Where availability changes are reported.
-    events: crate::events::EventBus,
+    /// This node's SQLite database role: requests are refused unless it serves.
+    role: DbRoleCell,
 }
 
 impl DatabaseState {
@@ -118,38 +117,9 @@ impl DatabaseState {
         None
     }
 
-    /// Recomputes [`Self::rivals`] from the process group and logs a change. Over a shared
-    /// backend (PostgreSQL) other members are peers, never rivals.
-    fn check_rivals(&mut self) {
-        let members = remote_members().into_iter().map(|(node, _)| node).collect();
-        let rivals = rivals(self.shared, &self.node, members);
-        if rivals == self.rivals {
-            return;
-        }
-        if rivals.is_empty() {
-            tracing::info!("this is the only database node again; serving database requests");
-            self.events.emit(
-                crate::events::EventKind::DatabaseAvailability,
-                "available",
-                "this is the only database node again",
-            );
-        } else {
-            self.events.emit(
-                crate::events::EventKind::DatabaseAvailability,
-                "unavailable",
-                format!("other database nodes: {}", rivals.join(",")),
-            );
-            tracing::error!(
-                others = ?rivals,
-                "another node also hosts a database; SQLite is not replicated, so every database request is refused until only one database node remains (stop the others or restart them without --db-path)"
-            );
-        }
-        self.rivals = rivals;
-    }
-
     /// Opens a request for handling: `None` once the caller has been answered instead —
-    /// with the refusal while another database node is in the cluster, or with the decoding
-    /// error of a garbled argument.
+    /// with the refusal while this node is not the serving database node, or with the
+    /// decoding error of a garbled argument.
     fn admit<T, R>(
         &self,
         request: Wire<T>,
@@ -179,29 +149,14 @@ impl DatabaseState {
         })));
     }
 
-    /// The error every request gets while another database node is in the cluster.
+    /// The error every request gets while this SQLite node is not the serving database node
+    /// (a candidate that has not met the cluster, or a refused one).
     fn refusal(&self) -> Option<Error> {
-        (!self.rivals.is_empty()).then(|| {
-            let mut nodes = self.rivals.clone();
-            nodes.push(self.node.clone());
-            nodes.sort();
-            Error::Unavailable(format!(
-                "more than one database node in the cluster ({}); SQLite is not replicated, so requests are refused until only one remains",
-                nodes.join(", ")
-            ))
-        })
+        if self.shared {
+            return None;
+        }
+        self.role.gate().err()
     }
-}
-
-/// The other nodes whose Database actor makes this one refuse requests: every other member of
-/// the group over SQLite, none over a shared backend. `members` is sorted by name.
-pub fn rivals(shared: bool, me: &str, members: Vec<String>) -> Vec<String> {
-    if shared {
-        return Vec::new();
-    }
-    let mut rivals: Vec<String> = members.into_iter().filter(|node| node != me).collect();
-    rivals.dedup();
-    rivals
 }
 
 impl Actor for Database {
@@ -216,34 +171,22 @@ impl Actor for Database {
     ) -> Result<Self::State, ActorProcessingErr> {
         let config = args.engine.clone();
         let engine = tokio::task::spawn_blocking(move || Engine::open(&config)).await??;
-        ractor::pg::join(DATABASE_GROUP.to_owned(), vec![myself.get_cell()]);
-        ractor::pg::monitor(DATABASE_GROUP.to_owned(), myself.get_cell());
+        let shared = args.engine.backend.is_shared();
+        // A candidate joins the group only once Membership confirms it (and does the join).
+        if shared || args.role.gate().is_ok() {
+            ractor::pg::join(DATABASE_GROUP.to_owned(), vec![myself.get_cell()]);
+        } else {
+            tracing::info!(
+                "this node hosts an SQLite database and was started with --seeds: it serves nothing until it has met the cluster and learnt that no other node is the database node"
+            );
+        }
         tracing::info!(store = %args.engine.backend.describe(), max_batch = args.engine.max_batch, "database actor started");
-        let mut state = DatabaseState {
+        Ok(DatabaseState {
             node: args.node,
             engine: Some(engine),
-            rivals: Vec::new(),
-            shared: args.engine.backend.is_shared(),
-            events: args.events,
-        };
-        state.check_rivals();
-        Ok(state)
-    }
-
-    async fn handle_supervisor_evt(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        event: SupervisionEvent,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        if let SupervisionEvent::ProcessGroupChanged(
-            GroupChangeMessage::Join(_, group, _) | GroupChangeMessage::Leave(_, group, _),
-        ) = event
-            && group == DATABASE_GROUP
-        {
-            state.check_rivals();
-        }
-        Ok(())
+            shared,
+            role: args.role,
+        })
     }
 
     async fn post_stop(
@@ -251,7 +194,6 @@ impl Actor for Database {
         myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        ractor::pg::demonitor(DATABASE_GROUP.to_owned(), myself.get_id());
         ractor::pg::leave(DATABASE_GROUP.to_owned(), vec![myself.get_cell()]);
         if let Some(engine) = state.engine.take() {
             // Finish every queued write before the process may exit.
@@ -413,6 +355,10 @@ pub struct DatabaseClient {
     /// The remote Database actor last resolved; reused while it runs, so a call does not
     /// scan the process group (measurable on nodes without a database: every load and write).
     remote: Arc<std::sync::Mutex<Option<ActorCell>>>,
+    /// Which remote Database actors may be used: the SQLite database node this node follows
+    /// (while two briefly coexist, until the loser exits, every node that sees both uses the
+    /// same one), or any over a shared server; never one of a node not greeted yet.
+    role: DbRoleCell,
     /// The published membership view, when known: a call into a database node that leaves it
     /// (evicted while frozen or cut off, its session still open) ends at once instead of
     /// waiting out the whole deadline.
@@ -420,12 +366,14 @@ pub struct DatabaseClient {
 }
 
 impl DatabaseClient {
-    /// A client for node `node` with per-call deadline `timeout`.
-    pub fn new(node: &str, timeout: Duration) -> Self {
+    /// A client for node `node` with per-call deadline `timeout`; `role` names the database
+    /// node to prefer when several are reachable.
+    pub fn new(node: &str, timeout: Duration, role: DbRoleCell) -> Self {
         Self {
             local_name: database_name(node),
             timeout,
             remote: Arc::new(std::sync::Mutex::new(None)),
+            role,
             view: None,
         }
     }
@@ -459,13 +407,20 @@ impl DatabaseClient {
             return Ok(cell.into());
         }
         let mut cached = self.remote.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(cell) = cached
-            .as_ref()
-            .filter(|c| c.get_status() < ractor::ActorStatus::Stopping)
-        {
+        if let Some(cell) = cached.as_ref().filter(|c| {
+            c.get_status() < ractor::ActorStatus::Stopping
+                && c.get_name()
+                    .as_deref()
+                    .and_then(node_of)
+                    .is_some_and(|n| self.role.may_use(n))
+        }) {
             return Ok(cell.clone().into());
         }
-        let first = remote_members().into_iter().next().map(|(_, cell)| cell);
+        let usable = remote_members()
+            .into_iter()
+            .filter(|(node, _)| self.role.may_use(node))
+            .collect();
+        let first = pick(usable, self.role.chosen().map(|d| d.name).as_deref());
         cached.clone_from(&first);
         first
             .map(ActorRef::from)
@@ -715,6 +670,14 @@ fn remote_members() -> Vec<(String, ActorCell)> {
     members
 }
 
+/// The member of node `chosen` if present, else the first (members are sorted by name).
+fn pick<T>(members: Vec<(String, T)>, chosen: Option<&str>) -> Option<T> {
+    let at = chosen
+        .and_then(|c| members.iter().position(|(n, _)| n == c))
+        .unwrap_or(0);
+    members.into_iter().nth(at).map(|(_, t)| t)
+}
+
 /// Spawns a Database actor registered under this node's database name.
 pub async fn spawn(args: DatabaseArgs, supervisor: ActorCell) -> Result<ActorRef<DatabaseMsg>> {
     let name = protocol::database_name(&args.node);
@@ -778,13 +741,11 @@ mod tests {
     }
 
     #[test]
-    fn a_second_sqlite_database_node_is_a_rival_but_postgres_peers_are_not() {
-        let members = vec!["n1".to_owned(), "n2".to_owned(), "n3".to_owned()];
-        assert_eq!(rivals(false, "n1", members.clone()), vec!["n2", "n3"]);
-        assert_eq!(
-            rivals(false, "n1", vec!["n1".to_owned()]),
-            Vec::<String>::new()
-        );
-        assert!(rivals(true, "n1", members).is_empty());
+    fn the_followed_database_node_is_preferred_over_the_first_by_name() {
+        let members = vec![("a".to_owned(), 1), ("b".to_owned(), 2)];
+        assert_eq!(pick(members.clone(), Some("b")), Some(2));
+        assert_eq!(pick(members.clone(), Some("zz")), Some(1), "unknown: first");
+        assert_eq!(pick(members, None), Some(1));
+        assert_eq!(pick(Vec::<(String, u8)>::new(), None), None);
     }
 }

@@ -334,6 +334,7 @@ impl Gateway {
 
     /// Lists a page of customers (served by the local Registry from the database).
     pub async fn list(&self, after: Option<CustomerId>, limit: u32) -> Result<CustomerPage> {
+        self.ctx.db_role.gate()?;
         let registry = self.local_registry()?;
         let req = ListRequest { after, limit };
         call(&registry, self.ctx.request_timeout, |reply| {
@@ -458,6 +459,8 @@ impl Gateway {
         request: Option<&RequestMeta>,
         mut build: impl FnMut(RpcReplyPort<Wire<RouteReply>>) -> RegistryMsg,
     ) -> Result<Routed<RouteReply>> {
+        // A node hosting SQLite serves nothing until it is the cluster's database node.
+        self.ctx.db_role.gate()?;
         let deadline = Instant::now() + self.ctx.request_timeout;
         let mut view_rx = self.ctx.view.clone();
         let mut target: Option<String> = None;
@@ -751,10 +754,12 @@ impl Gateway {
         }
     }
 
-    /// Whether this node can serve customer requests: a Database actor answers its ping
-    /// within `db_timeout`, this node is in its own placement view, and it holds the lease of
+    /// Whether this node can serve customer requests: it is not an SQLite node still waiting
+    /// to meet the cluster (or refused by it), a Database actor answers its ping within
+    /// `db_timeout`, this node is in its own placement view, and it holds the lease of
     /// every shard placement gives it. `Unavailable` otherwise, saying which.
     pub async fn readiness(&self, db_timeout: Duration) -> Result<Readiness> {
+        self.ctx.db_role.gate()?;
         let database_node = tokio::time::timeout(db_timeout, self.ctx.db.ping())
             .await
             .map_err(|_| {

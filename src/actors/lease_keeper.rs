@@ -350,6 +350,12 @@ pub struct KeeperState {
     release_sent: std::collections::BTreeSet<ShardId>,
     /// Whether the last renew reached the database: a change is reported as an event.
     db_reachable: bool,
+    /// The SQLite database node followed when the last registration was sent, and when the
+    /// current one succeeded: a renew that finds no row of ours at *another* database node
+    /// (the followed one lost its tie-break and exits, see [`crate::cluster::dbnode`]) means
+    /// every shard is LOST and we register there afresh, not that a newer process took over.
+    register_via: Option<String>,
+    registered_via: Option<String>,
     ticker: Option<JoinHandle<()>>,
 }
 
@@ -378,6 +384,8 @@ impl Actor for LeaseKeeper {
             stopped: false,
             release_sent: Default::default(),
             db_reachable: true,
+            register_via: None,
+            registered_via: None,
             ticker: Some(ticker),
         })
     }
@@ -528,6 +536,7 @@ impl KeeperState {
             return;
         }
         self.busy = true;
+        self.register_via = self.ctx.db_role.chosen().map(|d| d.name);
         let db = self.ctx.db.clone();
         let (node, inc) = (self.ctx.name.clone(), self.ctx.leases.incarnation());
         statement("register");
@@ -589,6 +598,7 @@ impl KeeperState {
         self.busy = false;
         match r {
             Ok(Registration::Registered { epoch }) => {
+                self.registered_via = self.register_via.clone();
                 self.ctx.leases.update(|l| l.registered(epoch, at));
                 tracing::info!(
                     epoch,
@@ -684,6 +694,21 @@ impl KeeperState {
                 self.nodes = table;
             }
             Ok(Renewal::Lost { current }) => self.on_lost(myself, renew.epoch, &current),
+            Ok(Renewal::Superseded { current: None })
+                if self.registered_via != self.ctx.db_role.chosen().map(|d| d.name) =>
+            {
+                tracing::warn!(
+                    registered_with = ?self.registered_via,
+                    "the database node changed since this node registered its lease; registering with the new one"
+                );
+                let gone = NodeLease {
+                    node: self.ctx.name.clone(),
+                    incarnation: None,
+                    epoch: renew.epoch,
+                    seq: 0,
+                };
+                self.on_lost(myself, renew.epoch, &gone);
+            }
             Ok(Renewal::Superseded { current }) => superseded(&self.ctx, current.as_ref()),
             Err(e) => {
                 tracing::debug!(k = renew.k, error = %e, "renew failed");

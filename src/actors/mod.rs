@@ -2,11 +2,11 @@
 //!
 //! ```text
 //! NodeSupervisor                      (supervisor.rs) starts children in order, restarts any that stops (with backoff)
-//! ├── Database   [only with --db-path] (database.rs) joins "customer-db.v2"; storage engine on its own threads
-//! ├── Heartbeat                        (cluster::heartbeat) joins "customer-heartbeat.v2"; answers peers' pings, nothing else
+//! ├── Database   [only with --db-path] (database.rs) joins "customer-db.v3"; storage engine on its own threads
+//! ├── Heartbeat                        (cluster::heartbeat) joins "customer-heartbeat.v3"; answers peers' pings, nothing else
 //! ├── Membership                       (cluster::membership) who is alive; publishes the placement view
 //! ├── LeaseKeeper                      (lease_keeper.rs) registers, renews, acquires and releases shard leases
-//! └── Registry                         (registry.rs) joins "customer-registry.v2"; get-or-create, route, retire
+//! └── Registry                         (registry.rs) joins "customer-registry.v3"; get-or-create, route, retire
 //!     ├── Customer <id>                (customer.rs) one per active customer; serialises all ops on it
 //!     └── …
 //! ```
@@ -80,6 +80,9 @@ pub struct NodeContext {
     >,
     /// The way to the database actor, wherever it runs.
     pub db: DatabaseClient,
+    /// This node's SQLite database role (candidate, serving, refused; none without SQLite):
+    /// customer requests are refused unless it allows them.
+    pub db_role: crate::cluster::dbnode::DbRoleCell,
     /// Counters shared by the Registry and customer actors.
     pub counters: Counters,
     /// Cluster events as this node sees them (`GET /v1/events`, the dashboard).

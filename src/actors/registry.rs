@@ -1,4 +1,4 @@
-//! The Registry: one per node, in process group `customer-registry.v2`. It is the node's
+//! The Registry: one per node, in process group `customer-registry.v3`. It is the node's
 //! door for customer operations — from its own HTTP handlers and from peers.
 //!
 //! It keeps `id → customer actor` for the customers active here and never does slow work in
@@ -28,6 +28,7 @@ use super::recency::{Recency, evictions_before_activation};
 use super::{Counters, NodeContext};
 use crate::clock::holder_now;
 use crate::cluster::lease::{ShardState, ShardStatus};
+use crate::cluster::membership::{MembershipMsg, membership_name};
 use crate::cluster::placement::shard_of_customer;
 use crate::cluster::protocol::{
     CustomerPage, ListRequest, NodeInfo, REGISTRY_GROUP, RegistryMsg, RegistryStats, ShardReport,
@@ -157,8 +158,18 @@ impl Actor for Registry {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             RegistryMsg::Hello(peer, reply) => {
-                let info = state.info.clone();
-                answer(reply, peer.0.and_then(|p| check_peer(&p)).map(|()| info));
+                let mut info = state.info.clone();
+                info.sqlite = state.ctx.db_role.role();
+                info.database = state.ctx.db_role.chosen();
+                let checked = peer.0.and_then(|p| check_peer(&p).map(|()| p));
+                if let Ok(p) = &checked
+                    && let Some(cell) = ractor::registry::where_is(membership_name(&state.ctx.name))
+                {
+                    // What the peer says about the database node is judged by Membership.
+                    let membership: ActorRef<MembershipMsg> = cell.into();
+                    let _ = membership.cast(MembershipMsg::Greeted(p.clone()));
+                }
+                answer(reply, checked.map(|_| info));
             }
             RegistryMsg::CreateCustomer(request, reply) => {
                 if let Some((r, reply)) = request.open(reply) {

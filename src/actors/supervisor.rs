@@ -250,7 +250,7 @@ impl SupervisorState {
                 let args = DatabaseArgs {
                     node: self.args.ctx.name.clone(),
                     engine,
-                    events: self.args.ctx.events.clone(),
+                    role: self.args.ctx.db_role.clone(),
                 };
                 database::spawn(args, supervisor).await?.get_cell()
             }

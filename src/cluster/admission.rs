@@ -1,6 +1,6 @@
 //! Peer admission: the pure rule that turns a finished `Hello` exchange into a decision.
 //!
-//! Membership greets every remote Registry that appears in `customer-registry.v2` and hands
+//! Membership greets every remote Registry that appears in `customer-registry.v3` and hands
 //! the outcome here, together with what it already knows: the node name the Registry is
 //! registered under, whether its session is still open, and the incarnation of the member of
 //! that name it already has, if any. The rules, in the order they apply:
@@ -12,14 +12,18 @@
 //!    node, is refused: two processes sharing one `--name` would split placement silently.
 //! 4. A peer whose session closed while we greeted it is dropped quietly; the group leave has
 //!    already been (or will be) handled.
-//! 5. For a name we already hold: an older incarnation is a stale session of an earlier process
+//! 5. A peer hosting a second SQLite database is refused ([`rival_of`]): a candidate, or a
+//!    serving node that loses the tie-break against the database node this node follows.
+//!    It exits by itself once it hears of that node; meanwhile no shard is placed on it.
+//! 6. For a name we already hold: an older incarnation is a stale session of an earlier process
 //!    start and is ignored; the same incarnation is the same process over another session (a
 //!    duplicate-connection election), so only the route changes; a newer incarnation is a
 //!    restart and replaces the member.
-//! 6. Anything else is a new member.
+//! 7. Anything else is a new member.
 //!
 //! No clock, no actors, no I/O: Membership performs the outcome (log, dial, publish).
 
+use super::dbnode::{DbNode, Heard, rival_of};
 use super::protocol::{NodeInfo, check_peer};
 use crate::error::{Error, Result};
 
@@ -36,6 +40,8 @@ pub struct Greeting<'a> {
     pub alive: bool,
     /// Incarnation of the member already known under the answered name, if any.
     pub known_incarnation: Option<u64>,
+    /// The serving SQLite database node this node follows, if any.
+    pub database: Option<&'a DbNode>,
 }
 
 /// Why a peer was not admitted.
@@ -49,6 +55,13 @@ pub enum Refusal {
         announced: String,
         /// The node name its Registry is registered under.
         registered: Option<String>,
+    },
+    /// The peer hosts a second SQLite database while `existing` is the database node.
+    RivalDatabase {
+        /// The refused peer.
+        peer: String,
+        /// The database node this node follows.
+        existing: DbNode,
     },
 }
 
@@ -90,6 +103,12 @@ pub fn admit(greeting: Greeting<'_>) -> Admission {
     if !greeting.alive {
         return Admission::Gone;
     }
+    if let Some(existing) = rival_of(&heard(&info), greeting.database) {
+        return Admission::Refused(Refusal::RivalDatabase {
+            peer: info.name,
+            existing,
+        });
+    }
     match greeting.known_incarnation {
         Some(known) if known > info.incarnation => Admission::Stale(info),
         Some(known) if known == info.incarnation => Admission::SameProcess(info),
@@ -100,9 +119,22 @@ pub fn admit(greeting: Greeting<'_>) -> Admission {
     }
 }
 
+/// What a peer's `Hello` says about the SQLite database question.
+pub fn heard(info: &NodeInfo) -> Heard {
+    Heard {
+        node: DbNode {
+            name: info.name.clone(),
+            incarnation: info.incarnation,
+        },
+        role: info.sqlite,
+        database: info.database.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::dbnode::SqliteRole;
     use crate::cluster::protocol::PROTOCOL_VERSION;
 
     fn peer(name: &str, incarnation: u64) -> NodeInfo {
@@ -113,6 +145,8 @@ mod tests {
             http_addr: format!("{name}:8081"),
             hosts_db: false,
             incarnation,
+            sqlite: SqliteRole::None,
+            database: None,
         }
     }
 
@@ -124,6 +158,7 @@ mod tests {
             answer,
             alive: true,
             known_incarnation,
+            database: None,
         }
     }
 
@@ -241,6 +276,33 @@ mod tests {
         assert!(matches!(
             admit(impostor),
             Admission::Refused(Refusal::NameClash { .. })
+        ));
+    }
+
+    #[test]
+    fn a_second_sqlite_database_node_is_refused_while_another_serves() {
+        let db = DbNode {
+            name: "n1".into(),
+            incarnation: 3,
+        };
+        let mut candidate = peer("n2", 5);
+        candidate.sqlite = SqliteRole::Candidate;
+        candidate.hosts_db = true;
+        let followed = Greeting {
+            database: Some(&db),
+            ..greeting(Ok(candidate.clone()), None)
+        };
+        assert_eq!(
+            admit(followed),
+            Admission::Refused(Refusal::RivalDatabase {
+                peer: "n2".into(),
+                existing: db.clone(),
+            })
+        );
+        // With no database node known, the candidate is an ordinary new member.
+        assert!(matches!(
+            admit(greeting(Ok(candidate), None)),
+            Admission::Admit { .. }
         ));
     }
 }

@@ -1,7 +1,7 @@
 //! Membership: who is alive, and the placement view everyone reads.
 //!
 //! Inputs, all funnelled into one actor so the member set changes in one place:
-//! * process-group events of `customer-registry.v2`: a remote Registry appearing is a
+//! * process-group events of `customer-registry.v3`: a remote Registry appearing is a
 //!   candidate member; it becomes a member after a `Hello` exchange with a matching protocol
 //!   version; its leaving (session closed) removes it at once;
 //! * session events from the NodeServer (ready / disconnected), used to keep the full mesh:
@@ -28,7 +28,7 @@
 //! re-admitted within one `Hello` round trip each; the published view stays in place meanwhile
 //! (its routes are still valid), and is republished as peers are re-admitted.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -38,14 +38,15 @@ use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, Supervisio
 use ractor_cluster::RactorMessage;
 use tokio::sync::watch;
 
-use super::admission::{Admission, Greeting, Refusal, admit};
+use super::admission::{Admission, Greeting, Refusal, admit, heard};
+use super::dbnode::{DbNode, DbRoleCell, Decision, Heard, SqliteRole, choose, exit_message, judge};
 use super::detector::{Detector, DialPlan, Verdict, own_lag, was_stalled};
 use super::heartbeat;
 use super::mesh::{Mesh, SessionEvent, SessionEventKind};
 use super::placement::{Member, Ring};
 use super::protocol::{
-    HeartbeatMsg, NodeInfo, REGISTRY_GROUP, RegistryMsg, call, heartbeat_name, node_of,
-    registry_name,
+    DATABASE_GROUP, HeartbeatMsg, NodeInfo, REGISTRY_GROUP, RegistryMsg, call, check_peer,
+    database_name, heartbeat_name, node_of, registry_name,
 };
 use crate::codec::Wire;
 use crate::error::{Error, Result};
@@ -134,6 +135,9 @@ pub enum MembershipMsg {
         /// Its answer.
         result: Result<NodeInfo>,
     },
+    /// A peer greeted our Registry with this info (sent by the local Registry): what it says
+    /// about the SQLite database node counts as much as its answer to our own `Hello`.
+    Greeted(NodeInfo),
     /// A heartbeat ping (to the peer's Heartbeat actor) finished.
     Pong {
         /// Peer name.
@@ -176,6 +180,8 @@ pub struct MembershipArgs {
     pub mesh: Option<Mesh>,
     /// Where member and placement changes are reported (`GET /v1/events`).
     pub events: EventBus,
+    /// This node's SQLite database role, which Membership decides (see [`super::dbnode`]).
+    pub db_role: DbRoleCell,
 }
 
 /// A member other than us.
@@ -208,6 +214,16 @@ pub struct MembershipState {
     /// Sessions by NodeSession actor id: which addresses are connected (re-dialing) and which
     /// sessions to close when a peer is evicted.
     sessions: HashMap<ActorId, Session>,
+    /// What each peer last said about the SQLite database question, by node name, from
+    /// `Hello`s in either direction (members and refused peers alike); dropped when the
+    /// peer's Registry leaves.
+    heard: BTreeMap<String, Heard>,
+    /// Refused rival database nodes (name, incarnation) we have greeted once after refusing
+    /// them, so each hears which database node we follow even if it greeted us before we
+    /// knew; once each, so a rival that lingers is not greeted in a loop.
+    told_rivals: HashSet<(String, u64)>,
+    /// Peers heard to host a database over a shared server (PostgreSQL), by name.
+    shared_hosts: BTreeSet<String>,
     /// Handshakes that ended early, in a row, by peer host: what their log line says.
     handshakes: HandshakeFailures,
     /// Pure failure detector over `peers`: who to ping, who is silent.
@@ -263,6 +279,9 @@ impl Actor for Membership {
             detector: Detector::new(args.failure_timeout, ping_deadline(args.heartbeat)),
             args,
             peers: BTreeMap::new(),
+            heard: BTreeMap::new(),
+            told_rivals: HashSet::new(),
+            shared_hosts: BTreeSet::new(),
             sessions: HashMap::new(),
             handshakes: HandshakeFailures::default(),
             dials,
@@ -272,6 +291,8 @@ impl Actor for Membership {
         for event in sessions {
             state.on_session(event);
         }
+        // A database node serving from the start follows itself.
+        state.settle_database(&myself);
         // Registries that joined before we started monitoring.
         for cell in ractor::pg::get_members(&REGISTRY_GROUP.to_owned()) {
             state.greet(&myself, cell);
@@ -300,7 +321,14 @@ impl Actor for Membership {
         match message {
             MembershipMsg::Tick => state.tick(&myself),
             MembershipMsg::Session(event) => state.on_session(event),
-            MembershipMsg::HelloDone { registry, result } => state.on_hello(registry, result),
+            MembershipMsg::HelloDone { registry, result } => {
+                state.on_hello(&myself, registry, result)
+            }
+            MembershipMsg::Greeted(info) => {
+                if check_peer(&info).is_ok() && info.name != state.me() {
+                    state.hear(&myself, &info);
+                }
+            }
             MembershipMsg::Pong { peer, ok } if peer == state.me() => {
                 if ok {
                     state.detector.self_ack();
@@ -369,7 +397,7 @@ impl MembershipState {
             return;
         }
         let registry: ActorRef<RegistryMsg> = cell.clone().into();
-        let info = self.args.info.clone();
+        let info = self.info_now();
         let timeout = self.args.request_timeout;
         let me = myself.clone();
         tokio::spawn(async move {
@@ -384,9 +412,111 @@ impl MembershipState {
         });
     }
 
-    fn on_hello(&mut self, registry: ActorCell, result: Result<NodeInfo>) {
+    /// Our info as of now: the static part plus the SQLite database role and the database
+    /// node followed.
+    fn info_now(&self) -> NodeInfo {
+        let mut info = self.args.info.clone();
+        info.sqlite = self.args.db_role.role();
+        info.database = self.args.db_role.chosen();
+        info
+    }
+
+    /// Records what a peer said about the SQLite database question and acts on it.
+    fn hear(&mut self, myself: &ActorRef<MembershipMsg>, info: &NodeInfo) {
+        let shared_host = info.hosts_db && info.sqlite == SqliteRole::None;
+        if shared_host != self.shared_hosts.contains(&info.name) {
+            if shared_host {
+                self.shared_hosts.insert(info.name.clone());
+            } else {
+                self.shared_hosts.remove(&info.name);
+            }
+            self.args
+                .db_role
+                .set_shared_hosts(self.shared_hosts.iter().cloned().collect());
+        }
+        let h = heard(info);
+        if self.heard.get(&info.name) != Some(&h) {
+            self.heard.insert(info.name.clone(), h);
+            self.settle_database(myself);
+        }
+    }
+
+    /// Re-decides this node's database role and the database node it follows; tells every
+    /// peer when either changed, so a rival it cannot see hears of the other through us.
+    fn settle_database(&mut self, myself: &ActorRef<MembershipMsg>) {
+        let me = DbNode {
+            name: self.me().to_owned(),
+            incarnation: self.args.info.incarnation,
+        };
+        let role = self.args.db_role.role();
+        let heard: Vec<Heard> = self.heard.values().cloned().collect();
+        let mut role_changed = false;
+        if matches!(role, SqliteRole::Candidate | SqliteRole::Serving) {
+            match judge(&me, role, &heard) {
+                Decision::Wait => {}
+                Decision::Serve if role == SqliteRole::Serving => {}
+                Decision::Serve => {
+                    self.args.db_role.serve();
+                    if let Some(cell) = ractor::registry::where_is(database_name(self.me())) {
+                        ractor::pg::join(DATABASE_GROUP.to_owned(), vec![cell]);
+                    }
+                    tracing::info!(
+                        peers = ?self.heard.keys().collect::<Vec<_>>(),
+                        "met the cluster and no other database node: this node is the database node and serves"
+                    );
+                    self.args.events.emit(
+                        EventKind::DatabaseAvailability,
+                        "available",
+                        "this node is the cluster's database node",
+                    );
+                    role_changed = true;
+                }
+                Decision::Exit { existing } => {
+                    let served = role == SqliteRole::Serving;
+                    let why = exit_message(self.me(), &existing, served);
+                    tracing::error!(database_node = %existing, "{why}");
+                    self.args.events.emit(
+                        EventKind::DatabaseAvailability,
+                        "unavailable",
+                        format!("refused: {existing} is the database node"),
+                    );
+                    self.args.db_role.refuse(why);
+                    role_changed = true;
+                }
+            }
+        }
+        let serving = (self.args.db_role.role() == SqliteRole::Serving).then_some(&me);
+        let chosen = choose(serving, &heard);
+        if let Some(c) = &chosen
+            && self.args.db_role.chosen().as_ref() != Some(c)
+        {
+            tracing::info!(database_node = %c, "the cluster's database node");
+        }
+        if self.args.db_role.set_chosen(chosen) || role_changed {
+            // Every Registry in the group, members or not yet: a peer whose `Hello` is being
+            // judged right now must hear the change too.
+            for cell in ractor::pg::get_members(&REGISTRY_GROUP.to_owned()) {
+                self.greet(myself, cell);
+            }
+        }
+    }
+
+    fn on_hello(
+        &mut self,
+        myself: &ActorRef<MembershipMsg>,
+        registry: ActorCell,
+        result: Result<NodeInfo>,
+    ) {
         let registered = registry.get_name();
         let claimed = registered.as_deref().and_then(node_of);
+        if let Ok(info) = &result
+            && claimed == Some(info.name.as_str())
+            && info.name != self.me()
+            && check_peer(info).is_ok()
+        {
+            self.hear(myself, info);
+        }
+        let database = self.args.db_role.chosen();
         let known_incarnation = result
             .as_ref()
             .ok()
@@ -398,6 +528,7 @@ impl MembershipState {
             answer: result,
             alive: registry.get_status() < ractor::ActorStatus::Stopping,
             known_incarnation,
+            database: database.as_ref(),
         });
         let now = Instant::now();
         match decision {
@@ -409,6 +540,21 @@ impl MembershipState {
                 registered,
             }) => {
                 tracing::error!(peer = %announced, ?registered, "refusing a peer that claims this node's name or another name; every node needs a unique --name");
+            }
+            Admission::Refused(Refusal::RivalDatabase { peer, existing }) => {
+                tracing::warn!(
+                    %peer,
+                    database_node = %existing,
+                    "refusing a peer that hosts a second SQLite database: {existing} is the cluster's database node; the peer exits once it hears so"
+                );
+                if self.peers.remove(&peer).is_some() {
+                    self.detector.remove(&peer);
+                    self.publish("a second database node was refused");
+                }
+                let incarnation = self.heard.get(&peer).map_or(0, |h| h.node.incarnation);
+                if self.told_rivals.insert((peer, incarnation)) {
+                    self.greet(myself, registry);
+                }
             }
             Admission::Gone => {} // its session closed while we were greeting it
             Admission::Stale(info) => {
@@ -465,6 +611,7 @@ impl MembershipState {
             .get(&node)
             .is_some_and(|p| p.registry.get_id() == cell.get_id());
         if !current {
+            self.forget_if_gone(myself, &node, cell);
             return;
         }
         // Another session to the same node may still carry its Registry (duplicate-connection
@@ -487,6 +634,7 @@ impl MembershipState {
         }
         self.peers.remove(&node);
         self.detector.remove(&node);
+        self.forget_if_gone(myself, &node, cell);
         tracing::info!(peer = %node, "member left");
         self.args.events.emit(
             EventKind::MemberLeft,
@@ -494,6 +642,27 @@ impl MembershipState {
             "its Registry left the process group (stopped, or its session closed)",
         );
         self.publish("member left");
+    }
+
+    /// Forgets what `node` said about the database once no Registry of it is left in the
+    /// group (`cell`, the one that left, excepted).
+    fn forget_if_gone(&mut self, myself: &ActorRef<MembershipMsg>, node: &str, cell: &ActorCell) {
+        let still_there = ractor::pg::get_members(&REGISTRY_GROUP.to_owned())
+            .into_iter()
+            .any(|c| {
+                c.get_id() != cell.get_id()
+                    && !c.get_id().is_local()
+                    && c.get_status() < ractor::ActorStatus::Stopping
+                    && c.get_name().as_deref().and_then(node_of) == Some(node)
+            });
+        if !still_there && self.shared_hosts.remove(node) {
+            self.args
+                .db_role
+                .set_shared_hosts(self.shared_hosts.iter().cloned().collect());
+        }
+        if !still_there && self.heard.remove(node).is_some() {
+            self.settle_database(myself);
+        }
     }
 
     fn on_session(&mut self, event: SessionEvent) {

@@ -13,6 +13,7 @@
 //!   published placement view and the freshness lease.
 //! * [`admission`] — the pure rule deciding what a finished `Hello` means (admit, refuse,
 //!   stale, same process).
+//! * [`dbnode`] — which node is the SQLite database node; a second one is refused and exits.
 //! * [`heartbeat`] — the per-node actor that answers heartbeat pings and carries nothing else.
 //! * [`tls`] — optional mutual TLS between nodes.
 //! * [`detector`] — the pure failure-detector, re-dial and stall rules membership applies.
@@ -34,6 +35,7 @@
 
 pub mod admission;
 pub mod advertise;
+pub mod dbnode;
 pub mod detector;
 pub mod gate;
 pub mod handshake;

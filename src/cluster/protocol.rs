@@ -17,6 +17,7 @@ use ractor::{ActorRef, RpcReplyPort};
 use ractor_cluster::RactorClusterMessage;
 use serde::{Deserialize, Serialize};
 
+use super::dbnode::{DbNode, SqliteRole};
 use crate::clock::now_ms;
 use crate::codec::Wire;
 use crate::customer::{Customer, CustomerFields, CustomerId, CustomerPatch};
@@ -27,19 +28,19 @@ use crate::storage::{
 };
 
 /// Version of this protocol. Checked in the `Hello` exchange before a peer becomes a member.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Process group every node's Registry joins. Versioned: a remote actor of another type in a
 /// group would be silently mis-addressed, so incompatible releases must not share a group.
-pub const REGISTRY_GROUP: &str = "customer-registry.v2";
+pub const REGISTRY_GROUP: &str = "customer-registry.v3";
 
 /// Process group every Database actor joins.
-pub const DATABASE_GROUP: &str = "customer-db.v2";
+pub const DATABASE_GROUP: &str = "customer-db.v3";
 
 /// Process group every node's Heartbeat actor joins. Heartbeats have their own actor (and so
 /// their own mailbox) so that no burst of customer messages can delay a pong past the failure
 /// timeout and get a healthy node evicted.
-pub const HEARTBEAT_GROUP: &str = "customer-heartbeat.v2";
+pub const HEARTBEAT_GROUP: &str = "customer-heartbeat.v3";
 
 /// Registered (process-local) name of this node's Registry; remote actors carry it too, which
 /// is how a pg member is tied to a node name.
@@ -90,6 +91,10 @@ pub struct NodeInfo {
     pub hosts_db: bool,
     /// Distinguishes process starts of the same node name (ms since the Unix epoch at start).
     pub incarnation: u64,
+    /// Its part in the SQLite database question (see [`crate::cluster::dbnode`]).
+    pub sqlite: SqliteRole,
+    /// The serving SQLite database node it knows first-hand (itself included), if any.
+    pub database: Option<DbNode>,
 }
 
 /// An operation on one existing customer, executed by its actor on the owner node.
@@ -491,6 +496,11 @@ mod tests {
             http_addr: "127.0.0.1:8081".into(),
             hosts_db: true,
             incarnation: 42,
+            sqlite: SqliteRole::Serving,
+            database: Some(DbNode {
+                name: "n1".into(),
+                incarnation: 42,
+            }),
         });
         round_trip(c.clone());
         round_trip(CreateRequest {
@@ -559,9 +569,9 @@ mod tests {
     /// means the wire format changed: bump [`PROTOCOL_VERSION`] (and the group names), then
     /// regenerate the table from the test's output.
     const GOLDEN: (u32, &str) = (
-        2,
+        3,
         "
-        node_info 00026e31020e3132372e302e302e313a343730310e3132372e302e302e313a38303831012a
+        node_info 00026e31030e3132372e302e302e313a343730310e3132372e302e302e313a38303831012a0101026e3007
         customer 001001910000000070008000000000000001045a6fc3ab0f7a6f65406578616d706c652e636f6d01062b31203535350003fd00803c3048140c00fd02803c3048140c00
         create 001001910000000070008000000000000001045a6fc3ab0f7a6f65406578616d706c652e636f6d01062b31203535350003fd00803c3048140c00fd02803c3048140c00056b65792d31fbedfe0309
         route_get 00100191000000007000800000000000000100056b65792d31fbedfe0307
@@ -643,11 +653,16 @@ mod tests {
                 "node_info",
                 hex(NodeInfo {
                     name: "n1".into(),
-                    protocol_version: 2,
+                    protocol_version: 3,
                     cluster_addr: "127.0.0.1:4701".into(),
                     http_addr: "127.0.0.1:8081".into(),
                     hosts_db: true,
                     incarnation: 42,
+                    sqlite: SqliteRole::Candidate,
+                    database: Some(DbNode {
+                        name: "n0".into(),
+                        incarnation: 7,
+                    }),
                 }),
             ),
             ("customer", hex(c.clone())),
@@ -902,6 +917,8 @@ mod tests {
             http_addr: "a:2".into(),
             hosts_db: false,
             incarnation: 1,
+            sqlite: SqliteRole::None,
+            database: None,
         };
         assert!(check_peer(&peer).is_ok());
         peer.protocol_version += 1;

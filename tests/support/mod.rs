@@ -230,6 +230,20 @@ impl TestNode {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
+    /// Waits (polling, up to `timeout`) for the process to exit by itself; its exit code, or
+    /// `None` when killed by a signal. Panics if it is still running at the deadline.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let what = format!("{} exited", self.spec.name);
+        wait_until(&what, timeout, || {
+            let status = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            async move { status.map(|s| s.code()) }
+        })
+        .await
+    }
+
     /// Starts the same node again (same name, ports, database file).
     pub fn restart(&mut self) {
         self.kill();
