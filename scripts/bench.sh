@@ -39,7 +39,8 @@
 #               checkout, in one invocation (e.g. --baseline 0b8bebf, before the shard leases)
 # Env: CC_RUN_DIR (default ./run/bench), CC_BENCH_S, CC_BENCH_CONCURRENCY (default 32), CC_BENCH_KEYS (2000),
 #      CC_BASE_HTTP (8080) and CC_BASE_CLUSTER (4700) as for cluster.sh (node k on base+k),
-#      CUSTOMER_CLUSTER_LEASE_RENEW_MS (500) the renew interval of this checkout's nodes
+#      CUSTOMER_CLUSTER_LEASE_RENEW_MS (500) the renew interval of this checkout's nodes,
+#      CC_BENCH_ROUNDS (1) with --baseline: before/after pairs, in alternating order
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -53,6 +54,7 @@ OUT="$CC_RUN_DIR/results"
 SECS="${CC_BENCH_S:-10}"
 CONC="${CC_BENCH_CONCURRENCY:-32}"
 KEYS="${CC_BENCH_KEYS:-2000}"
+ROUNDS="${CC_BENCH_ROUNDS:-1}"
 MICRO=0
 POSTGRES=0
 SCAN=0
@@ -258,7 +260,45 @@ core_runs_watched() {
   lease_rate "all four runs" "$OUT/${p}lease-0.snap" "$prev" >> "$OUT/${p}leases.txt"
 }
 
+# before_runs P / after_runs P: the core runs on a fresh cluster of the baseline / this
+# checkout (with the lease statement rates), results prefixed P.
+before_runs() {
+  echo
+  echo "== before: $BASE_DESC, 3-node cluster =="
+  CC_NODE_BIN="$BASE_BIN" fresh_cluster 3
+  core_runs "before_$1"
+}
+after_runs() {
+  echo
+  echo "== after: this checkout ($HEAD_DESC), 3-node cluster =="
+  fresh_cluster 3
+  core_runs_watched "after_$1"
+}
+
+# baseline_report P: both tables, before ÷ after, and the lease statement rates of round P.
+baseline_report() {
+  local b="before_$1" a="after_$1"
+  echo "before: $BASE_DESC"
+  "$BIN" bench-report "$OUT"/"$b"{ceiling,get_local,get_remote,mix3}.json \
+    --ratio "$(r 'GET via owner ÷ ceiling' "${b}get_local" "${b}ceiling")"
+  echo
+  echo "after: this checkout ($HEAD_DESC)"
+  "$BIN" bench-report "$OUT"/"$a"{ceiling,get_local,get_remote,mix3}.json \
+    --ratio "$(r 'GET via owner ÷ ceiling' "${a}get_local" "${a}ceiling")"
+  echo
+  echo "before ÷ after (throughput above 1× means the baseline was faster):"
+  "$BIN" bench-report \
+    --ratio "$(r 'ceiling: GET /health' "${b}ceiling" "${a}ceiling")" \
+    --ratio "$(r '3 nodes: GET via owner' "${b}get_local" "${a}get_local")" \
+    --ratio "$(r '3 nodes: GET via non-owner' "${b}get_remote" "${a}get_remote")" \
+    --ratio "$(r '3 nodes: 80/20 get/update' "${b}mix3" "${a}mix3")"
+  echo
+  echo "lease statements per node per renew interval ($RENEW_MS ms), this checkout, during each run:"
+  cat "$OUT/${a}leases.txt"
+}
+
 if [[ -n "$BASELINE" ]]; then
+  [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "CC_BENCH_ROUNDS must be a positive number, got '$ROUNDS'"
   git -C "$ROOT" rev-parse --git-dir > /dev/null 2>&1 || die "--baseline needs a git checkout ($ROOT is not one)"
   BASE_SHA="$(git -C "$ROOT" rev-parse --verify --quiet "$BASELINE^{commit}")" \
     || die "--baseline $BASELINE: no such commit (try a hash from git log)"
@@ -270,35 +310,25 @@ if [[ -n "$BASELINE" ]]; then
   mkdir -p "$OUT"
   rm -f "$OUT"/*.json "$OUT"/*.txt "$OUT"/*.snap
   echo "== machine: $(nproc) cores; nodes and load generator share them; $(uptime | sed 's/.*load/load/') =="
-  echo
-  echo "== before: $BASE_DESC, 3-node cluster =="
-  CC_NODE_BIN="$BASE_BIN" fresh_cluster 3
-  core_runs before_
-  echo
-  echo "== after: this checkout ($HEAD_DESC), 3-node cluster =="
-  fresh_cluster 3
-  core_runs_watched after_
+  # Rounds alternate the order (before first, then after first) so a load that drifts
+  # during the invocation does not always favour the same build.
+  for ((round = 1; round <= ROUNDS; round++)); do
+    if ((round % 2)); then
+      before_runs "r${round}_"
+      after_runs "r${round}_"
+    else
+      after_runs "r${round}_"
+      before_runs "r${round}_"
+    fi
+  done
   "$CLUSTER" down > /dev/null
   echo
-  echo "== results =="
+  echo "== results; at the end $(uptime | sed 's/.*load/load/') =="
   {
-    echo "before: $BASE_DESC"
-    "$BIN" bench-report "$OUT"/before_{ceiling,get_local,get_remote,mix3}.json \
-      --ratio "$(r 'GET via owner ÷ ceiling' before_get_local before_ceiling)"
-    echo
-    echo "after: this checkout ($HEAD_DESC)"
-    "$BIN" bench-report "$OUT"/after_{ceiling,get_local,get_remote,mix3}.json \
-      --ratio "$(r 'GET via owner ÷ ceiling' after_get_local after_ceiling)"
-    echo
-    echo "before ÷ after (throughput above 1× means the baseline was faster):"
-    "$BIN" bench-report \
-      --ratio "$(r 'ceiling: GET /health' before_ceiling after_ceiling)" \
-      --ratio "$(r '3 nodes: GET via owner' before_get_local after_get_local)" \
-      --ratio "$(r '3 nodes: GET via non-owner' before_get_remote after_get_remote)" \
-      --ratio "$(r '3 nodes: 80/20 get/update' before_mix3 after_mix3)"
-    echo
-    echo "lease statements per node per renew interval ($RENEW_MS ms), this checkout, during each run:"
-    cat "$OUT/after_leases.txt"
+    for ((round = 1; round <= ROUNDS; round++)); do
+      ((ROUNDS == 1)) || { echo; echo "-- round $round of $ROUNDS --"; }
+      baseline_report "r${round}_"
+    done
   } | tee "$OUT/summary.txt"
   exit 0
 fi
