@@ -185,8 +185,13 @@ build_baseline() {
     rm -rf "$src"
     git -C "$ROOT" worktree add --quiet --detach "$src" "$sha" || die "cannot create a worktree for $sha in $src"
   fi
+  # Without its own Cargo.toml, cargo would find this checkout's one above it and build that.
+  if [[ ! -f "$src/Cargo.toml" ]]; then
+    git -C "$ROOT" worktree remove --force "$src"
+    die "$sha has no Cargo.toml at its root: not a revision of this project"
+  fi
   echo "building $sha (release, in $src, target dir $BASE_DIR/target; log $log)..." >&2
-  if ! (cd "$src" && CARGO_TARGET_DIR="$BASE_DIR/target" cargo build --release --bin customer-cluster) > "$log" 2>&1; then
+  if ! (cd "$src" && CARGO_TARGET_DIR="$BASE_DIR/target" cargo build --release --manifest-path "$src/Cargo.toml" --bin customer-cluster) > "$log" 2>&1; then
     tail -n 20 "$log" >&2
     die "building the baseline $sha failed (full log: $log; worktree left in $src)"
   fi
