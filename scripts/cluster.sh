@@ -32,7 +32,8 @@
 # this script wrote are ever signalled, and only after checking they still run our binary.
 #
 # Environment: CC_RUN_DIR, CC_PROFILE (release|debug, default release), CC_BASE_HTTP (8080),
-# CC_BASE_CLUSTER (4700), CC_WAIT_S (60), CC_NODE_ARGS (extra flags for every node).
+# CC_BASE_CLUSTER (4700), CC_WAIT_S (60), CC_NODE_ARGS (extra flags for every node),
+# CC_NODE_BIN (the binary nodes run; default this checkout's build, which the script always uses).
 # Paths are printed relative to the current directory when they are under it.
 set -euo pipefail
 
@@ -43,6 +44,8 @@ BASE_HTTP="${CC_BASE_HTTP:-8080}"
 BASE_CLUSTER="${CC_BASE_CLUSTER:-4700}"
 WAIT_S="${CC_WAIT_S:-60}"
 BIN="$ROOT/target/$PROFILE/customer-cluster"
+# Nodes may run another build (scripts/bench.sh --baseline); status and waits use $BIN.
+NODE_BIN="${CC_NODE_BIN:-$BIN}"
 # With `up --netns`: the namespace tag, subnet octet and host count, and the cut node pairs.
 NETNS_STATE="$RUN/netns.env"
 NETNS_CUTS="$RUN/netns.cuts"
@@ -154,11 +157,11 @@ start_node() {
   (( i > 1 )) && args+=(--seeds "$(node_ip n1):$((BASE_CLUSTER + 1))")
   # shellcheck disable=SC2206
   [[ -n "${CC_NODE_ARGS:-}" ]] && args+=(${CC_NODE_ARGS})
-  local launch=("$BIN")
+  local launch=("$NODE_BIN")
   if netns_on; then
     (( i <= NETNS_HOSTS )) || die "$name has no namespace (up --netns made $NETNS_HOSTS)"
     # `ip netns exec` execs the binary, so $! below is the node's own PID.
-    launch=(ip netns exec "$(netns_name "$name")" "$BIN")
+    launch=(ip netns exec "$(netns_name "$name")" "$NODE_BIN")
   fi
   nohup "${launch[@]}" "${args[@]}" >> "$RUN/$name.log" 2>&1 < /dev/null &
   echo $! > "$(pid_file "$name")"
@@ -191,10 +194,12 @@ wait_converged() {
 
 # True once every member of node $1's view holds the leases of exactly the shards placement
 # gives it: shard leases move to a joining node only after the old holder releases them, so
-# right after the members converge one node may still hold them all.
+# right after the members converge one node may still hold them all. Nodes that report no
+# leases_held at all predate shard leases (CC_NODE_BIN): nothing to wait for.
 leases_settled() {
   local out
   out="$("$BIN" status --json --node "$(http_url "$1")" --token "$(cat "$RUN/token")" --timeout-ms 1000 2>/dev/null)" || return 1
+  [[ "$out" == *'"leases_held"'* ]] || return 0
   paste -d ' ' \
     <(printf '%s' "$out" | grep -o '"owned_share":[0-9.e-]*' | cut -d: -f2) \
     <(printf '%s' "$out" | grep -o '"leases_held":[0-9a-z]*' | cut -d: -f2) \
@@ -523,7 +528,7 @@ main() {
     isolate) cmd_isolate "$@" ;;
     heal) cmd_heal ;;
     secrets) cmd_secrets ;;
-    ""|-h|--help|help) sed -n '2,35p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' ;;
+    ""|-h|--help|help) sed -n '2,37p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' ;;
     *) die "unknown command '$cmd' (try --help)" ;;
   esac
 }
