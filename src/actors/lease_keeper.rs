@@ -192,7 +192,8 @@ impl NodeLeases {
         f(&mut lease)
     }
 
-    fn set_hints(&self, rows: &[ShardLease]) {
+    /// Replaces the holder hints with a fresh lease table read.
+    pub fn set_hints(&self, rows: &[ShardLease]) {
         let mut hints = self.hints.write().unwrap_or_else(|p| p.into_inner());
         hints.clear();
         hints.extend(rows.iter().map(|r| (r.shard, (r.holder.clone(), r.token))));
@@ -337,8 +338,6 @@ pub struct KeeperState {
     busy: bool,
     /// Grants and takeovers in flight: no new table read (and plan) until they answered.
     pending_grants: usize,
-    /// Ticks since the last shard-table read was sent.
-    ticks_since_table: u32,
     /// A grant or release reply was lost: reconcile on the next table read.
     reconcile: bool,
     /// Shards in RELEASING since the given tick, released on a later one.
@@ -378,7 +377,6 @@ impl Actor for LeaseKeeper {
             nodes: Vec::new(),
             busy: false,
             pending_grants: 0,
-            ticks_since_table: 0,
             reconcile: false,
             releasing: BTreeMap::new(),
             stopped: false,
@@ -430,10 +428,6 @@ impl Actor for LeaseKeeper {
         Ok(())
     }
 }
-
-/// In the steady state the shard table is read once per this many renew intervals, to refresh
-/// the holder hints (every placement change reads it anyway).
-pub const TABLE_REFRESH_TICKS: u32 = 60;
 
 /// Counts one lease statement sent to the database, by kind (see
 /// [`crate::telemetry::LEASE_STATEMENT_KINDS`]).
@@ -493,10 +487,8 @@ impl KeeperState {
             );
         }
         self.release_moved(myself);
-        self.ticks_since_table += 1;
         if !self.busy && self.pending_grants == 0 && self.table_wanted() {
             self.busy = true;
-            self.ticks_since_table = 0;
             let db = self.ctx.db.clone();
             statement("table");
             spawn_to(
@@ -509,14 +501,13 @@ impl KeeperState {
 
     /// Whether this tick needs the shard table. In the steady state (every shard placement
     /// gives us is HELD, nothing being released, nothing to reconcile) the renew is the only
-    /// statement per interval; the table is read then only every [`TABLE_REFRESH_TICKS`] to
-    /// refresh the holder hints that redirects and `placement` show. Takeovers need no read of
-    /// their own: a dead node's shards become ours by placement first, and that is a change.
+    /// statement per interval, whatever the number of customers. The holder hints that
+    /// redirects show are refreshed by these reads (placement changes cause them on every
+    /// node whose shards move) and by `GET /v1/cluster/shards`, which reads the table itself.
+    /// Takeovers need no read of their own: a dead node's shards become ours by placement
+    /// first, and that is a change.
     fn table_wanted(&self) -> bool {
         if self.reconcile || !self.releasing.is_empty() {
-            return true;
-        }
-        if self.ticks_since_table >= TABLE_REFRESH_TICKS {
             return true;
         }
         let held: BTreeSet<ShardId> = self

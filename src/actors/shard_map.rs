@@ -2,8 +2,9 @@
 //! each of the 1024 shards, the member placement gives it to and the lease holder the last
 //! lease table read named (this node's own shards with their live lease state).
 //!
-//! Deliberately not here: reading the lease table for the request (the LeaseKeeper reads it
-//! every renew interval; the hints are at most that old) or asking other nodes.
+//! The lease table is read fresh for each request (the LeaseKeeper reads it only when this
+//! node's own shards change, so the hints may be old); when the database does not answer in
+//! time, the last table read is shown. Other nodes are not asked.
 
 use crate::clock::holder_now;
 use crate::cluster::lease::ShardStatus;
@@ -40,9 +41,16 @@ pub struct ShardRow {
 }
 
 impl Gateway {
-    /// The shard table as this node sees it (no remote call).
-    pub fn shard_map(&self) -> ShardMap {
+    /// The shard table as this node sees it: the lease table read now (it also refreshes the
+    /// hints redirects use), or the last one read when the database does not answer.
+    pub async fn shard_map(&self) -> ShardMap {
         let ctx = self.context();
+        let read = tokio::time::timeout(ctx.request_timeout, ctx.db.lease_table()).await;
+        match read {
+            Ok(Ok(rows)) => ctx.leases.set_hints(&rows),
+            Ok(Err(e)) => tracing::debug!(error = %e, "lease table read failed; showing hints"),
+            Err(_) => tracing::debug!("lease table read timed out; showing hints"),
+        }
         let view = ctx.view();
         let now = holder_now();
         let shards = (0..SHARDS)

@@ -95,7 +95,7 @@ fn data(event: &ClusterEvent) -> Event {
     ),
     security(("bearer" = [])))]
 pub async fn shards(State(s): State<AppState>) -> Result<Response, ApiError> {
-    Ok(Json(shard_map_json(s.gateway.shard_map())).into_response())
+    Ok(Json(shard_map_json(s.gateway.shard_map().await)).into_response())
 }
 
 fn shard_map_json(map: ShardMap) -> ShardMapJson {
