@@ -27,12 +27,11 @@ mod support;
 use std::time::{Duration, Instant};
 
 use customer_cluster::client::HttpClient;
-use customer_cluster::cluster::placement::{Member, Ring};
-use customer_cluster::customer::new_customer_id;
 use customer_cluster::faults::checker::{self, Outcome, Reply};
 use customer_cluster::faults::history::{
-    History, HistoryConfig, Recorded, Recorder, Request, Workload, interleaved_owners, is_served,
+    History, HistoryConfig, Recorded, Recorder, Request, Workload, interleaved_owners,
 };
+use support::lab::{clients, found_value, id_moving, patch, until_served};
 use support::nemesis::{Fault, LabCluster};
 use support::netns::NetLab;
 use support::{TestCluster, wait_until};
@@ -222,50 +221,6 @@ async fn a_node_cut_from_the_database_node_keeps_every_customer_linearizable() {
 }
 
 // ---- regression tests -----------------------------------------------------------------------
-
-/// Clients for each URL with one timeout.
-fn clients(urls: &[String], timeout: Duration) -> Vec<HttpClient> {
-    urls.iter()
-        .map(|u| HttpClient::new(u, None, timeout).expect("client"))
-        .collect()
-}
-
-/// Sends `request` on `key` through `entries` in turn (recorded, as client `client`) until
-/// the answer is a definite one; returns that record.
-async fn until_served(
-    recorder: &Recorder,
-    entries: &[(usize, &HttpClient)],
-    client: u32,
-    key: &str,
-    request: &Request,
-    timeout: Duration,
-) -> Recorded {
-    let what = format!("{request:?} on {key} served");
-    let mut turn = 0;
-    wait_until(&what, timeout, || {
-        turn += 1;
-        let (entry, http) = entries[turn % entries.len()];
-        async move {
-            let r = recorder.send(http, entry, client, key, request).await;
-            is_served(&r.op.outcome).then_some(r)
-        }
-    })
-    .await
-}
-
-fn patch(value: &str) -> Request {
-    Request::Patch {
-        value: value.into(),
-        if_match: None,
-    }
-}
-
-fn found_value(r: &Recorded) -> Option<&str> {
-    match &r.op.outcome {
-        Outcome::Ok(Reply::Found { value, .. }) => Some(value),
-        _ => None,
-    }
-}
 
 /// Bug 1: a PATCH stalls inside owner n3 (the database node n1 is frozen) with another
 /// queued behind it; n3 freezes too; n1 resumes and the customer is written twice through
@@ -498,32 +453,6 @@ async fn until_served_or_refused(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// An id that `first` owns among all three nodes and `second` owns once `first` is gone.
-fn id_moving(first: &str, second: &str) -> String {
-    let member = |name: &str| Member {
-        name: name.to_owned(),
-        cluster_addr: String::new(),
-        http_addr: String::new(),
-        hosts_db: false,
-    };
-    let ring = |names: &[&str]| {
-        Ring::single(member(names[0])).next(names.iter().map(|m| member(m)).collect())
-    };
-    let all = ring(&["n1", "n2", "n3"]);
-    let rest: Vec<&str> = ["n1", "n2", "n3"]
-        .into_iter()
-        .filter(|n| *n != first)
-        .collect();
-    let without = ring(&rest);
-    std::iter::repeat_with(new_customer_id)
-        .find(|id| {
-            all.owner(id).is_some_and(|m| m.name == first)
-                && without.owner(id).is_some_and(|m| m.name == second)
-        })
-        .expect("an endless supply of ids")
-        .to_string()
 }
 
 /// DESIGN §10 case 2: the holder is cut off for longer than TTL while another node takes its

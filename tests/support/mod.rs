@@ -2,6 +2,7 @@
 //! loopback ports, wait on conditions (never fixed sleeps), and kill every child on every path.
 #![allow(dead_code)]
 
+pub mod lab;
 pub mod nemesis;
 pub mod netns;
 pub mod postgres;
