@@ -86,6 +86,11 @@ pub const MIGRATIONS: &[&str] = &[
     // 6: uniqueness moves from the ASCII-folded email to the key, among live rows.
     "DROP INDEX customers_live_email;
     CREATE UNIQUE INDEX customers_live_email_key ON customers (email_key) WHERE deleted = 0;",
+    // 7: the set of aborted attempts per request id (F3): comma-separated attempt numbers. A
+    // settle adds to it and never rewrites the row's attempt; a claim by an attempt in it is
+    // refused. An id aborted before this version had one aborted attempt, the row's own.
+    "ALTER TABLE applied_requests ADD COLUMN aborted_attempts TEXT NOT NULL DEFAULT '';
+    UPDATE applied_requests SET aborted_attempts = CAST(attempt AS TEXT) WHERE result = 'aborted';",
 ];
 
 /// The schema version whose transaction also computes `email_key` for existing rows.
@@ -172,13 +177,14 @@ mod tests {
         assert_eq!(hashes, GOLDEN);
     }
 
-    const GOLDEN: [u64; 6] = [
+    const GOLDEN: [u64; 7] = [
         3_066_139_734_361_182_192,
         11_179_909_018_587_875_527,
         8_533_377_482_470_824_501,
         10_432_355_395_005_300_299,
         14_771_358_039_249_383_017,
         5_231_525_077_490_614_823,
+        11_001_271_221_985_012_106,
     ];
 
     #[test]

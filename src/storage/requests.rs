@@ -9,9 +9,17 @@
 //! * an id already applied answers with the stored result and nothing runs
 //!   ([`super::WriteOutcome::Replayed`]) — unless the body hash differs, which is
 //!   `InvalidInput` (the API answers 422 "idempotency key reused with a different body");
-//! * an id settled as [`StoredResult::Aborted`] by a *different* attempt is taken over: the
-//!   client retried after a 503, and this new attempt may apply. The attempt that was aborted
-//!   can never apply: arriving late, it finds its own attempt aborted and is answered that.
+//! * an id settled as [`StoredResult::Aborted`] may be taken over by an attempt that is not
+//!   in the id's *set of aborted attempts*: the client retried after a 503, and this new
+//!   attempt may apply. An attempt in the set can never apply: arriving late, whenever and
+//!   wherever, it finds itself aborted and is answered that.
+//!
+//! Settling (F3) adds the attempt to the set and never rewrites the row's live attempt — the
+//! set, not one row's attempt column, is what a late attempt is checked against. (Keeping only
+//! the latest aborted attempt let the first one, settled and answered 503, take the id over
+//! after a second settle and apply; keeping only the first let the second do the same.) The
+//! set lives in the id's own row (`aborted_attempts`), so on PostgreSQL a claim and a settle of
+//! the same id serialise on that one row lock and each sees the other's committed set.
 //!
 //! What is stored ([`StoredResult`]) is enough to rebuild the first answer: the customer row,
 //! the deletion, or the final domain error (not found, conflict). Two answers are *not* stored,
@@ -128,26 +136,90 @@ pub struct Claimed {
     pub attempt: u32,
     /// Its stored answer.
     pub result: StoredResult,
+    /// Every attempt of this id settled as aborted (F3): none of them may ever apply.
+    pub aborted: Vec<u32>,
+}
+
+impl Claimed {
+    /// Whether `attempt` was settled as aborted.
+    pub fn aborted(&self, attempt: u32) -> bool {
+        self.aborted.contains(&attempt)
+    }
 }
 
 /// The answer for `stamp` when its id is already held by `stored` and could not be taken over:
-/// the stored answer, or `InvalidInput` if the bodies differ.
+/// `Aborted` when this very attempt was settled as aborted, else the stored answer; or
+/// `InvalidInput` if the bodies differ.
 pub fn answer_for(stamp: &RequestStamp, stored: Claimed) -> Result<StoredResult> {
+    same_body(stamp, &stored)?;
+    if stored.aborted(stamp.attempt) {
+        return Ok(StoredResult::Aborted);
+    }
+    Ok(stored.result)
+}
+
+fn same_body(stamp: &RequestStamp, stored: &Claimed) -> Result<()> {
     if stored.body_hash != stamp.body_hash {
         return Err(Error::InvalidInput(format!(
             "idempotency key {:?} reused with a different body",
             stamp.id
         )));
     }
-    Ok(stored.result)
+    Ok(())
 }
 
-/// Whether `stamp` may take over the id from `stored`: only an abort recorded for a different
-/// attempt of the same body (F1 step i).
+/// Whether `stamp` may take over the id from `stored`: only an id that is aborted, by an
+/// attempt of the same body, when `stamp`'s own attempt was never aborted (F1 step i).
 pub fn may_take_over(stamp: &RequestStamp, stored: &Claimed) -> bool {
     stored.result == StoredResult::Aborted
         && stored.attempt != stamp.attempt
+        && !stored.aborted(stamp.attempt)
         && stored.body_hash == stamp.body_hash
+}
+
+/// What settling `stamp` does when its id already has a row (F3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SettleExisting {
+    /// The id is aborted but this attempt is not yet in its set: add it (the row's live
+    /// attempt stays as it is), then answer [`Settlement::Aborted`].
+    AddAbort,
+    /// Nothing to record; this is the answer.
+    Answer(Settlement),
+}
+
+/// Decides a settle of `stamp` against its id's existing row: a final result is the answer
+/// (unless this attempt was itself aborted before), an abort gains this attempt.
+pub fn settle_existing(stamp: &RequestStamp, stored: Claimed) -> Result<SettleExisting> {
+    same_body(stamp, &stored)?;
+    if stored.aborted(stamp.attempt) {
+        return Ok(SettleExisting::Answer(Settlement::Stored(
+            StoredResult::Aborted,
+        )));
+    }
+    Ok(match stored.result {
+        StoredResult::Aborted => SettleExisting::AddAbort,
+        result => SettleExisting::Answer(Settlement::Stored(result)),
+    })
+}
+
+/// The text form of a set of aborted attempts (SQLite's `aborted_attempts`): decimal attempt
+/// numbers joined by commas, `""` for none.
+pub fn encode_attempts(attempts: &[u32]) -> String {
+    let parts: Vec<String> = attempts.iter().map(u32::to_string).collect();
+    parts.join(",")
+}
+
+/// Reads back [`encode_attempts`]'s text. Corrupt text is an internal error.
+pub fn decode_attempts(text: &str) -> Result<Vec<u32>> {
+    if text.is_empty() {
+        return Ok(Vec::new());
+    }
+    text.split(',')
+        .map(|a| {
+            a.parse()
+                .map_err(|_| Error::Internal(format!("corrupt aborted attempts {text:?}")))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -165,10 +237,16 @@ mod tests {
     }
 
     fn claimed(attempt: u32, body_hash: u64, result: StoredResult) -> Claimed {
+        let aborted = if result == StoredResult::Aborted {
+            vec![attempt]
+        } else {
+            Vec::new()
+        };
         Claimed {
             body_hash,
             attempt,
             result,
+            aborted,
         }
     }
 
@@ -226,6 +304,45 @@ mod tests {
             Err(Error::InvalidInput(_))
         ));
         assert_eq!(answer_for(&stamp(2, 10), stored), Ok(StoredResult::Deleted));
+    }
+
+    #[test]
+    fn an_attempt_in_the_aborted_set_never_takes_over_whichever_attempt_the_row_names() {
+        // Settled a1, then a2: the row still names a1, the set holds both.
+        let mut stored = claimed(1, 10, StoredResult::Aborted);
+        assert_eq!(
+            settle_existing(&stamp(2, 10), stored.clone()),
+            Ok(SettleExisting::AddAbort)
+        );
+        stored.aborted.push(2);
+        assert!(!may_take_over(&stamp(1, 10), &stored));
+        assert!(!may_take_over(&stamp(2, 10), &stored));
+        assert_eq!(answer_for(&stamp(2, 10), stored.clone()), Ok(StoredResult::Aborted));
+        assert!(may_take_over(&stamp(3, 10), &stored));
+        // Once a3 applied, a late a1 is still answered "aborted", a new a4 the stored row.
+        let applied = Claimed {
+            attempt: 3,
+            result: StoredResult::Deleted,
+            ..stored
+        };
+        assert_eq!(answer_for(&stamp(1, 10), applied.clone()), Ok(StoredResult::Aborted));
+        assert_eq!(answer_for(&stamp(4, 10), applied.clone()), Ok(StoredResult::Deleted));
+        assert_eq!(
+            settle_existing(&stamp(1, 10), applied.clone()),
+            Ok(SettleExisting::Answer(Settlement::Stored(StoredResult::Aborted)))
+        );
+        assert_eq!(
+            settle_existing(&stamp(4, 10), applied),
+            Ok(SettleExisting::Answer(Settlement::Stored(StoredResult::Deleted)))
+        );
+    }
+
+    #[test]
+    fn aborted_attempts_survive_their_text_form() {
+        for set in [vec![], vec![7], vec![1, u32::MAX, 0]] {
+            assert_eq!(decode_attempts(&encode_attempts(&set)).unwrap(), set);
+        }
+        assert!(matches!(decode_attempts("1,x"), Err(Error::Internal(_))));
     }
 
     #[test]

@@ -37,6 +37,7 @@ macro_rules! store_suite {
             a_stored_domain_error_is_replayed_even_after_the_cause_is_gone,
             an_aborted_request_applies_once_when_retried_as_a_new_attempt,
             settle_answers_aborted_when_inserted_and_the_stored_result_on_conflict,
+            every_settled_attempt_stays_aborted_whatever_is_settled_after_it,
             request_ids_are_global_not_per_customer,
             a_version_miss_does_not_record_the_request_id,
             pruning_forgets_only_old_request_ids,
@@ -605,6 +606,48 @@ pub fn settle_answers_aborted_when_inserted_and_the_stored_result_on_conflict(s:
         s.settle(&stamp("never-arrived", 9, 3, 0)),
         Err(Error::InvalidInput(_))
     ));
+}
+
+/// F3: the aborted attempts of one id are a set. Settling a1 then a2 (a client that retried a
+/// 503 while the database was slow) leaves both refused, whichever arrives late; only a third
+/// attempt applies, and a1 arriving after that still changes nothing.
+pub fn every_settled_attempt_stays_aborted_whatever_is_settled_after_it(s: &mut dyn Store) {
+    let c = customer("A", "a@x.io");
+    one(s, WriteOp::Insert(c.clone()));
+    let a1 = stamp("slow", 5, 1, 0);
+    let a2 = stamp("slow", 5, 2, 0);
+    assert_eq!(s.settle(&a1).unwrap(), Settlement::Aborted);
+    assert_eq!(s.settle(&a2).unwrap(), Settlement::Aborted);
+    // Settling either again answers what is recorded, and records nothing new.
+    assert_eq!(
+        s.settle(&a1).unwrap(),
+        Settlement::Stored(StoredResult::Aborted)
+    );
+    for late in [&a1, &a2] {
+        let outcome = one(s, with(update(&c, "Late", 1), None, Some(late.clone())));
+        assert_eq!(outcome, WriteOutcome::Replayed(StoredResult::Aborted));
+        assert_eq!(s.get(&c.id).unwrap().unwrap().version, 1, "{late:?} applied");
+    }
+    let a3 = stamp("slow", 5, 3, 0);
+    let v2 = decided(one(s, with(update(&c, "Retry", 1), None, Some(a3)))).unwrap();
+    let v2 = v2.unwrap();
+    // An acknowledged write later (its own key), then a1 arrives with a plan made from v2:
+    // still refused, so it can never overwrite the acknowledged v3.
+    let v3 = decided(one(s, with(update(&v2, "Next", 2), None, Some(stamp("next", 6, 1, 0)))))
+        .unwrap()
+        .unwrap();
+    let outcome = one(s, with(update(&v3, "Late", 3), None, Some(a1.clone())));
+    assert_eq!(outcome, WriteOutcome::Replayed(StoredResult::Aborted));
+    assert_eq!(s.get(&c.id).unwrap().unwrap().fields.name, "Next");
+    // A settle of a1 now still says aborted; of a new attempt, the stored row of a3.
+    assert_eq!(
+        s.settle(&a1).unwrap(),
+        Settlement::Stored(StoredResult::Aborted)
+    );
+    assert_eq!(
+        s.settle(&stamp("slow", 5, 4, 0)).unwrap(),
+        Settlement::Stored(StoredResult::Row(v2))
+    );
 }
 
 /// F4: a create retried through another entry node (which chose another customer id) gets the

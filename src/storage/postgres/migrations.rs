@@ -84,6 +84,10 @@ pub const MIGRATIONS: &[&str] = &[
     r#"ALTER TABLE customers ALTER COLUMN email_key SET NOT NULL;
     DROP INDEX customers_live_email;
     CREATE UNIQUE INDEX customers_live_email_key ON customers (email_key COLLATE "C") WHERE NOT deleted;"#,
+    // 7: the set of aborted attempts per request id (F3). In the id's own row, so a claim and
+    // a settle of one id serialise on its row lock and each sees the other's committed set.
+    r#"ALTER TABLE applied_requests ADD COLUMN aborted_attempts BIGINT[] NOT NULL DEFAULT '{}';
+    UPDATE applied_requests SET aborted_attempts = ARRAY[attempt] WHERE result = 'aborted';"#,
 ];
 
 /// Applies every pending migration in one transaction under [`MIGRATION_LOCK`]. Refuses a
@@ -197,12 +201,13 @@ mod tests {
         );
     }
 
-    const GOLDEN: [u64; 6] = [
+    const GOLDEN: [u64; 7] = [
         11_514_218_651_068_461_214,
         9_799_222_682_829_499_137,
         12_618_246_681_954_152_846,
         13_498_172_532_673_909_827,
         16_352_508_518_732_972_486,
         8_424_774_568_697_198_701,
+        13_617_278_403_902_294_677,
     ];
 }

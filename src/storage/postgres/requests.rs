@@ -1,17 +1,21 @@
 //! PostgreSQL statements for request ids (the rules are in [`crate::storage::requests`]).
 //!
-//! Writers on several nodes may claim the same id at once, so the claim is one statement:
-//! `INSERT … ON CONFLICT (request_id) DO UPDATE … WHERE result = 'aborted' AND attempt <>
-//! excluded.attempt AND body_hash = excluded.body_hash RETURNING …`. A conflicting row being
-//! inserted by another transaction makes this one wait for it; a conflicting row is locked
-//! until commit, so what [`load`] reads next cannot change under us.
+//! Writers and settles on several nodes may reach the same id at once, so the claim and the
+//! settle are each one statement on the id's row: `INSERT … ON CONFLICT (request_id) DO UPDATE
+//! … WHERE …`, whose `WHERE` PostgreSQL evaluates on the newest committed version of the row
+//! after locking it. The set of aborted attempts is a column of that same row, so a claim never
+//! decides on a set older than a settle that committed before it got the lock (a separate
+//! table read in a subquery would be read at the statement's snapshot, which can be older).
+//! A conflicting row being inserted by another transaction makes this one wait for it; the
+//! conflicting row stays locked until commit even when the `WHERE` is false, so what [`load`]
+//! reads next cannot change under us.
 
 use deadpool_postgres::Transaction;
 
 use crate::customer::CustomerId;
 use crate::error::{Error, Result};
 use crate::storage::requests::{
-    ABORTED, Claimed, RequestStamp, Settlement, StoredResult, answer_for,
+    Claimed, RequestStamp, SettleExisting, Settlement, StoredResult, answer_for, settle_existing,
 };
 
 /// The result of claiming a request id for a write (F1 step i).
@@ -22,16 +26,28 @@ pub(super) enum Claim {
     Answered(Result<StoredResult>),
 }
 
-/// Inserts the id, or takes over an abort of another attempt of the same body; returns
-/// whether the id is ours now.
+/// Inserts the id, or takes over an abort of other attempts of the same body when this attempt
+/// is not in the aborted set (the set is kept); returns a row when the id is ours now.
 const CLAIM: &str = "INSERT INTO applied_requests AS r
         (request_id, customer_id, body_hash, attempt, result, applied_at)
-     VALUES ($1, $2, $3, $4, $5, $6)
+     VALUES ($1, $2, $3, $4, NULL, $5)
      ON CONFLICT (request_id) DO UPDATE
-        SET customer_id = coalesce(excluded.customer_id, r.customer_id),
-            attempt = excluded.attempt, result = excluded.result, applied_at = excluded.applied_at
+        SET customer_id = excluded.customer_id, attempt = excluded.attempt, result = NULL,
+            applied_at = excluded.applied_at
       WHERE r.result = 'aborted' AND r.attempt <> excluded.attempt
         AND r.body_hash = excluded.body_hash
+        AND NOT (excluded.attempt = ANY (r.aborted_attempts))
+     RETURNING 1";
+
+/// Inserts the id as aborted by this attempt, or adds this attempt to an aborted id's set (the
+/// row's live attempt is never rewritten); returns a row when this attempt is now aborted.
+const SETTLE: &str = "INSERT INTO applied_requests AS r
+        (request_id, customer_id, body_hash, attempt, result, applied_at, aborted_attempts)
+     VALUES ($1, NULL, $2, $3, 'aborted', $4, ARRAY[$3::BIGINT])
+     ON CONFLICT (request_id) DO UPDATE
+        SET aborted_attempts = r.aborted_attempts || excluded.attempt
+      WHERE r.result = 'aborted' AND r.body_hash = excluded.body_hash
+        AND NOT (excluded.attempt = ANY (r.aborted_attempts))
      RETURNING 1";
 
 /// Claims `stamp.id` for a write on `customer`.
@@ -41,7 +57,20 @@ pub(super) async fn claim(
     customer: &CustomerId,
 ) -> Result<Claim> {
     let customer = customer.to_string();
-    if insert(tx, stamp, Some(&customer), None).await? {
+    let stmt = tx.prepare_cached(CLAIM).await?;
+    let rows = tx
+        .query(
+            &stmt,
+            &[
+                &stamp.id,
+                &customer,
+                &(stamp.body_hash as i64),
+                &i64::from(stamp.attempt),
+                &stamp.at,
+            ],
+        )
+        .await?;
+    if rows.len() == 1 {
         return Ok(Claim::Ours);
     }
     Ok(Claim::Answered(answer_for(
@@ -68,17 +97,32 @@ pub(super) async fn record(
     }
 }
 
-/// F3: records the request as aborted unless it is settled already.
+/// F3: records this attempt as aborted unless the id has a final result.
 pub(super) async fn settle(tx: &Transaction<'_>, stamp: &RequestStamp) -> Result<Settlement> {
-    if insert(tx, stamp, None, Some(ABORTED)).await? {
-        // Inserted, or another attempt's abort taken over (then this attempt is aborted too,
-        // so it can never apply late).
+    let stmt = tx.prepare_cached(SETTLE).await?;
+    let rows = tx
+        .query(
+            &stmt,
+            &[
+                &stamp.id,
+                &(stamp.body_hash as i64),
+                &i64::from(stamp.attempt),
+                &stamp.at,
+            ],
+        )
+        .await?;
+    if rows.len() == 1 {
         return Ok(Settlement::Aborted);
     }
-    Ok(Settlement::Stored(answer_for(
-        stamp,
-        load(tx, &stamp.id).await?,
-    )?))
+    match settle_existing(stamp, load(tx, &stamp.id).await?)? {
+        SettleExisting::Answer(answer) => Ok(answer),
+        // The statement above locked the row and found it not abortable; it cannot have
+        // changed since.
+        SettleExisting::AddAbort => Err(Error::Internal(format!(
+            "request {:?} changed while being settled",
+            stamp.id
+        ))),
+    }
 }
 
 /// F4: removes ids applied before `older_than`.
@@ -89,50 +133,36 @@ pub(super) async fn prune(tx: &Transaction<'_>, older_than: i64) -> Result<u64> 
     Ok(tx.execute(&stmt, &[&older_than]).await?)
 }
 
-async fn insert(
-    tx: &Transaction<'_>,
-    stamp: &RequestStamp,
-    customer: Option<&str>,
-    result: Option<&str>,
-) -> Result<bool> {
-    let stmt = tx.prepare_cached(CLAIM).await?;
-    let rows = tx
-        .query(
-            &stmt,
-            &[
-                &stamp.id,
-                &customer,
-                &(stamp.body_hash as i64),
-                &i64::from(stamp.attempt),
-                &result,
-                &stamp.at,
-            ],
-        )
-        .await?;
-    Ok(rows.len() == 1)
-}
-
 /// The row holding `id`, which must exist and be settled.
 async fn load(tx: &Transaction<'_>, id: &str) -> Result<Claimed> {
     let stmt = tx
         .prepare_cached(
-            "SELECT body_hash, attempt, result FROM applied_requests WHERE request_id = $1",
+            "SELECT body_hash, attempt, result, aborted_attempts FROM applied_requests
+              WHERE request_id = $1",
         )
         .await?;
     let row = tx.query_opt(&stmt, &[&id]).await?;
     let settled = row.and_then(|r| {
         let result: Option<String> = r.get(2);
-        Some((r.get::<_, i64>(0), r.get::<_, i64>(1), result?))
+        Some((
+            r.get::<_, i64>(0),
+            r.get::<_, i64>(1),
+            result?,
+            r.get::<_, Vec<i64>>(3),
+        ))
     });
-    let Some((body_hash, attempt, result)) = settled else {
+    let Some((body_hash, attempt, result, aborted)) = settled else {
         return Err(Error::Internal(format!(
             "request {id:?} conflicted but has no settled row"
         )));
     };
+    let attempt_of = |a: i64| {
+        u32::try_from(a).map_err(|_| Error::Internal(format!("corrupt attempt {a} for {id:?}")))
+    };
     Ok(Claimed {
         body_hash: body_hash as u64,
-        attempt: u32::try_from(attempt)
-            .map_err(|_| Error::Internal(format!("corrupt attempt {attempt} for {id:?}")))?,
+        attempt: attempt_of(attempt)?,
         result: StoredResult::decode(&result)?,
+        aborted: aborted.into_iter().map(attempt_of).collect::<Result<_>>()?,
     })
 }

@@ -1,16 +1,17 @@
 //! SQLite statements for request ids (the rules are in [`crate::storage::requests`]).
 //!
 //! On SQLite every statement here runs on the one writer connection, so reading a row and
-//! then updating it is atomic. A backend with concurrent writers does the claim in one
-//! statement: `INSERT … ON CONFLICT (request_id) DO UPDATE … WHERE result = 'aborted' AND
-//! attempt <> excluded.attempt AND body_hash = excluded.body_hash RETURNING …`.
+//! then updating it is atomic. A backend with concurrent writers does the claim and the settle
+//! each in one statement on the id's row (see `storage::postgres::requests`). The set of
+//! aborted attempts is the `aborted_attempts` column, in [`encode_attempts`]'s text form.
 
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::customer::CustomerId;
 use crate::error::{Error, Result};
 use crate::storage::requests::{
-    ABORTED, Claimed, RequestStamp, Settlement, StoredResult, answer_for, may_take_over,
+    ABORTED, Claimed, RequestStamp, SettleExisting, Settlement, StoredResult, answer_for,
+    decode_attempts, encode_attempts, may_take_over, settle_existing,
 };
 
 /// The result of claiming a request id for a write (F1 step i).
@@ -21,7 +22,8 @@ pub(super) enum Claim {
     Answered(Result<StoredResult>),
 }
 
-/// Claims `stamp.id` for a write on `customer`, taking over an abort of another attempt.
+/// Claims `stamp.id` for a write on `customer`, taking over an abort of other attempts when
+/// this attempt was never aborted.
 pub(super) fn claim(
     conn: &Connection,
     stamp: &RequestStamp,
@@ -33,7 +35,7 @@ pub(super) fn claim(
     }
     let stored = load(conn, &stamp.id)?;
     if may_take_over(stamp, &stored) {
-        take_over(conn, stamp, Some(&customer), None)?;
+        take_over(conn, stamp, &customer)?;
         return Ok(Claim::Ours);
     }
     Ok(Claim::Answered(answer_for(stamp, stored)))
@@ -52,19 +54,21 @@ pub(super) fn record(conn: &Connection, stamp: &RequestStamp, result: &StoredRes
     }
 }
 
-/// F3: records the request as aborted unless it is settled already; in one transaction.
+/// F3: records this attempt as aborted unless the id has a final result; in one transaction.
 pub(super) fn settle(conn: &mut Connection, stamp: &RequestStamp) -> Result<Settlement> {
     let tx = conn.transaction()?;
     let settlement = if insert(&tx, stamp, None, Some(ABORTED))? {
         Settlement::Aborted
     } else {
         let stored = load(&tx, &stamp.id)?;
-        if may_take_over(stamp, &stored) {
-            // Another attempt was aborted; abort this one too, so it can never apply late.
-            take_over(&tx, stamp, None, Some(ABORTED))?;
-            Settlement::Aborted
-        } else {
-            Settlement::Stored(answer_for(stamp, stored)?)
+        let mut aborted = stored.aborted.clone();
+        match settle_existing(stamp, stored)? {
+            SettleExisting::AddAbort => {
+                aborted.push(stamp.attempt);
+                set_aborted(&tx, &stamp.id, &aborted)?;
+                Settlement::Aborted
+            }
+            SettleExisting::Answer(answer) => answer,
         }
     };
     tx.commit()?;
@@ -77,16 +81,23 @@ pub(super) fn prune(conn: &Connection, older_than: i64) -> Result<u64> {
     Ok(stmt.execute([older_than])? as u64)
 }
 
-/// Inserts the id unless present; true if inserted.
+/// Inserts the id unless present; true if inserted. An id inserted as aborted starts its set
+/// of aborted attempts with this attempt.
 fn insert(
     conn: &Connection,
     stamp: &RequestStamp,
     customer: Option<&str>,
     result: Option<&str>,
 ) -> Result<bool> {
+    let aborted = if result == Some(ABORTED) {
+        encode_attempts(&[stamp.attempt])
+    } else {
+        String::new()
+    };
     let mut stmt = conn.prepare_cached(
-        "INSERT INTO applied_requests (request_id, customer_id, body_hash, attempt, result, applied_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+        "INSERT INTO applied_requests
+            (request_id, customer_id, body_hash, attempt, result, applied_at, aborted_attempts)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT (request_id) DO NOTHING",
     )?;
     let n = stmt.execute(params![
@@ -95,24 +106,20 @@ fn insert(
         stamp.body_hash as i64,
         stamp.attempt,
         result,
-        stamp.at
+        stamp.at,
+        aborted
     ])?;
     Ok(n == 1)
 }
 
-/// Gives an aborted id to a new attempt.
-fn take_over(
-    conn: &Connection,
-    stamp: &RequestStamp,
-    customer: Option<&str>,
-    result: Option<&str>,
-) -> Result<()> {
+/// Gives an aborted id to a new attempt (its set of aborted attempts is kept).
+fn take_over(conn: &Connection, stamp: &RequestStamp, customer: &str) -> Result<()> {
     let mut stmt = conn.prepare_cached(
         "UPDATE applied_requests
-            SET customer_id = coalesce(?2, customer_id), attempt = ?3, result = ?4, applied_at = ?5
+            SET customer_id = ?2, attempt = ?3, result = NULL, applied_at = ?4
           WHERE request_id = ?1 AND result = 'aborted'",
     )?;
-    match stmt.execute(params![stamp.id, customer, stamp.attempt, result, stamp.at])? {
+    match stmt.execute(params![stamp.id, customer, stamp.attempt, stamp.at])? {
         1 => Ok(()),
         n => Err(Error::Internal(format!(
             "taking over aborted request {:?} touched {n} rows",
@@ -121,10 +128,24 @@ fn take_over(
     }
 }
 
+/// Stores the set of aborted attempts of `id`.
+fn set_aborted(conn: &Connection, id: &str, aborted: &[u32]) -> Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE applied_requests SET aborted_attempts = ?2 WHERE request_id = ?1",
+    )?;
+    match stmt.execute(params![id, encode_attempts(aborted)])? {
+        1 => Ok(()),
+        n => Err(Error::Internal(format!(
+            "recording an aborted attempt of {id:?} touched {n} rows"
+        ))),
+    }
+}
+
 /// The row holding `id`, which must exist.
 fn load(conn: &Connection, id: &str) -> Result<Claimed> {
     let mut stmt = conn.prepare_cached(
-        "SELECT body_hash, attempt, result FROM applied_requests WHERE request_id = ?1",
+        "SELECT body_hash, attempt, result, aborted_attempts FROM applied_requests
+          WHERE request_id = ?1",
     )?;
     let row = stmt
         .query_row([id], |r| {
@@ -132,10 +153,11 @@ fn load(conn: &Connection, id: &str) -> Result<Claimed> {
                 r.get::<_, i64>(0)?,
                 r.get::<_, u32>(1)?,
                 r.get::<_, Option<String>>(2)?,
+                r.get::<_, String>(3)?,
             ))
         })
         .optional()?;
-    let Some((body_hash, attempt, Some(result))) = row else {
+    let Some((body_hash, attempt, Some(result), aborted)) = row else {
         return Err(Error::Internal(format!(
             "request {id:?} conflicted but has no settled row"
         )));
@@ -144,5 +166,6 @@ fn load(conn: &Connection, id: &str) -> Result<Claimed> {
         body_hash: body_hash as u64,
         attempt,
         result: StoredResult::decode(&result)?,
+        aborted: decode_attempts(&aborted)?,
     })
 }
