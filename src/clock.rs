@@ -14,7 +14,33 @@
 //! Deliberately not here: synchronised clocks of any kind. Across hosts the crate sends
 //! durations, never instants.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Two suspend-offset readings closer than this are the same offset (DESIGN §6 L3). The
+/// offset is the difference of two clock reads taken nanoseconds apart, so it jitters by
+/// nanoseconds to microseconds on every host whose boot clock is ahead of its monotonic clock
+/// (a laptop after one suspend, a resumed VM, a time namespace); a real suspend adds at least
+/// a good fraction of a second. Never compare offsets with `==`.
+pub const SUSPEND_TOLERANCE: Duration = Duration::from_millis(1);
+
+/// Whether two suspend offsets differ by a real suspend rather than read jitter.
+pub fn suspend_changed(a: Duration, b: Duration) -> bool {
+    a.abs_diff(b) >= SUSPEND_TOLERANCE
+}
+
+/// The suspend offset to use after `reading`, given the one in use (`current`): the reading
+/// only when it differs by a real suspend, so that jitter never moves the holder clock
+/// backwards or makes a renew look suspended.
+pub fn steady_suspend_offset(current: Option<Duration>, reading: Duration) -> Duration {
+    match current {
+        Some(c) if !suspend_changed(c, reading) => c,
+        _ => reading,
+    }
+}
+
+/// The suspend offset in use, in ns; `u64::MAX` before the first reading.
+static SUSPEND_OFFSET_NS: AtomicU64 = AtomicU64::new(u64::MAX);
 
 /// Wall-clock milliseconds since the Unix epoch (0 if the clock is before 1970).
 pub fn now_ms() -> u64 {
@@ -58,9 +84,10 @@ fn read(clock: libc::clockid_t) -> Duration {
 pub struct HolderInstant {
     /// `CLOCK_MONOTONIC_RAW + (CLOCK_BOOTTIME − CLOCK_MONOTONIC)`, since an arbitrary origin.
     pub at: Duration,
-    /// The suspend offset (`CLOCK_BOOTTIME − CLOCK_MONOTONIC`) at that moment. A lease renew
-    /// whose send and reply straddle a change of this offset earns nothing (Linux measures
-    /// suspend only to about a second).
+    /// The suspend offset (`CLOCK_BOOTTIME − CLOCK_MONOTONIC`) at that moment, steadied so
+    /// read jitter below [`SUSPEND_TOLERANCE`] never changes it. A lease renew whose send and
+    /// reply straddle a change of this offset earns nothing, and a change after a renew ends
+    /// the validity it earned (Linux measures suspend only to about a second).
     pub suspended: Duration,
 }
 
@@ -79,7 +106,15 @@ pub(crate) fn holder_now_unscaled() -> HolderInstant {
     let boot = read(libc::CLOCK_BOOTTIME);
     let mono = read(libc::CLOCK_MONOTONIC);
     let raw = read(libc::CLOCK_MONOTONIC_RAW);
-    let suspended = boot.saturating_sub(mono);
+    let reading = boot.saturating_sub(mono);
+    let current = match SUSPEND_OFFSET_NS.load(Ordering::Relaxed) {
+        u64::MAX => None,
+        ns => Some(Duration::from_nanos(ns)),
+    };
+    let suspended = steady_suspend_offset(current, reading);
+    if Some(suspended) != current {
+        SUSPEND_OFFSET_NS.store(suspended.as_nanos() as u64, Ordering::Relaxed);
+    }
     HolderInstant {
         at: raw + suspended,
         suspended,
@@ -108,6 +143,33 @@ mod tests {
         let elapsed = b.at - a.at;
         assert!(elapsed >= Duration::from_millis(19), "{elapsed:?}");
         assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+    }
+
+    #[test]
+    fn suspend_offset_jitter_is_not_a_suspend_but_a_real_suspend_is() {
+        let offset = Duration::from_secs(3600);
+        let jittered = offset + Duration::from_nanos(30);
+        assert!(!suspend_changed(offset, jittered));
+        assert!(!suspend_changed(jittered, offset));
+        assert!(suspend_changed(offset, offset + Duration::from_millis(300)));
+        assert_eq!(steady_suspend_offset(Some(offset), jittered), offset);
+        assert_eq!(
+            steady_suspend_offset(Some(offset), offset - Duration::from_micros(20)),
+            offset
+        );
+        let woke = offset + Duration::from_secs(2);
+        assert_eq!(steady_suspend_offset(Some(offset), woke), woke);
+        assert_eq!(steady_suspend_offset(None, jittered), jittered);
+    }
+
+    #[test]
+    fn the_suspend_offset_read_here_is_steady() {
+        // On a host that was never suspended it is 0; in a time namespace or after a suspend
+        // it is large and jittery when read raw. Either way, back-to-back readings agree.
+        let first = holder_now().suspended;
+        for _ in 0..1000 {
+            assert_eq!(holder_now().suspended, first);
+        }
     }
 
     #[test]

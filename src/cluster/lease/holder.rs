@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use super::config::LeaseConfig;
 use super::reconcile::{HolderId, Reconciled, ShardLeaseRow, reconcile};
-use crate::clock::HolderInstant;
+use crate::clock::{HolderInstant, suspend_changed};
 use crate::cluster::placement::ShardId;
 
 /// Most renews kept waiting for a reply. Each new renew supersedes older ones (a later send
@@ -131,10 +131,13 @@ enum Shard {
 enum Registration {
     /// No epoch (start, or after a loss): register before renewing.
     Unregistered,
-    /// Registered at `epoch`; `valid_until` is that epoch's validity (None = none earned yet).
+    /// Registered at `epoch`; `valid_until` is that epoch's validity (None = none earned yet),
+    /// earned while the host's suspend offset was `earned_at_offset`: a suspend since then
+    /// (the offset changed) ends it until a renew sent after the suspend succeeds (L3).
     Registered {
         epoch: u64,
         valid_until: Option<Duration>,
+        earned_at_offset: Duration,
     },
     /// Another process runs with our name and a newer incarnation: exit.
     Superseded,
@@ -224,6 +227,7 @@ impl HolderLease {
         self.registration = Registration::Registered {
             epoch,
             valid_until: None,
+            earned_at_offset: now.suspended,
         };
         self.pending.clear();
         self.last_progress = now.at;
@@ -267,6 +271,7 @@ impl HolderLease {
         let Registration::Registered {
             epoch: current,
             valid_until,
+            earned_at_offset,
         } = &mut self.registration
         else {
             return Earned::Nothing(Unearned::StaleEpoch);
@@ -274,14 +279,18 @@ impl HolderLease {
         if *current != epoch {
             return Earned::Nothing(Unearned::StaleEpoch);
         }
-        if at_reply.suspended != p.sent.suspended {
+        if suspend_changed(at_reply.suspended, p.sent.suspended) {
             return Earned::Nothing(Unearned::SuspendedMeanwhile);
         }
         let earned = p.sent.at + self.config.validity();
-        if valid_until.is_some_and(|v| v >= earned) {
+        // Validity earned before a suspend is void (see `shard_status`), so a renew sent after
+        // one replaces it outright, even if it reaches less far.
+        let same_offset = !suspend_changed(*earned_at_offset, p.sent.suspended);
+        if same_offset && valid_until.is_some_and(|v| v >= earned) {
             return Earned::Nothing(Unearned::AlreadyLater);
         }
         *valid_until = Some(earned);
+        *earned_at_offset = p.sent.suspended;
         self.last_progress = at_reply.at;
         Earned::Extended {
             valid_until: earned,
@@ -399,11 +408,17 @@ impl HolderLease {
                 Registration::Registered {
                     epoch: current,
                     valid_until: Some(valid_until),
-                } if current == epoch && now.at < valid_until => ShardStatus::Held {
-                    token,
-                    epoch,
-                    valid_until,
-                },
+                    earned_at_offset,
+                } if current == epoch
+                    && now.at < valid_until
+                    && !suspend_changed(now.suspended, earned_at_offset) =>
+                {
+                    ShardStatus::Held {
+                        token,
+                        epoch,
+                        valid_until,
+                    }
+                }
                 _ => ShardStatus::Lapsed { token, epoch },
             },
             Shard::Lost { token } => ShardStatus::Lost { token },
@@ -674,6 +689,68 @@ mod tests {
             Earned::Nothing(Unearned::SuspendedMeanwhile)
         );
         assert_eq!(lease.shard_state(7, after_suspend), ShardState::NotHolder);
+    }
+
+    #[test]
+    fn a_suspend_offset_that_only_jitters_between_send_and_reply_still_earns_validity() {
+        // A host suspended once (or a time namespace): the offset is large and its readings
+        // differ by nanoseconds.
+        let offset = ms(3_600_000);
+        let mut lease = HolderLease::new(LeaseConfig::default(), INC, at(0));
+        let sent = HolderInstant {
+            at: ms(10) + offset,
+            suspended: offset,
+        };
+        lease.registered(1, sent);
+        assert!(lease.granted(7, 3, 1));
+        let r = lease.renew_sent(sent).unwrap();
+        let reply = HolderInstant {
+            at: ms(20) + offset + Duration::from_nanos(30),
+            suspended: offset + Duration::from_nanos(30),
+        };
+        assert!(matches!(
+            lease.renew_succeeded(r.k, r.epoch, reply),
+            Earned::Extended { .. }
+        ));
+        let later = HolderInstant {
+            at: ms(500) + offset,
+            suspended: offset - Duration::from_nanos(45),
+        };
+        assert!(matches!(
+            lease.shard_state(7, later),
+            ShardState::Serve { token: 3, .. }
+        ));
+    }
+
+    #[test]
+    fn a_suspend_after_the_renew_ends_its_validity_until_a_renew_sent_after_it_succeeds() {
+        let mut lease = holding();
+        renew(&mut lease, 0, 10);
+        // The host slept 1.9 s but the kernel counted only 1 s: the clock says 1.5 s, well
+        // inside the validity earned at 0, yet the offset moved.
+        let woke = HolderInstant {
+            at: ms(1500),
+            suspended: ms(1000),
+        };
+        assert_eq!(lease.shard_state(7, woke), ShardState::NotHolder);
+        assert!(matches!(
+            lease.shard_status(7, woke),
+            Some(ShardStatus::Lapsed { .. })
+        ));
+        // A renew sent after the wake-up brings it back.
+        let r = lease.renew_sent(woke).unwrap();
+        let reply = HolderInstant {
+            at: ms(1510),
+            suspended: ms(1000),
+        };
+        assert!(matches!(
+            lease.renew_succeeded(r.k, r.epoch, reply),
+            Earned::Extended { .. }
+        ));
+        assert!(matches!(
+            lease.shard_state(7, reply),
+            ShardState::Serve { token: 3, .. }
+        ));
     }
 
     #[test]
