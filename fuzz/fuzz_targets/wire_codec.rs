@@ -4,8 +4,8 @@
 #![no_main]
 
 use customer_cluster::cluster::protocol::{
-    CreateRequest, CustomerPage, DatabaseMsg, DeleteRequest, ListRequest, NodeInfo,
-    RegistryMsg, RegistryStats, RouteRequest, UpdateRequest,
+    CreateRequest, CustomerPage, DatabaseMsg, ListRequest, NodeInfo, RegistryMsg, RegistryStats,
+    RouteRequest,
 };
 use customer_cluster::codec::Wire;
 use customer_cluster::customer::{Customer, CustomerId};
@@ -26,10 +26,9 @@ const REGISTRY_VARIANTS: &[&str] = &[
 ];
 const DATABASE_VARIANTS: &[&str] = &[
     "Ping",
-    "InsertCustomer",
     "GetCustomer",
-    "UpdateCustomer",
-    "DeleteCustomer",
+    "Submit",
+    "Settle",
     "ListCustomers",
 ];
 
@@ -43,8 +42,7 @@ fn decode_all(data: &[u8]) {
     let _ = Wire::<Vec<Customer>>::from_bytes(bytes());
     let _ = Wire::<CustomerPage>::from_bytes(bytes());
     let _ = Wire::<ListRequest>::from_bytes(bytes());
-    let _ = Wire::<UpdateRequest>::from_bytes(bytes());
-    let _ = Wire::<DeleteRequest>::from_bytes(bytes());
+    let _ = Wire::<customer_cluster::storage::Write>::from_bytes(bytes());
     let _ = Wire::<RegistryStats>::from_bytes(bytes());
     let _ = Wire::<(CustomerId, u64)>::from_bytes(bytes());
     let _ = Wire::<String>::from_bytes(bytes());

@@ -640,7 +640,7 @@ mod tests {
                 .unwrap()
                 .into();
             let new = Customer::new(new_customer_id(), row(1).fields, 1);
-            let customer = node.ctx.db.insert(new).await.unwrap();
+            let customer = crate::actors::insert_behind(&dir.path().join("c.db"), new).await;
             let shard = shard_of_customer(&customer.id);
             let f = Self {
                 dir,
@@ -793,18 +793,15 @@ mod tests {
         f.node.ctx.db.release(f.shard, token).await.unwrap();
         let mut fields = f.customer.fields.clone();
         fields.name = "written while the shard was elsewhere".into();
-        let newer = f
-            .node
-            .ctx
-            .db
-            .update(crate::cluster::protocol::UpdateRequest {
-                id: f.customer.id,
-                fields,
-                expected_version: 1,
-                now: now_micros(),
-            })
-            .await
-            .unwrap();
+        let update = crate::storage::WriteOp::Update {
+            id: f.customer.id,
+            fields,
+            expected_version: 1,
+            now: now_micros(),
+        };
+        let path = f.dir.path().join("c.db");
+        let newer = crate::actors::write_behind(&path, vec![update]).await;
+        let newer = newer[0].clone().unwrap().unwrap();
         assert_eq!(newer.version, 2);
         // The node learns it lost the shard and is granted it again under a newer token; the
         // actor (outside the Registry, so nobody stops it) still holds version 1 in its cache.

@@ -29,8 +29,8 @@ use tokio::sync::watch;
 use crate::cluster::dbnode::DbRoleCell;
 use crate::cluster::membership::View;
 use crate::cluster::protocol::{
-    self, DATABASE_GROUP, DatabaseMsg, DeleteRequest, ListRequest, OwnRowRequest, TakeoverRequest,
-    UpdateRequest, call, database_name, node_of,
+    self, DATABASE_GROUP, DatabaseMsg, ListRequest, OwnRowRequest, TakeoverRequest, call,
+    database_name, node_of,
 };
 use crate::codec::{Wire, answer};
 use crate::customer::{Customer, CustomerId};
@@ -38,7 +38,7 @@ use crate::error::{Error, Result};
 use crate::storage::engine::{Done, Engine, EngineConfig, LeaseJob, ReadJob};
 use crate::storage::{
     Grant, Holder, Registration, Release, Renewal, RequestStamp, Settlement, ShardId, ShardLease,
-    Takeover, Write, WriteOp, WriteOutcome,
+    Takeover, Write, WriteOutcome,
 };
 
 /// How long a caller waits for a database actor to reappear before `Unavailable` (503).
@@ -77,24 +77,9 @@ impl DatabaseState {
                     self.ping(engine, reply);
                 }
             }
-            DatabaseMsg::InsertCustomer(request, reply) => {
-                if let Some((c, reply)) = self.admit(request, reply) {
-                    engine.write(WriteOp::Insert(c), expect_row(reply));
-                }
-            }
             DatabaseMsg::GetCustomer(request, reply) => {
                 if let Some((id, reply)) = self.admit(request, reply) {
                     engine.read(ReadJob::Get(id, done(reply)));
-                }
-            }
-            DatabaseMsg::UpdateCustomer(request, reply) => {
-                if let Some((u, reply)) = self.admit(request, reply) {
-                    engine.write(u.into(), expect_row(reply));
-                }
-            }
-            DatabaseMsg::DeleteCustomer(request, reply) => {
-                if let Some((d, reply)) = self.admit(request, reply) {
-                    engine.write(d.into(), expect_deleted(reply));
                 }
             }
             DatabaseMsg::ListCustomers(request, reply) => {
@@ -104,7 +89,10 @@ impl DatabaseState {
             }
             DatabaseMsg::Submit(request, reply) => {
                 if let Some((w, reply)) = self.admit(request, reply) {
-                    engine.submit(w, done(reply));
+                    match unfenced(&w) {
+                        Some(refusal) => answer(reply, Err(refusal)),
+                        None => engine.submit(w, done(reply)),
+                    }
                 }
             }
             DatabaseMsg::LeaseTable(request, reply) => {
@@ -304,24 +292,15 @@ fn own_row_job(o: OwnRowRequest, done: Done<Takeover>) -> LeaseJob {
     }
 }
 
-impl From<UpdateRequest> for WriteOp {
-    fn from(u: UpdateRequest) -> Self {
-        WriteOp::Update {
-            id: u.id,
-            fields: u.fields,
-            expected_version: u.expected_version,
-            now: u.now,
-        }
-    }
-}
-
-impl From<DeleteRequest> for WriteOp {
-    fn from(d: DeleteRequest) -> Self {
-        WriteOp::Delete {
-            id: d.id,
-            expected_version: d.expected_version,
-        }
-    }
+/// The refusal of a write that carries no fencing token or no request id: customers are
+/// written only through lease holders (L1), each write at most once (F1). Such a write can only
+/// come from a peer that holds the cookie but not a lease, or from an older binary.
+pub fn unfenced(write: &Write) -> Option<Error> {
+    (write.fence.is_none() || write.request.is_none()).then(|| {
+        Error::InvalidInput(
+            "a write without a shard lease token and a request id is refused: customers are written only through their shard's lease holder".into(),
+        )
+    })
 }
 
 fn list_job(l: ListRequest, done: Done<Vec<Customer>>) -> ReadJob {
@@ -334,17 +313,6 @@ fn list_job(l: ListRequest, done: Done<Vec<Customer>>) -> ReadJob {
 
 fn done<T: Send + 'static>(reply: RpcReplyPort<Wire<T>>) -> Done<T> {
     Box::new(move |r| answer(reply, r))
-}
-
-fn expect_row(reply: RpcReplyPort<Wire<Customer>>) -> Done<Option<Customer>> {
-    Box::new(move |r: Result<Option<Customer>>| {
-        let r = r.and_then(|c| c.ok_or_else(|| Error::Internal("write returned no row".into())));
-        answer(reply, r);
-    })
-}
-
-fn expect_deleted(reply: RpcReplyPort<Wire<()>>) -> Done<Option<Customer>> {
-    Box::new(move |r: Result<Option<Customer>>| answer(reply, r.map(|_| ())))
 }
 
 /// Reaches the Database actor from anywhere in this node, with a deadline on every call.
@@ -488,26 +456,6 @@ impl DatabaseClient {
     /// Reads one customer.
     pub async fn get(&self, id: CustomerId) -> Result<Option<Customer>> {
         self.call("get", |r| DatabaseMsg::GetCustomer(Wire::ok(id), r))
-            .await
-    }
-
-    /// Inserts a customer (idempotent by id).
-    pub async fn insert(&self, customer: Customer) -> Result<Customer> {
-        self.call("insert", |r| {
-            DatabaseMsg::InsertCustomer(Wire::ok(customer), r)
-        })
-        .await
-    }
-
-    /// Compare-and-set update.
-    pub async fn update(&self, req: UpdateRequest) -> Result<Customer> {
-        self.call("update", |r| DatabaseMsg::UpdateCustomer(Wire::ok(req), r))
-            .await
-    }
-
-    /// Compare-and-set delete.
-    pub async fn delete(&self, req: DeleteRequest) -> Result<()> {
-        self.call("delete", |r| DatabaseMsg::DeleteCustomer(Wire::ok(req), r))
             .await
     }
 
@@ -738,6 +686,46 @@ mod tests {
         let (_tx, rx) = watch::channel(view_of(&["me"]));
         let answered = unless_member_leaves(rx, "db", async { Ok(7) }).await;
         assert_eq!(answered.unwrap(), 7);
+    }
+
+    #[tokio::test]
+    async fn a_write_without_a_lease_token_or_a_request_id_is_refused_and_changes_nothing() {
+        use crate::customer::{Customer, CustomerFields, new_customer_id};
+        use crate::storage::{Fence, WriteOp};
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::Config::local("unfenced-test", Some(dir.path().join("c.db")));
+        let node = crate::node::start_actors(&config, None, 1).await.unwrap();
+        let fields = CustomerFields {
+            name: "Behind".into(),
+            email: "behind@example.com".into(),
+            phone: None,
+            address: None,
+        };
+        let c = Customer::new(new_customer_id(), fields, 1);
+        let stamp = crate::storage::requests::RequestStamp {
+            id: "k".into(),
+            body_hash: 1,
+            attempt: 1,
+            at: 0,
+        };
+        let fence = Fence {
+            shard: crate::cluster::placement::shard_of_customer(&c.id),
+            token: 0,
+        };
+        for (fence, request) in [(None, None), (Some(fence), None), (None, Some(stamp))] {
+            let write = Write {
+                op: WriteOp::Insert(c.clone()),
+                fence,
+                request,
+            };
+            let refused = node.ctx.db.submit(write).await;
+            assert!(
+                matches!(&refused, Err(Error::InvalidInput(m)) if m.contains("lease token")),
+                "{refused:?}"
+            );
+        }
+        assert_eq!(node.ctx.db.get(c.id).await.unwrap(), None);
+        node.supervisor.stop(None);
     }
 
     #[test]

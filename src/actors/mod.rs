@@ -92,6 +92,53 @@ pub struct NodeContext {
     pub faults: TestFaults,
 }
 
+/// Writes straight into a node's SQLite file, unfenced, as an operator's SQL would: behind
+/// every lease holder's back. Tests only — the Database actor refuses unfenced writes — for
+/// seeding rows and for writes a holder must never see cached. Returns each write's result.
+#[cfg(test)]
+pub async fn write_behind(
+    db_path: &std::path::Path,
+    ops: Vec<crate::storage::WriteOp>,
+) -> Vec<crate::error::Result<Option<crate::customer::Customer>>> {
+    use crate::storage::{Store, Write, WriteOutcome};
+    let path = db_path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut store = crate::storage::sqlite::SqliteStore::open(&path).expect("open the file");
+        let writes: Vec<Write> = ops.into_iter().map(Write::from).collect();
+        // The node's own writer renews leases meanwhile: a transaction that read before it
+        // wrote may find the file changed under it (SQLite's BUSY_SNAPSHOT), so try again.
+        let mut tries = 0;
+        let outcomes = loop {
+            match store.write_batch(&writes) {
+                Err(crate::error::Error::Internal(m)) if m.contains("locked") && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => break other.expect("the batch commits"),
+            }
+        };
+        outcomes
+            .into_iter()
+            .map(|o| match o {
+                WriteOutcome::Decided(r) => r,
+                other => panic!("an unfenced write without a request id was {other:?}"),
+            })
+            .collect()
+    })
+    .await
+    .expect("the write task ran")
+}
+
+/// Inserts `customer` behind every holder's back ([`write_behind`]) and returns it as stored.
+#[cfg(test)]
+pub async fn insert_behind(
+    db_path: &std::path::Path,
+    customer: crate::customer::Customer,
+) -> crate::customer::Customer {
+    let mut out = write_behind(db_path, vec![crate::storage::WriteOp::Insert(customer)]).await;
+    out.remove(0).expect("inserted").expect("a row")
+}
+
 /// Faults that in-process tests inject (DESIGN §10's "fault hooks inside the process").
 #[cfg(test)]
 #[derive(Default)]

@@ -683,16 +683,16 @@ mod tests {
             let name = format!("page-boundary-{stored}");
             let config = Config::local(&name, Some(dir.path().join("c.db")));
             let node = crate::node::start_actors(&config, None, 1).await.unwrap();
-            let inserts = (0..stored).map(|i| {
-                let db = node.ctx.db.clone();
-                let email = format!("p{i}@example.com");
-                async move {
+            let inserts = (0..stored)
+                .map(|i| {
+                    let email = format!("p{i}@example.com");
                     let c =
                         crate::customer::Customer::new(new_customer_id(), fields("P", &email), 1);
-                    db.insert(c).await.unwrap();
-                }
-            });
-            futures::future::join_all(inserts).await;
+                    crate::storage::WriteOp::Insert(c)
+                })
+                .collect();
+            let written = crate::actors::write_behind(&dir.path().join("c.db"), inserts).await;
+            assert!(written.iter().all(Result::is_ok));
 
             let max = ListRequest {
                 after: None,
@@ -716,13 +716,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_scan_past_the_active_cap_passivates_the_least_recently_used() {
-        let (_dir, node, gateway, registry) =
+        let (dir, node, gateway, registry) =
             node_with_db("registry-lru-test", |c| c.max_active_customers = 10).await;
         let mut stored = Vec::new();
         for i in 0..50 {
             let email = format!("scan{i}@example.com");
             let c = crate::customer::Customer::new(new_customer_id(), fields("S", &email), 1);
-            stored.push(node.ctx.db.insert(c).await.unwrap());
+            stored.push(crate::actors::insert_behind(&dir.path().join("c.db"), c).await);
         }
         for c in &stored {
             assert_eq!(&gateway.get(c.id).await.unwrap().value, c);

@@ -293,28 +293,6 @@ pub struct RegistryStats {
     pub leases_held: u64,
 }
 
-/// A conditional update at the database.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UpdateRequest {
-    /// Target customer.
-    pub id: CustomerId,
-    /// New fields.
-    pub fields: CustomerFields,
-    /// Compare-and-set token.
-    pub expected_version: u64,
-    /// Write time, µs since the Unix epoch.
-    pub now: i64,
-}
-
-/// A conditional delete at the database.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeleteRequest {
-    /// Target customer.
-    pub id: CustomerId,
-    /// Compare-and-set token; `None` deletes whatever version is stored.
-    pub expected_version: Option<u64>,
-}
-
 /// Messages of the per-node Registry (group [`REGISTRY_GROUP`]): the entry point for every
 /// customer operation routed to this node.
 #[derive(RactorClusterMessage)]
@@ -363,22 +341,15 @@ pub enum DatabaseMsg {
     /// Liveness; replies with the hosting node's name.
     #[rpc]
     Ping(Wire<()>, RpcReplyPort<Wire<String>>),
-    /// Inserts (idempotent by id).
-    #[rpc]
-    InsertCustomer(Wire<Customer>, RpcReplyPort<Wire<Customer>>),
     /// Reads one customer; `None` when absent.
     #[rpc]
     GetCustomer(Wire<CustomerId>, RpcReplyPort<Wire<Option<Customer>>>),
-    /// Compare-and-set update.
-    #[rpc]
-    UpdateCustomer(Wire<UpdateRequest>, RpcReplyPort<Wire<Customer>>),
-    /// Compare-and-set delete.
-    #[rpc]
-    DeleteCustomer(Wire<DeleteRequest>, RpcReplyPort<Wire<()>>),
     /// One page ordered by id.
     #[rpc]
     ListCustomers(Wire<ListRequest>, RpcReplyPort<Wire<Vec<Customer>>>),
-    /// A write with its fence and request stamp (F1); replies with its full outcome.
+    /// A write with its fence and request stamp (F1); replies with its full outcome. The
+    /// only way to change a customer: a write without a fence or a request id is refused, so
+    /// nothing reaches the table behind the lease holders' caches (L1).
     #[rpc]
     Submit(Wire<Write>, RpcReplyPort<Wire<WriteOutcome>>),
     /// F3: settles a request whose outcome is unknown.
@@ -547,16 +518,6 @@ mod tests {
             active_customers: 5,
             ..Default::default()
         });
-        round_trip(UpdateRequest {
-            id: c.id,
-            fields: c.fields.clone(),
-            expected_version: 4,
-            now: 5,
-        });
-        round_trip(DeleteRequest {
-            id: c.id,
-            expected_version: None,
-        });
         round_trip((c.id, 77u64));
         round_trip(vec![c]);
         round_trip(());
@@ -581,8 +542,6 @@ mod tests {
         list 000110019100000000700080000000000000010a
         page 00011001910000000070008000000000000001045a6fc3ab0f7a6f65406578616d706c652e636f6d01062b31203535350003fd00803c3048140c00fd02803c3048140c0000
         stats 00026e330506010002fb5501
-        update 001001910000000070008000000000000001045a6fc3ab0f7a6f65406578616d706c652e636f6d01062b312035353500040a
-        delete 00100191000000007000800000000000000100
         release 0010019100000000700080000000000000014d
         error 01040102
         absent 0000
@@ -717,22 +676,6 @@ mod tests {
                     restarts: 0,
                     version_conflicts: 2,
                     leases_held: 341,
-                }),
-            ),
-            (
-                "update",
-                hex(UpdateRequest {
-                    id: c.id,
-                    fields: c.fields.clone(),
-                    expected_version: 4,
-                    now: 5,
-                }),
-            ),
-            (
-                "delete",
-                hex(DeleteRequest {
-                    id: c.id,
-                    expected_version: None,
                 }),
             ),
             ("release", hex((c.id, 77u64))),

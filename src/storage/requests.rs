@@ -317,7 +317,10 @@ mod tests {
         stored.aborted.push(2);
         assert!(!may_take_over(&stamp(1, 10), &stored));
         assert!(!may_take_over(&stamp(2, 10), &stored));
-        assert_eq!(answer_for(&stamp(2, 10), stored.clone()), Ok(StoredResult::Aborted));
+        assert_eq!(
+            answer_for(&stamp(2, 10), stored.clone()),
+            Ok(StoredResult::Aborted)
+        );
         assert!(may_take_over(&stamp(3, 10), &stored));
         // Once a3 applied, a late a1 is still answered "aborted", a new a4 the stored row.
         let applied = Claimed {
@@ -325,15 +328,25 @@ mod tests {
             result: StoredResult::Deleted,
             ..stored
         };
-        assert_eq!(answer_for(&stamp(1, 10), applied.clone()), Ok(StoredResult::Aborted));
-        assert_eq!(answer_for(&stamp(4, 10), applied.clone()), Ok(StoredResult::Deleted));
+        assert_eq!(
+            answer_for(&stamp(1, 10), applied.clone()),
+            Ok(StoredResult::Aborted)
+        );
+        assert_eq!(
+            answer_for(&stamp(4, 10), applied.clone()),
+            Ok(StoredResult::Deleted)
+        );
         assert_eq!(
             settle_existing(&stamp(1, 10), applied.clone()),
-            Ok(SettleExisting::Answer(Settlement::Stored(StoredResult::Aborted)))
+            Ok(SettleExisting::Answer(Settlement::Stored(
+                StoredResult::Aborted
+            )))
         );
         assert_eq!(
             settle_existing(&stamp(4, 10), applied),
-            Ok(SettleExisting::Answer(Settlement::Stored(StoredResult::Deleted)))
+            Ok(SettleExisting::Answer(Settlement::Stored(
+                StoredResult::Deleted
+            )))
         );
     }
 

@@ -626,16 +626,23 @@ pub fn every_settled_attempt_stays_aborted_whatever_is_settled_after_it(s: &mut 
     for late in [&a1, &a2] {
         let outcome = one(s, with(update(&c, "Late", 1), None, Some(late.clone())));
         assert_eq!(outcome, WriteOutcome::Replayed(StoredResult::Aborted));
-        assert_eq!(s.get(&c.id).unwrap().unwrap().version, 1, "{late:?} applied");
+        assert_eq!(
+            s.get(&c.id).unwrap().unwrap().version,
+            1,
+            "{late:?} applied"
+        );
     }
     let a3 = stamp("slow", 5, 3, 0);
     let v2 = decided(one(s, with(update(&c, "Retry", 1), None, Some(a3)))).unwrap();
     let v2 = v2.unwrap();
     // An acknowledged write later (its own key), then a1 arrives with a plan made from v2:
     // still refused, so it can never overwrite the acknowledged v3.
-    let v3 = decided(one(s, with(update(&v2, "Next", 2), None, Some(stamp("next", 6, 1, 0)))))
-        .unwrap()
-        .unwrap();
+    let v3 = decided(one(
+        s,
+        with(update(&v2, "Next", 2), None, Some(stamp("next", 6, 1, 0))),
+    ))
+    .unwrap()
+    .unwrap();
     let outcome = one(s, with(update(&v3, "Late", 3), None, Some(a1.clone())));
     assert_eq!(outcome, WriteOutcome::Replayed(StoredResult::Aborted));
     assert_eq!(s.get(&c.id).unwrap().unwrap().fields.name, "Next");
