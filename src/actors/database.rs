@@ -3,7 +3,7 @@
 //! The actor is a thin shim over [`crate::storage::engine::Engine`]: each message becomes a
 //! storage job whose completion sends on the caller's reply port, so the actor never waits for
 //! SQLite and its mailbox keeps draining while the writer thread group-commits. It joins the
-//! process group `customer-db.v3`, which is how nodes without `--db-path` find it.
+//! process group `customer-db.v4`, which is how nodes without `--db-path` find it.
 //!
 //! The client prefers a Database actor in this process (registered by name), else the remote
 //! group member whose node name sorts first.
@@ -233,11 +233,15 @@ impl DatabaseState {
                         done: done(r),
                     })
             }
-            DatabaseMsg::Renew(w, r) => self.admit(w, r).map(|((me, k), r)| LeaseJob::Renew {
-                me,
-                k,
-                done: done(r),
-            }),
+            DatabaseMsg::Renew(w, r) => {
+                self.admit(w, r)
+                    .map(|((me, k, ttl_ms), r)| LeaseJob::Renew {
+                        me,
+                        k,
+                        ttl_ms,
+                        done: done(r),
+                    })
+            }
             DatabaseMsg::Takeover(w, r) => self.admit(w, r).map(|(t, r)| takeover_job(t, done(r))),
             DatabaseMsg::TakeoverOwnRow(w, r) => {
                 self.admit(w, r).map(|(o, r)| own_row_job(o, done(r)))
@@ -514,9 +518,10 @@ impl DatabaseClient {
             .await
     }
 
-    /// L2: renew number `k`.
-    pub async fn renew(&self, me: Holder, k: u64) -> Result<Renewal> {
-        self.call("renew", |r| DatabaseMsg::Renew(Wire::ok((me, k)), r))
+    /// L2: renew number `k`, recording the TTL (ms) this node runs with (L4).
+    pub async fn renew(&self, me: Holder, k: u64, ttl_ms: u64) -> Result<Renewal> {
+        let args = (me, k, ttl_ms);
+        self.call("renew", |r| DatabaseMsg::Renew(Wire::ok(args), r))
             .await
     }
 

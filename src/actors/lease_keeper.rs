@@ -273,6 +273,26 @@ pub fn plan_acquire(
     plan
 }
 
+/// Peers in `table` whose recorded TTL differs from `own` and did not already in `before`
+/// (so each difference is reported once, when it appears).
+pub fn other_ttls(
+    own: Duration,
+    before: &[NodeLease],
+    table: &[NodeLease],
+) -> Vec<(String, Duration)> {
+    let recorded = |r: &NodeLease| Duration::from_millis(r.ttl_ms);
+    table
+        .iter()
+        .filter(|r| r.ttl_ms != 0 && recorded(r) != own)
+        .filter(|r| {
+            !before
+                .iter()
+                .any(|b| b.node == r.node && b.ttl_ms == r.ttl_ms)
+        })
+        .map(|r| (r.node.clone(), recorded(r)))
+        .collect()
+}
+
 /// The Observer's row type from a stored node row (rows without an incarnation name no live
 /// process and are left out).
 pub fn observed_rows(table: &[NodeLease]) -> Vec<NodeLeaseRow> {
@@ -284,6 +304,7 @@ pub fn observed_rows(table: &[NodeLease]) -> Vec<NodeLeaseRow> {
                 incarnation: r.incarnation?,
                 epoch: r.epoch,
                 seq: r.seq,
+                ttl: Duration::from_millis(r.ttl_ms),
             })
         })
         .collect()
@@ -474,11 +495,12 @@ impl KeeperState {
         }
         if let Some(renew) = self.ctx.leases.update(|l| l.renew_sent(holder_now())) {
             let db = self.ctx.db.clone();
+            let ttl_ms = self.ctx.lease_config.ttl.as_millis() as u64;
             let sent = Instant::now();
             statement("renew");
             spawn_to(
                 myself,
-                async move { db.renew(me, renew.k).await },
+                async move { db.renew(me, renew.k, ttl_ms).await },
                 move |r| {
                     metrics::histogram!("customer_lease_renew_seconds")
                         .record(sent.elapsed().as_secs_f64());
@@ -682,6 +704,15 @@ impl KeeperState {
                     .leases
                     .update(|l| l.renew_succeeded(renew.k, renew.epoch, at));
                 self.observer.observe(&observed_rows(&table), at);
+                let own = self.ctx.lease_config.ttl;
+                for (node, ttl) in other_ttls(own, &self.nodes, &table) {
+                    tracing::warn!(
+                        peer = %node,
+                        peer_ttl_ms = ttl.as_millis() as u64,
+                        own_ttl_ms = own.as_millis() as u64,
+                        "a peer runs with another --lease-ttl-ms: taking its shards over waits the longer TTL; give every node the same value"
+                    );
+                }
                 self.nodes = table;
             }
             Ok(Renewal::Lost { current }) => self.on_lost(myself, renew.epoch, &current),
@@ -697,6 +728,7 @@ impl KeeperState {
                     incarnation: None,
                     epoch: renew.epoch,
                     seq: 0,
+                    ttl_ms: 0,
                 };
                 self.on_lost(myself, renew.epoch, &gone);
             }
@@ -1069,12 +1101,29 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_peer_with_another_ttl_is_reported_once_when_it_appears() {
+        let own = Duration::from_millis(2000);
+        let mut long = node("n3", 9, 1, 4);
+        long.ttl_ms = 10_000;
+        let table = vec![node("n1", 1, 1, 1), long.clone()];
+        assert_eq!(
+            other_ttls(own, &[], &table),
+            vec![("n3".to_owned(), Duration::from_millis(10_000))]
+        );
+        assert!(other_ttls(own, &table, &table).is_empty());
+        let mut unknown = long;
+        unknown.ttl_ms = 0;
+        assert!(other_ttls(own, &[], &[unknown]).is_empty());
+    }
+
     fn node(name: &str, incarnation: u64, epoch: u64, seq: u64) -> NodeLease {
         NodeLease {
             node: name.into(),
             incarnation: Some(incarnation),
             epoch,
             seq,
+            ttl_ms: 2000,
         }
     }
 

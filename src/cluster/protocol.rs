@@ -28,7 +28,7 @@ use crate::storage::{
 };
 
 /// Version of this protocol. Checked in the `Hello` exchange before a peer becomes a member.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Process group every node's Registry joins. Versioned: a remote actor of another type in a
 /// group would be silently mis-addressed, so incompatible releases must not share a group.
@@ -358,9 +358,10 @@ pub enum DatabaseMsg {
     /// L1: registers `(node, incarnation)`.
     #[rpc]
     Register(Wire<(String, u64)>, RpcReplyPort<Wire<Registration>>),
-    /// L2: renew number `k` of a holder; the reply carries the node table.
+    /// L2: renew number `k` of a holder, with the TTL (ms) it runs with (L4); the reply
+    /// carries the node table.
     #[rpc]
-    Renew(Wire<(Holder, u64)>, RpcReplyPort<Wire<Renewal>>),
+    Renew(Wire<(Holder, u64, u64)>, RpcReplyPort<Wire<Renewal>>),
     /// L5: revokes a dead node and grants its shards.
     #[rpc]
     Takeover(Wire<TakeoverRequest>, RpcReplyPort<Wire<Takeover>>),
@@ -530,7 +531,7 @@ mod tests {
     /// means the wire format changed: bump [`PROTOCOL_VERSION`] (and the group names), then
     /// regenerate the table from the test's output.
     const GOLDEN: (u32, &str) = (
-        3,
+        4,
         "
         node_info 00026e31030e3132372e302e302e313a343730310e3132372e302e302e313a38303831012a0101026e3007
         customer 001001910000000070008000000000000001045a6fc3ab0f7a6f65406578616d706c652e636f6d01062b31203535350003fd00803c3048140c00fd02803c3048140c00
@@ -554,8 +555,8 @@ mod tests {
         settlement 000103
         register 00026e3209
         registration 000004
-        renew 00026e3209040f
-        renewal 000001026e310108024d
+        renew 00026e3209040ffbd007
+        renewal 000001026e310108024dfbd007
         takeover 00026e320904026e3108024d0201fb0102
         own_row 000a026e3108024d0102
         takeover_done 00000301fb01020c
@@ -740,7 +741,7 @@ mod tests {
             ),
             ("register", hex(("n2".to_string(), 9u64))),
             ("registration", hex(Registration::Registered { epoch: 4 })),
-            ("renew", hex((holder(), 15u64))),
+            ("renew", hex((holder(), 15u64, 2000u64))),
             (
                 "renewal",
                 hex(Renewal::Renewed {
@@ -749,6 +750,7 @@ mod tests {
                         incarnation: Some(8),
                         epoch: 2,
                         seq: 77,
+                        ttl_ms: 2000,
                     }],
                 }),
             ),

@@ -72,6 +72,8 @@ pub enum LeaseJob {
         me: Holder,
         /// Renew number.
         k: u64,
+        /// The TTL (ms) the renewer runs with, recorded in its row (L4).
+        ttl_ms: u64,
         /// Completion.
         done: Done<Renewal>,
     },
@@ -149,7 +151,12 @@ impl LeaseJob {
                 incarnation,
                 done,
             } => done(store.register(&node, incarnation)),
-            Self::Renew { me, k, done } => done(store.renew(&me, k)),
+            Self::Renew {
+                me,
+                k,
+                ttl_ms,
+                done,
+            } => done(store.renew(&me, k, ttl_ms)),
             Self::Takeover {
                 contender,
                 victim,

@@ -3,7 +3,8 @@
 //! Two tables decide who may write a shard:
 //!
 //! ```text
-//!  node_leases(node PK, incarnation, epoch, seq)         one row per node name: its liveness record
+//!  node_leases(node PK, incarnation, epoch, seq,         one row per node name: its liveness record
+//!              ttl_ms)                                   and the TTL its renewer runs with
 //!  shard_leases(shard PK, holder, holder_incarnation,    one row per shard (0..1024): who holds it,
 //!               holder_epoch, token)                     and the fencing token writes must carry
 //! ```
@@ -71,6 +72,11 @@ pub struct NodeLease {
     pub epoch: u64,
     /// The last renew number written by this incarnation (0 right after registering).
     pub seq: u64,
+    /// The lease TTL (ms) the process renewing this row runs with, written by every renew
+    /// (L4): a contender waits the longer of its own TTL and this one before it revokes the
+    /// row, so a node started with a longer `--lease-ttl-ms` is never taken over while it may
+    /// still serve. 0 when no renew has said (a row written by an older release).
+    pub ttl_ms: u64,
 }
 
 impl NodeLease {
@@ -220,6 +226,7 @@ mod tests {
             incarnation: None,
             epoch: 3,
             seq: 9,
+            ttl_ms: 2000,
         };
         assert_eq!(row.observed(), None);
         let live = NodeLease {

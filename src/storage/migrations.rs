@@ -91,6 +91,9 @@ pub const MIGRATIONS: &[&str] = &[
     // refused. An id aborted before this version had one aborted attempt, the row's own.
     "ALTER TABLE applied_requests ADD COLUMN aborted_attempts TEXT NOT NULL DEFAULT '';
     UPDATE applied_requests SET aborted_attempts = CAST(attempt AS TEXT) WHERE result = 'aborted';",
+    // 8: the lease TTL each node's renewer runs with (L4), written by every renew; 0 until a
+    // renew of this release says.
+    "ALTER TABLE node_leases ADD COLUMN ttl_ms INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// The schema version whose transaction also computes `email_key` for existing rows.
@@ -177,7 +180,7 @@ mod tests {
         assert_eq!(hashes, GOLDEN);
     }
 
-    const GOLDEN: [u64; 7] = [
+    const GOLDEN: [u64; 8] = [
         3_066_139_734_361_182_192,
         11_179_909_018_587_875_527,
         8_533_377_482_470_824_501,
@@ -185,6 +188,7 @@ mod tests {
         14_771_358_039_249_383_017,
         5_231_525_077_490_614_823,
         11_001_271_221_985_012_106,
+        16_230_647_569_021_705_272,
     ];
 
     #[test]

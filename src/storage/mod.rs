@@ -218,8 +218,9 @@ pub trait Store: Send + 'static {
     fn register(&mut self, node: &str, incarnation: u64) -> Result<Registration>;
 
     /// L2: renews `me` with renew number `k` (strictly increasing per incarnation, never
-    /// reused). Never touches `shard_leases`; runs in its own transaction.
-    fn renew(&mut self, me: &Holder, k: u64) -> Result<Renewal>;
+    /// reused), recording the TTL `me` runs with (`ttl_ms`, L4). Never touches
+    /// `shard_leases`; runs in its own transaction.
+    fn renew(&mut self, me: &Holder, k: u64, ttl_ms: u64) -> Result<Renewal>;
 
     /// L5: revokes `victim` (bumps its epoch, only if its row is exactly as observed) and, in
     /// the same transaction, grants `contender` those of `shards` that are free or held under a

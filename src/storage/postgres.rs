@@ -785,8 +785,8 @@ impl Store for PostgresStore {
         self.in_tx(async |tx| leases::register(tx, node, incarnation).await)
     }
 
-    fn renew(&mut self, me: &Holder, k: u64) -> Result<Renewal> {
-        self.in_tx(async |tx| leases::renew(tx, me, k).await)
+    fn renew(&mut self, me: &Holder, k: u64, ttl_ms: u64) -> Result<Renewal> {
+        self.in_tx(async |tx| leases::renew(tx, me, k, ttl_ms).await)
     }
 
     fn takeover(

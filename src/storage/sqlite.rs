@@ -232,8 +232,8 @@ impl Store for SqliteStore {
         leases::register(&mut self.conn, node, incarnation)
     }
 
-    fn renew(&mut self, me: &Holder, k: u64) -> Result<Renewal> {
-        leases::renew(&mut self.conn, me, k)
+    fn renew(&mut self, me: &Holder, k: u64, ttl_ms: u64) -> Result<Renewal> {
+        leases::renew(&mut self.conn, me, k, ttl_ms)
     }
 
     fn takeover(

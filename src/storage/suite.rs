@@ -832,7 +832,7 @@ pub fn a_cleared_row_is_taken_over_at_a_later_epoch(s: &mut dyn Store) {
     let new = registered(s, "n1", 2);
     assert!(new.epoch > old.epoch);
     assert!(matches!(
-        s.renew(&old, 5).unwrap(),
+        s.renew(&old, 5, 2000).unwrap(),
         Renewal::Superseded { .. }
     ));
 }
@@ -842,10 +842,14 @@ pub fn a_cleared_row_is_taken_over_at_a_later_epoch(s: &mut dyn Store) {
 pub fn renew_answers_renewed_lost_or_superseded(s: &mut dyn Store) {
     let n1 = registered(s, "n1", 1);
     let n2 = registered(s, "n2", 2);
-    match s.renew(&n1, 1).unwrap() {
+    match s.renew(&n1, 1, 10_000).unwrap() {
         Renewal::Renewed { table } => {
-            let names: Vec<_> = table.iter().map(|n| (n.node.as_str(), n.seq)).collect();
-            assert_eq!(names, vec![("n1", 1), ("n2", 0)]);
+            let names: Vec<_> = table
+                .iter()
+                .map(|n| (n.node.as_str(), n.seq, n.ttl_ms))
+                .collect();
+            // Each row says the TTL its renewer runs with (L4); n2 has not renewed yet.
+            assert_eq!(names, vec![("n1", 1, 10_000), ("n2", 0, 0)]);
         }
         other => panic!("renew failed: {other:?}"),
     }
@@ -854,7 +858,7 @@ pub fn renew_answers_renewed_lost_or_superseded(s: &mut dyn Store) {
         s.takeover(&n2, &seen, &[]).unwrap(),
         Takeover::Done { .. }
     ));
-    match s.renew(&n1, 2).unwrap() {
+    match s.renew(&n1, 2, 2000).unwrap() {
         Renewal::Lost { current } => assert_eq!(current.epoch, n1.epoch + 1),
         other => panic!("expected LOST, got {other:?}"),
     }
@@ -863,7 +867,7 @@ pub fn renew_answers_renewed_lost_or_superseded(s: &mut dyn Store) {
         s.takeover_own_row(3, &seen, &[]).unwrap(),
         Takeover::Done { .. }
     ));
-    match s.renew(&n1, 3).unwrap() {
+    match s.renew(&n1, 3, 2000).unwrap() {
         Renewal::Superseded { current } => {
             assert_eq!(current.and_then(|c| c.incarnation), Some(3));
         }
@@ -932,7 +936,7 @@ pub fn a_takeover_with_a_stale_observed_seq_does_nothing(s: &mut dyn Store) {
     granted(s, &victim, &[3]);
     let seen = observe(s, "n1");
     assert!(matches!(
-        s.renew(&victim, 1).unwrap(),
+        s.renew(&victim, 1, 2000).unwrap(),
         Renewal::Renewed { .. }
     ));
     let before = s.lease_table().unwrap();
@@ -944,7 +948,7 @@ pub fn a_takeover_with_a_stale_observed_seq_does_nothing(s: &mut dyn Store) {
     }
     assert_eq!(s.lease_table().unwrap(), before);
     assert!(matches!(
-        s.renew(&victim, 2).unwrap(),
+        s.renew(&victim, 2, 2000).unwrap(),
         Renewal::Renewed { .. }
     ));
 }
@@ -1009,7 +1013,10 @@ pub fn the_token_grows_on_every_grant_and_release_and_never_on_renew(s: &mut dyn
     advanced(s, "a grant");
     let table = s.lease_table().unwrap();
     for k in 1..=3 {
-        assert!(matches!(s.renew(&n1, k).unwrap(), Renewal::Renewed { .. }));
+        assert!(matches!(
+            s.renew(&n1, k, 2000).unwrap(),
+            Renewal::Renewed { .. }
+        ));
     }
     assert_eq!(s.lease_table().unwrap(), table, "renews changed shard rows");
     let seen = observe(s, "n1");
@@ -1032,7 +1039,10 @@ pub fn a_restarted_process_takes_its_own_row_over_only_as_observed(s: &mut dyn S
         Registration::Occupied(_)
     ));
     let seen = observe(s, "n1");
-    assert!(matches!(s.renew(&old, 1).unwrap(), Renewal::Renewed { .. }));
+    assert!(matches!(
+        s.renew(&old, 1, 2000).unwrap(),
+        Renewal::Renewed { .. }
+    ));
     assert!(matches!(
         s.takeover_own_row(2, &seen, &[4, 5]).unwrap(),
         Takeover::VictimMoved { .. }
@@ -1054,7 +1064,7 @@ pub fn a_restarted_process_takes_its_own_row_over_only_as_observed(s: &mut dyn S
         (Some(2), Some(victim_epoch))
     );
     assert!(matches!(
-        s.renew(&old, 2).unwrap(),
+        s.renew(&old, 2, 2000).unwrap(),
         Renewal::Superseded { .. }
     ));
     let new = Holder {
@@ -1062,7 +1072,10 @@ pub fn a_restarted_process_takes_its_own_row_over_only_as_observed(s: &mut dyn S
         incarnation: 2,
         epoch: victim_epoch,
     };
-    assert!(matches!(s.renew(&new, 1).unwrap(), Renewal::Renewed { .. }));
+    assert!(matches!(
+        s.renew(&new, 1, 2000).unwrap(),
+        Renewal::Renewed { .. }
+    ));
 }
 
 /// L6: after a graceful stop, a shard whose release was lost is grantable at once.

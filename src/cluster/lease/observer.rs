@@ -28,6 +28,9 @@ pub struct NodeLeaseRow {
     pub epoch: u64,
     /// The holder's last renew number.
     pub seq: u64,
+    /// The TTL the holder runs with, as its renews record it (zero when unknown). The
+    /// observer waits the longer of this and its own TTL (L4).
+    pub ttl: Duration,
 }
 
 /// Permission to revoke one exact record: the takeover statement must match all four fields
@@ -50,6 +53,9 @@ struct Sighting {
     incarnation: u64,
     epoch: u64,
     seq: u64,
+    /// How long this record must stay unchanged: the longer of the observer's TTL and the
+    /// one the holder records (L4).
+    wait: Duration,
     /// Receipt of the first reply that showed this exact value.
     first: Duration,
     /// Receipt of the latest reply that showed it.
@@ -104,6 +110,7 @@ impl Observer {
                 incarnation: row.incarnation,
                 epoch: row.epoch,
                 seq: row.seq,
+                wait: self.ttl.max(row.ttl),
                 first: now,
                 last: now,
             };
@@ -111,7 +118,9 @@ impl Observer {
                 .sightings
                 .entry(row.node.clone())
                 .or_insert(fresh.clone());
-            if (seen.incarnation, seen.epoch, seen.seq) == (row.incarnation, row.epoch, row.seq) {
+            let same = (seen.incarnation, seen.epoch, seen.seq, seen.wait)
+                == (row.incarnation, row.epoch, row.seq, fresh.wait);
+            if same {
                 seen.last = now;
             } else {
                 *seen = fresh;
@@ -126,7 +135,7 @@ impl Observer {
         let now = contender_reading(now);
         self.sightings
             .iter()
-            .filter(|(_, s)| s.last >= s.first + self.ttl && now >= s.first + self.ttl)
+            .filter(|(_, s)| s.last >= s.first + s.wait && now >= s.first + s.wait)
             .map(|(node, s)| Revocation {
                 node: node.clone(),
                 incarnation: s.incarnation,
@@ -160,6 +169,7 @@ mod tests {
             incarnation,
             epoch,
             seq,
+            ttl: Duration::ZERO,
         }
     }
 
@@ -193,6 +203,32 @@ mod tests {
         assert!(obs.revocable(at(2099)).is_empty());
         let obs = watching_a(&[100, 2100]);
         assert_eq!(obs.revocable(at(2100)).len(), 1);
+    }
+
+    #[test]
+    fn a_holder_recording_a_longer_ttl_is_waited_for_that_long_not_the_observers_own() {
+        // A runs with a 10 s TTL (it serves up to 10 s − m after its last renew); B's own is 2 s.
+        let a = NodeLeaseRow {
+            ttl: Duration::from_millis(10_000),
+            ..row("a", 1, 1, 5)
+        };
+        let mut obs = Observer::new(TTL, "b", 2);
+        for t in [100, 2100, 5000, 10_099] {
+            obs.observe(std::slice::from_ref(&a), at(t));
+        }
+        assert!(obs.revocable(at(10_099)).is_empty());
+        obs.observe(std::slice::from_ref(&a), at(10_100));
+        assert_eq!(obs.revocable(at(10_100)), vec![revocation("a", 1, 1, 5)]);
+        // A shorter recorded TTL never shortens the observer's own wait.
+        let short = NodeLeaseRow {
+            ttl: Duration::from_millis(500),
+            ..row("c", 3, 1, 5)
+        };
+        let mut obs = Observer::new(TTL, "b", 2);
+        for t in [100, 1000, 2099] {
+            obs.observe(std::slice::from_ref(&short), at(t));
+        }
+        assert!(obs.revocable(at(2099)).is_empty());
     }
 
     #[test]

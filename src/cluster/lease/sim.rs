@@ -189,6 +189,7 @@ impl Sim {
             incarnation,
             epoch: 1,
             seq: 0,
+            ttl: s.config.ttl,
         };
         let mut sim = Self {
             rng: s.seed,

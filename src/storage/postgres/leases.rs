@@ -49,10 +49,16 @@ pub(super) async fn register(
 }
 
 /// L2: one `UPDATE` of our own row; the node table comes back from the same transaction.
-pub(super) async fn renew(tx: &Transaction<'_>, me: &Holder, k: u64) -> Result<Renewal> {
+pub(super) async fn renew(
+    tx: &Transaction<'_>,
+    me: &Holder,
+    k: u64,
+    ttl_ms: u64,
+) -> Result<Renewal> {
     let stmt = tx
         .prepare_cached(
-            "UPDATE node_leases SET seq = $1 WHERE node = $2 AND incarnation = $3 AND epoch = $4",
+            "UPDATE node_leases SET seq = $1, ttl_ms = $5
+              WHERE node = $2 AND incarnation = $3 AND epoch = $4",
         )
         .await?;
     let renewed = tx
@@ -63,6 +69,7 @@ pub(super) async fn renew(tx: &Transaction<'_>, me: &Holder, k: u64) -> Result<R
                 &me.node,
                 &(me.incarnation as i64),
                 &(me.epoch as i64),
+                &(ttl_ms as i64),
             ],
         )
         .await?;
@@ -226,7 +233,9 @@ pub(super) async fn lease_table(client: &deadpool_postgres::Client) -> Result<Ve
 /// Every node row ordered by name.
 pub(super) async fn node_table(tx: &Transaction<'_>) -> Result<Vec<NodeLease>> {
     let stmt = tx
-        .prepare_cached("SELECT node, incarnation, epoch, seq FROM node_leases ORDER BY node")
+        .prepare_cached(
+            "SELECT node, incarnation, epoch, seq, ttl_ms FROM node_leases ORDER BY node",
+        )
         .await?;
     Ok(tx
         .query(&stmt, &[])
@@ -251,7 +260,9 @@ async fn shard_row(tx: &Transaction<'_>, shard: ShardId) -> Result<Option<ShardL
 
 async fn node_row(tx: &Transaction<'_>, node: &str) -> Result<Option<NodeLease>> {
     let stmt = tx
-        .prepare_cached("SELECT node, incarnation, epoch, seq FROM node_leases WHERE node = $1")
+        .prepare_cached(
+            "SELECT node, incarnation, epoch, seq, ttl_ms FROM node_leases WHERE node = $1",
+        )
         .await?;
     Ok(tx
         .query_opt(&stmt, &[&node])
@@ -340,6 +351,7 @@ fn node_from_row(row: &Row) -> NodeLease {
         incarnation: row.get::<_, Option<i64>>(1).map(|i| i as u64),
         epoch: row.get::<_, i64>(2) as u64,
         seq: row.get::<_, i64>(3) as u64,
+        ttl_ms: row.get::<_, i64>(4) as u64,
     }
 }
 

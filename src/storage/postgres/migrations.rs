@@ -88,6 +88,8 @@ pub const MIGRATIONS: &[&str] = &[
     // a settle of one id serialise on its row lock and each sees the other's committed set.
     r#"ALTER TABLE applied_requests ADD COLUMN aborted_attempts BIGINT[] NOT NULL DEFAULT '{}';
     UPDATE applied_requests SET aborted_attempts = ARRAY[attempt] WHERE result = 'aborted';"#,
+    // 8: the lease TTL each node's renewer runs with (L4), written by every renew.
+    r#"ALTER TABLE node_leases ADD COLUMN ttl_ms BIGINT NOT NULL DEFAULT 0;"#,
 ];
 
 /// Applies every pending migration in one transaction under [`MIGRATION_LOCK`]. Refuses a
@@ -201,7 +203,7 @@ mod tests {
         );
     }
 
-    const GOLDEN: [u64; 7] = [
+    const GOLDEN: [u64; 8] = [
         11_514_218_651_068_461_214,
         9_799_222_682_829_499_137,
         12_618_246_681_954_152_846,
@@ -209,5 +211,6 @@ mod tests {
         16_352_508_518_732_972_486,
         8_424_774_568_697_198_701,
         13_617_278_403_902_294_677,
+        13_741_482_206_939_255_156,
     ];
 }

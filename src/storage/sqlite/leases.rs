@@ -43,17 +43,19 @@ pub(super) fn register(
 }
 
 /// L2: one `UPDATE` of our own row; the node table comes back from the same transaction.
-pub(super) fn renew(conn: &mut Connection, me: &Holder, k: u64) -> Result<Renewal> {
+pub(super) fn renew(conn: &mut Connection, me: &Holder, k: u64, ttl_ms: u64) -> Result<Renewal> {
     let tx = conn.transaction()?;
     let renewed = tx
         .prepare_cached(
-            "UPDATE node_leases SET seq = ?1 WHERE node = ?2 AND incarnation = ?3 AND epoch = ?4",
+            "UPDATE node_leases SET seq = ?1, ttl_ms = ?5
+              WHERE node = ?2 AND incarnation = ?3 AND epoch = ?4",
         )?
         .execute(params![
             k as i64,
             me.node,
             me.incarnation as i64,
-            me.epoch as i64
+            me.epoch as i64,
+            ttl_ms as i64
         ])?;
     let outcome = if renewed == 1 {
         Renewal::Renewed {
@@ -200,8 +202,9 @@ pub(super) fn lease_table(conn: &Connection) -> Result<Vec<ShardLease>> {
 
 /// Every node row ordered by name.
 pub(super) fn node_table(conn: &Connection) -> Result<Vec<NodeLease>> {
-    let mut stmt =
-        conn.prepare_cached("SELECT node, incarnation, epoch, seq FROM node_leases ORDER BY node")?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT node, incarnation, epoch, seq, ttl_ms FROM node_leases ORDER BY node",
+    )?;
     let rows = stmt.query_map([], node_from_row)?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
@@ -216,8 +219,9 @@ pub(super) fn shard_row(conn: &Connection, shard: ShardId) -> Result<Option<Shar
 }
 
 fn node_row(conn: &Connection, node: &str) -> Result<Option<NodeLease>> {
-    let mut stmt = conn
-        .prepare_cached("SELECT node, incarnation, epoch, seq FROM node_leases WHERE node = ?1")?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT node, incarnation, epoch, seq, ttl_ms FROM node_leases WHERE node = ?1",
+    )?;
     Ok(stmt.query_row([node], node_from_row).optional()?)
 }
 
@@ -279,6 +283,7 @@ fn node_from_row(row: &Row<'_>) -> rusqlite::Result<NodeLease> {
         incarnation: row.get::<_, Option<i64>>(1)?.map(|i| i as u64),
         epoch: row.get::<_, i64>(2)? as u64,
         seq: row.get::<_, i64>(3)? as u64,
+        ttl_ms: row.get::<_, i64>(4)? as u64,
     })
 }
 
