@@ -252,6 +252,7 @@ impl Recorder {
                 invoke,
                 complete,
                 outcome,
+                request: idempotency_key.map(str::to_owned),
             },
             meta: Meta {
                 entry,
@@ -884,6 +885,7 @@ mod tests {
                 invoke: Duration::from_millis(at_ms),
                 complete: Duration::from_millis(at_ms + 1),
                 outcome: Outcome::Ok(Reply::Written { version: at_ms }),
+                request: None,
             },
             meta: Meta {
                 entry: 0,
@@ -928,6 +930,7 @@ mod tests {
                 invoke: Duration::ZERO,
                 complete: Duration::ZERO,
                 outcome: Outcome::Fail(Refusal::Rejected),
+                request: None,
             },
             meta: Meta {
                 entry,
