@@ -456,7 +456,10 @@ async fn a_node_whose_boot_clock_runs_ahead_holds_its_shards_and_serves_for_30_s
     // 2. A customer owned by n3.
     let id = match customer_placed_on(n1, "bt3", Duration::from_secs(10)).await {
         Ok(id) => id,
-        Err(e) => panic!("{}\n{e}", trouble.join("\n")),
+        Err(e) => panic!(
+            "n3 (boot clock {BOOT_AHEAD_S} s ahead) cannot serve a customer of its own:\n{}\n{e}",
+            trouble.join("\n")
+        ),
     };
 
     // 3. For 30 s: every read of it through n1 and through n3 is 200, and n3 keeps holding
