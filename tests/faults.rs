@@ -67,11 +67,12 @@ impl Outcomes {
             "== scenario {name} ==\nfaults (ms since the workload started):\n{}\
              (on the history's time line: {:.0} .. {:.0} ms)\n\
              availability after heal: every key served within {slowest:?} ({never} keys never)\n\
-             503s by entry node: {:?}\nchecker: {}",
+             503s by entry node: {:?}\nretries: {}\nchecker: {}",
             self.timeline,
             from.as_secs_f64() * 1000.0,
             to.as_secs_f64() * 1000.0,
             self.history.unavailable_by_entry(),
+            self.history.retries(),
             self.report
         )
     }

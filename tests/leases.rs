@@ -1,7 +1,9 @@
 //! Shard leases with real processes (DESIGN §6, §10): a frozen owner's queued write never
 //! lands over a newer acknowledged one, a killed owner's shards move after detection + TTL, a
 //! restarted node gets its shards back only after its old lease row stood still for TTL, and
-//! a SIGTERMed owner hands over under load with nothing worse than 503 and no stale read.
+//! a SIGTERMed owner hands over under load with nothing worse than 503 and no stale read, and
+//! a node whose boot clock runs ahead of its monotonic clock (a host suspended once; a time
+//! namespace) holds its shards and serves like any other (§10 case 15).
 
 mod support;
 
@@ -9,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use customer_cluster::client::HttpResponse;
 use serde_json::{Value, json};
-use support::{TestCluster, TestNode, id_of, wait_until};
+use support::{TestCluster, TestNode, id_of, in_boot_clock_ahead, wait_until};
 
 /// One 3-node cluster at a time: these tests measure takeover times on two shared cores.
 static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -327,4 +329,178 @@ async fn in_the_steady_state_the_lease_costs_one_statement_per_node_per_renew_in
             node.spec.name
         );
     }
+}
+
+/// How far ahead of its monotonic clock the boot clock of the time-namespaced node runs.
+const BOOT_AHEAD_S: u64 = 3600;
+/// How long the time-namespaced node is watched serving.
+const SERVE_FOR: Duration = Duration::from_secs(30);
+/// How often it is asked.
+const SERVE_EVERY: Duration = Duration::from_millis(200);
+
+/// Of the shards `node` places on itself (its own `GET /v1/cluster/shards`): how many, how
+/// many it holds, and the count per lease state.
+async fn placed_and_held(
+    node: &TestNode,
+) -> Option<(usize, usize, std::collections::BTreeMap<String, usize>)> {
+    let r = node.client.get("/v1/cluster/shards").await.ok()?;
+    if r.status != 200 {
+        return None;
+    }
+    let map: Value = r.json().ok()?;
+    let name = node.spec.name.as_str();
+    let placed: Vec<&Value> = map["shards"]
+        .as_array()?
+        .iter()
+        .filter(|s| s["owner"] == name)
+        .collect();
+    let held = placed
+        .iter()
+        .filter(|s| s["state"] == "held" && s["holder"] == name)
+        .count();
+    let mut states = std::collections::BTreeMap::new();
+    for s in &placed {
+        let state = s["state"].as_str().unwrap_or("?").to_owned();
+        *states.entry(state).or_default() += 1;
+    }
+    Some((placed.len(), held, states))
+}
+
+/// The process the test holds for `node` is the node itself (not a wrapper that forked it),
+/// running in a time namespace of its own with the boot clock `BOOT_AHEAD_S` ahead.
+fn assert_in_its_own_time_namespace(node: &TestNode) {
+    let pid = node.pid();
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    assert!(
+        comm.starts_with("customer-clust"),
+        "pid {pid} is {comm:?}, not the node: killing it would orphan the node"
+    );
+    let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/time")).ok();
+    assert_ne!(ns(&pid.to_string()), ns("self"), "not in a time namespace");
+    let offsets =
+        std::fs::read_to_string(format!("/proc/{pid}/timens_offsets")).unwrap_or_default();
+    assert!(
+        offsets.lines().any(|l| l
+            .split_whitespace()
+            .take(2)
+            .eq(["boottime", BOOT_AHEAD_S.to_string().as_str()])),
+        "boot clock offset: {offsets}"
+    );
+}
+
+/// Creates customers through `entry` (503 allowed, for up to `within`) until one is placed
+/// on `owner`; its id, or what went wrong.
+async fn customer_placed_on(
+    entry: &TestNode,
+    owner: &str,
+    within: Duration,
+) -> Result<String, String> {
+    let deadline = Instant::now() + within;
+    let mut refused = 0;
+    for i in 0.. {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "no customer created on {owner} within {within:?} ({refused} creates answered 503)"
+            ));
+        }
+        let r = entry
+            .create(&format!("Boot {i}"), &format!("boot{i}@example.com"))
+            .await;
+        match r.status.as_u16() {
+            201 if r.header("x-owner-node") == Some(owner) => return Ok(id_of(&r)),
+            201 => {}
+            503 => {
+                refused += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            other => return Err(format!("create answered {other}: {:?}", r.body)),
+        }
+    }
+    unreachable!()
+}
+
+#[tokio::test]
+async fn a_node_whose_boot_clock_runs_ahead_holds_its_shards_and_serves_for_30_s() {
+    let Some(wrapper) = in_boot_clock_ahead(BOOT_AHEAD_S) else {
+        eprintln!("skipped: no time namespace here (needs root, unshare and Linux ≥ 6.3)");
+        return;
+    };
+    let _one = ONE_CLUSTER_AT_A_TIME.lock().await;
+    let cluster = TestCluster::start_wrapped("bt", 3, &[], 2, &wrapper).await;
+    let (n1, n3) = (&cluster.nodes[0], &cluster.nodes[2]);
+    assert_in_its_own_time_namespace(n3);
+    let mut trouble: Vec<String> = Vec::new();
+
+    // 1. Every shard placed on n3 held by n3 within 2 × TTL (and room for two shared cores).
+    let bound = 4 * TTL;
+    let since = Instant::now();
+    let mut last = None;
+    while since.elapsed() < bound {
+        last = placed_and_held(n3).await;
+        if matches!(&last, Some((placed, held, _)) if *placed > 0 && held == placed) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (placed, held_at_start) = match &last {
+        Some((placed, held, _)) if *placed > 0 && held == placed => (*placed, *held),
+        Some((placed, held, states)) => {
+            trouble.push(format!(
+                "after {bound:?} n3 held {held} of the {placed} shards placed on it: {states:?}"
+            ));
+            (*placed, *held)
+        }
+        None => panic!("n3 never listed its shards"),
+    };
+
+    // 2. A customer owned by n3.
+    let id = match customer_placed_on(n1, "bt3", Duration::from_secs(10)).await {
+        Ok(id) => id,
+        Err(e) => panic!(
+            "n3 (boot clock {BOOT_AHEAD_S} s ahead) cannot serve a customer of its own:\n{}\n{e}",
+            trouble.join("\n")
+        ),
+    };
+
+    // 3. For 30 s: every read of it through n1 and through n3 is 200, and n3 keeps holding
+    //    every shard it held.
+    let (mut asked, mut lowest) = (0, held_at_start);
+    let started = Instant::now();
+    while started.elapsed() < SERVE_FOR {
+        let at = started.elapsed().as_millis();
+        for entry in [n1, n3] {
+            asked += 1;
+            let r = entry.get(&id).await;
+            if r.status != 200 {
+                let owner = r.header("x-owner-node").unwrap_or("-").to_owned();
+                trouble.push(format!(
+                    "{at:>6} ms: GET through {} answered {} (owner {owner}): {}",
+                    entry.spec.name,
+                    r.status,
+                    String::from_utf8_lossy(&r.body)
+                ));
+            }
+        }
+        if let Some((_, held, states)) = placed_and_held(n3).await
+            && held < lowest
+        {
+            lowest = held;
+            trouble.push(format!(
+                "{at:>6} ms: n3 holds {held} of {placed} shards: {states:?}"
+            ));
+        }
+        tokio::time::sleep(SERVE_EVERY).await;
+    }
+    let failed_gets = trouble.iter().filter(|t| t.contains("GET through")).count();
+    assert!(
+        trouble.is_empty(),
+        "n3 (boot clock {BOOT_AHEAD_S} s ahead) did not hold its shards and serve: {failed_gets} of \
+         {asked} GETs failed, fewest shards held {lowest} of {placed}; first 25 problems:\n{}",
+        trouble
+            .iter()
+            .take(25)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }

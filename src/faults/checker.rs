@@ -39,6 +39,15 @@
 //! response — or a replay with the same `Idempotency-Key` — gave. A create whose id the client
 //! never learned is left out: no other operation can name that id either.
 //!
+//! **Retries.** A write retried with the same `Idempotency-Key` and body is recorded once per
+//! attempt, each with its own invoke and return and the key in [`Op::request`]. The attempts
+//! are one request — applied at most once, a 503 attempt never — so before the search they are
+//! folded into one operation ([`fold_attempts`]): from the invoke of the first attempt not
+//! refused to the return of the one with a definite answer, with that answer (a 504 then a
+//! replayed 200 is one acknowledged write, not two writes of one value). A value written only
+//! by attempts answered 503 is then a value never written, and a read of it cannot be placed:
+//! that is how a "503" attempt that applied shows up. [`KeyReport::ops`] counts every attempt.
+//!
 //! ## The search
 //!
 //! Wing & Gong's algorithm with Lowe's memoisation, as Porcupine and Knossos' `wgl` implement
@@ -107,12 +116,14 @@
 mod counts;
 mod history;
 mod model;
+mod retries;
 mod search;
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 pub use history::{Call, HistoryError, Op, Outcome, Refusal, Reply, read_jsonl, write_jsonl};
+pub use retries::fold_attempts;
 
 use counts::{count_lost_writes, count_stale_reads};
 use model::{Action, Event, Expect, State, Values, compile};
@@ -266,9 +277,13 @@ pub fn check_with(history: &[Op], options: &CheckOptions) -> Report {
     }
     let keys = by_key
         .into_iter()
-        .map(|(key, mut ops)| {
+        .map(|(key, recorded)| {
+            let folded = fold_attempts(&recorded);
+            let mut ops: Vec<&Op> = folded.iter().map(|op| op.as_ref()).collect();
             ops.sort_by_key(|op| op.invoke);
-            check_key(key, &ops, options)
+            let mut report = check_key(key, &ops, options);
+            report.ops = recorded.len();
+            report
         })
         .collect();
     Report { keys }
@@ -471,6 +486,7 @@ mod tests {
             invoke: at(from),
             complete: at(to),
             outcome,
+            request: None,
         }
     }
 
@@ -556,6 +572,81 @@ mod tests {
         let witness = (**witness).clone();
         assert!(!report.is_ok());
         (report, witness)
+    }
+
+    fn attempt(mut op: Op, request: &str) -> Op {
+        op.request = Some(request.to_owned());
+        op
+    }
+
+    const REFUSED: Outcome = Outcome::Fail(Refusal::Rejected);
+
+    #[test]
+    fn a_write_answered_503_whose_value_is_read_later_is_not_linearizable() {
+        // Every attempt of the request answered 503: its value was never written.
+        let history = vec![
+            create(0, 0.0, 1.0, "x"),
+            attempt(put(1, 2.0, 3.0, "a", REFUSED), "r1"),
+            attempt(put(1, 4.0, 5.0, "a", REFUSED), "r1"),
+            get(2, 10.0, 11.0, 2, "a"),
+        ];
+        let (_, witness) = assert_not_linearizable(&history);
+        assert_eq!(witness.blocked, history[3]);
+    }
+
+    #[test]
+    fn a_value_read_before_the_retry_that_applied_it_was_sent_is_not_linearizable() {
+        // Attempt 1 answered 503 (never applies), attempt 2 applied: nobody can read the value
+        // before attempt 2 was sent.
+        let early = vec![
+            create(0, 0.0, 1.0, "x"),
+            attempt(put(1, 2.0, 3.0, "a", REFUSED), "r1"),
+            get(2, 4.0, 5.0, 2, "a"),
+            attempt(put(1, 6.0, 7.0, "a", written(2)), "r1"),
+        ];
+        assert_not_linearizable(&early);
+        let mut in_time = early.clone();
+        in_time[2] = get(2, 6.5, 8.0, 2, "a");
+        assert!(assert_linearizable(&in_time).is_ok());
+    }
+
+    #[test]
+    fn a_504_then_a_replayed_200_of_the_same_request_is_one_acknowledged_write() {
+        // Attempt 1 applied but its answer was lost (504); a read saw it; attempt 2 is answered
+        // from the stored result: the same version.
+        let history = vec![
+            create(0, 0.0, 1.0, "x"),
+            attempt(put(1, 2.0, 3.0, "a", Outcome::Info), "r1"),
+            get(2, 4.0, 5.0, 2, "a"),
+            attempt(put(1, 6.0, 7.0, "a", written(2)), "r1"),
+            get(2, 8.0, 9.0, 2, "a"),
+        ];
+        let report = assert_linearizable(&history);
+        assert!(report.is_ok(), "{report}");
+        assert_eq!(report.ops(), 5, "every attempt is counted");
+        // Judged as two writes of one value, the same history could not be placed: that is
+        // why attempts carry their request id.
+        let unlinked: Vec<Op> = history
+            .iter()
+            .cloned()
+            .map(|op| Op {
+                request: None,
+                ..op
+            })
+            .collect();
+        assert_not_linearizable(&unlinked);
+    }
+
+    #[test]
+    fn a_request_applied_twice_is_not_linearizable() {
+        // The retry applied again instead of replaying: version 3 carries the value too.
+        let history = vec![
+            create(0, 0.0, 1.0, "x"),
+            attempt(put(1, 2.0, 3.0, "a", Outcome::Info), "r1"),
+            get(2, 4.0, 5.0, 2, "a"),
+            attempt(put(1, 6.0, 7.0, "a", written(3)), "r1"),
+        ];
+        assert_not_linearizable(&history);
     }
 
     #[test]
@@ -874,6 +965,7 @@ mod tests {
                 invoke: us(invoke),
                 complete: us(ret),
                 outcome,
+                request: None,
             });
         }
         (history, versions)

@@ -19,6 +19,17 @@
 //! The run ends with one read of every key (retried through every entry until one answers),
 //! so the checker can judge every acknowledged write.
 //!
+//! Retries: every write carries a fresh `Idempotency-Key` (one per request, not per attempt).
+//! A write answered 503 (not applied) or left indeterminate (504, 500, timeout, connection
+//! lost) is sent again — same key, same body — up to [`MAX_RETRIES`] times, after a pause that
+//! grows by [`RETRY_BACKOFF`] per attempt, each time through the *next* entry node (the one that
+//! failed may be the one cut off or frozen, and F4 promises the key is looked up globally). A
+//! definite answer (success, 404, 412, 409, 422) ends the request. Every attempt is recorded as
+//! its own operation with the key in [`Op::request`]; the checker folds the attempts of one
+//! request into one operation ([`super::checker::fold_attempts`]), so a 504 followed by a
+//! replayed 200 is one write, and a value written only by 503 attempts that a read returns is
+//! a violation. [`History::retries`] counts them.
+//!
 //! Besides the checker's [`Op`]s, each request keeps what the checker does not need but a
 //! fault test reports: the entry node it went through, the HTTP status, and the
 //! `X-Owner-Node` of a success (to tell whether two owners acknowledged writes at once).
@@ -30,9 +41,8 @@
 //! the rest get. Keys are chosen among those believed live nine times in ten. Beliefs are
 //! only hints for choosing; the checker never reads them.
 //!
-//! Deliberately not here: injecting faults (the test's nemesis does), retries with an
-//! `Idempotency-Key` (a retry is simply a new operation), lists (§6 R2 promises nothing
-//! across items).
+//! Deliberately not here: injecting faults (the test's nemesis does), retries of reads (a
+//! read retried is simply a new operation), lists (§6 R2 promises nothing across items).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,6 +60,12 @@ use crate::client::{ClientError, HttpClient, HttpResponse, customer_path};
 /// A client's pause after an answer that was not a success, so a cluster that refuses at
 /// once (503 in a few µs) is not flooded.
 const PAUSE_AFTER_FAILURE: Duration = Duration::from_millis(20);
+
+/// Most times a client sends a write again after a 503 or an indeterminate answer.
+pub const MAX_RETRIES: u32 = 3;
+
+/// The pause before retry `n` (1-based) is `n` times this.
+pub const RETRY_BACKOFF: Duration = Duration::from_millis(50);
 
 /// How long [`Workload::finish`] keeps trying to read each key before giving up on it.
 pub const FINAL_READ_BOUND: Duration = Duration::from_secs(20);
@@ -143,6 +159,11 @@ impl Request {
                 if_match: *if_match,
             },
         }
+    }
+
+    /// Whether the request writes (and so carries an `Idempotency-Key` and is retried).
+    pub fn is_write(&self) -> bool {
+        !matches!(self, Request::Get)
     }
 
     fn if_match(&self) -> Option<u64> {
@@ -252,6 +273,7 @@ impl Recorder {
                 invoke,
                 complete,
                 outcome,
+                request: idempotency_key.map(str::to_owned),
             },
             meta: Meta {
                 entry,
@@ -339,6 +361,13 @@ pub fn outcome_of(request: &Request, status: u16, body: Option<&Value>) -> Outco
     }
 }
 
+/// Whether a write's attempt is sent again with the same `Idempotency-Key`: it was answered
+/// 503 (not applied, retry freely) or its outcome is unknown (504, 500, timeout, connection
+/// lost, DESIGN §6). Any other answer is final.
+pub fn is_retried(request: &Request, status: Option<u16>, outcome: &Outcome) -> bool {
+    request.is_write() && (status == Some(503) || *outcome == Outcome::Info)
+}
+
 /// Whether an outcome is a definite answer about the key (the cluster served it).
 pub fn is_served(outcome: &Outcome) -> bool {
     matches!(
@@ -364,6 +393,12 @@ impl History {
         self.recorded.iter().map(|r| r.op.clone()).collect()
     }
 
+    /// How the writers retried: requests sent more than once, and the attempts after the
+    /// first.
+    pub fn retries(&self) -> Retries {
+        retries_of(&self.recorded)
+    }
+
     /// 503 answers per entry URL (every entry listed, zeros included).
     pub fn unavailable_by_entry(&self) -> BTreeMap<String, usize> {
         let mut out: BTreeMap<String, usize> =
@@ -376,6 +411,48 @@ impl History {
             }
         }
         out
+    }
+}
+
+/// How the writers retried in `recorded`: requests (by request id) sent more than once, and
+/// the attempts after the first.
+pub fn retries_of(recorded: &[Recorded]) -> Retries {
+    let mut attempts: BTreeMap<(&str, &str), (usize, bool)> = BTreeMap::new();
+    for r in recorded {
+        if let Some(request) = &r.op.request {
+            let entry = attempts
+                .entry((r.op.key.as_str(), request.as_str()))
+                .or_default();
+            entry.0 += 1;
+            entry.1 |= matches!(r.op.outcome, Outcome::Ok(_));
+        }
+    }
+    let retried = attempts.values().filter(|(n, _)| *n > 1);
+    Retries {
+        requests: retried.clone().count(),
+        attempts: retried.clone().map(|(n, _)| n - 1).sum(),
+        acknowledged: retried.filter(|(_, ok)| *ok).count(),
+    }
+}
+
+/// The writers' retries in a run ([`History::retries`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Retries {
+    /// Write requests sent more than once (same `Idempotency-Key`).
+    pub requests: usize,
+    /// Attempts after the first, over those requests.
+    pub attempts: usize,
+    /// Retried requests that some attempt got a success for.
+    pub acknowledged: usize,
+}
+
+impl std::fmt::Display for Retries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} write requests retried ({} retry attempts), {} of them acknowledged",
+            self.requests, self.attempts, self.acknowledged
+        )
     }
 }
 
@@ -532,14 +609,21 @@ impl Workload {
                 email: self.email_of(k),
             };
             let key = self.id_of(k);
+            let request_id = format!("h{}-setup-{i}", self.run_tag);
             loop {
                 let entry = i % self.http.len();
-                let r = self
-                    .recorder
-                    .send(&self.http[entry], entry, self.own_client(), &key, &request)
+                let r = (self.recorder)
+                    .send_keyed(
+                        &self.http[entry],
+                        entry,
+                        self.own_client(),
+                        &key,
+                        &request,
+                        Some(&request_id),
+                    )
                     .await;
-                // Any definite answer ends it; 503 and indeterminate answers are retried
-                // (a retry of an applied create is refused, which the checker accepts).
+                // Any definite answer ends it; 503 and indeterminate answers are retried with
+                // the same request id (a retry of an applied create gets the stored answer).
                 if let Ok(mut book) = self.book.lock() {
                     book.learn(k, &r.op.outcome);
                 }
@@ -714,16 +798,51 @@ impl Client {
                 continue;
             };
             let entry = self.rng.below(self.http.len() as u64) as usize;
-            let r = self
-                .recorder
-                .send(&self.http[entry], entry, self.id, &key, &request)
+            let outcome = self.send_with_retries(entry, k, &key, &request).await;
+            if !matches!(outcome, Outcome::Ok(_)) {
+                tokio::time::sleep(PAUSE_AFTER_FAILURE).await;
+            }
+        }
+    }
+
+    /// Sends `request` through `entry`; a write gets a fresh `Idempotency-Key` and is sent
+    /// again with it (same body, next entry node) while [`is_retried`] says so, at most
+    /// [`MAX_RETRIES`] times, and not once the run is stopping. Every attempt is recorded.
+    /// Returns the last attempt's outcome.
+    async fn send_with_retries(
+        &mut self,
+        mut entry: usize,
+        k: usize,
+        key: &str,
+        request: &Request,
+    ) -> Outcome {
+        let request_id = request
+            .is_write()
+            .then(|| format!("h{}-c{}-{}", self.run_tag, self.id, self.seq));
+        let mut retries = 0;
+        loop {
+            let r = (self.recorder)
+                .send_keyed(
+                    &self.http[entry],
+                    entry,
+                    self.id,
+                    key,
+                    request,
+                    request_id.as_deref(),
+                )
                 .await;
             if let Ok(mut book) = self.book.lock() {
                 book.learn(k, &r.op.outcome);
             }
-            if !matches!(r.op.outcome, Outcome::Ok(_)) {
-                tokio::time::sleep(PAUSE_AFTER_FAILURE).await;
+            let again = is_retried(request, r.meta.status, &r.op.outcome)
+                && retries < MAX_RETRIES
+                && !self.stop.load(Ordering::SeqCst);
+            if !again {
+                return r.op.outcome;
             }
+            retries += 1;
+            tokio::time::sleep(RETRY_BACKOFF * retries).await;
+            entry = (entry + 1) % self.http.len();
         }
     }
 
@@ -884,6 +1003,7 @@ mod tests {
                 invoke: Duration::from_millis(at_ms),
                 complete: Duration::from_millis(at_ms + 1),
                 outcome: Outcome::Ok(Reply::Written { version: at_ms }),
+                request: None,
             },
             meta: Meta {
                 entry: 0,
@@ -928,6 +1048,7 @@ mod tests {
                 invoke: Duration::ZERO,
                 complete: Duration::ZERO,
                 outcome: Outcome::Fail(Refusal::Rejected),
+                request: None,
             },
             meta: Meta {
                 entry,
@@ -949,5 +1070,112 @@ mod tests {
         assert_eq!(by_entry["a"], 1);
         assert_eq!(by_entry["b"], 2);
         assert_eq!(by_entry["c"], 0);
+    }
+
+    #[test]
+    fn writes_are_retried_after_a_503_or_an_unknown_outcome_and_reads_are_not() {
+        let unavailable = outcome_of(&patch(), 503, None);
+        assert!(is_retried(&patch(), Some(503), &unavailable));
+        assert!(is_retried(&patch(), Some(504), &Outcome::Info));
+        assert!(is_retried(&patch(), None, &Outcome::Info), "a timeout");
+        let conflict = outcome_of(&patch(), 409, None);
+        assert!(!is_retried(&patch(), Some(409), &conflict), "409 is final");
+        let found = Outcome::Fail(Refusal::PreconditionFailed);
+        assert!(!is_retried(&patch(), Some(412), &found));
+        assert!(!is_retried(&Request::Get, Some(503), &unavailable));
+    }
+
+    /// One attempt of `request` on key "k" with request id "r1", recorded as the workload
+    /// records it from the status (and body) that came back.
+    fn attempt(
+        request: &Request,
+        span_ms: (u64, u64),
+        status: Option<u16>,
+        body: Value,
+    ) -> Recorded {
+        let outcome = match status {
+            Some(status) => outcome_of(request, status, Some(&body)),
+            None => Outcome::Info,
+        };
+        Recorded {
+            op: Op {
+                client: 1,
+                key: "k".into(),
+                call: request.call(),
+                invoke: Duration::from_millis(span_ms.0),
+                complete: Duration::from_millis(span_ms.1),
+                outcome,
+                request: request.is_write().then(|| "r1".to_owned()),
+            },
+            meta: Meta {
+                entry: 0,
+                status,
+                owner: None,
+            },
+        }
+    }
+
+    fn history_of(recorded: Vec<Recorded>) -> History {
+        History {
+            recorded,
+            keys: vec!["k".into()],
+            entries: vec!["a".into()],
+        }
+    }
+
+    #[test]
+    fn a_504_then_a_replayed_200_checks_as_one_write_and_counts_as_one_retry() {
+        let create = Request::Create {
+            value: "x".into(),
+            email: "x@example.com".into(),
+        };
+        let put = Request::Patch {
+            value: "c1-1".into(),
+            if_match: None,
+        };
+        let seen = json!({"name": "c1-1", "version": 2});
+        let mut first = attempt(&create, (0, 1), Some(201), json!({"version": 1}));
+        first.op.request = None;
+        let history = history_of(vec![
+            first,
+            attempt(&put, (2, 3), Some(504), json!({})),
+            attempt(&Request::Get, (4, 5), Some(200), seen.clone()),
+            attempt(&put, (6, 7), Some(200), json!({"version": 2})),
+            attempt(&Request::Get, (8, 9), Some(200), seen),
+        ]);
+        let report = crate::faults::checker::check(&history.ops());
+        assert!(report.is_ok(), "{report}");
+        assert_eq!(
+            history.retries(),
+            Retries {
+                requests: 1,
+                attempts: 1,
+                acknowledged: 1
+            }
+        );
+    }
+
+    #[test]
+    fn a_503_write_whose_value_is_read_later_fails_the_check() {
+        let create = Request::Create {
+            value: "x".into(),
+            email: "x@example.com".into(),
+        };
+        let put = Request::Patch {
+            value: "c1-1".into(),
+            if_match: None,
+        };
+        let mut first = attempt(&create, (0, 1), Some(201), json!({"version": 1}));
+        first.op.request = None;
+        let seen = json!({"name": "c1-1", "version": 2});
+        let history = history_of(vec![
+            first,
+            attempt(&put, (2, 3), Some(503), json!({})),
+            attempt(&put, (10, 11), Some(503), json!({})),
+            attempt(&Request::Get, (20, 21), Some(200), seen),
+        ]);
+        let report = crate::faults::checker::check(&history.ops());
+        assert_eq!(report.not_linearizable(), 1, "{report}");
+        assert_eq!(history.retries().acknowledged, 0);
     }
 }

@@ -87,6 +87,8 @@ pub struct WorkloadReport {
     pub timeline: Vec<[u64; 6]>,
     /// 503 answers per entry node (by name).
     pub unavailable_by_entry: BTreeMap<String, usize>,
+    /// Writes sent again with the same `Idempotency-Key` after a 503 or an unknown outcome.
+    pub retries: super::history::Retries,
     /// The checker's verdict on every request the run recorded (`None` if not checked).
     pub history: Option<HistoryVerdict>,
 }
@@ -197,6 +199,7 @@ pub(super) fn summarize(
             .collect(),
         timeline,
         unavailable_by_entry: BTreeMap::new(),
+        retries: Default::default(),
         history: None,
     }
 }
@@ -402,6 +405,7 @@ impl WorkloadReport {
             self.lost_acknowledged_writes
         );
         let _ = writeln!(out, "503s by entry node: {:?}", self.unavailable_by_entry);
+        let _ = writeln!(out, "retries: {}", self.retries);
         if let Some(h) = &self.history {
             let _ = write!(out, "linearizability checker: {}", h.text);
         }

@@ -19,9 +19,18 @@
 //! last acknowledged write, else it counts as a *lost acknowledged write* ([`is_lost`]).
 //!
 //! Every request also goes through the history [`Recorder`] (creates with ids chosen here, a
-//! fresh name for every write attempt so each value is written once), and the run ends by
+//! fresh name for every write request so each value is written once), and the run ends by
 //! checking that history with [`super::checker`]: a history that is not linearizable fails the
 //! run like a stale read does. `--history FILE` saves it for `customer-cluster check-history`.
+//!
+//! Every PATCH carries an `Idempotency-Key` (the customer id and the name's sequence number,
+//! so one per request and never reused across runs). A PATCH answered 503 or left
+//! indeterminate is sent again with that key and body, up to [`MAX_RETRIES`] times, through
+//! the next entry node in the rotation, after [`RETRY_BACKOFF`] times the retry's number —
+//! the same rule as the fault tests' workload ([`super::history`]); each attempt is a sample
+//! and a recorded operation of its own, and the checker judges the attempts as one request.
+//! The report counts them (`retries`). A write still not answered after its retries is given
+//! up, and the next write of that customer is a new request with the next name.
 //!
 //! Events (kill, restart, freeze, thaw, isolate, cut, heal) are appended by the driving script
 //! to `--events` as `<unix_ms> <kind> <node>`; [`super::report`] measures around each one.
@@ -35,7 +44,9 @@ use hyper::Method;
 use serde_json::Value;
 
 use super::checker::{Outcome as OpOutcome, Reply, check, write_jsonl};
-use super::history::{Recorded, Recorder, Request, is_served};
+use super::history::{
+    MAX_RETRIES, RETRY_BACKOFF, Recorded, Recorder, Request, is_retried, is_served, retries_of,
+};
 use super::report::{HistoryVerdict, Record, WorkloadReport, is_lost, parse_events, summarize};
 use crate::client::{ClientError, HttpClient, HttpResponse, customer_path};
 use crate::clock::now_ms;
@@ -229,6 +240,7 @@ pub async fn run(args: &WorkloadArgs) -> Result<WorkloadReport, ClientError> {
     let mut report = summarize(&record, lost, owners_before, owners_after);
     let recorded = shared.recorder.snapshot();
     report.unavailable_by_entry = unavailable_by_entry(&recorded, &names);
+    report.retries = retries_of(&recorded);
     let ops: Vec<_> = recorded.into_iter().map(|r| r.op).collect();
     if let Some(path) = &args.history {
         let file = std::fs::File::create(path)
@@ -418,41 +430,63 @@ impl<'a> Worker<'a> {
         }
     }
 
-    /// One request, recorded; whether it succeeded. Every write attempt gets the next name,
-    /// so each value is written at most once (what the history checker needs).
+    /// One request, recorded, with its retries (module doc); whether it succeeded. Every
+    /// write request gets the next name, so each value is written by one request at most
+    /// (what the history checker needs).
     async fn step(&mut self) -> bool {
         let customer = self.mine[self.turn % self.mine.len()];
         let write = self.turn.is_multiple_of(2);
-        let node = pick_entry(&self.skip_until, self.entry, Instant::now());
-        self.entry += 1;
-        let (id, acked_version) = self.shared.acked_of(customer);
-        let name = if write {
+        let (id, _) = self.shared.acked_of(customer);
+        let (request, request_id) = if write {
             let next = self.seq.get(&customer).copied().unwrap_or(0) + 1;
             self.seq.insert(customer, next);
-            format!("w{next}")
-        } else {
-            String::new()
-        };
-        let request = if write {
-            Request::Patch {
-                value: name.clone(),
+            let request = Request::Patch {
+                value: format!("w{next}"),
                 if_match: None,
-            }
+            };
+            (request, Some(format!("{id}-w{next}")))
         } else {
-            Request::Get
+            (Request::Get, None)
         };
+        let mut retries = 0;
+        loop {
+            let (ok, retry) = self
+                .attempt(customer, &id, &request, request_id.as_deref())
+                .await;
+            if ok || !retry || retries == MAX_RETRIES {
+                return ok;
+            }
+            retries += 1;
+            tokio::time::sleep(RETRY_BACKOFF * retries).await;
+        }
+    }
+
+    /// One attempt of `request` through the next entry node, recorded and sampled: whether it
+    /// succeeded, and whether it should be sent again ([`is_retried`]).
+    async fn attempt(
+        &mut self,
+        customer: usize,
+        id: &str,
+        request: &Request,
+        request_id: Option<&str>,
+    ) -> (bool, bool) {
+        let write = request.is_write();
+        let node = pick_entry(&self.skip_until, self.entry, Instant::now());
+        self.entry += 1;
+        let (_, acked_version) = self.shared.acked_of(customer);
         let started_ms = now_ms();
         let r = (self.shared.recorder)
-            .send(&self.clients[node], node, self.id, &id, &request)
+            .send_keyed(&self.clients[node], node, self.id, id, request, request_id)
             .await;
+        let retry = is_retried(request, r.meta.status, &r.op.outcome);
         let (outcome, owner) = match (r.meta.status, &r.op.outcome) {
             (None, _) => {
                 self.skip_until[node] = Instant::now() + SKIP_UNREACHABLE;
                 (Outcome::EntryUnreachable, None)
             }
             (Some(_), OpOutcome::Ok(Reply::Written { version } | Reply::Found { version, .. })) => {
-                if write {
-                    self.shared.ack(customer, name, *version);
+                if let Request::Patch { value, .. } = request {
+                    self.shared.ack(customer, value.clone(), *version);
                 }
                 (judge(write, *version, acked_version), r.meta.owner.clone())
             }
@@ -467,7 +501,7 @@ impl<'a> Worker<'a> {
             outcome,
             owner,
         });
-        ok
+        (ok, retry)
     }
 }
 

@@ -67,6 +67,10 @@ pub struct NodeSpec {
     pub cookie: String,
     /// Extra flags.
     pub extra: Vec<String>,
+    /// A command the node is started under, which must exec its arguments in place (e.g.
+    /// `unshare --time --boottime 3600`, [`in_boot_clock_ahead`]), so that the process
+    /// started — the one signalled, killed and reaped — is the node itself. Empty: none.
+    pub wrapper: Vec<String>,
 }
 
 impl NodeSpec {
@@ -80,6 +84,7 @@ impl NodeSpec {
             seeds: Vec::new(),
             cookie: COOKIE.into(),
             extra: Vec::new(),
+            wrapper: Vec::new(),
         }
     }
 
@@ -168,7 +173,15 @@ impl TestNode {
             .append(true)
             .open(&self.log)
             .expect("log file");
-        let child = Command::new(BIN)
+        let mut command = match self.spec.wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(BIN);
+                c
+            }
+            None => Command::new(BIN),
+        };
+        let child = command
             .args(self.spec.args())
             .env_remove("RUST_LOG")
             .env_remove("CUSTOMER_CLUSTER_API_TOKEN")
@@ -382,6 +395,37 @@ impl TestCluster {
         specs
     }
 
+    /// Like [`TestCluster::start`] (SQLite on node 1), with node `wrapped` (0-based) started
+    /// under `wrapper` ([`NodeSpec::wrapper`]). Waits for the other nodes to be ready and for
+    /// every node to list all `n` members, not for the wrapped node to be ready: what it does
+    /// under its wrapper is for the test to judge.
+    pub async fn start_wrapped(
+        prefix: &str,
+        n: usize,
+        extra: &[&str],
+        wrapped: usize,
+        wrapper: &[String],
+    ) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut specs = Self::specs(prefix, n, &[], extra);
+        specs[0].db_path = Some(dir.path().join("customers.db"));
+        specs[wrapped].wrapper = wrapper.to_vec();
+        let nodes: Vec<TestNode> = specs
+            .into_iter()
+            .map(|s| TestNode::start(s, dir.path()))
+            .collect();
+        let cluster = Self { nodes, dir };
+        let timeout = Duration::from_secs(60);
+        for (i, node) in cluster.nodes.iter().enumerate() {
+            if i != wrapped {
+                node.wait_ready(timeout).await;
+            }
+        }
+        let all: Vec<&TestNode> = cluster.nodes.iter().collect();
+        cluster.wait_members(&all, n, timeout).await;
+        cluster
+    }
+
     async fn launch(specs: Vec<NodeSpec>, dir: tempfile::TempDir) -> Self {
         let n = specs.len();
         let nodes = specs
@@ -428,6 +472,32 @@ impl TestCluster {
             .find(|n| n.spec.name == name)
             .expect("no such node")
     }
+}
+
+/// The wrapper that runs a node in a new time namespace whose boot clock
+/// (`CLOCK_BOOTTIME`) is `seconds` ahead of its monotonic clock, as on a host that was
+/// suspended once: `unshare --time --boottime <seconds>`. Without `--fork`, `unshare` enters
+/// the namespace for its children and then execs the node, which (Linux ≥ 6.3) moves the
+/// exec'd program into it: the pid the test holds is the node's. `None` when this host cannot
+/// (not root, no `unshare`, a kernel without time namespaces or that exec switch).
+pub fn in_boot_clock_ahead(seconds: u64) -> Option<Vec<String>> {
+    let offset = seconds.to_string();
+    let wrapper: Vec<String> = ["unshare", "--time", "--boottime", offset.as_str()]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let out = Command::new(&wrapper[0])
+        .args(&wrapper[1..])
+        .args(["cat", "/proc/self/timens_offsets"])
+        .output()
+        .ok()?;
+    let offsets = String::from_utf8_lossy(&out.stdout);
+    let applied = offsets.lines().any(|l| {
+        l.split_whitespace()
+            .take(2)
+            .eq(["boottime", offset.as_str()])
+    });
+    (out.status.success() && applied).then_some(wrapper)
 }
 
 /// Kills and reaps a child process when dropped (for helper processes that are not nodes).

@@ -26,6 +26,12 @@ pub struct Op {
     pub complete: Duration,
     /// What came back.
     pub outcome: Outcome,
+    /// The request id (`Idempotency-Key`) this attempt was sent with, if any. Attempts of one
+    /// key that share it are retries of one request — the same call, applied at most once
+    /// (DESIGN §6 F3, F4) — and the checker judges them as one operation (see
+    /// [`super::fold_attempts`]). Absent in histories written before retries were recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<String>,
 }
 
 /// An operation on one customer, as the workload does it through the HTTP API.
@@ -221,6 +227,7 @@ mod tests {
             invoke: Duration::from_millis(from_ms),
             complete: Duration::from_millis(from_ms) + Duration::from_nanos(1_234_567),
             outcome,
+            request: None,
         }
     }
 

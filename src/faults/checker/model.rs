@@ -289,6 +289,7 @@ mod tests {
             invoke: Duration::ZERO,
             complete: Duration::from_millis(1),
             outcome: Outcome::Ok(Reply::Created { version: 1 }),
+            request: None,
         };
         let events = compile(&[&get], &mut values);
         assert_eq!(events[0].expect, Expect::Impossible);
