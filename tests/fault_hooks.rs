@@ -270,6 +270,84 @@ async fn a_holder_clock_drifting_past_the_margin_serves_a_stale_read_and_the_che
     assert!(!report.is_ok(), "{story}{report}");
 }
 
+// ---- case 17: mixed configuration -------------------------------------------------------------
+
+/// n3 runs `--lease-ttl-ms 10000` while n1 and n2 run the default 2000 ms. n3 caches a customer,
+/// is cut off from the other nodes and the database (the client still reaches it), and n2 is
+/// asked to write that customer meanwhile. n3 may serve its cache for up to 10 s − m after its
+/// last renew, so n2 must not take the shard over before that: the TTL n3 records in its lease
+/// row makes n2 wait the longer TTL. Reads through n3 all the while are never stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_a_longer_lease_ttl_is_not_taken_over_while_it_may_serve_so_no_read_is_stale() {
+    let _serial = SERIAL.lock().await;
+    let Some(lab) = NetLab::try_new(3) else {
+        return;
+    };
+    let long = ["--lease-ttl-ms", "10000"];
+    let mut cluster = LabCluster::start_each(lab, [&[], &[], &long]).await;
+    let http = clients(&cluster.urls(), Duration::from_secs(2));
+    let recorder = Recorder::new();
+    let bound = Duration::from_secs(40);
+    let key = id_moving("n3", "n2");
+    let create = Request::Create {
+        value: "before".into(),
+        email: format!("ttl-{key}@example.com"),
+    };
+    let (n2, n3) = ([(1, &http[1])], [(2, &http[2])]);
+    until_served(&recorder, &n3, 0, &key, &create, bound).await;
+    let cached = wait_until("n3 serves the customer", bound, || async {
+        let r = recorder.send(&http[2], 2, 0, &key, &Request::Get).await;
+        (r.meta.owner.as_deref() == Some("n3")).then_some(r)
+    })
+    .await;
+    assert_eq!(found_value(&cached), Some("before"));
+    // n2 has seen n3's row with its 10 s TTL before the cut.
+    wait_until("n2 warns about n3's TTL", bound, || async {
+        cluster
+            .node(2)
+            .log()
+            .contains("a peer runs with another --lease-ttl-ms")
+            .then_some(())
+    })
+    .await;
+
+    cluster.inject(Fault::Isolate(3));
+    let cut = Instant::now();
+    let write = async {
+        let w = until_served(&recorder, &n2, 1, &key, &patch("by-n2"), bound).await;
+        (w, cut.elapsed())
+    };
+    let reads = async {
+        // Read through n3 until well past the moment n3's own lease must have ended.
+        let mut served = 0;
+        while cut.elapsed() < Duration::from_secs(13) {
+            let r = recorder.send(&http[2], 2, 2, &key, &Request::Get).await;
+            served += usize::from(found_value(&r).is_some());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        served
+    };
+    let ((written, took), served_by_n3) = tokio::join!(write, reads);
+    cluster.heal(Fault::Isolate(3));
+    let after = until_served(&recorder, &n3, 2, &key, &Request::Get, bound).await;
+
+    let ops: Vec<_> = recorder.snapshot().into_iter().map(|r| r.op).collect();
+    let story: String = ops.iter().map(|op| format!("  {op}\n")).collect();
+    let report = checker::check(&ops);
+    eprintln!(
+        "mixed TTLs: n2's write acknowledged {took:?} after the cut; n3 served {served_by_n3} reads while cut off\n{story}checker: {report}"
+    );
+    assert_eq!(written.meta.owner.as_deref(), Some("n2"), "{written:?}");
+    assert!(
+        took >= Duration::from_secs(8),
+        "n2 took n3's shard over {took:?} after the cut, before n3's 10 s lease could have ended\n{story}"
+    );
+    assert!(served_by_n3 > 0, "n3 served nothing from its cache while cut off\n{story}");
+    assert_eq!(found_value(&after), Some("by-n2"), "{after:?}");
+    assert_eq!(report.stale_reads(), 0, "{story}{report}");
+    assert!(report.is_ok(), "{story}{report}");
+}
+
 // ---- case 5: a write delayed in the network ---------------------------------------------------
 
 /// n1 holds every write it routes to another node for 4 s (its request deadline is 3 s). A
