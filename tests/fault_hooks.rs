@@ -342,7 +342,10 @@ async fn a_node_with_a_longer_lease_ttl_is_not_taken_over_while_it_may_serve_so_
         took >= Duration::from_secs(8),
         "n2 took n3's shard over {took:?} after the cut, before n3's 10 s lease could have ended\n{story}"
     );
-    assert!(served_by_n3 > 0, "n3 served nothing from its cache while cut off\n{story}");
+    assert!(
+        served_by_n3 > 0,
+        "n3 served nothing from its cache while cut off\n{story}"
+    );
     assert_eq!(found_value(&after), Some("by-n2"), "{after:?}");
     assert_eq!(report.stale_reads(), 0, "{story}{report}");
     assert!(report.is_ok(), "{story}{report}");
