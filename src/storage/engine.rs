@@ -1,8 +1,8 @@
 //! Runs a [`Store`] on dedicated OS threads with group commit.
 //!
 //! * **Writer thread.** Owns the one writing connection and serves two queues:
-//!   - **lease jobs** ([`LeaseJob`]: renew, register, takeover, grant, release, clear, settle,
-//!     prune) come first: each is its own short transaction, and every one queued is served
+//!   - **lease jobs** ([`LeaseJob`]: renew, register, takeover, grant, release, clear, settle)
+//!     come first: each is its own short transaction, and every one queued is served
 //!     before the next write batch starts. A renew therefore never waits behind more than the
 //!     batch already committing, and is never part of a write batch (DESIGN §6 L2).
 //!   - **writes** ([`WriteJob`]): blocks for the first, drains whatever else is already queued
@@ -131,13 +131,6 @@ pub enum LeaseJob {
         /// Completion.
         done: Done<Settlement>,
     },
-    /// [`Store::prune_requests`].
-    PruneRequests {
-        /// Cutoff, wall-clock µs.
-        older_than: i64,
-        /// Completion: how many ids were removed.
-        done: Done<u64>,
-    },
 }
 
 impl LeaseJob {
@@ -174,7 +167,6 @@ impl LeaseJob {
                 done,
             } => done(store.clear_incarnation(&node, incarnation)),
             Self::Settle { stamp, done } => done(store.settle(&stamp)),
-            Self::PruneRequests { older_than, done } => done(store.prune_requests(older_than)),
         }
     }
 
@@ -188,7 +180,6 @@ impl LeaseJob {
             Self::Release { done, .. } => done(Err(err)),
             Self::ClearIncarnation { done, .. } => done(Err(err)),
             Self::Settle { done, .. } => done(Err(err)),
-            Self::PruneRequests { done, .. } => done(Err(err)),
         }
     }
 }
