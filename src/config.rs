@@ -22,6 +22,7 @@ use crate::cluster::lease::config::defaults as lease_defaults;
 use crate::error::{Error, Result};
 use crate::storage::engine::{Backend, EngineConfig};
 use crate::storage::postgres::{PostgresConfig, redact_url};
+use crate::storage::prune::PruneConfig;
 
 /// One layer of settings; every key optional. Doubles as the clap flags of `node` and the TOML
 /// file schema.
@@ -658,6 +659,7 @@ impl Config {
             backend,
             max_batch: self.db_max_batch,
             readers: self.db_readers,
+            prune: Some(PruneConfig::default()),
         })
     }
 

@@ -45,9 +45,16 @@
 //! An acknowledgement means "committed to disk": the engine replies only after `COMMIT`
 //! returned, with `synchronous=FULL` in WAL mode, so an fsync has happened.
 //!
+//! ## Request ids are pruned by age (F4)
+//!
+//! The engine's writer removes request ids older than the retention window (24 h or more), in
+//! small batches and only when it has nothing else to do ([`prune`]). That prune cutoff is the
+//! one wall-clock reading in storage.
+//!
 //! Deliberately not here: actors, HTTP, placement, clocks. Storage knows rows and nothing else:
 //! it does not check that a write's shard is the shard of its customer id (placement owns that
-//! function), and it never reads a clock (`applied_at` comes in with the request stamp).
+//! function), and apart from the engine's prune cutoff it never reads a clock (`applied_at`
+//! comes in with the request stamp).
 
 pub mod cas;
 pub mod email_keys;
