@@ -22,6 +22,7 @@ use crate::cluster::lease::config::defaults as lease_defaults;
 use crate::error::{Error, Result};
 use crate::storage::engine::{Backend, EngineConfig};
 use crate::storage::postgres::{PostgresConfig, redact_url};
+use crate::storage::prune::PruneConfig;
 
 /// One layer of settings; every key optional. Doubles as the clap flags of `node` and the TOML
 /// file schema.
@@ -145,6 +146,11 @@ pub struct ConfigLayer {
     #[arg(long, env = "CUSTOMER_CLUSTER_DB_READERS")]
     pub db_readers: Option<usize>,
 
+    /// Seconds a request id (Idempotency-Key) is kept after its write, so a retry gets the
+    /// first answer; then it is pruned. At least 86400 (24 h) [default: 86400].
+    #[arg(long, env = "CUSTOMER_CLUSTER_REQUEST_RETENTION_S")]
+    pub request_retention_s: Option<u64>,
+
     /// How long a graceful stop waits for in-flight requests, in ms [default: 5000].
     #[arg(long, env = "CUSTOMER_CLUSTER_SHUTDOWN_GRACE_MS")]
     pub shutdown_grace_ms: Option<u64>,
@@ -251,6 +257,7 @@ impl ConfigLayer {
             max_body_bytes,
             db_max_batch,
             db_readers,
+            request_retention_s,
             shutdown_grace_ms,
             tls_cert,
             tls_key,
@@ -372,6 +379,9 @@ pub struct Config {
     pub db_max_batch: usize,
     /// Database reader threads.
     pub db_readers: usize,
+    /// How long request ids are kept and how they are pruned (F4); the retention is at least
+    /// 24 h.
+    pub request_pruning: PruneConfig,
     /// Grace period of a graceful stop.
     pub shutdown_grace: Duration,
     /// Inter-node TLS, when configured.
@@ -422,6 +432,8 @@ pub mod defaults {
     pub const MAX_BODY_BYTES: usize = 1024 * 1024;
     /// Database reader threads.
     pub const DB_READERS: usize = 2;
+    /// Request id retention, seconds: 24 h, the shortest DESIGN §6 F4 allows.
+    pub const REQUEST_RETENTION_S: u64 = 24 * 60 * 60;
     /// Graceful stop grace, ms.
     pub const SHUTDOWN_GRACE_MS: u64 = 5000;
     /// HTTP request head timeout, ms: generous for any real client, short for a slowloris.
@@ -484,6 +496,12 @@ impl Config {
             ));
         }
         let ms = |v: Option<u64>, d: u64| Duration::from_millis(v.unwrap_or(d));
+        let request_pruning = PruneConfig::new(Duration::from_secs(
+            layer
+                .request_retention_s
+                .unwrap_or(defaults::REQUEST_RETENTION_S),
+        ))
+        .map_err(|e| invalid(format!("--request-retention-s: {e}")))?;
         let request_timeout = ms(layer.request_timeout_ms, defaults::REQUEST_TIMEOUT_MS);
         let http = HttpLimits {
             header_timeout: ms(
@@ -543,6 +561,7 @@ impl Config {
                 .db_max_batch
                 .unwrap_or(crate::storage::engine::DEFAULT_MAX_BATCH),
             db_readers: layer.db_readers.unwrap_or(defaults::DB_READERS),
+            request_pruning,
             shutdown_grace: ms(layer.shutdown_grace_ms, defaults::SHUTDOWN_GRACE_MS),
             tls: tls_paths(layer.tls_cert, layer.tls_key, layer.tls_ca)?,
             lease: LeaseConfig {
@@ -658,6 +677,7 @@ impl Config {
             backend,
             max_batch: self.db_max_batch,
             readers: self.db_readers,
+            prune: Some(self.request_pruning.clone()),
         })
     }
 
@@ -958,6 +978,10 @@ mod tests {
             c.cluster_handshake_timeout,
             Duration::from_millis(defaults::CLUSTER_HANDSHAKE_TIMEOUT_MS)
         );
+        assert_eq!(
+            c.request_pruning.retention(),
+            Duration::from_secs(defaults::REQUEST_RETENTION_S)
+        );
     }
 
     #[test]
@@ -1125,6 +1149,47 @@ mod tests {
         let mut l = minimal();
         l.http_max_connections = Some(0);
         assert!(Config::resolve(l).is_err());
+    }
+
+    #[test]
+    fn request_ids_are_kept_a_day_by_default_and_a_shorter_window_refuses_to_start() {
+        let c = Config::resolve(minimal()).unwrap();
+        assert_eq!(c.request_pruning.retention(), Duration::from_secs(86_400));
+        let file: ConfigLayer = toml::from_str("request_retention_s = 172800").unwrap();
+        let c = Config::resolve(minimal().over(file)).unwrap();
+        assert_eq!(c.request_pruning.retention(), Duration::from_secs(172_800));
+        let mut l = minimal();
+        l.db_path = Some("n1.db".into());
+        l.request_retention_s = Some(90_000);
+        let engine = Config::resolve(l).unwrap().database().unwrap();
+        assert_eq!(
+            engine.prune.map(|p| p.retention()),
+            Some(Duration::from_secs(90_000))
+        );
+        for short in [0, 3600, 86_399] {
+            let mut l = minimal();
+            l.request_retention_s = Some(short);
+            match Config::resolve(l) {
+                Err(Error::InvalidInput(m)) => assert!(
+                    m.starts_with("--request-retention-s:") && m.contains("86400 s (24 h"),
+                    "{m}"
+                ),
+                other => panic!("a retention of {short} s was accepted: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_request_retention_parses_from_the_command_line() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            layer: ConfigLayer,
+        }
+        let cli = Cli::try_parse_from(["node", "--request-retention-s", "604800"]).unwrap();
+        assert_eq!(cli.layer.request_retention_s, Some(604_800));
+        assert!(Cli::try_parse_from(["node", "--request-retention-s", "-1"]).is_err());
     }
 
     #[test]

@@ -394,6 +394,11 @@ pub const METRICS: &[(&str, MetricKind, &str)] = &[
         "Writes answered with the result stored for their request id (nothing applied)",
     ),
     (
+        "customer_requests_pruned_total",
+        MetricKind::Counter,
+        "Request ids removed after their retention window (--request-retention-s), by the writer of a node with a Database actor",
+    ),
+    (
         "customer_events_total",
         MetricKind::Counter,
         "Cluster events this node emitted on its event bus (GET /v1/events), by kind",

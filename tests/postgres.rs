@@ -144,6 +144,7 @@ fn a_stopped_server_answers_unavailable_in_time_and_service_resumes_after_restar
         backend: Backend::Postgres(config),
         max_batch: 16,
         readers: 1,
+        prune: None,
     })
     .expect("engine opens");
     let before = customer("before@x.io");

@@ -1,8 +1,8 @@
 //! Runs a [`Store`] on dedicated OS threads with group commit.
 //!
 //! * **Writer thread.** Owns the one writing connection and serves two queues:
-//!   - **lease jobs** ([`LeaseJob`]: renew, register, takeover, grant, release, clear, settle,
-//!     prune) come first: each is its own short transaction, and every one queued is served
+//!   - **lease jobs** ([`LeaseJob`]: renew, register, takeover, grant, release, clear, settle)
+//!     come first: each is its own short transaction, and every one queued is served
 //!     before the next write batch starts. A renew therefore never waits behind more than the
 //!     batch already committing, and is never part of a write batch (DESIGN §6 L2).
 //!   - **writes** ([`WriteJob`]): blocks for the first, drains whatever else is already queued
@@ -10,6 +10,10 @@
 //!     only then completes every write in the batch. Under load, batches grow by themselves and
 //!     the fsync cost is shared; at low load a lone write commits immediately, so group commit
 //!     adds no latency. `max_batch = 1` gives classic one-commit-per-write.
+//!   - **request-id pruning** (F4, [`super::prune`]) comes last: when a prune batch is due and
+//!     neither queue has anything, the writer removes at most one batch of expired request
+//!     ids in its own transaction; a batch that has waited for an idle writer for a second
+//!     runs between write batches, still never before a queued lease job.
 //!
 //!   Grants and fenced writes share this one connection, so a write's token check and its
 //!   commit cannot be interleaved with a grant (F1 on SQLite).
@@ -23,14 +27,16 @@
 //! Shutdown: dropping the [`Engine`] closes the queues; threads finish what was queued, then
 //! exit. [`Engine::shutdown`] additionally waits for them.
 
+use std::hash::{BuildHasher, Hasher};
 use std::path::PathBuf;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Select, Sender};
 
 use super::email_keys;
 use super::postgres::{PostgresConfig, PostgresStore, redact_url};
+use super::prune::{PruneConfig, Schedule};
 use super::sqlite::SqliteStore;
 use super::{
     Grant, Holder, Observed, Registration, Release, Renewal, RequestStamp, Settlement, ShardId,
@@ -133,13 +139,6 @@ pub enum LeaseJob {
         /// Completion.
         done: Done<Settlement>,
     },
-    /// [`Store::prune_requests`].
-    PruneRequests {
-        /// Cutoff, wall-clock µs.
-        older_than: i64,
-        /// Completion: how many ids were removed.
-        done: Done<u64>,
-    },
 }
 
 impl LeaseJob {
@@ -181,7 +180,6 @@ impl LeaseJob {
                 done,
             } => done(store.clear_incarnation(&node, incarnation)),
             Self::Settle { stamp, done } => done(store.settle(&stamp)),
-            Self::PruneRequests { older_than, done } => done(store.prune_requests(older_than)),
         }
     }
 
@@ -195,7 +193,6 @@ impl LeaseJob {
             Self::Release { done, .. } => done(Err(err)),
             Self::ClearIncarnation { done, .. } => done(Err(err)),
             Self::Settle { done, .. } => done(Err(err)),
-            Self::PruneRequests { done, .. } => done(Err(err)),
         }
     }
 }
@@ -256,15 +253,18 @@ pub struct EngineConfig {
     pub max_batch: usize,
     /// Number of reader threads (each with its own connection).
     pub readers: usize,
+    /// How the writer prunes request ids (F4); `None` never prunes (tests of other things).
+    pub prune: Option<PruneConfig>,
 }
 
 impl EngineConfig {
-    /// A SQLite engine on `path`.
+    /// A SQLite engine on `path` that prunes request ids as designed (24 h retention).
     pub fn sqlite(path: impl Into<PathBuf>, max_batch: usize, readers: usize) -> Self {
         Self {
             backend: Backend::Sqlite(path.into()),
             max_batch,
             readers,
+            prune: Some(PruneConfig::default()),
         }
     }
 }
@@ -289,37 +289,31 @@ impl Engine {
                 let readers = (0..readers)
                     .map(|_| SqliteStore::open_reader(path))
                     .collect::<Result<Vec<_>>>()?;
-                Self::start(writer, readers, config.max_batch, path.clone())
+                let writer = Writer::new(writer, config);
+                Self::start(writer, readers, path.clone())
             }
             Backend::Postgres(pg) => {
                 let mut writer = PostgresStore::connect(pg)?;
                 email_keys::report(&writer.email_key_conflicts()?);
                 let readers = vec![writer.clone(); readers];
-                Self::start(writer, readers, config.max_batch, PathBuf::new())
+                let writer = Writer::new(writer, config);
+                Self::start(writer, readers, PathBuf::new())
             }
         }
     }
 
     /// Starts the writer thread over `writer` and one reader thread per store in `readers`.
     /// `stall_key` names this engine for the test-only writer stall hook ([`stall`]).
-    fn start<S: Store>(
-        writer: S,
-        readers: Vec<S>,
-        max_batch: usize,
-        stall_key: PathBuf,
-    ) -> Result<Self> {
+    fn start<S: Store>(writer: Writer<S>, readers: Vec<S>, stall_key: PathBuf) -> Result<Self> {
         let (lease_tx, lease_rx) = crossbeam_channel::unbounded();
         let (write_tx, write_rx) = crossbeam_channel::unbounded();
         let (read_tx, read_rx) = crossbeam_channel::unbounded();
         #[cfg(not(test))]
         let _ = stall_key;
-        let mut threads = vec![spawn_named("db-writer", {
-            let max = max_batch.max(1);
-            move || {
-                #[cfg(test)]
-                stall::bind(stall_key);
-                write_loop(writer, &lease_rx, &write_rx, max)
-            }
+        let mut threads = vec![spawn_named("db-writer", move || {
+            #[cfg(test)]
+            stall::bind(stall_key);
+            write_loop(writer, &lease_rx, &write_rx)
         })?];
         for (i, reader) in readers.into_iter().enumerate() {
             let rx = read_rx.clone();
@@ -424,6 +418,8 @@ pub enum Next<L, W> {
     Lease(L),
     /// A batch of writes, in one transaction.
     Writes(Vec<W>),
+    /// Nothing is queued and the deadline has passed: time for low-priority work (a prune).
+    Idle,
 }
 
 /// The writer's schedule: a queued lease job always goes first; otherwise a batch of the
@@ -433,6 +429,17 @@ pub fn next_job<L, W>(
     leases: &Receiver<L>,
     writes: &Receiver<W>,
     max: usize,
+) -> Option<Next<L, W>> {
+    next_job_until(leases, writes, max, None)
+}
+
+/// [`next_job`], but once `until` has passed with nothing queued, returns [`Next::Idle`]
+/// instead of blocking on: queued lease jobs and writes always go before idle work.
+pub fn next_job_until<L, W>(
+    leases: &Receiver<L>,
+    writes: &Receiver<W>,
+    max: usize,
+    until: Option<Instant>,
 ) -> Option<Next<L, W>> {
     loop {
         let lease_closed = match leases.try_recv() {
@@ -446,6 +453,9 @@ pub fn next_job<L, W>(
         if lease_closed && writes_closed {
             return None;
         }
+        if until.is_some_and(|t| Instant::now() >= t) {
+            return Some(Next::Idle);
+        }
         // Wait without taking anything, then take in priority order above.
         let mut ready = Select::new();
         if !lease_closed {
@@ -454,30 +464,135 @@ pub fn next_job<L, W>(
         if !writes_closed {
             ready.recv(writes);
         }
-        ready.ready();
+        match until {
+            Some(t) => {
+                let _ = ready.ready_deadline(t);
+            }
+            None => {
+                ready.ready();
+            }
+        }
     }
+}
+
+/// The writer's store and what it does besides serving jobs.
+struct Writer<S> {
+    store: S,
+    /// Most writes per transaction (at least 1).
+    max_batch: usize,
+    /// When and how to prune request ids; `None` never prunes.
+    prune: Option<Schedule>,
+}
+
+impl<S: Store> Writer<S> {
+    fn new(store: S, config: &EngineConfig) -> Self {
+        let prune = config.prune.clone().map(|p| {
+            let first = jitter(p.max_jitter() * 2);
+            Schedule::new(p, Instant::now(), first)
+        });
+        Self {
+            store,
+            max_batch: config.max_batch.max(1),
+            prune,
+        }
+    }
+
+    /// When the next prune batch is due, if this writer prunes.
+    fn prune_due(&self) -> Option<Instant> {
+        self.prune.as_ref().map(Schedule::due)
+    }
+
+    /// Whether a due prune batch has waited long enough for an idle writer.
+    fn prune_starved(&self) -> bool {
+        self.prune
+            .as_ref()
+            .is_some_and(|p| p.starved(Instant::now()))
+    }
+
+    /// Runs one prune batch (F4) and schedules the next. Returns false if the store panicked.
+    fn prune_batch(&mut self) -> bool {
+        let Some(schedule) = self.prune.as_mut() else {
+            return true;
+        };
+        #[cfg(test)]
+        stall::wait_while_stalled();
+        let config = schedule.config().clone();
+        let cutoff = config.cutoff(crate::clock::now_micros());
+        let store = &mut self.store;
+        let Some(result) = guarded("request prune", || {
+            store.prune_requests(cutoff, config.batch())
+        }) else {
+            return false;
+        };
+        let now = Instant::now();
+        let spread = jitter(config.max_jitter());
+        let pass = match result {
+            Ok(removed) => {
+                metrics::counter!("customer_requests_pruned_total").increment(removed);
+                schedule.batch_done(removed, now, spread)
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "pruning expired request ids failed; retried at the next pass");
+                Some(schedule.batch_failed(now, spread))
+            }
+        };
+        if let Some(pass) = pass.filter(|p| p.removed > 0) {
+            tracing::info!(
+                removed = pass.removed,
+                batches = pass.batches,
+                retention_s = config.retention().as_secs(),
+                "pruned request ids past their retention window"
+            );
+        }
+        true
+    }
+}
+
+/// A random duration below `max` (zero for zero), to spread the prune passes of several nodes.
+fn jitter(max: Duration) -> Duration {
+    let nanos = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
+    if nanos == 0 {
+        return Duration::ZERO;
+    }
+    // A fresh RandomState is randomly keyed: enough randomness for spreading work.
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    Duration::from_nanos(random % nanos)
 }
 
 /// The writer thread. It returns when the queues close (shutdown) or after a panic in a job:
 /// a store that panicked mid-statement is not trusted with the next one. The Database actor
 /// notices the stopped writer ([`Engine::writer_stopped`]) and fails, and its supervisor
 /// starts it again over a fresh engine.
-fn write_loop(
-    mut store: impl Store,
+fn write_loop<S: Store>(
+    mut writer: Writer<S>,
     leases: &Receiver<LeaseJob>,
     writes: &Receiver<WriteJob>,
-    max_batch: usize,
 ) {
-    while let Some(next) = next_job(leases, writes, max_batch) {
+    loop {
+        // A prune batch starved by a writer that is never idle goes between write batches,
+        // but never before a queued lease job.
+        if writer.prune_starved() && leases.is_empty() {
+            if !writer.prune_batch() {
+                return;
+            }
+            continue;
+        }
+        let until = writer.prune_due();
+        let Some(next) = next_job_until(leases, writes, writer.max_batch, until) else {
+            return;
+        };
         let survived = match next {
             Next::Lease(job) => {
                 #[cfg(test)]
                 stall::wait_while_stalled();
                 // A panicking job drops its reply: its caller sees the request dropped and
                 // treats it as failed (a lease operation never counts as done unanswered).
-                guarded("lease job", || job.run(&mut store)).is_some()
+                guarded("lease job", || job.run(&mut writer.store)).is_some()
             }
-            Next::Writes(batch) => write_batch(&mut store, batch),
+            Next::Writes(batch) => write_batch(&mut writer.store, batch),
+            Next::Idle => writer.prune_batch(),
         };
         if !survived {
             return;
@@ -681,6 +796,202 @@ mod tests {
         assert_eq!(
             next_job(&leases, &writes, 3),
             Some(Next::Writes(vec![3, 4]))
+        );
+    }
+
+    #[test]
+    fn due_idle_work_waits_until_both_queues_are_empty() {
+        let (lease_tx, leases) = crossbeam_channel::unbounded();
+        let (write_tx, writes) = crossbeam_channel::unbounded();
+        let past = Some(Instant::now());
+        write_tx.send(1).unwrap();
+        lease_tx.send("renew").unwrap();
+        assert_eq!(
+            next_job_until(&leases, &writes, 8, past),
+            Some(Next::Lease("renew"))
+        );
+        assert_eq!(
+            next_job_until(&leases, &writes, 8, past),
+            Some(Next::Writes(vec![1]))
+        );
+        assert_eq!(next_job_until(&leases, &writes, 8, past), Some(Next::Idle));
+        // Before the deadline the writer keeps waiting for work instead.
+        let soon = Instant::now() + Duration::from_millis(30);
+        assert_eq!(
+            next_job_until(&leases, &writes, 8, Some(soon)),
+            Some(Next::Idle)
+        );
+        assert!(Instant::now() >= soon);
+        drop((lease_tx, write_tx));
+        assert_eq!(next_job_until(&leases, &writes, 8, past), None);
+    }
+
+    /// Rows of `applied_requests` in the SQLite file at `path`, read beside the engine.
+    fn request_ids(path: &std::path::Path) -> Vec<String> {
+        let conn = rusqlite::Connection::open(path).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT request_id FROM applied_requests ORDER BY request_id")
+            .unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<std::result::Result<_, _>>()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_running_engine_prunes_expired_request_ids_by_itself_in_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.db");
+        let retention = Duration::from_secs(60);
+        let config = EngineConfig {
+            prune: Some(PruneConfig::for_tests(
+                retention,
+                Duration::from_millis(20),
+                2,
+            )),
+            ..EngineConfig::sqlite(&path, 8, 1)
+        };
+        let engine = Engine::open(&config).unwrap();
+        let now = crate::clock::now_micros();
+        let (tx, rx) = mpsc::channel();
+        for i in 0..6 {
+            // Five ids stored two retention windows ago, one just now.
+            let at = if i < 5 { now - 2 * 60_000_000 } else { now };
+            let fields = validate(FieldsInput {
+                name: Some(format!("n{i}")),
+                email: Some(format!("e{i}@x.io")),
+                ..Default::default()
+            })
+            .unwrap();
+            let write = Write {
+                op: WriteOp::Insert(Customer::new(new_customer_id(), fields, 1)),
+                fence: None,
+                request: Some(RequestStamp {
+                    id: format!("k{i}"),
+                    body_hash: i,
+                    attempt: 1,
+                    at,
+                }),
+            };
+            let tx = tx.clone();
+            engine.submit(write, Box::new(move |r| tx.send(r).unwrap()));
+        }
+        for _ in 0..6 {
+            assert!(matches!(
+                rx.recv().unwrap(),
+                Ok(WriteOutcome::Decided(Ok(_)))
+            ));
+        }
+        // Nobody calls prune: the writer's own schedule removes the five, two at a time.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while request_ids(&path) != ["k5"] {
+            assert!(
+                Instant::now() < deadline,
+                "expired ids not pruned: {:?}",
+                request_ids(&path)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        engine.shutdown();
+    }
+
+    /// How many request ids the SQLite file at `path` holds.
+    fn count_request_ids(path: &std::path::Path) -> i64 {
+        let conn = rusqlite::Connection::open(path).unwrap();
+        conn.query_row("SELECT count(*) FROM applied_requests", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn renews_are_answered_promptly_while_a_large_backlog_is_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        let retention = Duration::from_secs(60);
+        let config = EngineConfig {
+            // Batches of 500, 20 ms apart: 10 000 ids take 20 batches and at least 400 ms.
+            prune: Some(PruneConfig::for_tests(
+                retention,
+                Duration::from_millis(20),
+                500,
+            )),
+            ..EngineConfig::sqlite(&path, 512, 1)
+        };
+        let engine = Engine::open(&config).unwrap();
+        let (tx, rx) = mpsc::channel();
+        engine.lease(LeaseJob::Register {
+            node: "n1".into(),
+            incarnation: 7,
+            done: Box::new(move |r| tx.send(r).unwrap()),
+        });
+        let Ok(Registration::Registered { epoch }) = rx.recv().unwrap() else {
+            panic!("register failed");
+        };
+        let me = Holder {
+            node: "n1".into(),
+            incarnation: 7,
+            epoch,
+        };
+        // 10 000 ids that all expire about 3 s from now.
+        let at = crate::clock::now_micros() - 57_000_000;
+        let (tx, rx) = mpsc::channel();
+        for i in 0..10_000_u64 {
+            let tx = tx.clone();
+            let fields = crate::storage::suite::fields("N", &format!("e{i}@x.io"));
+            let write = Write {
+                op: WriteOp::Insert(Customer::new(new_customer_id(), fields, 1)),
+                fence: None,
+                request: Some(RequestStamp {
+                    id: format!("k{i}"),
+                    body_hash: i,
+                    attempt: 1,
+                    at,
+                }),
+            };
+            engine.submit(write, Box::new(move |r| tx.send(r).unwrap()));
+        }
+        for _ in 0..10_000 {
+            assert!(rx.recv().unwrap().is_ok());
+        }
+        let (mut slowest, mut during_pruning) = (Duration::ZERO, 0);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for k in 1.. {
+            let left = count_request_ids(&path);
+            if left == 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{left} ids never pruned");
+            let (tx, rx) = mpsc::channel();
+            let started = Instant::now();
+            engine.lease(LeaseJob::Renew {
+                me: me.clone(),
+                k,
+                done: Box::new(move |r| tx.send(r).unwrap()),
+            });
+            assert!(matches!(rx.recv().unwrap(), Ok(Renewal::Renewed { .. })));
+            if left < 10_000 {
+                during_pruning += 1;
+                slowest = slowest.max(started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(
+            during_pruning >= 10,
+            "only {during_pruning} renews overlapped pruning"
+        );
+        // A renew waits behind one batch of 500 deletes at most: milliseconds.
+        assert!(
+            slowest < Duration::from_millis(250),
+            "a renew waited {slowest:?} behind pruning"
+        );
+        engine.shutdown();
+    }
+
+    #[test]
+    fn the_default_engine_keeps_request_ids_for_a_day() {
+        let config = EngineConfig::sqlite("unused.db", 8, 1);
+        assert_eq!(
+            config.prune.map(|p| p.retention()),
+            Some(super::super::prune::MIN_RETENTION)
         );
     }
 

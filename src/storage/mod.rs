@@ -45,9 +45,16 @@
 //! An acknowledgement means "committed to disk": the engine replies only after `COMMIT`
 //! returned, with `synchronous=FULL` in WAL mode, so an fsync has happened.
 //!
+//! ## Request ids are pruned by age (F4)
+//!
+//! The engine's writer removes request ids older than the retention window (24 h or more), in
+//! small batches and only when it has nothing else to do ([`prune`]). That prune cutoff is the
+//! one wall-clock reading in storage.
+//!
 //! Deliberately not here: actors, HTTP, placement, clocks. Storage knows rows and nothing else:
 //! it does not check that a write's shard is the shard of its customer id (placement owns that
-//! function), and it never reads a clock (`applied_at` comes in with the request stamp).
+//! function), and apart from the engine's prune cutoff it never reads a clock (`applied_at`
+//! comes in with the request stamp).
 
 pub mod cas;
 pub mod email_keys;
@@ -55,6 +62,7 @@ pub mod engine;
 pub mod leases;
 pub mod migrations;
 pub mod postgres;
+pub mod prune;
 pub mod requests;
 pub mod sqlite;
 #[cfg(test)]
@@ -209,10 +217,12 @@ pub trait Store: Send + 'static {
     /// the id as aborted unless it is already settled; see [`Settlement`].
     fn settle(&mut self, stamp: &RequestStamp) -> Result<Settlement>;
 
-    /// F4: forgets request ids applied strictly before `older_than` (wall-clock µs, as in
-    /// [`RequestStamp::at`]). Returns how many were removed. Callers keep at least
-    /// [`requests::MIN_RETENTION`].
-    fn prune_requests(&mut self, older_than: i64) -> Result<u64>;
+    /// F4: forgets at most `limit` request ids applied strictly before `older_than`
+    /// (wall-clock µs, as in [`RequestStamp::at`]), oldest first, in one short transaction that
+    /// waits for no lock a write holds (rows another transaction holds are skipped). Returns how
+    /// many were removed: fewer than `limit` means none is left but such held rows. Callers
+    /// keep at least [`requests::MIN_RETENTION`] ([`prune`]).
+    fn prune_requests(&mut self, older_than: i64, limit: u32) -> Result<u64>;
 
     /// L1: registers a process (`incarnation`) under its node name; see [`Registration`].
     fn register(&mut self, node: &str, incarnation: u64) -> Result<Registration>;

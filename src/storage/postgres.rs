@@ -777,8 +777,8 @@ impl Store for PostgresStore {
         self.in_tx(async |tx| requests::settle(tx, stamp).await)
     }
 
-    fn prune_requests(&mut self, older_than: i64) -> Result<u64> {
-        self.in_tx(async |tx| requests::prune(tx, older_than).await)
+    fn prune_requests(&mut self, older_than: i64, limit: u32) -> Result<u64> {
+        self.in_tx(async |tx| requests::prune(tx, older_than, limit).await)
     }
 
     fn register(&mut self, node: &str, incarnation: u64) -> Result<Registration> {
@@ -1201,6 +1201,55 @@ mod tests {
             .map(|c| store.get(&c.id).unwrap().unwrap().version)
             .sum();
         assert!(versions > 12, "some updates applied");
+    }
+
+    #[test]
+    fn nodes_pruning_one_server_at_once_remove_each_expired_id_once_and_keep_the_rest() {
+        // F4: every node prunes the shared table. Concurrent prunes skip each other's rows
+        // instead of waiting or deadlocking, and together remove exactly the expired ids.
+        let Some((scratch, mut store)) = fresh(module_path!()) else {
+            return;
+        };
+        let writes: Vec<Write> = (0..60)
+            .map(|i| Write {
+                op: WriteOp::Insert(suite::customer("C", &format!("c{i}@x.io"))),
+                fence: None,
+                request: Some(RequestStamp {
+                    id: format!("k{i}"),
+                    body_hash: i,
+                    attempt: 1,
+                    at: if i < 50 { i as i64 } else { 1_000_000 },
+                }),
+            })
+            .collect();
+        store.write_batch(&writes).unwrap();
+        let nodes: Vec<_> = (0..3)
+            .map(|_| {
+                let mut store = PostgresStore::connect(&scratch.config()).unwrap();
+                std::thread::spawn(move || {
+                    let mut removed = 0;
+                    loop {
+                        let n = store
+                            .prune_requests(1_000, 4)
+                            .expect("a concurrent prune neither fails nor waits");
+                        assert!(n <= 4, "one batch at most");
+                        removed += n;
+                        if n == 0 {
+                            return removed;
+                        }
+                    }
+                })
+            })
+            .collect();
+        let removed: u64 = nodes.into_iter().map(|n| n.join().unwrap()).sum();
+        assert_eq!(removed, 50);
+        assert_eq!(store.prune_requests(1_000, 4).unwrap(), 0);
+        let kept = store.write_batch(&writes[50..]).unwrap();
+        assert!(
+            kept.iter()
+                .all(|o| matches!(o, WriteOutcome::Replayed(StoredResult::Row(_)))),
+            "the younger ids still replay: {kept:?}"
+        );
     }
 
     #[test]

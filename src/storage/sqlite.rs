@@ -224,8 +224,8 @@ impl Store for SqliteStore {
         requests::settle(&mut self.conn, stamp)
     }
 
-    fn prune_requests(&mut self, older_than: i64) -> Result<u64> {
-        requests::prune(&self.conn, older_than)
+    fn prune_requests(&mut self, older_than: i64, limit: u32) -> Result<u64> {
+        requests::prune(&self.conn, older_than, limit)
     }
 
     fn register(&mut self, node: &str, incarnation: u64) -> Result<Registration> {

@@ -10,6 +10,7 @@
 
 use crate::customer::{Customer, CustomerFields, new_customer_id};
 use crate::error::Error;
+use crate::storage::prune::{BATCH, MIN_RETENTION, PruneConfig};
 use crate::storage::{
     Fence, Grant, Holder, Observed, Registration, Release, Renewal, RequestStamp, Settlement,
     ShardGrant, ShardId, Store, StoredResult, Takeover, Write, WriteOp, WriteOutcome,
@@ -41,6 +42,8 @@ macro_rules! store_suite {
             request_ids_are_global_not_per_customer,
             a_version_miss_does_not_record_the_request_id,
             pruning_forgets_only_old_request_ids,
+            an_id_past_the_retention_window_is_forgotten_and_one_inside_it_replays,
+            a_prune_removes_one_batch_oldest_first_and_repeated_batches_remove_all,
             a_stale_token_is_fenced_and_the_retry_at_the_right_token_applies,
             a_fenced_write_and_a_duplicate_email_fail_alone_in_their_batch,
             every_shard_exists_unheld_before_any_grant,
@@ -699,13 +702,90 @@ pub fn pruning_forgets_only_old_request_ids(s: &mut dyn Store) {
         s,
         with(WriteOp::Insert(new.clone()), None, Some(new_key.clone())),
     );
-    assert_eq!(s.prune_requests(3_000).unwrap(), 1);
-    assert_eq!(s.prune_requests(3_000).unwrap(), 0);
+    assert_eq!(s.prune_requests(3_000, BATCH).unwrap(), 1);
+    assert_eq!(s.prune_requests(3_000, BATCH).unwrap(), 0);
     let kept = one(s, with(WriteOp::Insert(new.clone()), None, Some(new_key)));
     assert_eq!(kept, WriteOutcome::Replayed(StoredResult::Row(new)));
     // The pruned id is unknown again: the (idempotent) create is decided afresh.
     let forgotten = one(s, with(WriteOp::Insert(old.clone()), None, Some(old_key)));
     assert_eq!(forgotten, WriteOutcome::Decided(Ok(Some(old))));
+}
+
+/// F4 with the node's window: an id stored 25 h ago is forgotten (its retry is a new request),
+/// one stored 23 h ago still replays its first answer; an abort past the window goes too.
+pub fn an_id_past_the_retention_window_is_forgotten_and_one_inside_it_replays(s: &mut dyn Store) {
+    const HOUR: i64 = 3_600_000_000;
+    let now = 30 * 24 * HOUR;
+    let cutoff = PruneConfig::new(MIN_RETENTION).unwrap().cutoff(now);
+    let old = customer("Old", "old@x.io");
+    let young = customer("Young", "young@x.io");
+    let old_key = stamp("old", 1, 1, now - 25 * HOUR);
+    let young_key = stamp("young", 2, 1, now - 23 * HOUR);
+    one(
+        s,
+        with(WriteOp::Insert(old.clone()), None, Some(old_key.clone())),
+    );
+    one(
+        s,
+        with(
+            WriteOp::Insert(young.clone()),
+            None,
+            Some(young_key.clone()),
+        ),
+    );
+    let aborted = stamp("aborted", 3, 1, now - 48 * HOUR);
+    assert_eq!(s.settle(&aborted).unwrap(), Settlement::Aborted);
+    assert_eq!(s.prune_requests(cutoff, BATCH).unwrap(), 2);
+    let replayed = one(
+        s,
+        with(WriteOp::Insert(young.clone()), None, Some(young_key)),
+    );
+    assert_eq!(replayed, WriteOutcome::Replayed(StoredResult::Row(young)));
+    let renamed = WriteOp::Insert(Customer {
+        fields: fields("Renamed", "old@x.io"),
+        ..old.clone()
+    });
+    let retried = one(s, with(renamed, None, Some(old_key)));
+    assert!(
+        matches!(retried, WriteOutcome::Decided(Err(Error::Conflict(_)))),
+        "a forgotten id is decided afresh (here: the id exists with other fields): {retried:?}"
+    );
+}
+
+/// F4 off the hot path: one prune statement removes at most its batch, oldest first; repeated
+/// batches remove every expired id and nothing younger.
+pub fn a_prune_removes_one_batch_oldest_first_and_repeated_batches_remove_all(s: &mut dyn Store) {
+    let rows: Vec<(Customer, RequestStamp)> = (1..=8)
+        .map(|i| {
+            let c = customer(&format!("C{i}"), &format!("c{i}@x.io"));
+            (c, stamp(&format!("k{i}"), i, 1, i as i64 * 1_000))
+        })
+        .collect();
+    let writes: Vec<Write> = rows
+        .iter()
+        .map(|(c, k)| with(WriteOp::Insert(c.clone()), None, Some(k.clone())))
+        .collect();
+    s.write_batch(&writes).expect("batch commits");
+    // Ids k1..k7 are past the cutoff, k8 is not.
+    let replay = |s: &mut dyn Store, i: usize| one(s, writes[i].clone());
+    assert_eq!(s.prune_requests(7_500, 3).unwrap(), 3);
+    assert_eq!(
+        replay(s, 3),
+        WriteOutcome::Replayed(StoredResult::Row(rows[3].0.clone())),
+        "the fourth oldest is kept by the first batch"
+    );
+    assert_eq!(s.prune_requests(7_500, 3).unwrap(), 3);
+    assert_eq!(s.prune_requests(7_500, 3).unwrap(), 1);
+    assert_eq!(s.prune_requests(7_500, 3).unwrap(), 0);
+    assert_eq!(
+        replay(s, 7),
+        WriteOutcome::Replayed(StoredResult::Row(rows[7].0.clone()))
+    );
+    assert_eq!(
+        replay(s, 0),
+        WriteOutcome::Decided(Ok(Some(rows[0].0.clone()))),
+        "the oldest is forgotten: its retry is decided afresh"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

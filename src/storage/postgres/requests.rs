@@ -125,12 +125,18 @@ pub(super) async fn settle(tx: &Transaction<'_>, stamp: &RequestStamp) -> Result
     }
 }
 
-/// F4: removes ids applied before `older_than`.
-pub(super) async fn prune(tx: &Transaction<'_>, older_than: i64) -> Result<u64> {
+/// F4: removes at most `limit` ids applied before `older_than`, oldest first. Every node
+/// prunes: rows another transaction holds (a claim, another node's prune) are skipped, not
+/// waited for, so concurrent prunes remove disjoint rows and never delay a write.
+pub(super) async fn prune(tx: &Transaction<'_>, older_than: i64, limit: u32) -> Result<u64> {
     let stmt = tx
-        .prepare_cached("DELETE FROM applied_requests WHERE applied_at < $1")
+        .prepare_cached(
+            "DELETE FROM applied_requests WHERE request_id IN (
+                 SELECT request_id FROM applied_requests WHERE applied_at < $1
+                  ORDER BY applied_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        )
         .await?;
-    Ok(tx.execute(&stmt, &[&older_than]).await?)
+    Ok(tx.execute(&stmt, &[&older_than, &i64::from(limit)]).await?)
 }
 
 /// The row holding `id`, which must exist and be settled.

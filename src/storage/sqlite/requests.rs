@@ -75,10 +75,16 @@ pub(super) fn settle(conn: &mut Connection, stamp: &RequestStamp) -> Result<Sett
     Ok(settlement)
 }
 
-/// F4: removes ids applied before `older_than`.
-pub(super) fn prune(conn: &Connection, older_than: i64) -> Result<u64> {
-    let mut stmt = conn.prepare_cached("DELETE FROM applied_requests WHERE applied_at < ?1")?;
-    Ok(stmt.execute([older_than])? as u64)
+/// F4: removes at most `limit` ids applied before `older_than`, oldest first (through the
+/// `applied_at` index). Runs on the writer connection between transactions, so it never meets
+/// a claim in progress.
+pub(super) fn prune(conn: &Connection, older_than: i64, limit: u32) -> Result<u64> {
+    let mut stmt = conn.prepare_cached(
+        "DELETE FROM applied_requests WHERE request_id IN (
+             SELECT request_id FROM applied_requests WHERE applied_at < ?1
+              ORDER BY applied_at LIMIT ?2)",
+    )?;
+    Ok(stmt.execute(params![older_than, limit])? as u64)
 }
 
 /// Inserts the id unless present; true if inserted. An id inserted as aborted starts its set
