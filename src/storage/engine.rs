@@ -965,6 +965,7 @@ mod tests {
             engine.lease(LeaseJob::Renew {
                 me: me.clone(),
                 k,
+                ttl_ms: 2000,
                 done: Box::new(move |r| tx.send(r).unwrap()),
             });
             assert!(matches!(rx.recv().unwrap(), Ok(Renewal::Renewed { .. })));
