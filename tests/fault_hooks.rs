@@ -396,6 +396,62 @@ async fn a_write_delayed_past_its_deadline_never_lands_even_where_the_deadline_g
     }
 }
 
+// ---- deadlines across hosts: an owner whose wall clock runs ahead ------------------------------
+
+/// n3's wall clock reads 8 s ahead of the others' (more than the 3 s request timeout). Twenty
+/// customers that n3 owns are created and served through n3 (where entry and owner are one
+/// node), then read, patched and read again through n1: every
+/// answer is a 200 from n3. A deadline travels as the time left (DESIGN §4) and the owner
+/// counts it on its own monotonic clock, so no wall clock is compared across hosts; an instant
+/// on the entry's wall clock would be long past on n3's, and n3 would refuse every one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_whose_wall_clock_runs_8_s_ahead_serves_every_request_routed_through_another_node()
+{
+    let _serial = SERIAL.lock().await;
+    let Some(lab) = NetLab::try_new(3) else {
+        return;
+    };
+    let ahead = ["--fault-hook", "wall-clock-offset=8000"];
+    let cluster = LabCluster::start_each(lab, [&[], &[], &ahead]).await;
+    let http = clients(&cluster.urls(), Duration::from_secs(10));
+    let recorder = Recorder::new();
+    let bound = Duration::from_secs(30);
+    let keys: Vec<String> = (0..20).map(|_| id_moving("n3", "n2")).collect();
+    let n3 = [(2, &http[2])];
+    for key in &keys {
+        let create = Request::Create {
+            value: "first".into(),
+            email: format!("ahead-{key}@example.com"),
+        };
+        until_served(&recorder, &n3, 0, key, &create, bound).await;
+        // n1 holds every shard until the others' grants go through: wait until n3 serves it.
+        wait_until("n3 serves the customer", bound, || async {
+            let r = recorder.send(&http[2], 2, 0, key, &Request::Get).await;
+            (r.meta.owner.as_deref() == Some("n3")).then_some(())
+        })
+        .await;
+    }
+    let mut refused = Vec::new();
+    for key in &keys {
+        for request in [Request::Get, patch("through-n1"), Request::Get] {
+            let r = recorder.send(&http[0], 0, 1, key, &request).await;
+            if r.meta.status != Some(200) || r.meta.owner.as_deref() != Some("n3") {
+                refused.push(format!("{key} {request:?}: {:?} {:?}", r.meta, r.op.outcome));
+            }
+        }
+    }
+    let ops: Vec<_> = recorder.snapshot().into_iter().map(|r| r.op).collect();
+    let report = checker::check(&ops);
+    assert!(
+        refused.is_empty(),
+        "{} of {} requests through n1 to n3 (wall clock +8 s) were not answered 200 by n3:\n{}",
+        refused.len(),
+        3 * keys.len(),
+        refused.join("\n")
+    );
+    assert!(report.is_ok(), "{report}");
+}
+
 // ---- case 7: the database actor's replies to one node dropped ---------------------------------
 
 /// Waits until neither survivor (n1, n2) places a shard on n3 and each holds every shard
