@@ -4,7 +4,10 @@
 //! Not an actor: it runs on the HTTP request's task, so requests proceed in parallel and only
 //! meet at the owner's customer actor. Routing is `owner_of_shard(shard_of(id), members)` over
 //! the current placement view → the local Registry (registered name) or the owner's Registry
-//! (a remote pg member) → one call with a deadline.
+//! (a remote pg member) → one call with a deadline. The deadline is an `Instant` on this node's
+//! monotonic clock, one request timeout after the request arrived; each attempt's message
+//! carries what is left of it as a duration ([`Deadline`]), never an instant another host
+//! would read on its own clock (DESIGN §4).
 //!
 //! Request ids (DESIGN §6 F4): every request carries a [`RequestMeta`] fixed here once — the
 //! client's `Idempotency-Key` or a UUID v7 made here, a hash of the canonical request (method,
@@ -30,9 +33,8 @@ use super::NodeContext;
 use crate::cluster::heartbeat;
 use crate::cluster::membership::View;
 use crate::cluster::protocol::{
-    CreateRequest, CustomerCommand, CustomerPage, HeartbeatMsg, ListRequest, RegistryMsg,
-    RegistryStats, RequestMeta, RouteReply, RouteRequest, ShardReport, call, deadline_after,
-    registry_name,
+    CreateRequest, CustomerCommand, CustomerPage, Deadline, HeartbeatMsg, ListRequest, RegistryMsg,
+    RegistryStats, RequestMeta, RouteReply, RouteRequest, ShardReport, call, registry_name,
 };
 use crate::codec::Wire;
 use crate::customer::{Customer, CustomerFields, CustomerId, CustomerPatch};
@@ -94,7 +96,9 @@ pub fn retry_plan(err: &Error, attempt: u32) -> Retry {
 }
 
 /// Calls another node's Registry; under the `delay-routed-writes` fault hook
-/// ([`crate::faults::hooks`]) a write is held before it leaves, while its deadline runs.
+/// ([`crate::faults::hooks`]) a write is held before it leaves, while its deadline runs: the
+/// message is built first, so its deadline budget does not shrink during the hold (time in
+/// transit, which no receiver can see).
 async fn call_remote<T: Send + std::fmt::Debug + 'static>(
     registry: &ActorRef<RegistryMsg>,
     timeout: Duration,
@@ -262,14 +266,13 @@ impl Gateway {
         let customer = Customer::new(id, fields, crate::clock::now_micros());
         let created_at = customer.created_at;
         let request = request_meta(key, body_hash("POST", &id, &customer.fields));
-        let deadline_ms = deadline_after(self.ctx.request_timeout);
         let meta = request.clone();
         let routed = self
-            .route(id, "create", Some(&meta), move |reply| {
+            .route(id, "create", Some(&meta), move |reply, deadline| {
                 let request = CreateRequest {
                     customer: customer.clone(),
                     request: request.clone(),
-                    deadline_ms,
+                    deadline,
                 };
                 RegistryMsg::CreateCustomer(Wire::ok(request), reply)
             })
@@ -321,8 +324,8 @@ impl Gateway {
         // a lost reply of our own delete (answering it 204 would be a wrong answer).
         let meta = request.request.clone();
         let routed = self
-            .route(id, "delete", Some(&meta), |reply| {
-                RegistryMsg::Route(Wire::ok(request.clone()), reply)
+            .route(id, "delete", Some(&meta), |reply, deadline| {
+                RegistryMsg::Route(Wire::ok(request.with_deadline(deadline)), reply)
             })
             .await?;
         Ok(Routed {
@@ -424,17 +427,16 @@ impl Gateway {
         let request = self.route_request(id, command, key);
         let meta = (op != "get").then(|| request.request.clone());
         let routed = self
-            .route(id, op, meta.as_ref(), |reply| {
-                RegistryMsg::Route(Wire::ok(request.clone()), reply)
+            .route(id, op, meta.as_ref(), |reply, deadline| {
+                RegistryMsg::Route(Wire::ok(request.with_deadline(deadline)), reply)
             })
             .await?;
         expect_customer(routed)
     }
 
-    /// A routed command whose deadline is one request timeout from now, with its request id.
-    /// Every attempt of one request carries this same deadline and id: a retry must never
-    /// extend the time in which an earlier attempt, delayed somewhere, could still start its
-    /// write, nor apply it a second time.
+    /// A routed command with its request id. Every attempt of one request carries this same
+    /// id, so a retry can never apply the write a second time; its deadline is set per
+    /// attempt when the message is built ([`Gateway::route`]), from the one request deadline.
     fn route_request(
         &self,
         id: CustomerId,
@@ -456,18 +458,21 @@ impl Gateway {
             id,
             request,
             command,
-            deadline_ms: deadline_after(self.ctx.request_timeout),
+            deadline: Deadline::default(),
         }
     }
 
     /// Calls the shard owner's Registry, following redirects and retrying per [`retry_plan`]
-    /// within one deadline.
+    /// within one deadline, one request timeout from now on this node's monotonic clock.
+    /// `build` makes each attempt's message with the [`Deadline`] it carries: the time left of
+    /// that one deadline at the moment the message is built, so a retry never extends the time
+    /// in which an earlier attempt, delayed somewhere, could still start its write.
     async fn route(
         &self,
         id: CustomerId,
         op: &'static str,
         request: Option<&RequestMeta>,
-        mut build: impl FnMut(RpcReplyPort<Wire<RouteReply>>) -> RegistryMsg,
+        mut build: impl FnMut(RpcReplyPort<Wire<RouteReply>>, Deadline) -> RegistryMsg,
     ) -> Result<Routed<RouteReply>> {
         // A node hosting SQLite serves nothing until it is the cluster's database node.
         self.ctx.db_role.gate()?;
@@ -567,7 +572,7 @@ impl Gateway {
         target: Option<&str>,
         op: &'static str,
         deadline: Instant,
-        build: &mut impl FnMut(RpcReplyPort<Wire<T>>) -> RegistryMsg,
+        build: &mut impl FnMut(RpcReplyPort<Wire<T>>, Deadline) -> RegistryMsg,
     ) -> Result<Routed<T>> {
         let timeout = deadline.saturating_duration_since(Instant::now());
         if timeout.is_zero() {
@@ -586,6 +591,8 @@ impl Gateway {
         };
         let registry = self.registry_of(view, &owner)?;
         let remote = owner != self.ctx.name;
+        // The budget is read when the message is built, not before: what is left, no more.
+        let build = |reply| build(reply, Deadline::left_until(deadline, Instant::now()));
         let started = Instant::now();
         let value = if remote {
             // Fail fast when membership drops the owner mid-call (e.g. evicted while frozen)
