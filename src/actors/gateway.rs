@@ -170,16 +170,35 @@ pub fn may_have_applied(err: &Error) -> bool {
     }
 }
 
-/// The answer a write gives up with: when an earlier attempt may still apply, whatever the last
-/// attempt said, the outcome is unknown (504, retry with the same `Idempotency-Key`) — never
-/// a 503 "not applied", which a client may treat as permission to write something else.
+/// The answer a write gives up with. When an earlier attempt may still apply, only a definite
+/// answer about the request itself stands ([`is_domain_answer`]); anything else the last
+/// attempt said (`NotHolder`, `Unavailable`, a `VersionConflict`, an `Internal` failure) makes
+/// the outcome unknown, which the caller settles through the request id (F3): 503 once
+/// settled as not applied, the stored answer when it applied, else 504 — never a bare 503
+/// "not applied" or a 500, which could hide a write that lands later.
 pub fn final_error(last: Error, maybe_applied: bool) -> Error {
-    if !maybe_applied || matches!(last, Error::Timeout(_)) || !last.is_retryable() {
+    if !maybe_applied || matches!(last, Error::Timeout(_)) || is_domain_answer(&last) {
         return last;
     }
     Error::Timeout(format!(
         "the outcome is unknown: an earlier attempt may still apply ({last}); retry with the same Idempotency-Key"
     ))
+}
+
+/// Whether `err` is the owner's definite answer about the request itself (404, 409, 412,
+/// 422), which stands even when an earlier attempt was in doubt: the same request would get
+/// it again, and where an earlier attempt of it could explain the refusal (a customer it
+/// deleted, a version it moved) the owner settled the request id before answering
+/// (`customer::refusal_an_earlier_attempt_may_explain`). A `VersionConflict` is not one: it
+/// is a stale writer fenced by the database, stored under no request id.
+pub fn is_domain_answer(err: &Error) -> bool {
+    matches!(
+        err,
+        Error::NotFound(_)
+            | Error::InvalidInput(_)
+            | Error::Conflict(_)
+            | Error::PreconditionFailed { .. }
+    )
 }
 
 /// Text of the error a call gets when its owner leaves the view mid-call.
@@ -863,12 +882,38 @@ mod tests {
             Error::Timeout(_)
         ));
         assert_eq!(final_error(refused.clone(), false), refused);
-        let gone = Error::NotFound("customer x".into());
-        assert_eq!(
-            final_error(gone.clone(), true),
-            gone,
-            "a decided answer stands"
-        );
+        // An error that says nothing definite about the request (a 500, a fenced stale
+        // writer) after an attempt that may still apply is the unknown outcome, to be
+        // settled: answering it as is could hide a write that lands later.
+        for undecided in [
+            Error::Internal("sqlite: disk I/O error".into()),
+            Error::VersionConflict {
+                expected: 3,
+                current: 4,
+            },
+            Error::Unavailable("node n2 is not reachable".into()),
+        ] {
+            assert!(
+                matches!(final_error(undecided.clone(), true), Error::Timeout(_)),
+                "{undecided:?} after an attempt that may still apply"
+            );
+            assert_eq!(final_error(undecided.clone(), false), undecided);
+        }
+        for decided in [
+            Error::NotFound("customer x".into()),
+            Error::InvalidInput("email is invalid".into()),
+            Error::Conflict("email in use".into()),
+            Error::PreconditionFailed {
+                expected: 1,
+                current: 2,
+            },
+        ] {
+            assert_eq!(
+                final_error(decided.clone(), true),
+                decided,
+                "a decided answer stands"
+            );
+        }
     }
     use crate::cluster::placement::Member;
 
