@@ -12,7 +12,7 @@
 use std::time::{Duration, Instant};
 
 use customer_cluster::cluster::protocol::{
-    CustomerCommand, RegistryMsg, RegistryStats, RouteRequest, call, registry_name,
+    CustomerCommand, Deadline, RegistryMsg, RegistryStats, RouteRequest, call, registry_name,
 };
 use customer_cluster::codec::Wire;
 use customer_cluster::config::Config;
@@ -116,7 +116,7 @@ async fn main() {
                     id,
                     command: CustomerCommand::Get,
                     request: customer_cluster::actors::gateway::request_meta(None, 0),
-                    deadline_ms: u64::MAX,
+                    deadline: Deadline::within(Duration::from_secs(60)),
                 };
                 call(&registry, Duration::from_secs(30), |r| {
                     RegistryMsg::Route(Wire::ok(get), r)

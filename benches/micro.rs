@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use customer_cluster::cluster::placement::owner_of;
 use customer_cluster::cluster::protocol::{
-    CreateRequest, CustomerCommand, CustomerPage, NodeInfo, PROTOCOL_VERSION, RegistryMsg,
-    RouteRequest, call, registry_name,
+    CreateRequest, CustomerCommand, CustomerPage, Deadline, NodeInfo, PROTOCOL_VERSION,
+    RegistryMsg, RouteRequest, call, registry_name,
 };
 use customer_cluster::codec::Wire;
 use customer_cluster::config::Config;
@@ -98,7 +98,7 @@ fn codec(c: &mut Criterion) {
         CreateRequest {
             customer: cust.clone(),
             request: customer_cluster::actors::gateway::request_meta(None, 0),
-            deadline_ms: 1,
+            deadline: Deadline::within(Duration::from_millis(1)),
         },
     );
     round_trip(
@@ -114,7 +114,7 @@ fn codec(c: &mut Criterion) {
                 if_match: Some(3),
             },
             request: customer_cluster::actors::gateway::request_meta(None, 0),
-            deadline_ms: 1,
+            deadline: Deadline::within(Duration::from_millis(1)),
         },
     );
     round_trip(
@@ -124,7 +124,7 @@ fn codec(c: &mut Criterion) {
             id: cust.id,
             command: CustomerCommand::Get,
             request: customer_cluster::actors::gateway::request_meta(None, 0),
-            deadline_ms: 1,
+            deadline: Deadline::within(Duration::from_millis(1)),
         },
     );
     round_trip(
@@ -236,7 +236,7 @@ fn activation(c: &mut Criterion) {
                         id,
                         command: CustomerCommand::Get,
                         request: customer_cluster::actors::gateway::request_meta(None, 0),
-                        deadline_ms: u64::MAX,
+                        deadline: Deadline::within(Duration::from_secs(60)),
                     };
                     let started = Instant::now();
                     call(&registry, timeout, |r| RegistryMsg::Route(Wire::ok(get), r))
@@ -255,7 +255,7 @@ fn activation(c: &mut Criterion) {
                 id,
                 command: CustomerCommand::Get,
                 request: customer_cluster::actors::gateway::request_meta(None, 0),
-                deadline_ms: u64::MAX,
+                deadline: Deadline::within(Duration::from_secs(60)),
             };
             call(&registry, timeout, |r| RegistryMsg::Route(Wire::ok(get), r))
                 .await
@@ -267,7 +267,7 @@ fn activation(c: &mut Criterion) {
                     id,
                     command: CustomerCommand::Get,
                     request: customer_cluster::actors::gateway::request_meta(None, 0),
-                    deadline_ms: u64::MAX,
+                    deadline: Deadline::within(Duration::from_secs(60)),
                 };
                 black_box(
                     call(&registry, timeout, |r| RegistryMsg::Route(Wire::ok(get), r))

@@ -3,8 +3,10 @@
 //! * **Wall clock** ([`now_ms`], [`now_micros`]): for humans and records only —
 //!   `created_at`/`updated_at`, log and report timestamps, and this process start's
 //!   incarnation number ([`incarnation`]). It can jump (NTP, an operator), so no safety
-//!   decision reads it, and it is never compared across hosts. (A test-only fault hook can
-//!   set it off: `--fault-hook wall-clock-offset=MS`.)
+//!   decision reads it, and it is never compared across hosts: not even a request's deadline,
+//!   which travels as a duration and is counted on the receiver's monotonic clock
+//!   ([`crate::cluster::protocol::Deadline`]). (A test-only fault hook can set it off:
+//!   `--fault-hook wall-clock-offset=MS`.)
 //! * **Holder clock** ([`holder_now`]): `CLOCK_MONOTONIC_RAW` plus the time the host spent
 //!   suspended. It is never slewed by NTP and keeps counting through a suspend, which is what
 //!   a lease holder needs to count down its own lease (DESIGN §6 L3). Pure code takes time as

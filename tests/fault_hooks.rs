@@ -8,10 +8,14 @@
 //!   serving its cache after another node took over and wrote: the checker reports it. That
 //!   shows the checker works and that the clock assumption is what the safety rests on.
 //! * **case 5, a write delayed in the network** — held 4 s by the entry node, past the
-//!   client's deadline and its retry with the same `Idempotency-Key`; it reaches an owner
-//!   whose wall clock lags after the client's next acknowledged write and changes nothing
-//!   (request id, F1). Without a retry and with clocks in agreement, the owner refuses it
-//!   (its deadline passed).
+//!   client's deadline and its retry with the same `Idempotency-Key`; it reaches the owner
+//!   after the client's next acknowledged write and changes nothing (request id, F1). Without
+//!   a retry it finds its attempt settled as aborted by the entry node (F3) and changes
+//!   nothing either, whatever the owner's wall clock reads. (The owner cannot refuse it on
+//!   its deadline: that travels as the time left when the message was built, and time in
+//!   transit is invisible to the receiver.)
+//! * **deadlines across hosts** — an owner whose wall clock runs 8 s ahead serves every
+//!   request routed to it through another node (DESIGN §4: deadlines are durations).
 //! * **case 7, database replies lost** — the Database actor's replies to n3 are dropped
 //!   mid-run: n3's shards move to the other nodes within about 2 × TTL (L7), the history
 //!   stays linearizable, and n3 serves again once the replies flow.
@@ -357,8 +361,10 @@ async fn a_node_with_a_longer_lease_ttl_is_not_taken_over_while_it_may_serve_so_
 /// PATCH "late" sent through n1 to the owner n3 times out and n1 settles its request id as
 /// aborted (503: not applied, and it never will be); the client
 /// then (if `retry`) sends it again with the same `Idempotency-Key` through n3, and writes
-/// "next" through n3. The held PATCH reaches n3 after that acknowledged write. Returns the
-/// owner's answer to it (as n1 logged it), the final reads through n1, n2, n3 and the story.
+/// "next" through n3. The held PATCH reaches n3 after that acknowledged write, with the
+/// deadline budget it left n1 with (the hold is time in transit, which no receiver can see).
+/// Returns the owner's answer to it (as n1 logged it), the final reads through n1, n2, n3 and
+/// the story.
 async fn delayed_write(retry: bool, owner_flags: &[&str]) -> Option<(String, Vec<String>)> {
     let lab = NetLab::try_new(3)?;
     let delay = ["--fault-hook", "delay-routed-writes=4000"];
@@ -432,14 +438,13 @@ async fn delayed_write(retry: bool, owner_flags: &[&str]) -> Option<(String, Vec
     Some((answered, finals))
 }
 
-/// The client retried with the same key, and the owner's wall clock lags 5 s, so the
-/// deadline guard lets the held write through: it must change nothing, because its request
-/// id was applied already (F1) — a replay.
+/// The client retried with the same key. The held write reaches the owner with its budget
+/// intact (time in transit is invisible to it) and goes to the database: it must change
+/// nothing, because its request id was applied already (F1) — a replay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_delayed_past_the_clients_retry_never_lands_after_its_next_acknowledged_write() {
     let _serial = SERIAL.lock().await;
-    let lagging = ["--fault-hook", "wall-clock-offset=-5000"];
-    if let Some((answered, _)) = delayed_write(true, &lagging).await {
+    if let Some((answered, _)) = delayed_write(true, &[]).await {
         assert!(
             answered.contains("replayed: true"),
             "the late write was expected to reach the owner and be answered from its stored \
@@ -448,33 +453,95 @@ async fn a_write_delayed_past_the_clients_retry_never_lands_after_its_next_ackno
     }
 }
 
-/// The client did not retry but wrote something else; with wall clocks in agreement the
-/// owner refuses the held write, whose deadline passed, before it reaches the database.
+/// The client did not retry but wrote something else. The held write reaches the owner with
+/// its budget intact, so the owner's deadline guard lets it through; the entry node's settle
+/// recorded its attempt as aborted when it gave up, so the database refuses it and it
+/// changes nothing: the settle of the request id is the fence, not the deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_write_delayed_past_its_deadline_is_refused_by_the_owner_after_the_next_write() {
+async fn a_write_delayed_in_transit_past_its_deadline_is_refused_by_its_settled_request_id() {
     let _serial = SERIAL.lock().await;
     if let Some((answered, _)) = delayed_write(false, &[]).await {
-        assert!(
-            answered.contains("answer=Err(Timeout"),
-            "the owner was expected to refuse the expired write: {answered}"
-        );
-    }
-}
-
-/// The client did not retry but wrote something else, and the owner's wall clock lags 5 s, so
-/// the deadline guard lets the held write through to the database: the entry node's settle
-/// recorded its attempt as aborted first, so it is refused there and changes nothing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_write_delayed_past_its_deadline_never_lands_even_where_the_deadline_guard_is_fooled() {
-    let _serial = SERIAL.lock().await;
-    let lagging = ["--fault-hook", "wall-clock-offset=-5000"];
-    if let Some((answered, _)) = delayed_write(false, &lagging).await {
         assert!(
             answered.contains("settled as not applied"),
             "the late write was expected to reach the database and find its attempt aborted: \
              {answered}"
         );
     }
+}
+
+/// As above, with the owner's wall clock 5 s ahead of the entry node's (more than the 3 s
+/// request timeout, so an instant on the entry's clock would read as long past): the held
+/// write is treated exactly the same, because no wall clock is compared across hosts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_delayed_past_its_deadline_never_lands_whatever_the_owners_wall_clock_reads() {
+    let _serial = SERIAL.lock().await;
+    let ahead = ["--fault-hook", "wall-clock-offset=5000"];
+    if let Some((answered, _)) = delayed_write(false, &ahead).await {
+        assert!(
+            answered.contains("settled as not applied"),
+            "the late write was expected to reach the database and find its attempt aborted: \
+             {answered}"
+        );
+    }
+}
+
+// ---- deadlines across hosts: an owner whose wall clock runs ahead ------------------------------
+
+/// n3's wall clock reads 8 s ahead of the others' (more than the 3 s request timeout). Twenty
+/// customers that n3 owns are created and served through n3 (where entry and owner are one
+/// node), then read, patched and read again through n1: every
+/// answer is a 200 from n3. A deadline travels as the time left (DESIGN §4) and the owner
+/// counts it on its own monotonic clock, so no wall clock is compared across hosts; an instant
+/// on the entry's wall clock would be long past on n3's, and n3 would refuse every one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_whose_wall_clock_runs_8_s_ahead_serves_every_request_routed_through_another_node()
+{
+    let _serial = SERIAL.lock().await;
+    let Some(lab) = NetLab::try_new(3) else {
+        return;
+    };
+    let ahead = ["--fault-hook", "wall-clock-offset=8000"];
+    let cluster = LabCluster::start_each(lab, [&[], &[], &ahead]).await;
+    let http = clients(&cluster.urls(), Duration::from_secs(10));
+    let recorder = Recorder::new();
+    let bound = Duration::from_secs(30);
+    let keys: Vec<String> = (0..20).map(|_| id_moving("n3", "n2")).collect();
+    let n3 = [(2, &http[2])];
+    for key in &keys {
+        let create = Request::Create {
+            value: "first".into(),
+            email: format!("ahead-{key}@example.com"),
+        };
+        until_served(&recorder, &n3, 0, key, &create, bound).await;
+        // n1 holds every shard until the others' grants go through: wait until n3 serves it.
+        wait_until("n3 serves the customer", bound, || async {
+            let r = recorder.send(&http[2], 2, 0, key, &Request::Get).await;
+            (r.meta.owner.as_deref() == Some("n3")).then_some(())
+        })
+        .await;
+    }
+    let mut refused = Vec::new();
+    for key in &keys {
+        for request in [Request::Get, patch("through-n1"), Request::Get] {
+            let r = recorder.send(&http[0], 0, 1, key, &request).await;
+            if r.meta.status != Some(200) || r.meta.owner.as_deref() != Some("n3") {
+                refused.push(format!(
+                    "{key} {request:?}: {:?} {:?}",
+                    r.meta, r.op.outcome
+                ));
+            }
+        }
+    }
+    let ops: Vec<_> = recorder.snapshot().into_iter().map(|r| r.op).collect();
+    let report = checker::check(&ops);
+    assert!(
+        refused.is_empty(),
+        "{} of {} requests through n1 to n3 (wall clock +8 s) were not answered 200 by n3:\n{}",
+        refused.len(),
+        3 * keys.len(),
+        refused.join("\n")
+    );
+    assert!(report.is_ok(), "{report}");
 }
 
 // ---- case 7: the database actor's replies to one node dropped ---------------------------------

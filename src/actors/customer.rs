@@ -33,6 +33,7 @@
 //! I/O around them.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use ractor_cluster::RactorMessage;
@@ -43,7 +44,7 @@ use crate::clock::{holder_now, now_micros};
 use crate::cluster::lease::ShardState;
 use crate::cluster::placement::{ShardId, shard_of_customer};
 use crate::cluster::protocol::{
-    CreateRequest, CustomerCommand, RegistryMsg, RouteReply, RouteRequest, check_deadline,
+    CreateRequest, CustomerCommand, RegistryMsg, RouteReply, RouteRequest,
 };
 use crate::codec::Wire;
 use crate::config::ReadMode;
@@ -288,7 +289,7 @@ impl CustomerState {
     }
 
     async fn create(&mut self, request: CreateRequest) -> Result<RouteReply> {
-        check_deadline(request.deadline_ms)?;
+        request.deadline.check(Instant::now())?;
         self.settle_pending().await;
         let permit = self.write_permit()?;
         let stamp = request.request.stamp(now_micros());
@@ -297,7 +298,7 @@ impl CustomerState {
     }
 
     async fn run(&mut self, request: RouteRequest) -> Result<RouteReply> {
-        check_deadline(request.deadline_ms)?;
+        request.deadline.check(Instant::now())?;
         #[cfg(test)]
         if self.ctx.faults.take_panic(self.id) {
             panic!("test fault injected into customer {}", self.id);
@@ -321,9 +322,10 @@ impl CustomerState {
             }
             Err(e) => return Err(e),
         };
-        // The caller may have given up and retried elsewhere: never start a write late; and
-        // the lease may have lapsed while the row loaded: check it again.
-        check_deadline(request.deadline_ms)?;
+        // The caller may have given up and retried elsewhere: never start a write after its
+        // deadline (armed when the request reached this node); and the lease may have lapsed
+        // while the row loaded: check it again.
+        request.deadline.check(Instant::now())?;
         let permit = self.write_permit()?;
         let stamp = request.request.stamp(now_micros());
         self.write(op, permit.token, stamp).await
@@ -558,7 +560,7 @@ mod tests {
         let invalid = Error::InvalidInput("name is required".into());
         assert!(!refusal_an_earlier_attempt_may_explain(&delete, &invalid));
     }
-    use crate::cluster::protocol::{RequestMeta, call, registry_name};
+    use crate::cluster::protocol::{Deadline, RequestMeta, call, registry_name};
     use crate::customer::{CustomerPatch, FieldPatch, new_customer_id};
     use std::time::Duration;
 
@@ -586,7 +588,7 @@ mod tests {
                 body_hash: crate::actors::gateway::body_hash("patch", &CustomerId::nil(), &value),
                 ..meta(key, attempt)
             },
-            deadline_ms: u64::MAX,
+            deadline: Deadline::within(Duration::from_secs(60)),
         }
     }
 
@@ -599,7 +601,7 @@ mod tests {
             id: CustomerId::nil(),
             command: CustomerCommand::Get,
             request: meta("get", 1),
-            deadline_ms: u64::MAX,
+            deadline: Deadline::within(Duration::from_secs(60)),
         }
     }
 
@@ -741,7 +743,12 @@ mod tests {
         let f = Fixture::new("deadline-test").await;
         let actor = f.activation().await;
         let mut late = patch("name", "too late");
-        late.deadline_ms = 1;
+        // It reached this node a second ago with 10 ms to run, and waited in a queue since.
+        let arrived = std::time::Instant::now()
+            .checked_sub(Duration::from_secs(1))
+            .expect("the monotonic clock has run for a second");
+        late.deadline = Deadline::within(Duration::from_millis(10));
+        late.deadline.arm(arrived);
         assert!(matches!(send(&actor, late).await, Err(Error::Timeout(_))));
         assert_eq!(f.stored().await.version, 1);
         actor.stop(None);
@@ -855,7 +862,7 @@ mod tests {
             id: CustomerId::nil(),
             command: CustomerCommand::Delete { if_match: None },
             request: meta(key, attempt),
-            deadline_ms: u64::MAX,
+            deadline: Deadline::within(Duration::from_secs(60)),
         };
         let first = send(&actor, delete("del-key", 1)).await.unwrap();
         assert!(!first.replayed);

@@ -4,7 +4,10 @@
 //! Not an actor: it runs on the HTTP request's task, so requests proceed in parallel and only
 //! meet at the owner's customer actor. Routing is `owner_of_shard(shard_of(id), members)` over
 //! the current placement view → the local Registry (registered name) or the owner's Registry
-//! (a remote pg member) → one call with a deadline.
+//! (a remote pg member) → one call with a deadline. The deadline is an `Instant` on this node's
+//! monotonic clock, one request timeout after the request arrived; each attempt's message
+//! carries what is left of it as a duration ([`Deadline`]), never an instant another host
+//! would read on its own clock (DESIGN §4).
 //!
 //! Request ids (DESIGN §6 F4): every request carries a [`RequestMeta`] fixed here once — the
 //! client's `Idempotency-Key` or a UUID v7 made here, a hash of the canonical request (method,
@@ -30,9 +33,8 @@ use super::NodeContext;
 use crate::cluster::heartbeat;
 use crate::cluster::membership::View;
 use crate::cluster::protocol::{
-    CreateRequest, CustomerCommand, CustomerPage, HeartbeatMsg, ListRequest, RegistryMsg,
-    RegistryStats, RequestMeta, RouteReply, RouteRequest, ShardReport, call, deadline_after,
-    registry_name,
+    CreateRequest, CustomerCommand, CustomerPage, Deadline, HeartbeatMsg, ListRequest, RegistryMsg,
+    RegistryStats, RequestMeta, RouteReply, RouteRequest, ShardReport, call, registry_name,
 };
 use crate::codec::Wire;
 use crate::customer::{Customer, CustomerFields, CustomerId, CustomerPatch};
@@ -94,7 +96,9 @@ pub fn retry_plan(err: &Error, attempt: u32) -> Retry {
 }
 
 /// Calls another node's Registry; under the `delay-routed-writes` fault hook
-/// ([`crate::faults::hooks`]) a write is held before it leaves, while its deadline runs.
+/// ([`crate::faults::hooks`]) a write is held before it leaves, while its deadline runs: the
+/// message is built first, so its deadline budget does not shrink during the hold (time in
+/// transit, which no receiver can see).
 async fn call_remote<T: Send + std::fmt::Debug + 'static>(
     registry: &ActorRef<RegistryMsg>,
     timeout: Duration,
@@ -166,16 +170,35 @@ pub fn may_have_applied(err: &Error) -> bool {
     }
 }
 
-/// The answer a write gives up with: when an earlier attempt may still apply, whatever the last
-/// attempt said, the outcome is unknown (504, retry with the same `Idempotency-Key`) — never
-/// a 503 "not applied", which a client may treat as permission to write something else.
+/// The answer a write gives up with. When an earlier attempt may still apply, only a definite
+/// answer about the request itself stands ([`is_domain_answer`]); anything else the last
+/// attempt said (`NotHolder`, `Unavailable`, a `VersionConflict`, an `Internal` failure) makes
+/// the outcome unknown, which the caller settles through the request id (F3): 503 once
+/// settled as not applied, the stored answer when it applied, else 504 — never a bare 503
+/// "not applied" or a 500, which could hide a write that lands later.
 pub fn final_error(last: Error, maybe_applied: bool) -> Error {
-    if !maybe_applied || matches!(last, Error::Timeout(_)) || !last.is_retryable() {
+    if !maybe_applied || matches!(last, Error::Timeout(_)) || is_domain_answer(&last) {
         return last;
     }
     Error::Timeout(format!(
         "the outcome is unknown: an earlier attempt may still apply ({last}); retry with the same Idempotency-Key"
     ))
+}
+
+/// Whether `err` is the owner's definite answer about the request itself (404, 409, 412,
+/// 422), which stands even when an earlier attempt was in doubt: the same request would get
+/// it again, and where an earlier attempt of it could explain the refusal (a customer it
+/// deleted, a version it moved) the owner settled the request id before answering
+/// (`customer::refusal_an_earlier_attempt_may_explain`). A `VersionConflict` is not one: it
+/// is a stale writer fenced by the database, stored under no request id.
+pub fn is_domain_answer(err: &Error) -> bool {
+    matches!(
+        err,
+        Error::NotFound(_)
+            | Error::InvalidInput(_)
+            | Error::Conflict(_)
+            | Error::PreconditionFailed { .. }
+    )
 }
 
 /// Text of the error a call gets when its owner leaves the view mid-call.
@@ -262,14 +285,13 @@ impl Gateway {
         let customer = Customer::new(id, fields, crate::clock::now_micros());
         let created_at = customer.created_at;
         let request = request_meta(key, body_hash("POST", &id, &customer.fields));
-        let deadline_ms = deadline_after(self.ctx.request_timeout);
         let meta = request.clone();
         let routed = self
-            .route(id, "create", Some(&meta), move |reply| {
+            .route(id, "create", Some(&meta), move |reply, deadline| {
                 let request = CreateRequest {
                     customer: customer.clone(),
                     request: request.clone(),
-                    deadline_ms,
+                    deadline,
                 };
                 RegistryMsg::CreateCustomer(Wire::ok(request), reply)
             })
@@ -321,8 +343,8 @@ impl Gateway {
         // a lost reply of our own delete (answering it 204 would be a wrong answer).
         let meta = request.request.clone();
         let routed = self
-            .route(id, "delete", Some(&meta), |reply| {
-                RegistryMsg::Route(Wire::ok(request.clone()), reply)
+            .route(id, "delete", Some(&meta), |reply, deadline| {
+                RegistryMsg::Route(Wire::ok(request.with_deadline(deadline)), reply)
             })
             .await?;
         Ok(Routed {
@@ -424,17 +446,16 @@ impl Gateway {
         let request = self.route_request(id, command, key);
         let meta = (op != "get").then(|| request.request.clone());
         let routed = self
-            .route(id, op, meta.as_ref(), |reply| {
-                RegistryMsg::Route(Wire::ok(request.clone()), reply)
+            .route(id, op, meta.as_ref(), |reply, deadline| {
+                RegistryMsg::Route(Wire::ok(request.with_deadline(deadline)), reply)
             })
             .await?;
         expect_customer(routed)
     }
 
-    /// A routed command whose deadline is one request timeout from now, with its request id.
-    /// Every attempt of one request carries this same deadline and id: a retry must never
-    /// extend the time in which an earlier attempt, delayed somewhere, could still start its
-    /// write, nor apply it a second time.
+    /// A routed command with its request id. Every attempt of one request carries this same
+    /// id, so a retry can never apply the write a second time; its deadline is set per
+    /// attempt when the message is built ([`Gateway::route`]), from the one request deadline.
     fn route_request(
         &self,
         id: CustomerId,
@@ -456,18 +477,21 @@ impl Gateway {
             id,
             request,
             command,
-            deadline_ms: deadline_after(self.ctx.request_timeout),
+            deadline: Deadline::default(),
         }
     }
 
     /// Calls the shard owner's Registry, following redirects and retrying per [`retry_plan`]
-    /// within one deadline.
+    /// within one deadline, one request timeout from now on this node's monotonic clock.
+    /// `build` makes each attempt's message with the [`Deadline`] it carries: the time left of
+    /// that one deadline at the moment the message is built, so a retry never extends the time
+    /// in which an earlier attempt, delayed somewhere, could still start its write.
     async fn route(
         &self,
         id: CustomerId,
         op: &'static str,
         request: Option<&RequestMeta>,
-        mut build: impl FnMut(RpcReplyPort<Wire<RouteReply>>) -> RegistryMsg,
+        mut build: impl FnMut(RpcReplyPort<Wire<RouteReply>>, Deadline) -> RegistryMsg,
     ) -> Result<Routed<RouteReply>> {
         // A node hosting SQLite serves nothing until it is the cluster's database node.
         self.ctx.db_role.gate()?;
@@ -567,7 +591,7 @@ impl Gateway {
         target: Option<&str>,
         op: &'static str,
         deadline: Instant,
-        build: &mut impl FnMut(RpcReplyPort<Wire<T>>) -> RegistryMsg,
+        build: &mut impl FnMut(RpcReplyPort<Wire<T>>, Deadline) -> RegistryMsg,
     ) -> Result<Routed<T>> {
         let timeout = deadline.saturating_duration_since(Instant::now());
         if timeout.is_zero() {
@@ -586,6 +610,8 @@ impl Gateway {
         };
         let registry = self.registry_of(view, &owner)?;
         let remote = owner != self.ctx.name;
+        // The budget is read when the message is built, not before: what is left, no more.
+        let build = |reply| build(reply, Deadline::left_until(deadline, Instant::now()));
         let started = Instant::now();
         let value = if remote {
             // Fail fast when membership drops the owner mid-call (e.g. evicted while frozen)
@@ -856,12 +882,38 @@ mod tests {
             Error::Timeout(_)
         ));
         assert_eq!(final_error(refused.clone(), false), refused);
-        let gone = Error::NotFound("customer x".into());
-        assert_eq!(
-            final_error(gone.clone(), true),
-            gone,
-            "a decided answer stands"
-        );
+        // An error that says nothing definite about the request (a 500, a fenced stale
+        // writer) after an attempt that may still apply is the unknown outcome, to be
+        // settled: answering it as is could hide a write that lands later.
+        for undecided in [
+            Error::Internal("sqlite: disk I/O error".into()),
+            Error::VersionConflict {
+                expected: 3,
+                current: 4,
+            },
+            Error::Unavailable("node n2 is not reachable".into()),
+        ] {
+            assert!(
+                matches!(final_error(undecided.clone(), true), Error::Timeout(_)),
+                "{undecided:?} after an attempt that may still apply"
+            );
+            assert_eq!(final_error(undecided.clone(), false), undecided);
+        }
+        for decided in [
+            Error::NotFound("customer x".into()),
+            Error::InvalidInput("email is invalid".into()),
+            Error::Conflict("email in use".into()),
+            Error::PreconditionFailed {
+                expected: 1,
+                current: 2,
+            },
+        ] {
+            assert_eq!(
+                final_error(decided.clone(), true),
+                decided,
+                "a decided answer stands"
+            );
+        }
     }
     use crate::cluster::placement::Member;
 

@@ -171,14 +171,18 @@ impl Actor for Registry {
                 }
                 answer(reply, checked.map(|_| info));
             }
+            // A routed request's deadline counts from here, on this node's monotonic clock
+            // (`Deadline`): the first place the owner sees it, for a remote or local caller.
             RegistryMsg::CreateCustomer(request, reply) => {
-                if let Some((r, reply)) = request.open(reply) {
+                if let Some((mut r, reply)) = request.open(reply) {
+                    r.deadline.arm(Instant::now());
                     let msg = (r.customer.id, CustomerMsg::Create(r, reply));
                     state.deliver(&myself, msg.0, msg.1).await;
                 }
             }
             RegistryMsg::Route(request, reply) => {
-                if let Some((r, reply)) = request.open(reply) {
+                if let Some((mut r, reply)) = request.open(reply) {
+                    r.deadline.arm(Instant::now());
                     let msg = (r.id, CustomerMsg::Command(r, reply));
                     state.deliver(&myself, msg.0, msg.1).await;
                 }
@@ -551,9 +555,9 @@ pub async fn spawn(args: RegistryArgs, supervisor: ActorCell) -> Result<ActorRef
 mod tests {
     use super::*;
     use crate::actors::gateway::Gateway;
-    use crate::cluster::protocol::{CustomerCommand, RouteRequest, call};
+    use crate::cluster::protocol::{CustomerCommand, Deadline, RouteRequest, call};
     use crate::config::Config;
-    use crate::customer::new_customer_id;
+    use crate::customer::{CustomerPatch, FieldPatch, new_customer_id};
 
     use crate::storage::suite::fields;
 
@@ -587,6 +591,44 @@ mod tests {
         (dir, node, gateway, registry)
     }
 
+    /// The Registry arms a routed request's deadline on receipt, on this node's clock, for a
+    /// local caller exactly as for a remote one: what counts is the budget that arrived.
+    #[tokio::test]
+    async fn a_routed_deadline_counts_from_its_receipt_by_the_registry() {
+        let (_dir, node, gateway, registry) = node_with_db("registry-deadline-test", |_| {}).await;
+        let a = gateway
+            .create(new_customer_id(), fields("A", "a@x.io"), None)
+            .await
+            .unwrap()
+            .0
+            .value;
+        let rename = |budget| RouteRequest {
+            id: a.id,
+            command: CustomerCommand::Patch {
+                patch: CustomerPatch {
+                    name: FieldPatch::Set("B".into()),
+                    ..Default::default()
+                },
+                if_match: None,
+            },
+            request: crate::actors::gateway::request_meta(None, 1),
+            deadline: Deadline::within(budget),
+        };
+        let send = |request: RouteRequest| {
+            call(&registry, Duration::from_secs(5), move |r| {
+                RegistryMsg::Route(Wire::ok(request), r)
+            })
+        };
+        // Nothing left when it was sent: refused before it runs, nothing written.
+        let spent = send(rename(Duration::ZERO)).await;
+        assert!(matches!(spent, Err(Error::Timeout(_))), "{spent:?}");
+        assert_eq!(gateway.get(a.id).await.unwrap().value.version, 1);
+        // A budget left: served, counted from its receipt here.
+        let served = send(rename(Duration::from_secs(60))).await.unwrap();
+        assert_eq!(served.customer.map(|c| c.version), Some(2));
+        node.supervisor.stop(None);
+    }
+
     #[tokio::test]
     async fn a_panicking_customer_actor_is_cleaned_up_and_others_are_unaffected() {
         let (_dir, node, gateway, registry) = node_with_db("registry-crash-test", |_| {}).await;
@@ -610,7 +652,7 @@ mod tests {
             id: a.id,
             command: CustomerCommand::Get,
             request: crate::actors::gateway::request_meta(None, 0),
-            deadline_ms: u64::MAX,
+            deadline: Deadline::within(Duration::from_secs(60)),
         };
         let crashed = call(&registry, Duration::from_secs(5), |r| {
             RegistryMsg::Route(Wire::ok(crash.clone()), r)

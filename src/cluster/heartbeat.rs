@@ -140,7 +140,9 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_ping_is_answered_while_the_registry_works_through_thousands_of_activations() {
-        use crate::cluster::protocol::{CustomerCommand, RegistryMsg, RequestMeta, RouteRequest};
+        use crate::cluster::protocol::{
+            CustomerCommand, Deadline, RegistryMsg, RequestMeta, RouteRequest,
+        };
         use crate::customer::new_customer_id;
 
         let dir = tempfile::tempdir().unwrap();
@@ -162,7 +164,7 @@ mod tests {
             let get = Wire::ok(RouteRequest {
                 id: new_customer_id(),
                 command: CustomerCommand::Get,
-                deadline_ms: u64::MAX,
+                deadline: Deadline::within(Duration::from_secs(60)),
                 request: RequestMeta {
                     id: format!("hb-backlog-{i}"),
                     body_hash: 0,

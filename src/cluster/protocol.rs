@@ -10,7 +10,7 @@
 //! [`PROTOCOL_VERSION`] (which renames the groups, so old and new nodes simply do not see each
 //! other) and say so in the release notes.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ractor::rpc::CallResult;
 use ractor::{ActorRef, RpcReplyPort};
@@ -18,7 +18,6 @@ use ractor_cluster::RactorClusterMessage;
 use serde::{Deserialize, Serialize};
 
 use super::dbnode::{DbNode, SqliteRole};
-use crate::clock::now_ms;
 use crate::codec::Wire;
 use crate::customer::{Customer, CustomerFields, CustomerId, CustomerPatch};
 use crate::error::{Error, Result};
@@ -144,10 +143,20 @@ pub struct RouteRequest {
     pub command: CustomerCommand,
     /// The client request this command belongs to (F4); reads ignore it, writes carry it.
     pub request: RequestMeta,
-    /// Wall-clock deadline (ms since the Unix epoch) after which the caller has given up.
-    /// The owner refuses to start an expired request, so a message delayed in a frozen
-    /// process cannot replay an old write over newer ones after the caller retried elsewhere.
-    pub deadline_ms: u64,
+    /// How long the caller still waits for the answer: the time left when this attempt's
+    /// message was built, armed on the owner's own clock on receipt. The owner refuses to
+    /// start a write once it has passed (see [`Deadline`]).
+    pub deadline: Deadline,
+}
+
+impl RouteRequest {
+    /// This request as one attempt sends it: with the deadline left when its message is built.
+    pub fn with_deadline(&self, deadline: Deadline) -> Self {
+        Self {
+            deadline,
+            ..self.clone()
+        }
+    }
 }
 
 /// A create addressed to the customer's owner.
@@ -157,8 +166,8 @@ pub struct CreateRequest {
     pub customer: Customer,
     /// The client request this create belongs to (F4).
     pub request: RequestMeta,
-    /// Same meaning as [`RouteRequest::deadline_ms`].
-    pub deadline_ms: u64,
+    /// Same meaning as [`RouteRequest::deadline`].
+    pub deadline: Deadline,
 }
 
 /// The request id of one client request, as the entry node fixed it (DESIGN §6 F4): the
@@ -238,21 +247,85 @@ pub struct OwnRowRequest {
     pub shards: Vec<ShardId>,
 }
 
-/// A deadline `timeout` from now.
-pub fn deadline_after(timeout: Duration) -> u64 {
-    now_ms().saturating_add(timeout.as_millis() as u64)
+/// The deadline of one routed request as it crosses nodes (DESIGN §4: a duration, never a
+/// wall-clock instant compared on another host).
+///
+/// On the wire it is the time the caller had left when it built this attempt's message
+/// ([`Deadline::left_until`], from the entry node's own `Instant` deadline, so every retry
+/// carries only what is left of the one request deadline and never extends it). The receiver
+/// turns it into an `Instant` on its own monotonic clock when the message arrives
+/// ([`Deadline::arm`]: the Registry's handler, the first code on the owner that sees it, for
+/// a remote and an in-process call alike). No two hosts' clocks are ever compared, so a
+/// wall clock that is off (or jumps) on either side changes nothing.
+///
+/// Transit time is not counted: a message delayed in the network, or in a process frozen
+/// before it was read, arrives with the budget it left with, so the owner may start it later
+/// than the entry node intended — never earlier. The check ([`Deadline::check`]) therefore is
+/// a guard against starting work nobody waits for (a message queued in a frozen owner past
+/// its budget), not a fence: what stops an attempt the entry node gave up on from applying is
+/// the settle of its request id (DESIGN §6 F3), which the entry node does before it answers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deadline {
+    /// Milliseconds the caller had left when it built the message (rounded down).
+    budget_ms: u64,
+    /// When it passes on this process's monotonic clock; `None` until armed on receipt.
+    /// Never sent: an `Instant` means nothing on another host.
+    #[serde(skip)]
+    armed: Option<Instant>,
 }
 
-/// `Err(Timeout)` once `deadline_ms` has passed.
-pub fn check_deadline(deadline_ms: u64) -> Result<()> {
-    let now = now_ms();
-    if now > deadline_ms {
-        Err(Error::Timeout(format!(
-            "request expired {} ms before it could run",
-            now - deadline_ms
-        )))
-    } else {
-        Ok(())
+impl Deadline {
+    /// Longest budget a receiver counts (far beyond any request timeout), so that arming never
+    /// overflows an `Instant`, whatever arrived.
+    pub const MAX_BUDGET: Duration = Duration::from_secs(u32::MAX as u64);
+
+    /// What is left at `now` of the caller's local `deadline`, for the message built at `now`:
+    /// zero once it passed; never more than what is left.
+    pub fn left_until(deadline: Instant, now: Instant) -> Self {
+        Self::within(deadline.saturating_duration_since(now))
+    }
+
+    /// A budget of `budget` (rounded down to whole milliseconds), not yet armed.
+    pub fn within(budget: Duration) -> Self {
+        Self {
+            budget_ms: u64::try_from(budget.as_millis()).unwrap_or(u64::MAX),
+            armed: None,
+        }
+    }
+
+    /// The budget this deadline carries on the wire.
+    pub fn budget(&self) -> Duration {
+        Duration::from_millis(self.budget_ms).min(Self::MAX_BUDGET)
+    }
+
+    /// Arms the deadline on receipt at `now`: it passes `budget` later on this process's
+    /// monotonic clock. Arming again keeps the first instant, so a message handed on within
+    /// the process never gains time.
+    pub fn arm(&mut self, now: Instant) {
+        if self.armed.is_none() {
+            self.armed = Some(now + self.budget());
+        }
+    }
+
+    /// When the deadline passes on this process's clock. One not armed yet counts from `now`,
+    /// as if it arrived now (what [`Deadline::arm`] would make of it).
+    pub fn expires_at(&self, now: Instant) -> Instant {
+        self.armed.unwrap_or_else(|| now + self.budget())
+    }
+
+    /// `Err(Timeout)` once the deadline has passed at `now`: the caller has given up, so work
+    /// that has not started must not start.
+    pub fn check(&self, now: Instant) -> Result<()> {
+        let expires = self.expires_at(now);
+        if now > expires {
+            Err(Error::Timeout(format!(
+                "request expired {} ms before it could run (its budget was {} ms)",
+                now.duration_since(expires).as_millis(),
+                self.budget_ms
+            )))
+        } else {
+            Ok(())
+        }
     }
 }
 
@@ -478,7 +551,7 @@ mod tests {
         round_trip(CreateRequest {
             customer: c.clone(),
             request: meta(),
-            deadline_ms: u64::MAX,
+            deadline: Deadline::within(Duration::from_secs(5)),
         });
         round_trip(Some(c.clone()));
         round_trip(None::<Customer>);
@@ -503,7 +576,7 @@ mod tests {
                 id: c.id,
                 command,
                 request: meta(),
-                deadline_ms: 7,
+                deadline: Deadline::within(Duration::from_millis(7)),
             });
         }
         round_trip(ListRequest {
@@ -606,7 +679,7 @@ mod tests {
             id: c.id,
             command,
             request: meta(),
-            deadline_ms: 7,
+            deadline: Deadline::within(Duration::from_millis(7)),
         };
         vec![
             (
@@ -631,7 +704,7 @@ mod tests {
                 hex(CreateRequest {
                     customer: c.clone(),
                     request: meta(),
-                    deadline_ms: 9,
+                    deadline: Deadline::within(Duration::from_millis(9)),
                 }),
             ),
             ("route_get", hex(route(CustomerCommand::Get))),
@@ -837,12 +910,97 @@ mod tests {
     }
 
     #[test]
-    fn an_expired_deadline_is_refused_and_a_future_one_accepted() {
-        assert!(check_deadline(deadline_after(Duration::from_secs(5))).is_ok());
+    fn a_deadline_is_armed_on_receipt_and_refuses_once_its_budget_has_passed() {
+        let received = Instant::now();
+        let mut deadline = Deadline::within(Duration::from_millis(3000));
+        deadline.arm(received);
+        assert_eq!(
+            deadline.expires_at(received + Duration::from_secs(60)),
+            received + Duration::from_millis(3000),
+            "armed once, on receipt: later readings do not move it"
+        );
+        assert!(deadline.check(received).is_ok());
+        assert!(
+            deadline
+                .check(received + Duration::from_millis(3000))
+                .is_ok()
+        );
         assert!(matches!(
-            check_deadline(now_ms() - 1000),
+            deadline.check(received + Duration::from_millis(3001)),
             Err(Error::Timeout(_))
         ));
+    }
+
+    #[test]
+    fn a_deadline_counts_on_the_receivers_clock_whatever_the_senders_reads() {
+        // Built on the entry node against its own Instant; only the budget crosses.
+        let entry_now = Instant::now();
+        let sent = Deadline::left_until(entry_now + Duration::from_millis(3000), entry_now);
+        let Wire(decoded) = Wire::<Deadline>::from_bytes(Wire::ok(sent).into_bytes());
+        let mut received = decoded.expect("decodes");
+        assert_eq!(received.budget(), Duration::from_millis(3000));
+        // The owner arms it on its own clock, however late that reads.
+        let owner_now = entry_now + Duration::from_secs(3600);
+        received.arm(owner_now);
+        assert!(
+            received
+                .check(owner_now + Duration::from_millis(2999))
+                .is_ok()
+        );
+        assert!(
+            received
+                .check(owner_now + Duration::from_millis(3001))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn arming_again_never_extends_a_deadline() {
+        let t0 = Instant::now();
+        let mut deadline = Deadline::within(Duration::from_millis(100));
+        deadline.arm(t0);
+        deadline.arm(t0 + Duration::from_millis(90));
+        assert_eq!(deadline.expires_at(t0), t0 + Duration::from_millis(100));
+    }
+
+    #[test]
+    fn a_retry_carries_only_what_is_left_of_the_one_request_deadline() {
+        let start = Instant::now();
+        let deadline = start + Duration::from_millis(3000);
+        let first = Deadline::left_until(deadline, start);
+        assert_eq!(first.budget(), Duration::from_millis(3000));
+        for spent in [1, 999, 1500, 2999, 3000, 3001, 10_000] {
+            let now = start + Duration::from_millis(spent);
+            let retry = Deadline::left_until(deadline, now);
+            assert!(
+                retry.budget() <= deadline.saturating_duration_since(now),
+                "after {spent} ms the retry carries {:?}",
+                retry.budget()
+            );
+            assert!(retry.budget() < first.budget());
+        }
+        // Rounded down: 2.9995 s left travels as 2999 ms.
+        let now = start + Duration::from_micros(500);
+        assert_eq!(
+            Deadline::left_until(deadline, now).budget(),
+            Duration::from_millis(2999)
+        );
+        // Nothing left: a zero budget, refused as soon as it is checked after receipt.
+        let mut late = Deadline::left_until(deadline, deadline + Duration::from_secs(1));
+        assert_eq!(late.budget(), Duration::ZERO);
+        let received = Instant::now();
+        late.arm(received);
+        assert!(late.check(received + Duration::from_millis(1)).is_err());
+    }
+
+    #[test]
+    fn an_absurd_budget_from_the_wire_is_bounded_and_arms_without_overflow() {
+        let Wire(decoded) = Wire::<Deadline>::from_bytes(Wire::ok(u64::MAX).into_bytes());
+        let mut deadline = decoded.expect("a u64 is a budget");
+        assert_eq!(deadline.budget(), Deadline::MAX_BUDGET);
+        let now = Instant::now();
+        deadline.arm(now);
+        assert!(deadline.check(now + Duration::from_secs(86_400)).is_ok());
     }
 
     #[test]

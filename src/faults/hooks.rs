@@ -27,11 +27,13 @@
 //!   ractor_cluster does not tell an actor which node a call came from.
 //! * `delay-routed-writes=MS`: every write (create, put, patch, delete) this node routes to
 //!   another node's Registry is held MS ms before it is sent, while the caller's deadline runs
-//!   as usual — a message delayed in the network.
+//!   as usual — a message delayed in the network. The message (with its deadline budget) is
+//!   built before the hold, so it arrives with the budget it left with, as a message delayed
+//!   in transit does: only the request id's settle (F3) stops it.
 //! * `wall-clock-offset=MS` (−3 600 000 ≤ MS ≤ 3 600 000, may be negative): this node's wall
-//!   clock reads MS ms off. Nothing in the lease argument reads it; the wall-clock
-//!   `deadline_ms` of routed requests does, so an owner whose clock lags accepts a late write
-//!   its entry node already gave up on — what the fence and the request id must then handle.
+//!   clock reads MS ms off. Nothing that decides anything reads it: not the lease argument,
+//!   and not routed requests' deadlines, which travel as durations
+//!   ([`crate::cluster::protocol::Deadline`]). Tests use it to show exactly that.
 //! * `start=on|off` (default `on`): whether the two switchable hooks above act from the start.
 //!   SIGUSR1 turns them on, SIGUSR2 off, at any time (the signal listener runs whenever any
 //!   hook is given), so a test can start a healthy cluster and inject the fault mid-run.
