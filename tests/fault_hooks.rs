@@ -357,17 +357,32 @@ async fn a_node_with_a_longer_lease_ttl_is_not_taken_over_while_it_may_serve_so_
 
 // ---- case 5: a write delayed in the network ---------------------------------------------------
 
-/// n1 holds every write it routes to another node for 4 s (its request deadline is 3 s). A
-/// PATCH "late" sent through n1 to the owner n3 times out and n1 settles its request id as
-/// aborted (503: not applied, and it never will be); the client
-/// then (if `retry`) sends it again with the same `Idempotency-Key` through n3, and writes
-/// "next" through n3. The held PATCH reaches n3 after that acknowledged write, with the
-/// deadline budget it left n1 with (the hold is time in transit, which no receiver can see).
-/// Returns the owner's answer to it (as n1 logged it), the final reads through n1, n2, n3 and
-/// the story.
-async fn delayed_write(retry: bool, owner_flags: &[&str]) -> Option<(String, Vec<String>)> {
+/// Whether and where the client retries the PATCH it was told 503 about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// It does not; it writes something else.
+    No,
+    /// Through the owner n3, where it applies.
+    ViaOwner,
+    /// Through n1 again, where it is held too and settled as not applied a second time.
+    ViaDelayingEntry,
+}
+
+/// n1 holds every write it routes to another node for `hold_ms` (its request deadline is 3 s).
+/// A PATCH "late" sent through n1 to the owner n3 times out and n1 settles its request id as
+/// aborted (503: not applied, and it never will be); the client then retries it (`retry`) with
+/// the same `Idempotency-Key`, and writes "next" through n3. The held PATCHes reach n3 after
+/// that acknowledged write, with the deadline budget they left n1 with (the hold is time in
+/// transit, which no receiver can see). Returns the owner's answer to the first held write (as
+/// n1 logged it), the final reads through n1, n2, n3 and the story.
+async fn delayed_write(
+    retry: Retry,
+    hold_ms: u64,
+    owner_flags: &[&str],
+) -> Option<(String, Vec<String>)> {
     let lab = NetLab::try_new(3)?;
-    let delay = ["--fault-hook", "delay-routed-writes=4000"];
+    let hold = format!("delay-routed-writes={hold_ms}");
+    let delay = ["--fault-hook", hold.as_str()];
     let cluster = LabCluster::start_each(lab, [&delay, &[], owner_flags]).await;
     let http = clients(&cluster.urls(), Duration::from_secs(10));
     let recorder = Recorder::new();
@@ -396,14 +411,23 @@ async fn delayed_write(retry: bool, owner_flags: &[&str]) -> Option<(String, Vec
         Some(503),
         "the held write should be settled as not applied when its deadline passes: {held:?}"
     );
-    if retry {
-        let retried = recorder
-            .send_keyed(&http[2], 2, 1, &key, &late, Some("late-write-key"))
-            .await;
-        assert!(
-            matches!(retried.op.outcome, Outcome::Ok(Reply::Written { .. })),
-            "{retried:?}"
-        );
+    match retry {
+        Retry::No => {}
+        Retry::ViaOwner => {
+            let retried = recorder
+                .send_keyed(&http[2], 2, 1, &key, &late, Some("late-write-key"))
+                .await;
+            assert!(
+                matches!(retried.op.outcome, Outcome::Ok(Reply::Written { .. })),
+                "{retried:?}"
+            );
+        }
+        Retry::ViaDelayingEntry => {
+            let retried = recorder
+                .send_keyed(&http[0], 0, 1, &key, &late, Some("late-write-key"))
+                .await;
+            assert_eq!(retried.meta.status, Some(503), "{retried:?}");
+        }
     }
     let next = until_served(&recorder, &n3, 1, &key, &patch("next"), bound).await;
     assert!(
@@ -411,13 +435,22 @@ async fn delayed_write(retry: bool, owner_flags: &[&str]) -> Option<(String, Vec
         "{next:?}"
     );
     let n1 = cluster.node(1);
-    let answered = wait_until("the owner answered the held write", bound, || async {
-        n1.log()
+    let held_writes = if retry == Retry::ViaDelayingEntry {
+        2
+    } else {
+        1
+    };
+    let answers = wait_until("the owner answered every held write", bound, || async {
+        let lines: Vec<String> = n1
+            .log()
             .lines()
-            .find(|l| l.contains("the owner answered a held routed write"))
+            .filter(|l| l.contains("the owner answered a held routed write"))
             .map(str::to_owned)
+            .collect();
+        (lines.len() >= held_writes).then_some(lines)
     })
     .await;
+    let answered = answers.join("\n");
 
     let all: Vec<(usize, &HttpClient)> = http.iter().enumerate().collect();
     let mut finals = Vec::new();
@@ -438,17 +471,36 @@ async fn delayed_write(retry: bool, owner_flags: &[&str]) -> Option<(String, Vec
     Some((answered, finals))
 }
 
-/// The client retried with the same key. The held write reaches the owner with its budget
-/// intact (time in transit is invisible to it) and goes to the database: it must change
-/// nothing, because its request id was applied already (F1) — a replay.
+/// The client retried with the same key through the owner, where the retry applied. The held
+/// write reaches the owner with its budget intact (time in transit is invisible to it) and
+/// goes to the database: it must change nothing — its own attempt was settled as aborted
+/// (F3), so it is refused even though its key has been applied since.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_delayed_past_the_clients_retry_never_lands_after_its_next_acknowledged_write() {
     let _serial = SERIAL.lock().await;
-    if let Some((answered, _)) = delayed_write(true, &[]).await {
+    if let Some((answered, _)) = delayed_write(Retry::ViaOwner, 4000, &[]).await {
         assert!(
-            answered.contains("replayed: true"),
-            "the late write was expected to reach the owner and be answered from its stored \
-             result: {answered}"
+            answered.contains("settled as not applied"),
+            "the late write was expected to reach the database and find its attempt aborted: \
+             {answered}"
+        );
+    }
+}
+
+/// The client retried with the same key through the same delaying entry, so both attempts were
+/// held past their deadline and settled as not applied (two 503s), the second settle after the
+/// first; then the client wrote "next". Held 8 s, the first attempt reaches the database after
+/// both settles and after "next": the aborted attempts of a key are a set, so neither attempt
+/// applies (a settle that kept only the latest attempt let the first one take the key over and
+/// overwrite "next").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_settled_attempts_of_one_key_never_land_after_the_clients_next_write() {
+    let _serial = SERIAL.lock().await;
+    if let Some((answered, _)) = delayed_write(Retry::ViaDelayingEntry, 8000, &[]).await {
+        assert!(
+            answered.contains("settled as not applied"),
+            "the late write was expected to reach the database and find its attempt aborted: \
+             {answered}"
         );
     }
 }
@@ -460,7 +512,7 @@ async fn a_write_delayed_past_the_clients_retry_never_lands_after_its_next_ackno
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_delayed_in_transit_past_its_deadline_is_refused_by_its_settled_request_id() {
     let _serial = SERIAL.lock().await;
-    if let Some((answered, _)) = delayed_write(false, &[]).await {
+    if let Some((answered, _)) = delayed_write(Retry::No, 4000, &[]).await {
         assert!(
             answered.contains("settled as not applied"),
             "the late write was expected to reach the database and find its attempt aborted: \
@@ -476,7 +528,7 @@ async fn a_write_delayed_in_transit_past_its_deadline_is_refused_by_its_settled_
 async fn a_write_delayed_past_its_deadline_never_lands_whatever_the_owners_wall_clock_reads() {
     let _serial = SERIAL.lock().await;
     let ahead = ["--fault-hook", "wall-clock-offset=5000"];
-    if let Some((answered, _)) = delayed_write(false, &ahead).await {
+    if let Some((answered, _)) = delayed_write(Retry::No, 4000, &ahead).await {
         assert!(
             answered.contains("settled as not applied"),
             "the late write was expected to reach the database and find its attempt aborted: \
