@@ -22,7 +22,9 @@
 //! or unreachable database never delays the next renew, and the actor's state changes only in
 //! its own handler. The lease state itself ([`NodeLeases`]) lives in the `NodeContext`, not in
 //! the actor: a restarted keeper continues with it (same incarnation, same shards, same
-//! validity), so a restart can never forget a HELD shard while its actors keep serving.
+//! validity), so a restart can never forget a HELD shard while its actors keep serving. What a
+//! keeper owes beyond that state it rebuilds at start: the release of every shard it finds
+//! RELEASING is sent again (a release names its token, so a stale one changes nothing).
 //!
 //! Deliberately not here: any timing rule (those are in `cluster::lease`, pure and tested),
 //! and waiting on a lease on the request path: a request that finds its shard not HELD is
@@ -392,6 +394,7 @@ impl Actor for LeaseKeeper {
         let ticker = myself.send_interval(ctx.lease_config.renew_interval, || LeaseKeeperMsg::Tick);
         let _ = myself.cast(LeaseKeeperMsg::Tick);
         let observer = Observer::new(ctx.lease_config.ttl, &ctx.name, ctx.leases.incarnation());
+        let releasing = owed_releases(&ctx.leases);
         Ok(KeeperState {
             ctx,
             observer,
@@ -399,7 +402,7 @@ impl Actor for LeaseKeeper {
             busy: false,
             pending_grants: 0,
             reconcile: false,
-            releasing: BTreeMap::new(),
+            releasing,
             stopped: false,
             release_sent: Default::default(),
             db_reachable: true,
@@ -1051,6 +1054,23 @@ impl KeeperState {
     }
 }
 
+/// The releases a (re)starting keeper owes: every shard RELEASING in the lease state, whose
+/// release a previous keeper may have begun and never sent (or never heard answered). Sending
+/// it again is harmless: a release names its token, and one that moved on changes nothing.
+/// Without this, a shard placement gives back to this node would stay RELEASING for good:
+/// it counts as held, so it is neither released nor asked for again.
+fn owed_releases(leases: &NodeLeases) -> BTreeMap<ShardId, (u64, Instant)> {
+    let owed = leases.read().releasing();
+    if !owed.is_empty() {
+        tracing::info!(
+            shards = owed.len(),
+            "found shards RELEASING at start: sending their releases again"
+        );
+    }
+    let now = Instant::now();
+    owed.into_iter().map(|(s, t)| (s, (t, now))).collect()
+}
+
 /// L7: joins or leaves `customer-registry` with this node's Registry.
 fn set_registry_membership(node: &str, member: bool) {
     let Some(cell) = ractor::registry::where_is(registry_name(node)) else {
@@ -1245,6 +1265,47 @@ mod tests {
             leases.read().valid_until() > before
         })
         .await;
+        node.supervisor.stop(None);
+    }
+
+    #[tokio::test]
+    async fn a_shard_left_releasing_by_a_keeper_restart_is_released_and_granted_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let config =
+            crate::config::Config::local("keeper-releasing", Some(dir.path().join("c.db")));
+        let node = crate::node::start_actors(&config, None, 1).await.unwrap();
+        let leases = node.ctx.leases.clone();
+        wait_for("all shards held", || {
+            leases.held_count(holder_now()) == 1024
+        })
+        .await;
+        let ShardState::Serve { token, .. } = leases.shard_state(7, holder_now()) else {
+            panic!("shard 7 not served");
+        };
+        // The keeper began releasing shard 7 (placement had moved it away) and went down
+        // before sending the release; placement has given the shard back here since.
+        let name = "lease-keeper/keeper-releasing".to_owned();
+        let first = ractor::registry::where_is(name.clone()).unwrap();
+        assert_eq!(leases.update(|l| l.begin_release(7)), Some(token));
+        first.kill();
+        wait_for("the keeper restarted", || {
+            ractor::registry::where_is(name.clone()).is_some_and(|c| c.get_id() != first.get_id())
+        })
+        .await;
+
+        wait_for("shard 7 served again under a new grant", || {
+            matches!(
+                leases.shard_state(7, holder_now()),
+                ShardState::Serve { token: t, .. } if t > token
+            )
+        })
+        .await;
+        let row = node.ctx.db.lease_table().await.unwrap()[7].clone();
+        assert_eq!(row.holder.as_deref(), Some("keeper-releasing"), "{row:?}");
+        assert!(matches!(
+            leases.shard_state(7, holder_now()),
+            ShardState::Serve { token: t, .. } if t == row.token
+        ));
         node.supervisor.stop(None);
     }
 

@@ -489,6 +489,19 @@ impl HolderLease {
             .collect()
     }
 
+    /// Shards in RELEASING, with the token each release names: a LeaseKeeper that
+    /// (re)starts sends their releases again, since the list of releases it owed was its
+    /// own state (a release at a token that moved on changes nothing).
+    pub fn releasing(&self) -> Vec<(ShardId, u64)> {
+        self.shards
+            .iter()
+            .filter_map(|(id, s)| match *s {
+                Shard::Releasing { token } => Some((*id, token)),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// L7: true when no renew (or registration) has made progress for a whole TTL. The caller
     /// then calls [`stop_renewing`](Self::stop_renewing) and leaves `customer-registry`, so
     /// that others may take over instead of everyone waiting on a node that cannot renew.
