@@ -131,6 +131,12 @@ impl NodeLeases {
         self.writes[usize::from(shard)].load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// False while L7 has stopped renewing: this node must then stay out of
+    /// `customer-registry` (a restarted Registry asks before it joins).
+    pub fn is_renewing(&self) -> bool {
+        !self.read().is_stopped()
+    }
+
     /// This process start's incarnation.
     pub fn incarnation(&self) -> u64 {
         self.read().incarnation()
@@ -1071,7 +1077,9 @@ fn owed_releases(leases: &NodeLeases) -> BTreeMap<ShardId, (u64, Instant)> {
     owed.into_iter().map(|(s, t)| (s, (t, now))).collect()
 }
 
-/// L7: joins or leaves `customer-registry` with this node's Registry.
+/// L7: joins or leaves `customer-registry` with this node's Registry. Called after the lease
+/// state says renewing stopped or resumed, which a Registry (re)starting meanwhile reads
+/// before joining, so either it or this call leaves it in the right place.
 fn set_registry_membership(node: &str, member: bool) {
     let Some(cell) = ractor::registry::where_is(registry_name(node)) else {
         return;
@@ -1344,6 +1352,53 @@ mod tests {
 
         crate::storage::engine::stall::set(&db_file, false);
         wait_for("rejoined the registry", || in_registry_group("keeper-l7")).await;
+        wait_for("serving again", || leases.held_count(holder_now()) == 1024).await;
+        node.supervisor.stop(None);
+    }
+
+    #[tokio::test]
+    async fn a_registry_restarted_while_renewing_is_stopped_stays_out_of_the_group_until_rejoined()
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let db_file = dir.path().join("c.db");
+        let mut config = crate::config::Config::local("keeper-l7-restart", Some(db_file.clone()));
+        config.lease = LeaseConfig {
+            ttl: Duration::from_millis(400),
+            renew_interval: Duration::from_millis(100),
+            margin: Duration::from_millis(20),
+        };
+        let node = crate::node::start_actors(&config, None, 1).await.unwrap();
+        let leases = node.ctx.leases.clone();
+        wait_for("all shards held", || {
+            leases.held_count(holder_now()) == 1024
+        })
+        .await;
+        crate::storage::engine::stall::set(&db_file, true);
+        wait_for("left the registry", || {
+            !in_registry_group("keeper-l7-restart")
+        })
+        .await;
+
+        // The Registry goes down and is restarted while renewing is still stopped.
+        let name = registry_name("keeper-l7-restart");
+        let first = ractor::registry::where_is(name.clone()).unwrap();
+        first.kill();
+        wait_for("the registry restarted", || {
+            ractor::registry::where_is(name.clone()).is_some_and(|c| {
+                c.get_id() != first.get_id() && c.get_status() == ractor::ActorStatus::Running
+            })
+        })
+        .await;
+        assert!(
+            !in_registry_group("keeper-l7-restart"),
+            "a restarted registry joined while renewing is stopped"
+        );
+
+        crate::storage::engine::stall::set(&db_file, false);
+        wait_for("rejoined the registry", || {
+            in_registry_group("keeper-l7-restart")
+        })
+        .await;
         wait_for("serving again", || leases.held_count(holder_now()) == 1024).await;
         node.supervisor.stop(None);
     }

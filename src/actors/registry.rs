@@ -126,7 +126,11 @@ impl Actor for Registry {
     ) -> Result<Self::State, ActorProcessingErr> {
         let period = sweep_period(args.ctx.idle_timeout);
         let sweeper = myself.send_interval(period, || RegistryMsg::Sweep(Wire::ok(())));
-        ractor::pg::join(REGISTRY_GROUP.to_owned(), vec![myself.get_cell()]);
+        // L7: a node that stopped renewing stays out of the group; the LeaseKeeper joins this
+        // Registry when renews answer again (it finds it by name, registered before this runs).
+        if args.ctx.leases.is_renewing() {
+            ractor::pg::join(REGISTRY_GROUP.to_owned(), vec![myself.get_cell()]);
+        }
         Ok(RegistryState {
             ctx: args.ctx,
             info: args.info,
