@@ -13,7 +13,7 @@
 //! 4. A peer whose session closed while we greeted it is dropped quietly; the group leave has
 //!    already been (or will be) handled.
 //! 5. A peer hosting a second SQLite database is refused ([`rival_of`]): a candidate, or a
-//!    serving node that loses the tie-break against the database node this node follows.
+//!    serving node other than the database node this node follows (the tie-break winner).
 //!    It exits by itself once it hears of that node; meanwhile no shard is placed on it.
 //! 6. For a name we already hold: an older incarnation is a stale session of an earlier process
 //!    start and is ignored; the same incarnation is the same process over another session (a

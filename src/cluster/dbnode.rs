@@ -19,15 +19,25 @@
 //!   which, with the full mesh every node keeps, covers two database nodes that cannot see
 //!   each other but share a third node.
 //! * **Tie-break.** A serving node beats a candidate. Between two serving nodes (or two
-//!   candidates) the older process start wins — smaller incarnation, then smaller name — so
-//!   every node that sees both picks the same one. The loser exits with a message naming the
-//!   winner, and nodes refuse to admit it as a member, so no shard is ever placed on it.
+//!   candidates) the one more peers follow wins: [`Standing::followers`] counts the peers
+//!   hosting no SQLite database whose last `Hello` named it as the database node they follow
+//!   (a plain member also counts its own choice, so a tie never moves it away from the node it
+//!   follows). An equal count falls to the smaller name, so every node that sees both picks the
+//!   same one. The loser exits with a message naming the winner, and nodes refuse to admit it
+//!   as a member, so no shard is ever placed on it. Process start times are not compared: they
+//!   are wall-clock readings of different hosts, and a newcomer whose clock lags would "be
+//!   older" than the database node the cluster has followed all along and make it exit.
 //!
 //! What this does not give: two database nodes that both started without seeds (or were
 //! confirmed by disjoint sets of peers) serve their own writes until they meet; the one that
 //! loses then exits, and writes it acknowledged stay in its own file. Only a node that knows
 //! no other database node confirms itself, so this needs two truly simultaneous starts or an
 //! operator who starts a second cluster and joins them.
+//!
+//! Followers are counted among the peers in `customer-registry` now, so an established
+//! database node whose members have all left the group (L7: none can renew) has no more
+//! followers than a newcomer, and the name decides; so does the first meeting of two database
+//! nodes nobody follows yet.
 //!
 //! The functions here are pure (no clock, no actors); [`DbRoleCell`] is the shared cell the
 //! Database actor, the Registry, Membership and the HTTP gateway read.
@@ -58,14 +68,48 @@ pub enum SqliteRole {
 pub struct DbNode {
     /// Node name.
     pub name: String,
-    /// Its process start (ms since the Unix epoch): the older one wins a tie-break.
+    /// Its process start (ms since the Unix epoch, on its own clock): tells its starts apart,
+    /// never compared with another node's.
     pub incarnation: u64,
 }
 
-impl DbNode {
-    /// True when `self` wins the tie-break against `other`: the older start, then the name.
-    pub fn beats(&self, other: &DbNode) -> bool {
-        (self.incarnation, &self.name) < (other.incarnation, &other.name)
+/// What a node ranks database nodes by: who follows which, as its peers last said.
+#[derive(Debug, Clone, Copy)]
+pub struct Standing<'a> {
+    heard: &'a [Heard],
+    own: Option<&'a DbNode>,
+}
+
+impl<'a> Standing<'a> {
+    /// The standing from `heard`, plus `own`: the database node this node follows when it
+    /// hosts no SQLite database itself (a database node's choice is no vote).
+    pub fn new(heard: &'a [Heard], own: Option<&'a DbNode>) -> Self {
+        Self { heard, own }
+    }
+
+    /// How many peers hosting no SQLite database follow the database node `name`, plus this
+    /// node when it is one of them and follows it.
+    pub fn followers(&self, name: &str) -> usize {
+        let follows = |d: Option<&DbNode>| d.is_some_and(|d| d.name == name);
+        let peers = self
+            .heard
+            .iter()
+            .filter(|h| h.role == SqliteRole::None && follows(h.database.as_ref()))
+            .count();
+        peers + usize::from(follows(self.own))
+    }
+
+    /// True when `a` wins the tie-break against `b`: more followers, then the smaller name.
+    /// Two starts of one name tie (neither wins).
+    pub fn beats(&self, a: &DbNode, b: &DbNode) -> bool {
+        let (fa, fb) = (self.followers(&a.name), self.followers(&b.name));
+        fa > fb || (fa == fb && a.name < b.name)
+    }
+
+    fn best(&self, nodes: impl IntoIterator<Item = DbNode>) -> Option<DbNode> {
+        nodes
+            .into_iter()
+            .reduce(|best, n| if self.beats(&n, &best) { n } else { best })
     }
 }
 
@@ -89,8 +133,8 @@ pub struct Heard {
 /// What a node hosting SQLite does next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    /// Keep waiting (a candidate that has met no peer yet, or a candidate that an older
-    /// candidate is ahead of).
+    /// Keep waiting (a candidate that has met no peer yet, or a candidate that another
+    /// candidate is ahead of in the tie-break).
     Wait,
     /// Serve as the cluster's database node.
     Serve,
@@ -102,42 +146,40 @@ pub enum Decision {
 }
 
 /// The serving database node this node knows first-hand: itself when it serves (`me`), else
-/// the winner of the tie-break among peers that said they serve.
-pub fn choose<'a>(
-    me: Option<&DbNode>,
-    heard: impl IntoIterator<Item = &'a Heard>,
-) -> Option<DbNode> {
-    me.into_iter()
-        .cloned()
-        .chain(
-            heard
-                .into_iter()
-                .filter(|h| h.role == SqliteRole::Serving)
-                .map(|h| h.node.clone()),
-        )
-        .reduce(|best, n| if n.beats(&best) { n } else { best })
+/// the winner of the tie-break among peers that said they serve. `followed` is the node this
+/// node follows now, counted as its own vote when it hosts no SQLite database.
+pub fn choose(me: Option<&DbNode>, heard: &[Heard], followed: Option<&DbNode>) -> Option<DbNode> {
+    let serving = heard
+        .iter()
+        .filter(|h| h.role == SqliteRole::Serving)
+        .map(|h| h.node.clone());
+    Standing::new(heard, followed).best(me.into_iter().cloned().chain(serving))
 }
 
 /// Decides for a node hosting SQLite (`me`, currently `role`) from everything its peers told
 /// it (see the module doc for the rules).
 pub fn judge(me: &DbNode, role: SqliteRole, heard: &[Heard]) -> Decision {
-    let rival = heard
-        .iter()
-        .flat_map(|h| {
-            let own = (h.role == SqliteRole::Serving).then(|| h.node.clone());
-            own.into_iter().chain(h.database.clone())
-        })
-        .filter(|d| d.name != me.name)
-        .reduce(|best, n| if n.beats(&best) { n } else { best });
+    let standing = Standing::new(heard, None);
+    let rival = standing.best(
+        heard
+            .iter()
+            .flat_map(|h| {
+                let own = (h.role == SqliteRole::Serving).then(|| h.node.clone());
+                own.into_iter().chain(h.database.clone())
+            })
+            .filter(|d| d.name != me.name),
+    );
     match (role, rival) {
-        (SqliteRole::Serving, Some(r)) if r.beats(me) => Decision::Exit { existing: r },
+        (SqliteRole::Serving, Some(r)) if standing.beats(&r, me) => Decision::Exit { existing: r },
         (SqliteRole::Serving, _) => Decision::Serve,
         (SqliteRole::Candidate, Some(r)) => Decision::Exit { existing: r },
         (SqliteRole::Candidate, None) => {
-            let older_candidate = heard.iter().any(|h| {
-                h.role == SqliteRole::Candidate && h.node.name != me.name && h.node.beats(me)
+            let ahead = heard.iter().any(|h| {
+                h.role == SqliteRole::Candidate
+                    && h.node.name != me.name
+                    && standing.beats(&h.node, me)
             });
-            if heard.is_empty() || older_candidate {
+            if heard.is_empty() || ahead {
                 Decision::Wait
             } else {
                 Decision::Serve
@@ -148,14 +190,14 @@ pub fn judge(me: &DbNode, role: SqliteRole, heard: &[Heard]) -> Decision {
 }
 
 /// The database node that makes `peer` unwelcome as a member, given the one this node follows
-/// (`chosen`): a candidate or a refused node is a rival of any other database node; a serving
-/// node is one when it loses the tie-break. `None` = no objection.
+/// (`chosen`, the winner of the tie-break among the serving nodes heard, `peer` included): a
+/// candidate or a refused node is a rival of any other database node, and so is a serving
+/// node other than `chosen`. `None` = no objection.
 pub fn rival_of(peer: &Heard, chosen: Option<&DbNode>) -> Option<DbNode> {
     let chosen = chosen.filter(|d| d.name != peer.node.name)?;
     match peer.role {
         SqliteRole::None => None,
-        SqliteRole::Candidate | SqliteRole::Refused => Some(chosen.clone()),
-        SqliteRole::Serving => chosen.beats(&peer.node).then(|| chosen.clone()),
+        SqliteRole::Candidate | SqliteRole::Refused | SqliteRole::Serving => Some(chosen.clone()),
     }
 }
 
@@ -310,10 +352,59 @@ mod tests {
     use SqliteRole::{Candidate, Serving};
 
     #[test]
-    fn the_older_start_wins_then_the_smaller_name() {
-        assert!(node("b", 1).beats(&node("a", 2)));
-        assert!(node("a", 5).beats(&node("b", 5)));
-        assert!(!node("a", 5).beats(&node("a", 5)));
+    fn the_node_more_members_follow_wins_then_the_smaller_name() {
+        let members = [
+            heard("m1", 1, SqliteRole::None, Some(node("b", 9))),
+            heard("m2", 1, SqliteRole::None, Some(node("b", 9))),
+            heard("a", 1, Serving, Some(node("a", 1))),
+        ];
+        let standing = Standing::new(&members, None);
+        assert_eq!(standing.followers("b"), 2);
+        assert_eq!(
+            standing.followers("a"),
+            0,
+            "a database node's own claim is no vote"
+        );
+        assert!(standing.beats(&node("b", 9), &node("a", 1)));
+        let nobody = Standing::new(&[], None);
+        assert!(nobody.beats(&node("a", 5), &node("b", 1)));
+        assert!(!nobody.beats(&node("a", 5), &node("a", 1)));
+        let mine = node("b", 9);
+        assert!(
+            Standing::new(&[], Some(&mine)).beats(&node("b", 9), &node("a", 1)),
+            "a member's own choice counts"
+        );
+    }
+
+    #[test]
+    fn a_newcomer_whose_clock_lags_far_behind_does_not_displace_the_database_node() {
+        // n1 has served the cluster for long; d4 was started by mistake with --db-path and no
+        // seeds on a host whose clock is years behind: by start times it would be "older".
+        let db = node("n1", 1_700_000_000_000);
+        let newcomer = node("d4", 1_000);
+        let at_newcomer = [
+            heard("n1", db.incarnation, Serving, Some(db.clone())),
+            heard("n2", 5, SqliteRole::None, Some(db.clone())),
+        ];
+        assert_eq!(
+            judge(&newcomer, Serving, &at_newcomer),
+            Decision::Exit {
+                existing: db.clone()
+            }
+        );
+        let at_db = [
+            heard("d4", newcomer.incarnation, Serving, Some(newcomer.clone())),
+            heard("n2", 5, SqliteRole::None, Some(db.clone())),
+        ];
+        assert_eq!(judge(&db, Serving, &at_db), Decision::Serve);
+        let at_member = [at_newcomer[0].clone(), at_db[0].clone()];
+        assert_eq!(
+            choose(None, &at_member, Some(&db)),
+            Some(db.clone()),
+            "the member keeps following n1"
+        );
+        let newcomer_heard = at_db[0].clone();
+        assert_eq!(rival_of(&newcomer_heard, Some(&db)), Some(db));
     }
 
     #[test]
@@ -358,7 +449,7 @@ mod tests {
     }
 
     #[test]
-    fn of_two_candidates_the_younger_waits_for_the_older() {
+    fn of_two_candidates_nobody_follows_the_one_with_the_larger_name_waits() {
         let older = [heard("d3", 5, Candidate, None)];
         assert_eq!(judge(&node("d4", 9), Candidate, &older), Decision::Wait);
         let younger = [heard("d4", 9, Candidate, None)];
@@ -366,17 +457,27 @@ mod tests {
     }
 
     #[test]
-    fn a_serving_node_exits_only_for_an_older_serving_node() {
+    fn a_serving_node_exits_only_for_a_serving_node_more_members_follow() {
         let me = node("b", 20);
-        let older = [heard("c", 3, SqliteRole::None, Some(node("a", 10)))];
+        let followed = [heard("c", 3, SqliteRole::None, Some(node("z", 10)))];
         assert_eq!(
-            judge(&me, Serving, &older),
+            judge(&me, Serving, &followed),
             Decision::Exit {
-                existing: node("a", 10)
+                existing: node("z", 10)
             }
         );
-        let younger = [heard("c", 3, SqliteRole::None, Some(node("z", 30)))];
-        assert_eq!(judge(&me, Serving, &younger), Decision::Serve);
+        let split = [
+            heard("c", 3, SqliteRole::None, Some(node("z", 1))),
+            heard("d", 3, SqliteRole::None, Some(node("b", 20))),
+            heard("e", 3, SqliteRole::None, Some(node("b", 20))),
+        ];
+        assert_eq!(judge(&me, Serving, &split), Decision::Serve);
+        let unfollowed = [heard("z", 1, Serving, Some(node("z", 1)))];
+        assert_eq!(
+            judge(&me, Serving, &unfollowed),
+            Decision::Serve,
+            "nobody follows either: the smaller name stays"
+        );
         let candidate = [heard("a", 1, Candidate, None)];
         assert_eq!(
             judge(&me, Serving, &candidate),
@@ -394,12 +495,20 @@ mod tests {
             heard("x", 1, SqliteRole::None, Some(node("q", 0))),
         ];
         assert_eq!(
-            choose(None, &peers),
+            choose(None, &peers, None),
             Some(node("a", 10)),
             "reports are not relayed"
         );
-        assert_eq!(choose(Some(&node("m", 5)), &peers), Some(node("m", 5)));
-        assert_eq!(choose(None, &[]), None);
+        assert_eq!(
+            choose(None, &peers, Some(&node("b", 20))),
+            Some(node("b", 20)),
+            "a tie never moves a member away from the node it follows"
+        );
+        assert_eq!(
+            choose(Some(&node("0", 5)), &peers, None),
+            Some(node("0", 5))
+        );
+        assert_eq!(choose(None, &[], None), None);
     }
 
     #[test]
@@ -412,10 +521,12 @@ mod tests {
             None,
             "no database node known yet"
         );
-        let losing = heard("d4", 20, Serving, None);
-        assert_eq!(rival_of(&losing, Some(&db)), Some(db.clone()));
-        let winning = heard("d4", 5, Serving, None);
-        assert_eq!(rival_of(&winning, Some(&db)), None);
+        let other = heard("d4", 1, Serving, None);
+        assert_eq!(
+            rival_of(&other, Some(&db)),
+            Some(db.clone()),
+            "a serving node other than the one followed, whatever its start time"
+        );
         let plain = heard("n2", 1, SqliteRole::None, None);
         assert_eq!(rival_of(&plain, Some(&db)), None);
         let itself = heard("n1", 10, Serving, None);

@@ -486,7 +486,10 @@ impl MembershipState {
             }
         }
         let serving = (self.args.db_role.role() == SqliteRole::Serving).then_some(&me);
-        let chosen = choose(serving, &heard);
+        // A plain member's current choice is its own vote: a tie never moves it (dbnode).
+        let followed = self.args.db_role.chosen();
+        let own_vote = followed.as_ref().filter(|_| role == SqliteRole::None);
+        let chosen = choose(serving, &heard, own_vote);
         if let Some(c) = &chosen
             && self.args.db_role.chosen().as_ref() != Some(c)
         {
