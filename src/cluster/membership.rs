@@ -17,11 +17,11 @@
 //! Each publish bumps the ring epoch and tells the local Registry to retire actors it no
 //! longer owns.
 //!
-//! The [`Lease`] answers "is my picture of the cluster recent?". Membership renews it on every
-//! heartbeat tick. A process that was frozen (SIGSTOP, a long stall) wakes up with an expired
-//! lease, and customer actors then reload from the database before serving anything cached:
-//! while we were frozen, peers may have evicted us and accepted newer writes. Its rule takes
-//! the time as an argument; only [`Lease::is_valid`] reads the clock, for callers at the edge.
+//! The [`Lease`] here (renewed on every heartbeat tick) only says whether this node's picture
+//! of the cluster is recent; nothing decides what to serve from it. Customer actors do not read
+//! it: whether a shard may be served from cache is the shard lease's answer (the LeaseKeeper's
+//! `NodeLeases`, DESIGN §6), which a frozen process (SIGSTOP, a long stall) finds expired on
+//! waking, whatever the membership picture says.
 //!
 //! Restarts: the supervisor restarts a failed Membership. The new one starts from the sessions
 //! the NodeServer holds and greets every Registry already in the group, so peers are
@@ -71,8 +71,8 @@ impl View {
     }
 }
 
-/// Freshness of this node's cluster picture; cheap to check on every customer operation.
-/// Clones share one lease: Membership renews it, customer actors read it.
+/// Freshness of this node's cluster picture. Clones share one lease; Membership renews it.
+/// No request path reads it (serving is decided by the shard leases).
 #[derive(Clone)]
 pub struct Lease {
     inner: Arc<LeaseInner>,
