@@ -298,35 +298,40 @@ async fn a_database_node_started_with_seeds_serves_only_after_meeting_the_cluste
 }
 
 #[tokio::test]
-async fn of_two_database_nodes_sharing_a_third_the_older_keeps_serving() {
-    // Two database nodes started without seeds, so both serve their own file, and a third
-    // node that knows both. The older start wins; the other exits naming it.
+async fn a_database_node_started_alone_with_its_clock_an_hour_behind_exits_for_the_one_the_cluster_follows()
+ {
+    // i1 is the database node and i3 follows it. i2 is started by mistake with its own file and
+    // no seeds, on a host whose wall clock reads an hour behind: by start times it would be the
+    // older of the two. i3 dials it (its address is one of i3's seeds) and tells it that it
+    // follows i1; the node the cluster follows keeps serving and i2 exits naming it.
     let dir = tempfile::tempdir().unwrap();
-    let mut older = NodeSpec::new("i1");
-    older.db_path = Some(dir.path().join("i1.db"));
-    let older = TestNode::start(older, dir.path());
-    older.wait_ready(Duration::from_secs(60)).await;
-    let before = write_and_read(&older, &older, "kept").await.unwrap();
-    let mut younger = NodeSpec::new("i2");
-    younger.db_path = Some(dir.path().join("i2.db"));
-    let mut younger = TestNode::start(younger, dir.path());
-    younger.wait_ready(Duration::from_secs(60)).await;
-
+    let mut first = NodeSpec::new("i1");
+    first.db_path = Some(dir.path().join("i1.db"));
+    let first = TestNode::start(first, dir.path());
+    first.wait_ready(Duration::from_secs(60)).await;
+    let before = write_and_read(&first, &first, "kept").await.unwrap();
+    let mut lagging = NodeSpec::new("i2");
+    lagging.db_path = Some(dir.path().join("i2.db"));
+    lagging.extra = vec!["--fault-hook".into(), "wall-clock-offset=-3600000".into()];
     let mut third = NodeSpec::new("i3");
-    third.seeds = vec![older.spec.cluster_addr(), younger.spec.cluster_addr()];
+    third.seeds = vec![first.spec.cluster_addr(), lagging.cluster_addr()];
     let third = TestNode::start(third, dir.path());
+    third.wait_ready(Duration::from_secs(60)).await;
 
-    assert_eq!(younger.wait_exit(Duration::from_secs(60)).await, Some(1));
+    let mut lagging = TestNode::start(lagging, dir.path());
+    assert_eq!(lagging.wait_exit(Duration::from_secs(60)).await, Some(1));
     assert!(
-        younger
+        lagging
             .log()
-            .contains("refused by the cluster: node i1 is already its database node")
+            .contains("refused by the cluster: node i1 is already its database node"),
+        "{}",
+        lagging.log()
     );
     third.wait_ready(Duration::from_secs(60)).await;
-    older.wait_ready(Duration::from_secs(60)).await;
-    let id = write_and_read(&third, &older, "after").await.unwrap();
+    first.wait_ready(Duration::from_secs(60)).await;
+    let id = write_and_read(&third, &first, "after").await.unwrap();
     assert_eq!(third.get(&before).await.status, 200);
-    assert_eq!(older.get(&id).await.status, 200);
+    assert_eq!(first.get(&id).await.status, 200);
     let c = third.cluster().await.unwrap();
     assert_eq!(c["db_members"], json!(["i1"]));
 }
