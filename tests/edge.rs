@@ -410,8 +410,20 @@ async fn the_cluster_port_caps_and_times_out_unauthenticated_connections_and_log
         )
         .await;
     }
-    // Members keep serving meanwhile: a write through gate2 and a read through gate1.
-    let id = id_of(&n2.create("Behind the gate", "gate@example.com").await);
+    // Members keep serving meanwhile: a write through gate2 and a read through gate1. (A 503
+    // — a shard still being granted on a loaded machine — is "not applied": try again.)
+    let mut attempt = 0;
+    let gate2 = &n2;
+    let id = wait_until("a write through gate2", READY, || {
+        attempt += 1;
+        let email = format!("gate{attempt}@example.com");
+        let n2 = gate2;
+        async move {
+            let r = n2.create("Behind the gate", &email).await;
+            (r.status == 201).then(|| id_of(&r))
+        }
+    })
+    .await;
     assert_eq!(n1.get(&id).await.status, 200);
     assert_eq!(n1.members().await.unwrap(), both);
 
