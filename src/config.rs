@@ -142,6 +142,11 @@ pub struct ConfigLayer {
     #[arg(long, env = "CUSTOMER_CLUSTER_DB_MAX_BATCH")]
     pub db_max_batch: Option<usize>,
 
+    /// Most writes waiting for the database writer; one more is refused at once with 503
+    /// (nothing applied) [default: 4096].
+    #[arg(long, env = "CUSTOMER_CLUSTER_DB_MAX_QUEUED_WRITES")]
+    pub db_max_queued_writes: Option<usize>,
+
     /// Database reader threads [default: 2].
     #[arg(long, env = "CUSTOMER_CLUSTER_DB_READERS")]
     pub db_readers: Option<usize>,
@@ -256,6 +261,7 @@ impl ConfigLayer {
             request_timeout_ms,
             max_body_bytes,
             db_max_batch,
+            db_max_queued_writes,
             db_readers,
             request_retention_s,
             shutdown_grace_ms,
@@ -377,6 +383,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Group-commit batch cap.
     pub db_max_batch: usize,
+    /// Bound of the database write queue.
+    pub db_max_queued_writes: usize,
     /// Database reader threads.
     pub db_readers: usize,
     /// How long request ids are kept and how they are pruned (F4); the retention is at least
@@ -560,6 +568,9 @@ impl Config {
             db_max_batch: layer
                 .db_max_batch
                 .unwrap_or(crate::storage::engine::DEFAULT_MAX_BATCH),
+            db_max_queued_writes: layer
+                .db_max_queued_writes
+                .unwrap_or(crate::storage::engine::DEFAULT_MAX_QUEUED_WRITES),
             db_readers: layer.db_readers.unwrap_or(defaults::DB_READERS),
             request_pruning,
             shutdown_grace: ms(layer.shutdown_grace_ms, defaults::SHUTDOWN_GRACE_MS),
@@ -633,8 +644,10 @@ impl Config {
         if self.max_body_bytes < 1024 {
             return invalid("--max-body-bytes must be at least 1024");
         }
-        if self.db_max_batch == 0 || self.db_readers == 0 {
-            return invalid("--db-max-batch and --db-readers must be at least 1");
+        if self.db_max_batch == 0 || self.db_readers == 0 || self.db_max_queued_writes == 0 {
+            return invalid(
+                "--db-max-batch, --db-max-queued-writes and --db-readers must be at least 1",
+            );
         }
         if self.db_pool_size <= self.db_readers {
             return invalid(
@@ -667,15 +680,21 @@ impl Config {
     pub fn database(&self) -> Option<EngineConfig> {
         let backend = match (&self.db_path, &self.database_url) {
             (Some(path), _) => Backend::Sqlite(path.clone()),
-            (None, Some(url)) => Backend::Postgres(PostgresConfig {
-                pool_size: self.db_pool_size,
-                ..PostgresConfig::new(url.clone())
-            }),
+            // lock_timeout, idle_in_transaction_session_timeout and the renew deadline follow
+            // the lease TTL (DESIGN §6 F2, L2).
+            (None, Some(url)) => Backend::Postgres(
+                PostgresConfig {
+                    pool_size: self.db_pool_size,
+                    ..PostgresConfig::new(url.clone())
+                }
+                .for_lease(self.lease.ttl, self.lease.margin),
+            ),
             (None, None) => return None,
         };
         Some(EngineConfig {
             backend,
             max_batch: self.db_max_batch,
+            max_queued_writes: self.db_max_queued_writes,
             readers: self.db_readers,
             prune: Some(self.request_pruning.clone()),
         })
@@ -1078,6 +1097,27 @@ mod tests {
         );
         assert!(!format!("{c:?}").contains("pw"));
         assert!(!Config::resolve(minimal()).unwrap().hosts_database());
+    }
+
+    #[test]
+    fn postgres_lock_and_renew_timeouts_follow_the_lease_ttl_and_the_write_queue_is_bounded() {
+        let mut l = minimal();
+        l.database_url = Some("postgres://cc@127.0.0.1:5432/customers".into());
+        l.lease_ttl_ms = Some(400);
+        l.lease_renew_ms = Some(100);
+        l.lease_margin_ms = Some(20);
+        let engine = Config::resolve(l.clone()).unwrap().database().unwrap();
+        let Backend::Postgres(pg) = engine.backend else {
+            panic!("not postgres");
+        };
+        assert_eq!(pg.lock_timeout, Duration::from_millis(200));
+        assert_eq!(pg.renew_timeout, Duration::from_millis(190));
+        assert_eq!(
+            engine.max_queued_writes,
+            crate::storage::engine::DEFAULT_MAX_QUEUED_WRITES
+        );
+        l.db_max_queued_writes = Some(0);
+        assert!(Config::resolve(l).is_err());
     }
 
     #[test]

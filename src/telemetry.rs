@@ -279,6 +279,11 @@ pub const METRICS: &[(&str, MetricKind, &str)] = &[
         "Batches whose transaction failed (none of their writes acknowledged)",
     ),
     (
+        "customer_db_writes_shed_total",
+        MetricKind::Counter,
+        "Writes refused at once with 503 because the database write queue was full (--db-max-queued-writes; nothing applied)",
+    ),
+    (
         "customer_version_conflicts_total",
         MetricKind::Counter,
         "Stale writes rejected by the database compare-and-set (fencing)",

@@ -143,6 +143,7 @@ fn a_stopped_server_answers_unavailable_in_time_and_service_resumes_after_restar
     let engine = Engine::open(&EngineConfig {
         backend: Backend::Postgres(config),
         max_batch: 16,
+        max_queued_writes: customer_cluster::storage::engine::DEFAULT_MAX_QUEUED_WRITES,
         readers: 1,
         prune: None,
     })

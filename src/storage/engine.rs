@@ -1,22 +1,40 @@
 //! Runs a [`Store`] on dedicated OS threads with group commit.
 //!
-//! * **Writer thread.** Owns the one writing connection and serves two queues:
-//!   - **lease jobs** ([`LeaseJob`]: renew, register, takeover, grant, release, clear, settle)
-//!     come first: each is its own short transaction, and every one queued is served
-//!     before the next write batch starts. A renew therefore never waits behind more than the
-//!     batch already committing, and is never part of a write batch (DESIGN §6 L2).
-//!   - **writes** ([`WriteJob`]): blocks for the first, drains whatever else is already queued
-//!     (up to `max_batch`), applies the lot in one transaction, commits once (one fsync), and
-//!     only then completes every write in the batch. Under load, batches grow by themselves and
-//!     the fsync cost is shared; at low load a lone write commits immediately, so group commit
-//!     adds no latency. `max_batch = 1` gives classic one-commit-per-write.
-//!   - **request-id pruning** (F4, [`super::prune`]) comes last: when a prune batch is due and
-//!     neither queue has anything, the writer removes at most one batch of expired request
-//!     ids in its own transaction; a batch that has waited for an idle writer for a second
-//!     runs between write batches, still never before a queued lease job.
+//! * **Writer thread.** Owns the one writing connection and serves its queues in strict
+//!   priority order, one transaction at a time (DESIGN §6 L2: a renew is never behind a
+//!   queue of other work and never part of a write batch):
+//!   1. **renews** ([`LeaseJob::Renew`]), each its own transaction — on SQLite only: on
+//!      PostgreSQL a renew never reaches this thread (see *Renewer thread*);
+//!   2. **other lease jobs** ([`LeaseJob`]: register, takeover, grant, release, clear), each
+//!      its own short transaction;
+//!   3. **settles** ([`LeaseJob::Settle`], F3): every settle already queued (up to
+//!      `max_batch`) runs in one transaction, a savepoint each, and commits once (one fsync);
+//!      each gets its own answer. A timed-out batch of 500 writes settles in one or two
+//!      commits, not 500;
+//!   4. **writes** ([`WriteJob`]): blocks for the first, drains whatever else is already queued
+//!      (up to `max_batch`), applies the lot in one transaction, commits once (one fsync), and
+//!      only then completes every write in the batch. Under load, batches grow by themselves and
+//!      the fsync cost is shared; at low load a lone write commits immediately, so group commit
+//!      adds no latency. `max_batch = 1` gives classic one-commit-per-write;
+//!   5. **request-id pruning** (F4, [`super::prune`]) comes last: when a prune batch is due and
+//!      no queue has anything, the writer removes at most one batch of expired request
+//!      ids in its own transaction; a batch that has waited for an idle writer for a second
+//!      runs between write batches, still never before a queued renew, lease job or settle.
 //!
+//!   Between two transactions the writer looks at the queues again from the top, so a renew
+//!   waits for at most the one transaction in progress (on SQLite, milliseconds).
 //!   Grants and fenced writes share this one connection, so a write's token check and its
 //!   commit cannot be interleaved with a grant (F1 on SQLite).
+//! * **The write queue is bounded** ([`EngineConfig::max_queued_writes`], default
+//!   [`DEFAULT_MAX_QUEUED_WRITES`]): a write that finds it full is answered at once with
+//!   `Unavailable` (503, nothing applied: it never reached the store) and counted in
+//!   `customer_db_writes_shed_total`. An overload therefore sheds load instead of growing a
+//!   queue whose tail would only commit after its callers' deadlines — as unknown outcomes
+//!   that each cost a settle.
+//! * **Renewer thread** (PostgreSQL only). Renews run on a thread of their own over a
+//!   connection of their own (outside the pool), so a renew never waits for a batch in
+//!   progress, a settle blocked on another node's row lock, or a free pooled connection. On
+//!   SQLite there is one writer connection, so renews go first on the writer instead.
 //! * **Reader threads.** Serve gets, lists and the lease table from read-only connections; WAL
 //!   lets them run while the writer commits. A read issued after a write was acknowledged sees
 //!   that write.
@@ -32,7 +50,7 @@ use std::path::PathBuf;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Select, Sender};
+use crossbeam_channel::{Receiver, Select, Sender, TrySendError};
 
 use super::email_keys;
 use super::postgres::{PostgresConfig, PostgresStore, redact_url};
@@ -49,6 +67,12 @@ use crate::error::{Error, Result};
 /// (measured: ~10x durable writes/s), small enough that one batch commits in milliseconds.
 pub const DEFAULT_MAX_BATCH: usize = 512;
 
+/// Default bound of the write queue: 8 full batches. A SQLite batch of 512 commits in tens of
+/// milliseconds and a PostgreSQL one in well under a second on a local network (about four
+/// round trips per write), so a full queue drains within a fraction of the default request
+/// timeout (5 s); a write that would wait longer is refused at once instead.
+pub const DEFAULT_MAX_QUEUED_WRITES: usize = 8 * DEFAULT_MAX_BATCH;
+
 /// Completion callback for a storage request, run on a storage thread.
 pub type Done<T> = Box<dyn FnOnce(Result<T>) + Send>;
 
@@ -60,8 +84,9 @@ pub struct WriteJob {
     pub done: Done<WriteOutcome>,
 }
 
-/// A queued lease or request-id operation: served by the writer before any queued write, each
-/// in its own transaction. Each variant is the [`Store`] method of the same name.
+/// A queued lease or request-id operation: served before any queued write. Each variant is the
+/// [`Store`] method of the same name; renews and settles have queues of their own (see the
+/// module doc).
 pub enum LeaseJob {
     /// [`Store::register`].
     Register {
@@ -197,6 +222,14 @@ impl LeaseJob {
     }
 }
 
+/// A queued settle (F3), run with the other settles queued with it in one transaction.
+pub struct SettleJob {
+    /// The request attempt whose outcome is unknown.
+    pub stamp: RequestStamp,
+    /// Completion.
+    pub done: Done<Settlement>,
+}
+
 /// A queued read.
 pub enum ReadJob {
     /// Fetch one live customer.
@@ -249,8 +282,10 @@ impl Backend {
 pub struct EngineConfig {
     /// The store to run.
     pub backend: Backend,
-    /// Most writes committed in one transaction; 1 disables group commit.
+    /// Most writes (and most settles) committed in one transaction; 1 disables group commit.
     pub max_batch: usize,
+    /// Most writes waiting for the writer; a write beyond it is refused with `Unavailable`.
+    pub max_queued_writes: usize,
     /// Number of reader threads (each with its own connection).
     pub readers: usize,
     /// How the writer prunes request ids (F4); `None` never prunes (tests of other things).
@@ -263,6 +298,7 @@ impl EngineConfig {
         Self {
             backend: Backend::Sqlite(path.into()),
             max_batch,
+            max_queued_writes: DEFAULT_MAX_QUEUED_WRITES,
             readers,
             prune: Some(PruneConfig::default()),
         }
@@ -271,10 +307,15 @@ impl EngineConfig {
 
 /// Handle to the storage threads. Cheap to share by reference; submit never blocks.
 pub struct Engine {
+    renew_tx: Sender<LeaseJob>,
     lease_tx: Sender<LeaseJob>,
+    settle_tx: Sender<SettleJob>,
     write_tx: Sender<WriteJob>,
     read_tx: Sender<ReadJob>,
+    /// The writer first, then the renewer if there is one, then the readers.
     threads: Vec<JoinHandle<()>>,
+    /// How many of `threads` write (the writer, and the renewer on PostgreSQL).
+    writers: usize,
 }
 
 impl Engine {
@@ -290,31 +331,56 @@ impl Engine {
                     .map(|_| SqliteStore::open_reader(path))
                     .collect::<Result<Vec<_>>>()?;
                 let writer = Writer::new(writer, config);
-                Self::start(writer, readers, path.clone())
+                Self::start(writer, None, readers, config, path.clone())
             }
             Backend::Postgres(pg) => {
                 let mut writer = PostgresStore::connect(pg)?;
                 email_keys::report(&writer.email_key_conflicts()?);
+                let renewer = writer.renewer(pg)?;
                 let readers = vec![writer.clone(); readers];
                 let writer = Writer::new(writer, config);
-                Self::start(writer, readers, PathBuf::new())
+                Self::start(writer, Some(renewer), readers, config, PathBuf::new())
             }
         }
     }
 
-    /// Starts the writer thread over `writer` and one reader thread per store in `readers`.
+    /// Starts the writer thread over `writer`, the renewer thread over `renewer` (else the
+    /// writer serves renews first) and one reader thread per store in `readers`.
     /// `stall_key` names this engine for the test-only writer stall hook ([`stall`]).
-    fn start<S: Store>(writer: Writer<S>, readers: Vec<S>, stall_key: PathBuf) -> Result<Self> {
+    fn start<S: Store>(
+        writer: Writer<S>,
+        renewer: Option<S>,
+        readers: Vec<S>,
+        config: &EngineConfig,
+        stall_key: PathBuf,
+    ) -> Result<Self> {
+        let (renew_tx, renew_rx) = crossbeam_channel::unbounded();
         let (lease_tx, lease_rx) = crossbeam_channel::unbounded();
-        let (write_tx, write_rx) = crossbeam_channel::unbounded();
+        let (settle_tx, settle_rx) = crossbeam_channel::unbounded();
+        let (write_tx, write_rx) = crossbeam_channel::bounded(config.max_queued_writes.max(1));
         let (read_tx, read_rx) = crossbeam_channel::unbounded();
         #[cfg(not(test))]
         let _ = stall_key;
+        // With a renewer, the writer's renew queue is closed from the start.
+        let (writer_renews, renewer_renews) = match renewer {
+            Some(_) => (crossbeam_channel::unbounded().1, Some(renew_rx)),
+            None => (renew_rx, None),
+        };
+        let queues = Queues {
+            renews: writer_renews,
+            leases: lease_rx,
+            settles: settle_rx,
+            writes: write_rx,
+        };
         let mut threads = vec![spawn_named("db-writer", move || {
             #[cfg(test)]
             stall::bind(stall_key);
-            write_loop(writer, &lease_rx, &write_rx)
+            write_loop(writer, &queues)
         })?];
+        if let (Some(store), Some(rx)) = (renewer, renewer_renews) {
+            threads.push(spawn_named("db-renewer", move || renew_loop(store, &rx))?);
+        }
+        let writers = threads.len();
         for (i, reader) in readers.into_iter().enumerate() {
             let rx = read_rx.clone();
             threads.push(spawn_named(&format!("db-reader-{i}"), move || {
@@ -322,10 +388,13 @@ impl Engine {
             })?);
         }
         Ok(Self {
+            renew_tx,
             lease_tx,
+            settle_tx,
             write_tx,
             read_tx,
             threads,
+            writers,
         })
     }
 
@@ -340,16 +409,33 @@ impl Engine {
     }
 
     /// Queues a write with its fence and request stamp; `done` gets its full outcome once the
-    /// batch committed (or the error that prevented the commit).
+    /// batch committed (or the error that prevented the commit). A write that finds the queue
+    /// full is answered at once with `Unavailable`: it was never queued, nothing was applied.
     pub fn submit(&self, write: Write, done: Done<WriteOutcome>) {
-        if let Err(rejected) = self.write_tx.send(WriteJob { write, done }) {
-            (rejected.0.done)(Err(stopped()));
+        match self.write_tx.try_send(WriteJob { write, done }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(job)) => {
+                metrics::counter!("customer_db_writes_shed_total").increment(1);
+                (job.done)(Err(queue_full(self.write_tx.capacity().unwrap_or(0))));
+            }
+            Err(TrySendError::Disconnected(job)) => (job.done)(Err(stopped())),
         }
     }
 
-    /// Queues a lease or request-id job; it runs before any write queued with it.
+    /// Queues a lease or request-id job; it runs before any write queued with it, a renew
+    /// before anything else (see the module doc).
     pub fn lease(&self, job: LeaseJob) {
-        if let Err(rejected) = self.lease_tx.send(job) {
+        let sent = match job {
+            LeaseJob::Settle { stamp, done } => {
+                if let Err(rejected) = self.settle_tx.send(SettleJob { stamp, done }) {
+                    (rejected.0.done)(Err(stopped()));
+                }
+                return;
+            }
+            LeaseJob::Renew { .. } => self.renew_tx.send(job),
+            _ => self.lease_tx.send(job),
+        };
+        if let Err(rejected) = sent {
             rejected.0.fail(stopped());
         }
     }
@@ -366,15 +452,19 @@ impl Engine {
         }
     }
 
-    /// Whether the writer thread has stopped while the engine is open: it panicked (see
-    /// `write_loop`); nothing more will be written until the engine is replaced.
+    /// Whether the writer thread (or the renewer) has stopped while the engine is open: it
+    /// panicked (see `write_loop`); nothing more will be written until the engine is replaced.
     pub fn writer_stopped(&self) -> bool {
-        self.threads.first().is_some_and(JoinHandle::is_finished)
+        self.threads[..self.writers]
+            .iter()
+            .any(JoinHandle::is_finished)
     }
 
     /// Closes the queues and waits until every queued request has been completed.
     pub fn shutdown(self) {
+        drop(self.renew_tx);
         drop(self.lease_tx);
+        drop(self.settle_tx);
         drop(self.write_tx);
         drop(self.read_tx);
         for t in self.threads {
@@ -385,6 +475,15 @@ impl Engine {
 
 fn stopped() -> Error {
     Error::Unavailable("database is shutting down".into())
+}
+
+/// The answer to a write refused because `capacity` writes are already waiting. An
+/// `Unavailable` whose text claims nothing about a call in flight: callers treat it as "not
+/// applied" (503), never as an unknown outcome.
+fn queue_full(capacity: usize) -> Error {
+    Error::Unavailable(format!(
+        "the database write queue is full ({capacity} writes waiting); nothing was applied, retry"
+    ))
 }
 
 fn spawn_named(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
@@ -413,56 +512,90 @@ fn fill<T>(first: T, rx: &Receiver<T>, max: usize) -> Vec<T> {
 
 /// What the writer does next.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Next<L, W> {
-    /// One lease job, in its own transaction.
+pub enum Next<R, L, S, W> {
+    /// One renew, in its own transaction.
+    Renew(R),
+    /// One other lease job, in its own transaction.
     Lease(L),
+    /// A batch of settles, in one transaction.
+    Settles(Vec<S>),
     /// A batch of writes, in one transaction.
     Writes(Vec<W>),
     /// Nothing is queued and the deadline has passed: time for low-priority work (a prune).
     Idle,
 }
 
-/// The writer's schedule: a queued lease job always goes first; otherwise a batch of the
-/// writes already queued (up to `max`); otherwise block until either queue has something.
-/// Returns `None` once both queues are closed and empty.
-pub fn next_job<L, W>(
-    leases: &Receiver<L>,
-    writes: &Receiver<W>,
-    max: usize,
-) -> Option<Next<L, W>> {
-    next_job_until(leases, writes, max, None)
+/// The writer's queues, highest priority first.
+pub struct Queues<R, L, S, W> {
+    /// Renews (closed from the start when a renewer thread serves them).
+    pub renews: Receiver<R>,
+    /// Other lease jobs.
+    pub leases: Receiver<L>,
+    /// Settles.
+    pub settles: Receiver<S>,
+    /// Writes.
+    pub writes: Receiver<W>,
+}
+
+impl<R, L, S, W> Queues<R, L, S, W> {
+    /// Whether a renew, lease job or settle is waiting: work that goes before a prune.
+    fn urgent(&self) -> bool {
+        !(self.renews.is_empty() && self.leases.is_empty() && self.settles.is_empty())
+    }
+}
+
+/// The writer's schedule, in strict priority: a queued renew, else another lease job, else a
+/// batch of the settles already queued (up to `max`), else a batch of the writes already
+/// queued (up to `max`); otherwise block until any queue has something. Returns `None` once
+/// every queue is closed and empty.
+pub fn next_job<R, L, S, W>(q: &Queues<R, L, S, W>, max: usize) -> Option<Next<R, L, S, W>> {
+    next_job_until(q, max, None)
 }
 
 /// [`next_job`], but once `until` has passed with nothing queued, returns [`Next::Idle`]
-/// instead of blocking on: queued lease jobs and writes always go before idle work.
-pub fn next_job_until<L, W>(
-    leases: &Receiver<L>,
-    writes: &Receiver<W>,
+/// instead of blocking on: every queued job goes before idle work.
+pub fn next_job_until<R, L, S, W>(
+    q: &Queues<R, L, S, W>,
     max: usize,
     until: Option<Instant>,
-) -> Option<Next<L, W>> {
+) -> Option<Next<R, L, S, W>> {
     loop {
-        let lease_closed = match leases.try_recv() {
+        let renews_closed = match q.renews.try_recv() {
+            Ok(job) => return Some(Next::Renew(job)),
+            Err(e) => e.is_disconnected(),
+        };
+        let leases_closed = match q.leases.try_recv() {
             Ok(job) => return Some(Next::Lease(job)),
             Err(e) => e.is_disconnected(),
         };
-        let writes_closed = match writes.try_recv() {
-            Ok(first) => return Some(Next::Writes(fill(first, writes, max))),
+        let settles_closed = match q.settles.try_recv() {
+            Ok(first) => return Some(Next::Settles(fill(first, &q.settles, max))),
             Err(e) => e.is_disconnected(),
         };
-        if lease_closed && writes_closed {
+        let writes_closed = match q.writes.try_recv() {
+            Ok(first) => return Some(Next::Writes(fill(first, &q.writes, max))),
+            Err(e) => e.is_disconnected(),
+        };
+        if renews_closed && leases_closed && settles_closed && writes_closed {
             return None;
         }
         if until.is_some_and(|t| Instant::now() >= t) {
             return Some(Next::Idle);
         }
-        // Wait without taking anything, then take in priority order above.
+        // Wait without taking anything, then take in priority order above. A closed queue is
+        // left out: it would be "ready" at once, forever.
         let mut ready = Select::new();
-        if !lease_closed {
-            ready.recv(leases);
+        if !renews_closed {
+            ready.recv(&q.renews);
+        }
+        if !leases_closed {
+            ready.recv(&q.leases);
+        }
+        if !settles_closed {
+            ready.recv(&q.settles);
         }
         if !writes_closed {
-            ready.recv(writes);
+            ready.recv(&q.writes);
         }
         match until {
             Some(t) => {
@@ -561,35 +694,53 @@ fn jitter(max: Duration) -> Duration {
     Duration::from_nanos(random % nanos)
 }
 
+/// The writer's queues as the engine fills them.
+type WriterQueues = Queues<LeaseJob, LeaseJob, SettleJob, WriteJob>;
+
 /// The writer thread. It returns when the queues close (shutdown) or after a panic in a job:
 /// a store that panicked mid-statement is not trusted with the next one. The Database actor
 /// notices the stopped writer ([`Engine::writer_stopped`]) and fails, and its supervisor
 /// starts it again over a fresh engine.
-fn write_loop<S: Store>(
-    mut writer: Writer<S>,
-    leases: &Receiver<LeaseJob>,
-    writes: &Receiver<WriteJob>,
-) {
+fn write_loop<S: Store>(mut writer: Writer<S>, queues: &WriterQueues) {
+    // Settles taken but not attempted by the last settle transaction (see
+    // [`Store::settle_batch`]): they go before any newly queued settle.
+    let mut carried: Vec<SettleJob> = Vec::new();
     loop {
         // A prune batch starved by a writer that is never idle goes between write batches,
-        // but never before a queued lease job.
-        if writer.prune_starved() && leases.is_empty() {
+        // but never before a queued renew, lease job or settle.
+        if writer.prune_starved() && !queues.urgent() && carried.is_empty() {
             if !writer.prune_batch() {
                 return;
             }
             continue;
         }
-        let until = writer.prune_due();
-        let Some(next) = next_job_until(leases, writes, writer.max_batch, until) else {
-            return;
+        let next = if carried.is_empty() || !queues.renews.is_empty() || !queues.leases.is_empty() {
+            let until = writer.prune_due();
+            let Some(next) = next_job_until(queues, writer.max_batch, until) else {
+                return;
+            };
+            next
+        } else {
+            Next::Settles(Vec::new())
         };
         let survived = match next {
-            Next::Lease(job) => {
+            Next::Renew(job) | Next::Lease(job) => {
                 #[cfg(test)]
                 stall::wait_while_stalled();
+                #[cfg(test)]
+                stall::count_transaction();
                 // A panicking job drops its reply: its caller sees the request dropped and
                 // treats it as failed (a lease operation never counts as done unanswered).
                 guarded("lease job", || job.run(&mut writer.store)).is_some()
+            }
+            Next::Settles(batch) => {
+                let mut jobs = std::mem::take(&mut carried);
+                jobs.extend(batch);
+                let room = writer.max_batch.saturating_sub(jobs.len());
+                jobs.extend(queues.settles.try_iter().take(room));
+                // Ascending request ids: two nodes' settle batches lock rows in one order.
+                jobs.sort_by(|a, b| a.stamp.id.cmp(&b.stamp.id));
+                settle_batch(&mut writer.store, jobs, &mut carried)
             }
             Next::Writes(batch) => write_batch(&mut writer.store, batch),
             Next::Idle => writer.prune_batch(),
@@ -598,6 +749,63 @@ fn write_loop<S: Store>(
             return;
         }
     }
+}
+
+/// The renewer thread (PostgreSQL): serves renews one at a time on a connection of its own.
+/// Returns when the queue closes, or after a panic (see [`write_loop`]).
+fn renew_loop<S: Store>(mut store: S, renews: &Receiver<LeaseJob>) {
+    while let Ok(job) = renews.recv() {
+        if guarded("renew", || job.run(&mut store)).is_none() {
+            return;
+        }
+    }
+}
+
+/// Settles `jobs` in one transaction and answers each; jobs the store did not attempt go to
+/// `carried`, to be settled next. Returns false if the store panicked: then every settle is
+/// answered with an unknown outcome (`Timeout`: 504 for its request, which stays unsettled
+/// and is settled again later).
+fn settle_batch(
+    store: &mut impl Store,
+    jobs: Vec<SettleJob>,
+    carried: &mut Vec<SettleJob>,
+) -> bool {
+    if jobs.is_empty() {
+        return true;
+    }
+    let (stamps, dones): (Vec<RequestStamp>, Vec<Done<Settlement>>) =
+        jobs.into_iter().map(|j| (j.stamp, j.done)).unzip();
+    #[cfg(test)]
+    stall::wait_while_stalled();
+    #[cfg(test)]
+    stall::count_transaction();
+    let result = guarded("settle batch", || store.settle_batch(&stamps));
+    let survived = result.is_some();
+    match result.unwrap_or_else(|| {
+        Err(Error::Timeout(
+            "the storage writer panicked while settling".into(),
+        ))
+    }) {
+        Ok(settled) if settled.is_empty() => {
+            let err = Error::Internal("the store attempted none of a batch of settles".into());
+            for done in dones {
+                done(Err(err.clone()));
+            }
+        }
+        Ok(settled) => {
+            let mut pairs = stamps.into_iter().zip(dones);
+            for (result, (_, done)) in settled.into_iter().zip(pairs.by_ref()) {
+                done(result);
+            }
+            carried.extend(pairs.map(|(stamp, done)| SettleJob { stamp, done }));
+        }
+        Err(err) => {
+            for done in dones {
+                done(Err(err.clone()));
+            }
+        }
+    }
+    survived
 }
 
 /// Runs `f`, turning a panic into `None` and an error log line.
@@ -625,6 +833,8 @@ fn write_batch(store: &mut impl Store, batch: Vec<WriteJob>) -> bool {
         batch.into_iter().map(|j| (j.write, j.done)).unzip();
     #[cfg(test)]
     stall::wait_while_stalled();
+    #[cfg(test)]
+    stall::count_transaction();
     let started = Instant::now();
     let result = guarded("write batch", || {
         #[cfg(test)]
@@ -679,7 +889,7 @@ fn complete(result: Result<Vec<WriteOutcome>>, dones: Vec<Done<WriteOutcome>>) {
 #[cfg(test)]
 pub mod stall {
     use std::cell::RefCell;
-    use std::collections::BTreeSet;
+    use std::collections::{BTreeMap, BTreeSet};
     use std::path::{Path, PathBuf};
     use std::sync::Mutex;
     use std::time::Duration;
@@ -721,6 +931,23 @@ pub mod stall {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&key);
         assert!(!asked, "test fault: the writer was asked to panic");
+    }
+
+    static TRANSACTIONS: Mutex<BTreeMap<PathBuf, u64>> = Mutex::new(BTreeMap::new());
+
+    /// How many jobs (lease jobs, settle batches, write batches) the writer of the database at
+    /// `path` has run, each one transaction.
+    pub fn transactions(path: &Path) -> u64 {
+        let map = TRANSACTIONS.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(path).copied().unwrap_or(0)
+    }
+
+    pub(super) fn count_transaction() {
+        let Some(key) = KEY.with(|k| k.borrow().clone()) else {
+            return;
+        };
+        let mut map = TRANSACTIONS.lock().unwrap_or_else(|p| p.into_inner());
+        *map.entry(key).or_default() += 1;
     }
 
     pub(super) fn wait_while_stalled() {
@@ -775,55 +1002,70 @@ mod tests {
         assert_eq!(next_batch(&rx, 1), Some(vec![2]));
     }
 
-    #[test]
-    fn a_queued_lease_job_goes_before_queued_writes() {
+    /// Test queues and their senders: renews, lease jobs, settles, writes.
+    #[allow(clippy::type_complexity)]
+    fn queues() -> (
+        [Sender<&'static str>; 3],
+        Sender<u32>,
+        Queues<&'static str, &'static str, &'static str, u32>,
+    ) {
+        let (renew_tx, renews) = crossbeam_channel::unbounded();
         let (lease_tx, leases) = crossbeam_channel::unbounded();
+        let (settle_tx, settles) = crossbeam_channel::unbounded();
         let (write_tx, writes) = crossbeam_channel::unbounded();
-        for w in 0..5 {
-            write_tx.send(w).unwrap();
-        }
-        lease_tx.send("renew").unwrap();
-        lease_tx.send("grant").unwrap();
-        assert_eq!(next_job(&leases, &writes, 3), Some(Next::Lease("renew")));
-        assert_eq!(next_job(&leases, &writes, 3), Some(Next::Lease("grant")));
-        assert_eq!(
-            next_job(&leases, &writes, 3),
-            Some(Next::Writes(vec![0, 1, 2]))
-        );
-        // A renew that arrives while writes are still queued is served before the next batch.
-        lease_tx.send("renew").unwrap();
-        assert_eq!(next_job(&leases, &writes, 3), Some(Next::Lease("renew")));
-        assert_eq!(
-            next_job(&leases, &writes, 3),
-            Some(Next::Writes(vec![3, 4]))
-        );
+        let q = Queues {
+            renews,
+            leases,
+            settles,
+            writes,
+        };
+        ([renew_tx, lease_tx, settle_tx], write_tx, q)
     }
 
     #[test]
-    fn due_idle_work_waits_until_both_queues_are_empty() {
-        let (lease_tx, leases) = crossbeam_channel::unbounded();
-        let (write_tx, writes) = crossbeam_channel::unbounded();
+    fn renews_go_first_then_lease_jobs_then_settles_in_batches_then_writes() {
+        let ([renew, lease, settle], write, q) = queues();
+        for w in 0..5 {
+            write.send(w).unwrap();
+        }
+        for s in ["s1", "s2", "s3"] {
+            settle.send(s).unwrap();
+        }
+        lease.send("grant").unwrap();
+        renew.send("renew").unwrap();
+        assert_eq!(next_job(&q, 2), Some(Next::Renew("renew")));
+        assert_eq!(next_job(&q, 2), Some(Next::Lease("grant")));
+        assert_eq!(next_job(&q, 2), Some(Next::Settles(vec!["s1", "s2"])));
+        // A renew that arrives while settles and writes are still queued goes before them.
+        renew.send("renew 2").unwrap();
+        assert_eq!(next_job(&q, 2), Some(Next::Renew("renew 2")));
+        assert_eq!(next_job(&q, 2), Some(Next::Settles(vec!["s3"])));
+        assert_eq!(next_job(&q, 3), Some(Next::Writes(vec![0, 1, 2])));
+        renew.send("renew 3").unwrap();
+        assert_eq!(next_job(&q, 3), Some(Next::Renew("renew 3")));
+        assert_eq!(next_job(&q, 3), Some(Next::Writes(vec![3, 4])));
+    }
+
+    #[test]
+    fn due_idle_work_waits_until_every_queue_is_empty() {
+        let ([renew, lease, settle], write, q) = queues();
         let past = Some(Instant::now());
-        write_tx.send(1).unwrap();
-        lease_tx.send("renew").unwrap();
+        write.send(1).unwrap();
+        settle.send("settle").unwrap();
+        renew.send("renew").unwrap();
+        assert_eq!(next_job_until(&q, 8, past), Some(Next::Renew("renew")));
         assert_eq!(
-            next_job_until(&leases, &writes, 8, past),
-            Some(Next::Lease("renew"))
+            next_job_until(&q, 8, past),
+            Some(Next::Settles(vec!["settle"]))
         );
-        assert_eq!(
-            next_job_until(&leases, &writes, 8, past),
-            Some(Next::Writes(vec![1]))
-        );
-        assert_eq!(next_job_until(&leases, &writes, 8, past), Some(Next::Idle));
+        assert_eq!(next_job_until(&q, 8, past), Some(Next::Writes(vec![1])));
+        assert_eq!(next_job_until(&q, 8, past), Some(Next::Idle));
         // Before the deadline the writer keeps waiting for work instead.
         let soon = Instant::now() + Duration::from_millis(30);
-        assert_eq!(
-            next_job_until(&leases, &writes, 8, Some(soon)),
-            Some(Next::Idle)
-        );
+        assert_eq!(next_job_until(&q, 8, Some(soon)), Some(Next::Idle));
         assert!(Instant::now() >= soon);
-        drop((lease_tx, write_tx));
-        assert_eq!(next_job_until(&leases, &writes, 8, past), None);
+        drop((renew, lease, settle, write));
+        assert_eq!(next_job_until(&q, 8, past), None);
     }
 
     /// Rows of `applied_requests` in the SQLite file at `path`, read beside the engine.
@@ -914,6 +1156,8 @@ mod tests {
                 Duration::from_millis(20),
                 500,
             )),
+            // All 10 000 writes are submitted at once.
+            max_queued_writes: 10_000,
             ..EngineConfig::sqlite(&path, 512, 1)
         };
         let engine = Engine::open(&config).unwrap();
@@ -987,6 +1231,310 @@ mod tests {
         engine.shutdown();
     }
 
+    /// Registers node `n1` through `engine` and returns it as a holder.
+    fn register(engine: &Engine) -> Holder {
+        let (tx, rx) = mpsc::channel();
+        engine.lease(LeaseJob::Register {
+            node: "n1".into(),
+            incarnation: 7,
+            done: Box::new(move |r| tx.send(r).unwrap()),
+        });
+        let Ok(Registration::Registered { epoch }) = rx.recv().unwrap() else {
+            panic!("register failed");
+        };
+        Holder {
+            node: "n1".into(),
+            incarnation: 7,
+            epoch,
+        }
+    }
+
+    /// Queues renew `k` of `me`; the receiver gets its answer and the time it came.
+    fn queue_renew(
+        engine: &Engine,
+        me: &Holder,
+        k: u64,
+    ) -> mpsc::Receiver<(Result<Renewal>, Instant)> {
+        let (tx, rx) = mpsc::channel();
+        engine.lease(LeaseJob::Renew {
+            me: me.clone(),
+            k,
+            ttl_ms: 2000,
+            done: Box::new(move |r| tx.send((r, Instant::now())).unwrap()),
+        });
+        rx
+    }
+
+    /// Queues a settle of request `id` (attempt 1); its answer and time go to `tx`.
+    fn queue_settle(engine: &Engine, id: &str, tx: &mpsc::Sender<(Result<Settlement>, Instant)>) {
+        let tx = tx.clone();
+        engine.lease(LeaseJob::Settle {
+            stamp: RequestStamp {
+                id: id.to_owned(),
+                body_hash: 1,
+                attempt: 1,
+                at: crate::clock::now_micros(),
+            },
+            done: Box::new(move |r| tx.send((r, Instant::now())).unwrap()),
+        });
+    }
+
+    /// An unfenced insert of a fresh customer, without a request id.
+    fn some_write(i: usize) -> Write {
+        let fields = crate::storage::suite::fields("N", &format!("w{i}@x.io"));
+        WriteOp::Insert(Customer::new(new_customer_id(), fields, 1)).into()
+    }
+
+    /// The lease validity at the default timing, `TTL − m`.
+    const VALIDITY: Duration = Duration::from_millis(1950);
+
+    #[test]
+    fn a_renew_queued_behind_a_thousand_settles_is_answered_long_before_the_lease_runs_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let config = EngineConfig {
+            prune: None,
+            ..EngineConfig::sqlite(&path, DEFAULT_MAX_BATCH, 1)
+        };
+        let engine = Engine::open(&config).unwrap();
+        let me = register(&engine);
+        // A full batch timed out in a stalled writer: its owners settle every id in it, and
+        // the node's next renew comes after them.
+        stall::set(&path, true);
+        let (wtx, wrx) = mpsc::channel();
+        engine.submit(some_write(0), Box::new(move |r| wtx.send(r).unwrap()));
+        std::thread::sleep(Duration::from_millis(50));
+        let (stx, srx) = mpsc::channel();
+        for i in 0..1000 {
+            queue_settle(&engine, &format!("lost-{i}"), &stx);
+        }
+        let renew = queue_renew(&engine, &me, 1);
+        let before = stall::transactions(&path);
+        let released = Instant::now();
+        stall::set(&path, false);
+        let (renewed, renew_at) = renew.recv().unwrap();
+        assert!(
+            matches!(renewed, Ok(Renewal::Renewed { .. })),
+            "{renewed:?}"
+        );
+        let mut last_settle = released;
+        for _ in 0..1000 {
+            let (settled, at) = srx.recv().unwrap();
+            assert_eq!(settled, Ok(Settlement::Aborted));
+            last_settle = last_settle.max(at);
+        }
+        assert!(wrx.recv().unwrap().is_ok());
+        let (renew_latency, settles) = (renew_at - released, last_settle - released);
+        eprintln!("renew behind 1000 settles: {renew_latency:?}; the settles took {settles:?}");
+        assert!(
+            renew_latency < Duration::from_millis(250),
+            "the renew waited {renew_latency:?} (validity {VALIDITY:?})"
+        );
+        assert!(
+            renew_at < last_settle,
+            "the renew was answered only after every queued settle"
+        );
+        // The write, the renew, and the thousand settles in batches of at most 512.
+        let transactions = stall::transactions(&path) - before;
+        assert!(transactions <= 4, "{transactions} transactions");
+        engine.shutdown();
+    }
+
+    #[test]
+    fn queued_settles_share_one_transaction_and_one_that_fails_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.db");
+        let config = EngineConfig {
+            prune: None,
+            ..EngineConfig::sqlite(&path, DEFAULT_MAX_BATCH, 1)
+        };
+        let engine = Engine::open(&config).unwrap();
+        let (stx, srx) = mpsc::channel();
+        queue_settle(&engine, "taken", &stx);
+        assert_eq!(srx.recv().unwrap().0, Ok(Settlement::Aborted));
+        stall::set(&path, true);
+        let (wtx, wrx) = mpsc::channel();
+        engine.submit(some_write(0), Box::new(move |r| wtx.send(r).unwrap()));
+        while !engine.write_tx.is_empty() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // "taken" again with another body: refused (422), without failing the others.
+        let (btx, brx) = mpsc::channel();
+        engine.lease(LeaseJob::Settle {
+            stamp: RequestStamp {
+                id: "taken".into(),
+                body_hash: 2,
+                attempt: 2,
+                at: 0,
+            },
+            done: Box::new(move |r| btx.send(r).unwrap()),
+        });
+        for i in 0..100 {
+            queue_settle(&engine, &format!("lost-{i}"), &stx);
+        }
+        let before = stall::transactions(&path);
+        let released = Instant::now();
+        stall::set(&path, false);
+        assert!(wrx.recv().unwrap().is_ok());
+        assert!(matches!(brx.recv().unwrap(), Err(Error::InvalidInput(_))));
+        for _ in 0..100 {
+            assert_eq!(srx.recv().unwrap().0, Ok(Settlement::Aborted));
+        }
+        let elapsed = released.elapsed();
+        let transactions = stall::transactions(&path) - before;
+        eprintln!(
+            "101 queued settles: {transactions} transactions with the stalled write, {elapsed:?}"
+        );
+        assert_eq!(
+            transactions, 2,
+            "the write's batch and one for every settle"
+        );
+        assert_eq!(request_ids(&path).len(), 101);
+        engine.shutdown();
+    }
+
+    #[test]
+    fn a_write_that_finds_the_queue_full_is_refused_at_once_and_never_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let config = EngineConfig {
+            prune: None,
+            max_queued_writes: 4,
+            ..EngineConfig::sqlite(&path, 8, 1)
+        };
+        let engine = Engine::open(&config).unwrap();
+        stall::set(&path, true);
+        let (tx, rx) = mpsc::channel();
+        let submit = |write: Write| {
+            let tx = tx.clone();
+            let id = write.op.customer_id();
+            engine.submit(write, Box::new(move |r| tx.send((id, r)).unwrap()));
+        };
+        // One write held by the stalled writer, four waiting: the queue is full.
+        submit(some_write(0));
+        while !engine.write_tx.is_empty() {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for i in 1..=4 {
+            submit(some_write(i));
+        }
+        assert!(rx.try_recv().is_err(), "a queued write was answered early");
+        let started = Instant::now();
+        submit(some_write(5));
+        let (refused_id, refused) = rx.try_recv().expect("refused at once, not queued");
+        eprintln!(
+            "a write to a full queue was answered in {:?}",
+            started.elapsed()
+        );
+        let Err(err) = refused else {
+            panic!("a write beyond the bound was accepted: {refused:?}");
+        };
+        assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+        assert!(
+            !crate::actors::gateway::may_have_applied(&err),
+            "a shed write must read as not applied: {err}"
+        );
+        stall::set(&path, false);
+        for _ in 1..=5 {
+            let (_, r) = rx.recv().unwrap();
+            assert!(matches!(r, Ok(WriteOutcome::Decided(Ok(Some(_))))), "{r:?}");
+        }
+        let (gtx, grx) = mpsc::channel();
+        engine.read(ReadJob::Get(
+            refused_id,
+            Box::new(move |r| gtx.send(r).unwrap()),
+        ));
+        assert_eq!(
+            grx.recv().unwrap(),
+            Ok(None),
+            "the refused write was applied"
+        );
+        engine.shutdown();
+    }
+
+    #[test]
+    fn a_renew_on_postgres_is_answered_while_a_queued_settle_waits_on_a_row_lock() {
+        use crate::storage::postgres::testing::{Scratch, url};
+        let Some(url) = url(module_path!()) else {
+            return;
+        };
+        let scratch = Scratch::new(&url);
+        let config = EngineConfig {
+            backend: Backend::Postgres(scratch.config()),
+            max_batch: DEFAULT_MAX_BATCH,
+            max_queued_writes: DEFAULT_MAX_QUEUED_WRITES,
+            readers: 1,
+            prune: None,
+        };
+        let engine = Engine::open(&config).unwrap();
+        let me = register(&engine);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // Another node's batch claimed request `held` and has not committed: a settle of that
+        // id waits for it (up to lock_timeout).
+        let other = rt.block_on(async {
+            let client = scratch.connect().await;
+            client
+                .batch_execute(
+                    "BEGIN; INSERT INTO applied_requests
+                        (request_id, customer_id, body_hash, attempt, result, applied_at)
+                     VALUES ('held', NULL, 1, 1, NULL, 0)",
+                )
+                .await
+                .unwrap();
+            client
+        });
+        let (stx, srx) = mpsc::channel();
+        for id in ["a-free", "held", "z-free"] {
+            queue_settle(&engine, id, &stx);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let queued = Instant::now();
+        let renew = queue_renew(&engine, &me, 1);
+        let (renewed, renew_at) = renew.recv().unwrap();
+        let renew_latency = renew_at - queued;
+        let settled: Vec<_> = (0..3).map(|_| srx.recv().unwrap().0).collect();
+        rt.block_on(other.batch_execute("ROLLBACK")).unwrap();
+        eprintln!(
+            "renew while a settle waits on a row lock: {renew_latency:?}; settles: {settled:?}"
+        );
+        assert!(
+            matches!(renewed, Ok(Renewal::Renewed { .. })),
+            "{renewed:?}"
+        );
+        assert!(
+            renew_latency < Duration::from_millis(250),
+            "the renew waited {renew_latency:?} behind a settle blocked on a row lock"
+        );
+        // The settle that waited out lock_timeout failed alone; the others committed.
+        let aborted = settled
+            .iter()
+            .filter(|s| **s == Ok(Settlement::Aborted))
+            .count();
+        assert_eq!(aborted, 2, "{settled:?}");
+        assert!(
+            settled
+                .iter()
+                .any(|s| matches!(s, Err(Error::Unavailable(_)))),
+            "{settled:?}"
+        );
+        let stored: i64 = rt.block_on(async {
+            let client = scratch.connect().await;
+            client
+                .query_one(
+                    "SELECT count(*) FROM applied_requests WHERE request_id IN ('a-free', 'z-free')",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0)
+        });
+        assert_eq!(stored, 2);
+        engine.shutdown();
+    }
+
     #[test]
     fn the_default_engine_keeps_request_ids_for_a_day() {
         let config = EngineConfig::sqlite("unused.db", 8, 1);
@@ -997,27 +1545,28 @@ mod tests {
     }
 
     #[test]
-    fn the_writer_drains_both_queues_before_it_stops() {
-        let (lease_tx, leases) = crossbeam_channel::unbounded::<&str>();
-        let (write_tx, writes) = crossbeam_channel::unbounded();
-        write_tx.send(1).unwrap();
-        drop(lease_tx);
-        drop(write_tx);
-        assert_eq!(next_job(&leases, &writes, 8), Some(Next::Writes(vec![1])));
-        assert_eq!(next_job(&leases, &writes, 8), None);
+    fn the_writer_drains_every_queue_before_it_stops() {
+        let ([renew, lease, settle], write, q) = queues();
+        write.send(1).unwrap();
+        settle.send("settle").unwrap();
+        drop((renew, lease, settle, write));
+        assert_eq!(next_job(&q, 8), Some(Next::Settles(vec!["settle"])));
+        assert_eq!(next_job(&q, 8), Some(Next::Writes(vec![1])));
+        assert_eq!(next_job(&q, 8), None);
     }
 
     #[test]
     fn the_writer_waits_for_whichever_queue_fills_first() {
-        let (lease_tx, leases) = crossbeam_channel::unbounded();
-        let (write_tx, writes) = crossbeam_channel::unbounded::<u32>();
+        let ([renew, lease, settle], write, q) = queues();
+        // A writer without renews (a renewer thread serves them) starts with that queue closed.
+        drop(renew);
         let sender = std::thread::spawn(move || {
-            lease_tx.send("renew").unwrap();
-            write_tx
+            settle.send("settle").unwrap();
+            (lease, settle, write)
         });
-        assert_eq!(next_job(&leases, &writes, 8), Some(Next::Lease("renew")));
+        assert_eq!(next_job(&q, 8), Some(Next::Settles(vec!["settle"])));
         drop(sender.join().unwrap());
-        assert_eq!(next_job(&leases, &writes, 8), None);
+        assert_eq!(next_job(&q, 8), None);
     }
 
     #[test]

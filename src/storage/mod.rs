@@ -3,9 +3,12 @@
 //! runs it off the async runtime with group commit.
 //!
 //! ```text
-//!  Database actor ──submit──▶ Engine ──▶ writer thread: lease jobs first, each its own transaction;
-//!                                   │                  then drain writes → BEGIN → per write a savepoint
-//!                                   │                  → COMMIT (1 fsync) → ack all
+//!  Database actor ──submit──▶ Engine ──▶ writer thread: renews first, then other lease jobs, each
+//!                                   │                  its own transaction; then every queued settle in
+//!                                   │                  one transaction; then drain writes (bounded queue)
+//!                                   │                  → BEGIN → per write a savepoint → COMMIT (1 fsync)
+//!                                   │                  → ack all
+//!                                   ├──▶ renewer thread (PostgreSQL): renews on their own connection
 //!                                   └──▶ reader threads: get / list / lease table (WAL snapshot)
 //! ```
 //!
@@ -216,6 +219,17 @@ pub trait Store: Send + 'static {
     /// F3: settles a request whose outcome is unknown, so it can never apply later. Records
     /// the id as aborted unless it is already settled; see [`Settlement`].
     fn settle(&mut self, stamp: &RequestStamp) -> Result<Settlement>;
+
+    /// F3 for several requests at once: settles the first of `stamps` and as many of the
+    /// following as the store takes, in order, in one transaction (one commit) with a savepoint
+    /// each, so a settle that fails (a body mismatch, a lock wait that timed out) is answered
+    /// with its error and the others still commit. Returns one answer per settle attempted —
+    /// at least one; the rest were not attempted and must be settled again. `Err` when the
+    /// transaction as a whole failed: then no settle in it was recorded (`Unavailable`) or,
+    /// at `COMMIT`, whether they were is unknown (`Timeout`) — answered 504 either way.
+    fn settle_batch(&mut self, stamps: &[RequestStamp]) -> Result<Vec<Result<Settlement>>> {
+        Ok(stamps.iter().map(|s| self.settle(s)).collect())
+    }
 
     /// F4: forgets at most `limit` request ids applied strictly before `older_than`
     /// (wall-clock µs, as in [`RequestStamp::at`]), oldest first, in one short transaction that

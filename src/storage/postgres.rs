@@ -37,8 +37,25 @@
 //!   update's statement runs in a nested savepoint because a failed statement aborts its
 //!   transaction in PostgreSQL).
 //! * `lock_timeout` and `idle_in_transaction_session_timeout` are set on every connection
-//!   (1000 ms by default, ≤ TTL/2): a frozen holder's open transaction cannot block a
-//!   takeover for longer than that, and no batch waits on a lock forever.
+//!   (min(1000 ms, TTL/2), [`PostgresConfig::for_lease`]): a frozen holder's open transaction
+//!   cannot block a takeover for longer than that, and no batch waits on a lock forever.
+//!
+//! ## Renews and settles
+//!
+//! A renew runs on a connection of its own ([`PostgresStore::renewer`], used by the engine's
+//! renewer thread), never behind a batch or a settle on the writer's connection, with its own
+//! deadline `(TTL − m)/2`: a renew answered in time leaves at least half of the validity it
+//! earns, one that is not has failed long before the holder lapses. Settles queued together
+//! run in one transaction with a savepoint each ([`Store::settle_batch`]), in ascending request
+//! id order so two nodes' settle batches lock rows in one order. A settle may wait up to
+//! `lock_timeout` on another node's uncommitted claim; when it times out, only its savepoint
+//! rolls back. A batch stops taking settles after `(op_timeout − lock_timeout)/2` so that it
+//! commits within `op_timeout`; the rest go into the next one. (A settle batch holding the
+//! rows it settled while it waits on a claim can deadlock with the claiming batch if that
+//! batch reaches one of those rows later; the server breaks it by cancelling one statement:
+//! a settle fails alone (504, settled again later), or the write batch fails before commit
+//! (503, nothing applied). By the time an entry node settles, the claiming batch has usually
+//! passed its own deadline.)
 //! * **Errors.** Anything that fails before `COMMIT` was sent returns `Err(Unavailable)` for
 //!   the batch and nothing in it was applied (the connection is discarded, so the server rolls
 //!   back). An error *at or after* `COMMIT` — the connection lost, the server gone, the
@@ -92,17 +109,23 @@ use crate::customer::{Customer, CustomerFields, CustomerId, email_key, is_same_c
 use crate::error::{Error, Result};
 
 /// Default pool size per node: the writer and the reader threads each hold at most one
-/// connection at a time, so 8 leaves room for `--db-readers` up to 7; a cluster of N nodes
-/// opens at most 8·N connections (PostgreSQL's default `max_connections` is 100).
+/// connection at a time, so 8 leaves room for `--db-readers` up to 7; with the renewer's own
+/// connection a cluster of N nodes opens at most 9·N connections (PostgreSQL's default
+/// `max_connections` is 100).
 pub const DEFAULT_POOL_SIZE: usize = 8;
 
 /// Default for waiting on a pooled connection, on connecting, and for `lock_timeout` and
-/// `idle_in_transaction_session_timeout`: at most TTL/2 at the default lease TTL of 2 s.
+/// `idle_in_transaction_session_timeout`: at most TTL/2 at the default lease TTL of 2 s
+/// (a shorter TTL lowers it: [`PostgresConfig::for_lease`]).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(1000);
 
 /// Default deadline of one storage operation, client side: shorter than the default request
 /// timeout (5 s), so a caller hears `Unavailable` (503) rather than its own deadline (504).
+/// No renew waits on it: renews have their own connection and [`PostgresConfig::renew_timeout`].
 pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_millis(3000);
+
+/// Default deadline of one renew, `(TTL − m)/2` at the default lease timing (2000 ms, 50 ms).
+pub const DEFAULT_RENEW_TIMEOUT: Duration = Duration::from_millis(975);
 
 const COLUMNS: &str = "id, name, email, phone, address, version, created_at, updated_at";
 
@@ -124,8 +147,11 @@ pub struct PostgresConfig {
     pub connect_timeout: Duration,
     /// Server-side `lock_timeout` and `idle_in_transaction_session_timeout` (≤ TTL/2).
     pub lock_timeout: Duration,
-    /// Client-side deadline of one storage operation (batch, read, lease job).
+    /// Client-side deadline of one storage operation (batch, settle batch, read, lease job
+    /// other than a renew).
     pub op_timeout: Duration,
+    /// Client-side deadline of one renew, on the renewer's own connection (< TTL − m).
+    pub renew_timeout: Duration,
     /// Schema to use instead of the default `search_path` (tests use one schema each).
     pub search_path: Option<String>,
 }
@@ -140,8 +166,29 @@ impl PostgresConfig {
             connect_timeout: DEFAULT_TIMEOUT,
             lock_timeout: DEFAULT_TIMEOUT,
             op_timeout: DEFAULT_OP_TIMEOUT,
+            renew_timeout: DEFAULT_RENEW_TIMEOUT,
             search_path: None,
         }
+    }
+
+    /// The timeouts derived from the lease's TTL and margin `m` (DESIGN §6 F2, L2):
+    ///
+    /// * `lock_timeout` = `idle_in_transaction_session_timeout` = min(1000 ms, TTL/2): a frozen
+    ///   holder's open transaction blocks a takeover for at most half a lease, and no statement
+    ///   waits on a lock longer than that;
+    /// * `renew_timeout` = (TTL − m)/2: a renew answered in time still leaves at least half of
+    ///   the validity it earns (`TTL − m` from its send), and one that is not has failed well
+    ///   before the holder lapses, with renews to spare (renew interval ≤ TTL/4);
+    /// * `op_timeout` (batches, settles, grants, reads) keeps its own value, at least
+    ///   `lock_timeout` plus a second so a batch that met one lock wait can still commit: no
+    ///   renew waits on it, since renews have their own connection and thread.
+    pub fn for_lease(mut self, ttl: Duration, margin: Duration) -> Self {
+        self.lock_timeout = DEFAULT_TIMEOUT.min(ttl / 2).max(Duration::from_millis(1));
+        self.renew_timeout = (ttl.saturating_sub(margin) / 2).max(Duration::from_millis(1));
+        self.op_timeout = self
+            .op_timeout
+            .max(self.lock_timeout + Duration::from_secs(1));
+        self
     }
 }
 
@@ -238,12 +285,40 @@ pub struct PostgresStore {
     pool: Pool,
     rt: Arc<PgRuntime>,
     op_timeout: Duration,
+    /// How long a settle batch keeps taking settles: `(op_timeout − lock_timeout)/2`, so the
+    /// last one may still wait out a lock and the batch commit within `op_timeout`.
+    settle_budget: Duration,
 }
 
 impl PostgresStore {
     /// Builds the pool, waits for a first connection and migrates (blocking: call from a
     /// blocking context, never from a tokio worker).
     pub fn connect(config: &PostgresConfig) -> Result<Self> {
+        let store = Self::build(config, config.pool_size, config.op_timeout)?;
+        let pool = store.pool.clone();
+        store.rt.run(Duration::from_secs(120), async move {
+            let mut client = pool.get().await.map_err(pool_error)?;
+            migrations::migrate(&mut client).await
+        })?;
+        Ok(store)
+    }
+
+    /// The renewer's store (DESIGN §6 L2): one connection of its own, outside the pool, on a
+    /// runtime of its own, with deadline [`PostgresConfig::renew_timeout`]. A renew therefore
+    /// never waits for a pooled connection, a batch in progress, or a settle blocked on a row
+    /// lock. Each node opens one connection more than its pool.
+    pub fn renewer(&self, config: &PostgresConfig) -> Result<Self> {
+        let config = PostgresConfig {
+            pool_wait: config.renew_timeout,
+            connect_timeout: config.renew_timeout.min(config.connect_timeout),
+            ..config.clone()
+        };
+        Self::build(&config, 1, config.renew_timeout)
+    }
+
+    /// A store over a pool of at most `pool_size` connections (opened lazily), each operation
+    /// bounded by `op_timeout`.
+    fn build(config: &PostgresConfig, pool_size: usize, op_timeout: Duration) -> Result<Self> {
         let rt = Arc::new(PgRuntime::new()?);
         let mut pg: tokio_postgres::Config = config.url.expose().parse().map_err(|e| {
             Error::InvalidInput(format!(
@@ -272,24 +347,19 @@ impl PostgresStore {
             },
         );
         let pool = Pool::builder(manager)
-            .max_size(config.pool_size.max(1))
+            .max_size(pool_size.max(1))
             .wait_timeout(Some(config.pool_wait))
             .create_timeout(Some(config.connect_timeout))
             .recycle_timeout(Some(config.connect_timeout))
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| Error::Internal(format!("building the database pool: {e}")))?;
-        let store = Self {
+        Ok(Self {
             pool,
             rt,
-            op_timeout: config.op_timeout,
-        };
-        let pool = store.pool.clone();
-        store.rt.run(Duration::from_secs(120), async move {
-            let mut client = pool.get().await.map_err(pool_error)?;
-            migrations::migrate(&mut client).await
-        })?;
-        Ok(store)
+            op_timeout,
+            settle_budget: op_timeout.saturating_sub(config.lock_timeout) / 2,
+        })
     }
 
     /// The pool (tests hold its connections to exhaust it).
@@ -777,6 +847,11 @@ impl Store for PostgresStore {
         self.in_tx(async |tx| requests::settle(tx, stamp).await)
     }
 
+    fn settle_batch(&mut self, stamps: &[RequestStamp]) -> Result<Vec<Result<Settlement>>> {
+        let budget = self.settle_budget;
+        self.in_tx(async |tx| requests::settle_batch(tx, stamps, budget).await)
+    }
+
     fn prune_requests(&mut self, older_than: i64, limit: u32) -> Result<u64> {
         self.in_tx(async |tx| requests::prune(tx, older_than, limit).await)
     }
@@ -970,6 +1045,38 @@ mod tests {
 
     // The engine-neutral behaviour suite, one test per behaviour, each in its own schema.
     crate::store_suite!(fresh_or_skip!());
+
+    #[test]
+    fn lock_and_renew_timeouts_follow_the_lease_ttl() {
+        let ms = Duration::from_millis;
+        let at = |ttl, margin| {
+            PostgresConfig::new(Secret::new(String::new())).for_lease(ms(ttl), ms(margin))
+        };
+        let default = at(2000, 50);
+        assert_eq!(
+            (
+                default.lock_timeout,
+                default.renew_timeout,
+                default.op_timeout
+            ),
+            (ms(1000), ms(975), ms(3000))
+        );
+        assert_eq!(default.renew_timeout, DEFAULT_RENEW_TIMEOUT);
+        let short = at(400, 20);
+        assert_eq!(
+            (short.lock_timeout, short.renew_timeout),
+            (ms(200), ms(190))
+        );
+        let long = at(10_000, 50);
+        assert_eq!((long.lock_timeout, long.op_timeout), (ms(1000), ms(3000)));
+        for ttl in [40, 400, 2000, 10_000] {
+            let c = at(ttl, 10);
+            // F2: ≤ TTL/2; L2: a renew is answered (or has failed) within its lease.
+            assert!(c.lock_timeout <= ms(ttl) / 2);
+            assert!(c.renew_timeout < ms(ttl - 10));
+            assert!(c.op_timeout > c.lock_timeout);
+        }
+    }
 
     #[test]
     fn the_url_is_logged_without_its_password() {

@@ -224,6 +224,10 @@ impl Store for SqliteStore {
         requests::settle(&mut self.conn, stamp)
     }
 
+    fn settle_batch(&mut self, stamps: &[RequestStamp]) -> Result<Vec<Result<Settlement>>> {
+        requests::settle_batch(&mut self.conn, stamps)
+    }
+
     fn prune_requests(&mut self, older_than: i64, limit: u32) -> Result<u64> {
         requests::prune(&self.conn, older_than, limit)
     }

@@ -125,6 +125,42 @@ pub(super) async fn settle(tx: &Transaction<'_>, stamp: &RequestStamp) -> Result
     }
 }
 
+/// F3 for several requests in one transaction, in order, a savepoint each (as the writes of a
+/// batch, F2): a settle whose statement fails — a lock wait past `lock_timeout`, a deadlock
+/// the server broke — is rolled back alone and answered with its error; the others commit.
+/// Stops taking further settles once `budget` has passed (at least one is always taken): a
+/// settle may wait up to `lock_timeout` on another node's claim, and the whole batch must
+/// commit within the operation deadline. Returns the answers of the settles taken.
+pub(super) async fn settle_batch(
+    tx: &Transaction<'_>,
+    stamps: &[RequestStamp],
+    budget: std::time::Duration,
+) -> Result<Vec<Result<Settlement>>> {
+    let started = std::time::Instant::now();
+    let mut answers = Vec::with_capacity(stamps.len());
+    for stamp in stamps {
+        if !answers.is_empty() && started.elapsed() >= budget {
+            break;
+        }
+        // The savepoint shares a round trip with the settle's first statement.
+        let savepoint = async { Ok::<_, Error>(tx.batch_execute("SAVEPOINT s").await?) };
+        let (savepoint, settled) = futures::join!(savepoint, settle(tx, stamp));
+        savepoint?;
+        match settled {
+            Ok(settlement) => {
+                tx.batch_execute("RELEASE SAVEPOINT s").await?;
+                answers.push(Ok(settlement));
+            }
+            Err(e) => {
+                tx.batch_execute("ROLLBACK TO SAVEPOINT s; RELEASE SAVEPOINT s")
+                    .await?;
+                answers.push(Err(e));
+            }
+        }
+    }
+    Ok(answers)
+}
+
 /// F4: removes at most `limit` ids applied before `older_than`, oldest first. Every node
 /// prunes: rows another transaction holds (a claim, another node's prune) are skipped, not
 /// waited for, so concurrent prunes remove disjoint rows and never delay a write.

@@ -57,22 +57,51 @@ pub(super) fn record(conn: &Connection, stamp: &RequestStamp, result: &StoredRes
 /// F3: records this attempt as aborted unless the id has a final result; in one transaction.
 pub(super) fn settle(conn: &mut Connection, stamp: &RequestStamp) -> Result<Settlement> {
     let tx = conn.transaction()?;
-    let settlement = if insert(&tx, stamp, None, Some(ABORTED))? {
-        Settlement::Aborted
-    } else {
-        let stored = load(&tx, &stamp.id)?;
-        let mut aborted = stored.aborted.clone();
-        match settle_existing(stamp, stored)? {
-            SettleExisting::AddAbort => {
-                aborted.push(stamp.attempt);
-                set_aborted(&tx, &stamp.id, &aborted)?;
-                Settlement::Aborted
-            }
-            SettleExisting::Answer(answer) => answer,
-        }
-    };
+    let settlement = settle_in(&tx, stamp)?;
     tx.commit()?;
     Ok(settlement)
+}
+
+/// F3 for several requests, in one transaction (one fsync) with a savepoint each: a settle
+/// that fails is rolled back and answered with its error, the others commit.
+pub(super) fn settle_batch(
+    conn: &mut Connection,
+    stamps: &[RequestStamp],
+) -> Result<Vec<Result<Settlement>>> {
+    let mut tx = conn.transaction()?;
+    let mut answers = Vec::with_capacity(stamps.len());
+    for stamp in stamps {
+        let sp = tx.savepoint()?; // dropped without commit = rolled back
+        match settle_in(&sp, stamp) {
+            Ok(settlement) => {
+                sp.commit()?;
+                answers.push(Ok(settlement));
+            }
+            Err(e) => {
+                sp.finish()?;
+                answers.push(Err(e));
+            }
+        }
+    }
+    tx.commit()?;
+    Ok(answers)
+}
+
+/// The statements of one settle, in the caller's transaction.
+fn settle_in(conn: &Connection, stamp: &RequestStamp) -> Result<Settlement> {
+    if insert(conn, stamp, None, Some(ABORTED))? {
+        return Ok(Settlement::Aborted);
+    }
+    let stored = load(conn, &stamp.id)?;
+    let mut aborted = stored.aborted.clone();
+    Ok(match settle_existing(stamp, stored)? {
+        SettleExisting::AddAbort => {
+            aborted.push(stamp.attempt);
+            set_aborted(conn, &stamp.id, &aborted)?;
+            Settlement::Aborted
+        }
+        SettleExisting::Answer(answer) => answer,
+    })
 }
 
 /// F4: removes at most `limit` ids applied before `older_than`, oldest first (through the
