@@ -230,7 +230,8 @@ pub struct NodeArgs {
     #[command(flatten)]
     pub settings: ConfigLayer,
     /// Test-only fault hooks (`crate::faults::hooks`), hidden from `--help`: they may break
-    /// the consistency contract on purpose. Repeatable; the env var takes a comma list.
+    /// the consistency contract on purpose. Repeatable; the env var takes a comma list. A
+    /// build without the `fault-hooks` feature (every release build) refuses them at start-up.
     #[arg(
         long = "fault-hook",
         hide = true,

@@ -41,7 +41,7 @@ async fn node(args: NodeArgs) -> Ending {
         settings,
         fault_hooks,
     } = args;
-    let hooks = match faults::hooks::parse_all(&fault_hooks) {
+    let hooks = match faults::hooks::from_specs(&fault_hooks) {
         Ok(h) => h,
         Err(e) => return Ending::failed(&e),
     };

@@ -712,6 +712,28 @@ fn a_bad_fault_hook_spec_stops_the_node_before_it_starts_with_a_clear_message() 
     assert!(stderr.contains("bad --fault-hook \"bogus\""), "{stderr}");
 }
 
+/// `cargo test` builds the binary with the `fault-hooks` feature (the crate's dev-dependency
+/// on itself); without it every scenario above would stop at start-up. A valid hook passes
+/// the hook check, and the node stops only at the config that follows.
+#[test]
+fn the_binary_under_test_has_the_fault_hooks_compiled_in() {
+    let missing = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("no-such-config.toml");
+    let out = std::process::Command::new(support::BIN)
+        .args(["node", "--name", "x", "--cookie", support::COOKIE])
+        .arg("--config")
+        .arg(&missing)
+        .env("CUSTOMER_CLUSTER_FAULT_HOOKS", "start=off")
+        .output()
+        .expect("run the binary");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        !stderr.contains(customer_cluster::faults::hooks::NOT_IN_THIS_BUILD),
+        "cargo test must build the binary with the `fault-hooks` feature: {stderr}"
+    );
+    assert!(stderr.contains("no-such-config.toml"), "{stderr}");
+}
+
 #[test]
 fn the_fault_hook_flag_is_hidden_from_help() {
     let out = std::process::Command::new(support::BIN)

@@ -4,9 +4,19 @@
 //! runs at the wrong rate, replies that are lost on their way back, a message that arrives
 //! seconds late (the kernel here has no `sch_netem`).
 //!
+//! **Only in test builds.** The hooks are compiled only with the `fault-hooks` cargo feature,
+//! which the crate's own dev-dependency on itself turns on for `cargo test` (so the binary the
+//! integration tests start has them) and nothing turns on for `cargo build` or
+//! `cargo build --release`. Without the feature the readers below are inlined constants (the
+//! optimiser removes the branches they guard), and a `--fault-hook` flag or a
+//! `CUSTOMER_CLUSTER_FAULT_HOOKS` variable stops the node at start-up ([`from_specs`],
+//! [`NOT_IN_THIS_BUILD`]): a leftover line in an environment file can never switch lease
+//! safety off in a release build. The call sites carry no `cfg`: this module is the one seam.
+//!
 //! ```text
 //!  --fault-hook SPEC (hidden, repeatable; env CUSTOMER_CLUSTER_FAULT_HOOKS, comma list)
-//!      │ parse() ─ bad spec: start-up error, exit code 1
+//!      │ from_specs() ─ build without `fault-hooks`: start-up error, exit code 1
+//!      │ parse()      ─ bad spec: start-up error, exit code 1
 //!      ▼
 //!  install() ─ loud WARN ─ atomics below ─ SIGUSR1 / SIGUSR2 listener
 //!      │
@@ -38,15 +48,24 @@
 //!   SIGUSR1 turns them on, SIGUSR2 off, at any time (the signal listener runs whenever any
 //!   hook is given), so a test can start a healthy cluster and inject the fault mid-run.
 //!
-//! Off by default, and then the node behaves exactly as without this module: each reader is one
-//! relaxed atomic load. Nothing here is reachable from the network.
+//! Off by default, and then the node behaves exactly as without this module: in a build with
+//! the feature each reader is one relaxed atomic load, in a build without it a constant.
+//! Nothing here is reachable from the network.
 //!
 //! Deliberately not here: a writer stall and a delayed LOST notice (DESIGN §10 cases 3 and 14
 //! are covered in-process); jitter or loss on other messages.
 
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
+
+pub use imp::{db_replies_dropped, enabled, holder_clock, install, routed_write_delay, wall_clock};
+
+/// Whether this build has the fault hooks (the `fault-hooks` cargo feature).
+pub const COMPILED_IN: bool = cfg!(feature = "fault-hooks");
+
+/// Why a build without the `fault-hooks` feature refuses every hook.
+pub const NOT_IN_THIS_BUILD: &str = "this build has no fault hooks; they exist only in builds \
+     with the `fault-hooks` feature, for tests (remove --fault-hook and \
+     CUSTOMER_CLUSTER_FAULT_HOOKS)";
 
 /// The rate a `clock-rate` hook may set: slower than 0.1 or faster than 10 would only stall
 /// or race the lease code, not tell anything new.
@@ -57,21 +76,6 @@ pub const MAX_DELAY_MS: u64 = 60_000;
 
 /// Largest wall-clock offset, either way (an hour).
 pub const MAX_WALL_OFFSET_MS: i64 = 3_600_000;
-
-/// Whether any hook was installed (for the log and `enabled()`).
-static ENABLED: AtomicBool = AtomicBool::new(false);
-/// `clock-rate` as the bits of an `f64`; 0 = no hook.
-static CLOCK_RATE_BITS: AtomicU64 = AtomicU64::new(0);
-/// The holder-clock reading the scaled clock starts from.
-static CLOCK_ORIGIN: OnceLock<Duration> = OnceLock::new();
-/// Whether `drop-db-replies` was given.
-static DROP_DB_REPLIES: AtomicBool = AtomicBool::new(false);
-/// `delay-routed-writes` in ms; 0 = no hook.
-static DELAY_ROUTED_WRITES_MS: AtomicU64 = AtomicU64::new(0);
-/// `wall-clock-offset` in ms; 0 = no hook.
-static WALL_OFFSET_MS: AtomicI64 = AtomicI64::new(0);
-/// Whether the switchable hooks act now (SIGUSR1 / SIGUSR2).
-static ARMED: AtomicBool = AtomicBool::new(false);
 
 /// One parsed `--fault-hook` spec.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -132,72 +136,22 @@ pub fn parse_all(specs: &[String]) -> Result<Vec<Hook>, String> {
     specs.iter().map(|s| parse(s)).collect()
 }
 
-/// Installs `hooks` (nothing when empty): sets the atomics, warns loudly, and starts the
-/// SIGUSR1/SIGUSR2 listener. Call once, at start-up, inside the tokio runtime.
-pub fn install(hooks: &[Hook]) {
-    if hooks.is_empty() {
-        return;
-    }
-    let mut armed = true;
-    for hook in hooks {
-        match *hook {
-            Hook::ClockRate(r) => {
-                let _ = CLOCK_ORIGIN.set(crate::clock::holder_now_unscaled().at);
-                CLOCK_RATE_BITS.store(r.to_bits(), Ordering::Relaxed);
-            }
-            Hook::DropDbReplies => DROP_DB_REPLIES.store(true, Ordering::Relaxed),
-            Hook::DelayRoutedWrites(d) => {
-                DELAY_ROUTED_WRITES_MS.store(d.as_millis() as u64, Ordering::Relaxed)
-            }
-            Hook::WallClockOffset(ms) => WALL_OFFSET_MS.store(ms, Ordering::Relaxed),
-            Hook::Start(on) => armed = on,
-        }
-    }
-    ARMED.store(armed, Ordering::Relaxed);
-    ENABLED.store(true, Ordering::Relaxed);
-    tracing::warn!(
-        hooks = ?hooks,
-        armed,
-        "fault hooks enabled: this node may break the consistency contract; for tests only \
-         (SIGUSR1 turns drop-db-replies and delay-routed-writes on, SIGUSR2 off)"
-    );
-    tokio::spawn(listen_for_switches());
+/// The hooks the `--fault-hook` specs (or `CUSTOMER_CLUSTER_FAULT_HOOKS`) ask for, as this
+/// build can have them: none asked, none given; asked in a build without the `fault-hooks`
+/// feature, an error ([`NOT_IN_THIS_BUILD`]), never silently nothing; else [`parse_all`].
+pub fn from_specs(specs: &[String]) -> Result<Vec<Hook>, String> {
+    accept(specs, COMPILED_IN)
 }
 
-/// SIGUSR1 arms the switchable hooks, SIGUSR2 disarms them.
-async fn listen_for_switches() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut on), Ok(mut off)) = (
-        signal(SignalKind::user_defined1()),
-        signal(SignalKind::user_defined2()),
-    ) else {
-        tracing::error!("fault hooks: cannot listen for SIGUSR1/SIGUSR2");
-        return;
-    };
-    loop {
-        let armed = tokio::select! {
-            Some(()) = on.recv() => true,
-            Some(()) = off.recv() => false,
-            else => return,
-        };
-        ARMED.store(armed, Ordering::Relaxed);
-        tracing::warn!(armed, "fault hooks switched by signal");
+/// [`from_specs`] for a build that has the hooks or not.
+fn accept(specs: &[String], compiled_in: bool) -> Result<Vec<Hook>, String> {
+    if specs.is_empty() {
+        Ok(Vec::new())
+    } else if !compiled_in {
+        Err(format!("{NOT_IN_THIS_BUILD}; given: {}", specs.join(",")))
+    } else {
+        parse_all(specs)
     }
-}
-
-/// Whether any fault hook is installed.
-pub fn enabled() -> bool {
-    ENABLED.load(Ordering::Relaxed)
-}
-
-/// The holder clock `at` as the `clock-rate` hook has it run: `at` itself without the hook.
-pub fn holder_clock(at: Duration) -> Duration {
-    let bits = CLOCK_RATE_BITS.load(Ordering::Relaxed);
-    if bits == 0 {
-        return at;
-    }
-    let origin = CLOCK_ORIGIN.get().copied().unwrap_or_default();
-    scale(at, origin, f64::from_bits(bits))
 }
 
 /// `origin + (at − origin) × rate`: a clock that started with real time at `origin`.
@@ -205,27 +159,166 @@ pub fn scale(at: Duration, origin: Duration, rate: f64) -> Duration {
     origin + at.saturating_sub(origin).mul_f64(rate)
 }
 
-/// The wall-clock time since the Unix epoch `since_epoch` as the `wall-clock-offset` hook has
-/// it read: itself without the hook.
-pub fn wall_clock(since_epoch: Duration) -> Duration {
-    let ms = WALL_OFFSET_MS.load(Ordering::Relaxed);
-    let offset = Duration::from_millis(ms.unsigned_abs());
-    if ms >= 0 {
-        since_epoch + offset
-    } else {
-        since_epoch.saturating_sub(offset)
+/// The hooks themselves: atomics set once at start-up, read on the paths they fault.
+#[cfg(feature = "fault-hooks")]
+mod imp {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+    use std::time::Duration;
+
+    use super::{Hook, scale};
+
+    /// Whether any hook was installed (for the log and `enabled()`).
+    static ENABLED: AtomicBool = AtomicBool::new(false);
+    /// `clock-rate` as the bits of an `f64`; 0 = no hook.
+    static CLOCK_RATE_BITS: AtomicU64 = AtomicU64::new(0);
+    /// The holder-clock reading the scaled clock starts from.
+    static CLOCK_ORIGIN: OnceLock<Duration> = OnceLock::new();
+    /// Whether `drop-db-replies` was given.
+    static DROP_DB_REPLIES: AtomicBool = AtomicBool::new(false);
+    /// `delay-routed-writes` in ms; 0 = no hook.
+    static DELAY_ROUTED_WRITES_MS: AtomicU64 = AtomicU64::new(0);
+    /// `wall-clock-offset` in ms; 0 = no hook.
+    static WALL_OFFSET_MS: AtomicI64 = AtomicI64::new(0);
+    /// Whether the switchable hooks act now (SIGUSR1 / SIGUSR2).
+    static ARMED: AtomicBool = AtomicBool::new(false);
+
+    /// Installs `hooks` (nothing when empty): sets the atomics, warns loudly, and starts the
+    /// SIGUSR1/SIGUSR2 listener. Call once, at start-up, inside the tokio runtime.
+    pub fn install(hooks: &[Hook]) {
+        if hooks.is_empty() {
+            return;
+        }
+        let mut armed = true;
+        for hook in hooks {
+            match *hook {
+                Hook::ClockRate(r) => {
+                    let _ = CLOCK_ORIGIN.set(crate::clock::holder_now_unscaled().at);
+                    CLOCK_RATE_BITS.store(r.to_bits(), Ordering::Relaxed);
+                }
+                Hook::DropDbReplies => DROP_DB_REPLIES.store(true, Ordering::Relaxed),
+                Hook::DelayRoutedWrites(d) => {
+                    DELAY_ROUTED_WRITES_MS.store(d.as_millis() as u64, Ordering::Relaxed)
+                }
+                Hook::WallClockOffset(ms) => WALL_OFFSET_MS.store(ms, Ordering::Relaxed),
+                Hook::Start(on) => armed = on,
+            }
+        }
+        ARMED.store(armed, Ordering::Relaxed);
+        ENABLED.store(true, Ordering::Relaxed);
+        tracing::warn!(
+            hooks = ?hooks,
+            armed,
+            "fault hooks enabled: this node may break the consistency contract; for tests only \
+             (SIGUSR1 turns drop-db-replies and delay-routed-writes on, SIGUSR2 off)"
+        );
+        tokio::spawn(listen_for_switches());
+    }
+
+    /// SIGUSR1 arms the switchable hooks, SIGUSR2 disarms them.
+    async fn listen_for_switches() {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut on), Ok(mut off)) = (
+            signal(SignalKind::user_defined1()),
+            signal(SignalKind::user_defined2()),
+        ) else {
+            tracing::error!("fault hooks: cannot listen for SIGUSR1/SIGUSR2");
+            return;
+        };
+        loop {
+            let armed = tokio::select! {
+                Some(()) = on.recv() => true,
+                Some(()) = off.recv() => false,
+                else => return,
+            };
+            ARMED.store(armed, Ordering::Relaxed);
+            tracing::warn!(armed, "fault hooks switched by signal");
+        }
+    }
+
+    /// Whether any fault hook is installed.
+    pub fn enabled() -> bool {
+        ENABLED.load(Ordering::Relaxed)
+    }
+
+    /// The holder clock `at` as the `clock-rate` hook has it run: `at` itself without the hook.
+    pub fn holder_clock(at: Duration) -> Duration {
+        let bits = CLOCK_RATE_BITS.load(Ordering::Relaxed);
+        if bits == 0 {
+            return at;
+        }
+        let origin = CLOCK_ORIGIN.get().copied().unwrap_or_default();
+        scale(at, origin, f64::from_bits(bits))
+    }
+
+    /// The wall-clock time since the Unix epoch `since_epoch` as the `wall-clock-offset` hook has
+    /// it read: itself without the hook.
+    pub fn wall_clock(since_epoch: Duration) -> Duration {
+        let ms = WALL_OFFSET_MS.load(Ordering::Relaxed);
+        let offset = Duration::from_millis(ms.unsigned_abs());
+        if ms >= 0 {
+            since_epoch + offset
+        } else {
+            since_epoch.saturating_sub(offset)
+        }
+    }
+
+    /// Whether replies of Database actors to this node are to be discarded now.
+    pub fn db_replies_dropped() -> bool {
+        DROP_DB_REPLIES.load(Ordering::Relaxed) && ARMED.load(Ordering::Relaxed)
+    }
+
+    /// How long a write routed to another node is held now, if at all.
+    pub fn routed_write_delay() -> Option<Duration> {
+        let ms = DELAY_ROUTED_WRITES_MS.load(Ordering::Relaxed);
+        (ms > 0 && ARMED.load(Ordering::Relaxed)).then(|| Duration::from_millis(ms))
     }
 }
 
-/// Whether replies of Database actors to this node are to be discarded now.
-pub fn db_replies_dropped() -> bool {
-    DROP_DB_REPLIES.load(Ordering::Relaxed) && ARMED.load(Ordering::Relaxed)
-}
+/// A build without the `fault-hooks` feature: no state, and every reader a constant the
+/// optimiser folds into its call site.
+#[cfg(not(feature = "fault-hooks"))]
+mod imp {
+    use std::time::Duration;
 
-/// How long a write routed to another node is held now, if at all.
-pub fn routed_write_delay() -> Option<Duration> {
-    let ms = DELAY_ROUTED_WRITES_MS.load(Ordering::Relaxed);
-    (ms > 0 && ARMED.load(Ordering::Relaxed)).then(|| Duration::from_millis(ms))
+    use super::{Hook, NOT_IN_THIS_BUILD};
+
+    /// Nothing to install: [`super::from_specs`] gives no hooks in this build, so `hooks` is
+    /// empty; anything else is a caller that skipped it, and stops here rather than run
+    /// without the faults it asked for.
+    pub fn install(hooks: &[Hook]) {
+        assert!(hooks.is_empty(), "{NOT_IN_THIS_BUILD}");
+    }
+
+    /// Never: this build has no fault hooks.
+    #[inline(always)]
+    pub fn enabled() -> bool {
+        false
+    }
+
+    /// The holder clock `at`, untouched.
+    #[inline(always)]
+    pub fn holder_clock(at: Duration) -> Duration {
+        at
+    }
+
+    /// The wall-clock time `since_epoch`, untouched.
+    #[inline(always)]
+    pub fn wall_clock(since_epoch: Duration) -> Duration {
+        since_epoch
+    }
+
+    /// Never: database replies always arrive.
+    #[inline(always)]
+    pub fn db_replies_dropped() -> bool {
+        false
+    }
+
+    /// Never: routed writes leave at once.
+    #[inline(always)]
+    pub fn routed_write_delay() -> Option<Duration> {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -270,6 +363,37 @@ mod tests {
             assert!(err.contains(&format!("{:?}", spec.trim())), "{err}");
         }
         assert!(parse_all(&["drop-db-replies".into(), "nope".into()]).is_err());
+    }
+
+    #[test]
+    fn a_build_without_the_feature_refuses_any_hook_and_says_they_exist_only_in_test_builds() {
+        for specs in [
+            vec!["clock-rate=0.5".to_string()],
+            vec!["start=off".into(), "drop-db-replies".into()],
+            vec!["bogus".into()],
+        ] {
+            let err = accept(&specs, false).expect_err("refused");
+            assert!(err.starts_with(NOT_IN_THIS_BUILD), "{err}");
+            assert!(err.contains("`fault-hooks` feature"), "{err}");
+            assert!(err.contains(&specs.join(",")), "{err}");
+        }
+        assert!(NOT_IN_THIS_BUILD.contains("CUSTOMER_CLUSTER_FAULT_HOOKS"));
+    }
+
+    #[test]
+    fn no_hooks_asked_is_no_hooks_in_any_build() {
+        assert_eq!(accept(&[], false), Ok(Vec::new()));
+        assert_eq!(accept(&[], true), Ok(Vec::new()));
+    }
+
+    #[test]
+    fn a_build_with_the_feature_parses_the_hooks_asked_for() {
+        let specs = ["wall-clock-offset=-5000".to_string(), "start=off".into()];
+        assert_eq!(
+            accept(&specs, true),
+            Ok(vec![Hook::WallClockOffset(-5000), Hook::Start(false)])
+        );
+        assert!(accept(&["bogus".into()], true).is_err());
     }
 
     #[test]

@@ -34,7 +34,8 @@
 //!   again. Any stale read or lost write makes the run a failure (exit code 1).
 //!
 //! * **hooks** ([`hooks`]) — test-only faults inside the node process (a clock at the wrong
-//!   rate, lost database replies, delayed routed writes), behind a hidden `--fault-hook` flag.
+//!   rate, lost database replies, delayed routed writes), behind a hidden `--fault-hook` flag,
+//!   compiled only with the `fault-hooks` cargo feature (test builds).
 //!
 //! Deliberately not here: injecting the faults (the driving script or test does it, so the
 //! same workload serves every kind of fault; [`hooks`] only acts in a node started with it); clock synchronisation between the workload's
