@@ -25,7 +25,14 @@
 //!    ─▶ heal ─▶ availability probe ─▶ 3 s ─▶ checker: linearizable, 0 stale, 0 lost
 //! ```
 //!
-//! Needs root for the namespaces (SKIPPED otherwise, failing under `CI=true`). Scenarios run
+//! **case 18, PostgreSQL** — every test above also runs with every node writing to one
+//! PostgreSQL database (`…_on_postgres`; the lab and its cuts: `support::nemesis`). The hooks
+//! mean the same there: `drop-db-replies` on n3 loses the replies of n3's own Database actor,
+//! whose statements the shared server still runs; a holder cut off by `Isolate` is cut from
+//! the database too.
+//!
+//! Needs root for the namespaces (SKIPPED otherwise, failing under `CI=true`); the PostgreSQL
+//! variants use the server of `CC_TEST_DATABASE_URL` (a private one when unset). Scenarios run
 //! one at a time.
 
 mod support;
@@ -763,8 +770,8 @@ async fn dropped_database_replies_move_the_nodes_shards_within_two_ttl_and_stay_
 
 /// On PostgreSQL n3's own Database actor (its engine and connections to the shared server) is
 /// the one whose replies are lost: n3's renews and writes are executed by the server, their
-/// answers never reach n3's callers. The same bound holds: the others see n3's lease rows stop
-/// advancing and take its shards over.
+/// answers never reach n3's callers. The same bound holds: n3 hears no renew answered for a
+/// TTL, stops renewing and leaves the registry (L7), and the others take its shards over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_database_replies_move_the_nodes_shards_within_two_ttl_and_stay_linearizable_on_postgres()
  {
