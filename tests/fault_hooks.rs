@@ -25,7 +25,14 @@
 //!    ─▶ heal ─▶ availability probe ─▶ 3 s ─▶ checker: linearizable, 0 stale, 0 lost
 //! ```
 //!
-//! Needs root for the namespaces (SKIPPED otherwise, failing under `CI=true`). Scenarios run
+//! **case 18, PostgreSQL** — every test above also runs with every node writing to one
+//! PostgreSQL database (`…_on_postgres`; the lab and its cuts: `support::nemesis`). The hooks
+//! mean the same there: `drop-db-replies` on n3 loses the replies of n3's own Database actor,
+//! whose statements the shared server still runs; a holder cut off by `Isolate` is cut from
+//! the database too.
+//!
+//! Needs root for the namespaces (SKIPPED otherwise, failing under `CI=true`); the PostgreSQL
+//! variants use the server of `CC_TEST_DATABASE_URL` (a private one when unset). Scenarios run
 //! one at a time.
 
 mod support;
@@ -36,8 +43,7 @@ use customer_cluster::client::HttpClient;
 use customer_cluster::faults::checker::{self, Outcome, Reply};
 use customer_cluster::faults::history::{History, HistoryConfig, Recorder, Request, Workload};
 use support::lab::{clients, found_value, id_moving, patch, until_served};
-use support::nemesis::{Fault, LabCluster};
-use support::netns::NetLab;
+use support::nemesis::{Engine, Fault, LabCluster};
 use support::wait_until;
 
 /// One scenario at a time: they share two cores.
@@ -126,6 +132,7 @@ impl Outcomes {
 /// checks the history. `during` runs right after the injection (e.g. to time a takeover);
 /// the fault then lasts until at least [`DURING`] has passed.
 async fn scenario<F>(
+    engine: Engine,
     name: &str,
     flags: [&[&str]; 3],
     injection: Injection,
@@ -135,8 +142,11 @@ async fn scenario<F>(
 where
     F: AsyncFnOnce(&LabCluster),
 {
-    let lab = NetLab::try_new(3)?;
-    let mut cluster = LabCluster::start_each(lab, flags).await;
+    let mut cluster = LabCluster::try_start_each(engine, flags).await?;
+    let name = match engine {
+        Engine::Sqlite => name.to_owned(),
+        Engine::Postgres => format!("{name}-postgres"),
+    };
     let workload = Workload::start(HistoryConfig::new(cluster.urls(), seed))
         .await
         .expect("the workload creates its customers");
@@ -164,7 +174,7 @@ where
     );
     let report = checker::check(&history.ops());
     Some(Outcomes {
-        name: name.into(),
+        name,
         history,
         report,
         served,
@@ -179,14 +189,16 @@ where
 const MARGIN_FOR_8_PERCENT: [&str; 2] = ["--lease-margin-ms", "200"];
 
 /// n3's lease clock at `rate`, every node with `margin` flags, n3 cut off under the workload.
-async fn slewed_holder_scenario(rate: &str, margin: &[&str], seed: u64) {
+async fn slewed_holder_scenario(engine: Engine, rate: &str, margin: &[&str], seed: u64) {
     let hook = format!("clock-rate={rate}");
     let mut slewed = margin.to_vec();
     slewed.extend(["--fault-hook", &hook]);
     let name = format!("clock-{rate}-isolate");
     let flags = [margin, margin, &slewed[..]];
     let fault = Injection::Lab(Fault::Isolate(3));
-    if let Some(outcomes) = scenario(&name, flags, fault, seed, async |_: &LabCluster| {}).await {
+    if let Some(outcomes) =
+        scenario(engine, &name, flags, fault, seed, async |_: &LabCluster| {}).await
+    {
         outcomes.assert_ok();
     }
 }
@@ -194,20 +206,41 @@ async fn slewed_holder_scenario(rate: &str, margin: &[&str], seed: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_holder_clock_8_percent_slow_within_the_margin_serves_nothing_stale_when_cut_off() {
     let _serial = SERIAL.lock().await;
-    slewed_holder_scenario("0.92", &MARGIN_FOR_8_PERCENT, 41).await;
+    slewed_holder_scenario(Engine::Sqlite, "0.92", &MARGIN_FOR_8_PERCENT, 41).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_clock_8_percent_slow_within_the_margin_serves_nothing_stale_when_cut_off_on_postgres()
+ {
+    let _serial = SERIAL.lock().await;
+    slewed_holder_scenario(Engine::Postgres, "0.92", &MARGIN_FOR_8_PERCENT, 141).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_holder_clock_8_percent_fast_within_the_margin_serves_nothing_stale_when_cut_off() {
     let _serial = SERIAL.lock().await;
-    slewed_holder_scenario("1.08", &MARGIN_FOR_8_PERCENT, 42).await;
+    slewed_holder_scenario(Engine::Sqlite, "1.08", &MARGIN_FOR_8_PERCENT, 42).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_clock_8_percent_fast_within_the_margin_serves_nothing_stale_when_cut_off_on_postgres()
+ {
+    let _serial = SERIAL.lock().await;
+    slewed_holder_scenario(Engine::Postgres, "1.08", &MARGIN_FOR_8_PERCENT, 142).await;
 }
 
 /// Drift below margin/TTL at the defaults (2 % < 50 ms / 2000 ms = 2.5 %).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_holder_clock_drifting_below_the_default_margin_serves_nothing_stale_when_cut_off() {
     let _serial = SERIAL.lock().await;
-    slewed_holder_scenario("0.98", &[], 43).await;
+    slewed_holder_scenario(Engine::Sqlite, "0.98", &[], 43).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_clock_drifting_below_the_default_margin_serves_nothing_stale_when_cut_off_on_postgres()
+ {
+    let _serial = SERIAL.lock().await;
+    slewed_holder_scenario(Engine::Postgres, "0.98", &[], 143).await;
 }
 
 /// Drift far above margin/TTL: n3's lease clock runs at 0.25×, so it believes a lease earned
@@ -218,11 +251,21 @@ async fn a_holder_clock_drifting_below_the_default_margin_serves_nothing_stale_w
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_holder_clock_drifting_past_the_margin_serves_a_stale_read_and_the_checker_reports_it() {
     let _serial = SERIAL.lock().await;
-    let Some(lab) = NetLab::try_new(3) else {
+    drift_past_margin(Engine::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_clock_drifting_past_the_margin_serves_a_stale_read_and_the_checker_reports_it_on_postgres()
+ {
+    let _serial = SERIAL.lock().await;
+    drift_past_margin(Engine::Postgres).await;
+}
+
+async fn drift_past_margin(engine: Engine) {
+    let slow = ["--fault-hook", "clock-rate=0.25"];
+    let Some(mut cluster) = LabCluster::try_start_each(engine, [&[], &[], &slow]).await else {
         return;
     };
-    let slow = ["--fault-hook", "clock-rate=0.25"];
-    let mut cluster = LabCluster::start_each(lab, [&[], &[], &slow]).await;
     let http = clients(&cluster.urls(), Duration::from_secs(2));
     let recorder = Recorder::new();
     let bound = Duration::from_secs(30);
@@ -284,11 +327,21 @@ async fn a_holder_clock_drifting_past_the_margin_serves_a_stale_read_and_the_che
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_with_a_longer_lease_ttl_is_not_taken_over_while_it_may_serve_so_no_read_is_stale() {
     let _serial = SERIAL.lock().await;
-    let Some(lab) = NetLab::try_new(3) else {
+    mixed_ttl(Engine::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_a_longer_lease_ttl_is_not_taken_over_while_it_may_serve_so_no_read_is_stale_on_postgres()
+ {
+    let _serial = SERIAL.lock().await;
+    mixed_ttl(Engine::Postgres).await;
+}
+
+async fn mixed_ttl(engine: Engine) {
+    let long = ["--lease-ttl-ms", "10000"];
+    let Some(mut cluster) = LabCluster::try_start_each(engine, [&[], &[], &long]).await else {
         return;
     };
-    let long = ["--lease-ttl-ms", "10000"];
-    let mut cluster = LabCluster::start_each(lab, [&[], &[], &long]).await;
     let http = clients(&cluster.urls(), Duration::from_secs(2));
     let recorder = Recorder::new();
     let bound = Duration::from_secs(40);
@@ -376,14 +429,14 @@ enum Retry {
 /// transit, which no receiver can see). Returns the owner's answer to the first held write (as
 /// n1 logged it), the final reads through n1, n2, n3 and the story.
 async fn delayed_write(
+    engine: Engine,
     retry: Retry,
     hold_ms: u64,
     owner_flags: &[&str],
 ) -> Option<(String, Vec<String>)> {
-    let lab = NetLab::try_new(3)?;
     let hold = format!("delay-routed-writes={hold_ms}");
     let delay = ["--fault-hook", hold.as_str()];
-    let cluster = LabCluster::start_each(lab, [&delay, &[], owner_flags]).await;
+    let cluster = LabCluster::try_start_each(engine, [&delay, &[], owner_flags]).await?;
     let http = clients(&cluster.urls(), Duration::from_secs(10));
     let recorder = Recorder::new();
     let bound = Duration::from_secs(30);
@@ -478,7 +531,26 @@ async fn delayed_write(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_delayed_past_the_clients_retry_never_lands_after_its_next_acknowledged_write() {
     let _serial = SERIAL.lock().await;
-    if let Some((answered, _)) = delayed_write(Retry::ViaOwner, 4000, &[]).await {
+    a_write_delayed_past_the_clients_retry_never_lands_after_its_next_acknowledged_write_on(
+        Engine::Sqlite,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_delayed_past_the_clients_retry_never_lands_after_its_next_acknowledged_write_on_postgres()
+ {
+    let _serial = SERIAL.lock().await;
+    a_write_delayed_past_the_clients_retry_never_lands_after_its_next_acknowledged_write_on(
+        Engine::Postgres,
+    )
+    .await;
+}
+
+async fn a_write_delayed_past_the_clients_retry_never_lands_after_its_next_acknowledged_write_on(
+    engine: Engine,
+) {
+    if let Some((answered, _)) = delayed_write(engine, Retry::ViaOwner, 4000, &[]).await {
         assert!(
             answered.contains("settled as not applied"),
             "the late write was expected to reach the database and find its attempt aborted: \
@@ -496,7 +568,21 @@ async fn a_write_delayed_past_the_clients_retry_never_lands_after_its_next_ackno
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_settled_attempts_of_one_key_never_land_after_the_clients_next_write() {
     let _serial = SERIAL.lock().await;
-    if let Some((answered, _)) = delayed_write(Retry::ViaDelayingEntry, 8000, &[]).await {
+    two_settled_attempts_of_one_key_never_land_after_the_clients_next_write_on(Engine::Sqlite)
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_settled_attempts_of_one_key_never_land_after_the_clients_next_write_on_postgres() {
+    let _serial = SERIAL.lock().await;
+    two_settled_attempts_of_one_key_never_land_after_the_clients_next_write_on(Engine::Postgres)
+        .await;
+}
+
+async fn two_settled_attempts_of_one_key_never_land_after_the_clients_next_write_on(
+    engine: Engine,
+) {
+    if let Some((answered, _)) = delayed_write(engine, Retry::ViaDelayingEntry, 8000, &[]).await {
         assert!(
             answered.contains("settled as not applied"),
             "the late write was expected to reach the database and find its attempt aborted: \
@@ -512,7 +598,26 @@ async fn two_settled_attempts_of_one_key_never_land_after_the_clients_next_write
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_delayed_in_transit_past_its_deadline_is_refused_by_its_settled_request_id() {
     let _serial = SERIAL.lock().await;
-    if let Some((answered, _)) = delayed_write(Retry::No, 4000, &[]).await {
+    a_write_delayed_in_transit_past_its_deadline_is_refused_by_its_settled_request_id_on(
+        Engine::Sqlite,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_delayed_in_transit_past_its_deadline_is_refused_by_its_settled_request_id_on_postgres()
+ {
+    let _serial = SERIAL.lock().await;
+    a_write_delayed_in_transit_past_its_deadline_is_refused_by_its_settled_request_id_on(
+        Engine::Postgres,
+    )
+    .await;
+}
+
+async fn a_write_delayed_in_transit_past_its_deadline_is_refused_by_its_settled_request_id_on(
+    engine: Engine,
+) {
+    if let Some((answered, _)) = delayed_write(engine, Retry::No, 4000, &[]).await {
         assert!(
             answered.contains("settled as not applied"),
             "the late write was expected to reach the database and find its attempt aborted: \
@@ -527,8 +632,27 @@ async fn a_write_delayed_in_transit_past_its_deadline_is_refused_by_its_settled_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_delayed_past_its_deadline_never_lands_whatever_the_owners_wall_clock_reads() {
     let _serial = SERIAL.lock().await;
+    a_write_delayed_past_its_deadline_never_lands_whatever_the_owners_wall_clock_reads_on(
+        Engine::Sqlite,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_delayed_past_its_deadline_never_lands_whatever_the_owners_wall_clock_reads_on_postgres()
+ {
+    let _serial = SERIAL.lock().await;
+    a_write_delayed_past_its_deadline_never_lands_whatever_the_owners_wall_clock_reads_on(
+        Engine::Postgres,
+    )
+    .await;
+}
+
+async fn a_write_delayed_past_its_deadline_never_lands_whatever_the_owners_wall_clock_reads_on(
+    engine: Engine,
+) {
     let ahead = ["--fault-hook", "wall-clock-offset=5000"];
-    if let Some((answered, _)) = delayed_write(Retry::No, 4000, &ahead).await {
+    if let Some((answered, _)) = delayed_write(engine, Retry::No, 4000, &ahead).await {
         assert!(
             answered.contains("settled as not applied"),
             "the late write was expected to reach the database and find its attempt aborted: \
@@ -549,11 +673,21 @@ async fn a_write_delayed_past_its_deadline_never_lands_whatever_the_owners_wall_
 async fn an_owner_whose_wall_clock_runs_8_s_ahead_serves_every_request_routed_through_another_node()
 {
     let _serial = SERIAL.lock().await;
-    let Some(lab) = NetLab::try_new(3) else {
+    owner_wall_clock_ahead(Engine::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owner_whose_wall_clock_runs_8_s_ahead_serves_every_request_routed_through_another_node_on_postgres()
+ {
+    let _serial = SERIAL.lock().await;
+    owner_wall_clock_ahead(Engine::Postgres).await;
+}
+
+async fn owner_wall_clock_ahead(engine: Engine) {
+    let ahead = ["--fault-hook", "wall-clock-offset=8000"];
+    let Some(cluster) = LabCluster::try_start_each(engine, [&[], &[], &ahead]).await else {
         return;
     };
-    let ahead = ["--fault-hook", "wall-clock-offset=8000"];
-    let cluster = LabCluster::start_each(lab, [&[], &[], &ahead]).await;
     let http = clients(&cluster.urls(), Duration::from_secs(10));
     let recorder = Recorder::new();
     let bound = Duration::from_secs(30);
@@ -631,6 +765,21 @@ async fn shards_moved_off_n3(cluster: &LabCluster, since: Instant) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_database_replies_move_the_nodes_shards_within_two_ttl_and_stay_linearizable() {
     let _serial = SERIAL.lock().await;
+    dropped_database_replies(Engine::Sqlite, 7).await;
+}
+
+/// On PostgreSQL n3's own Database actor (its engine and connections to the shared server) is
+/// the one whose replies are lost: n3's renews and writes are executed by the server, their
+/// answers never reach n3's callers. The same bound holds: n3 hears no renew answered for a
+/// TTL, stops renewing and leaves the registry (L7), and the others take its shards over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_database_replies_move_the_nodes_shards_within_two_ttl_and_stay_linearizable_on_postgres()
+ {
+    let _serial = SERIAL.lock().await;
+    dropped_database_replies(Engine::Postgres, 107).await;
+}
+
+async fn dropped_database_replies(engine: Engine, seed: u64) {
     let hooked = [
         "--fault-hook",
         "drop-db-replies",
@@ -639,10 +788,11 @@ async fn dropped_database_replies_move_the_nodes_shards_within_two_ttl_and_stay_
     ];
     let moved = std::sync::Mutex::new(None);
     let Some(outcomes) = scenario(
+        engine,
         "drop-db-replies",
         [&[], &[], &hooked],
         Injection::Hooks(3),
-        7,
+        seed,
         async |cluster: &LabCluster| {
             let took = shards_moved_off_n3(cluster, Instant::now()).await;
             *moved.lock().unwrap() = Some(took);

@@ -1,6 +1,8 @@
-//! The Jepsen-style fault tests (DESIGN.md §10): a 3-node cluster in network namespaces
-//! (n1 hosts SQLite), the history-recording workload through random entry nodes, one fault
-//! per scenario, then the checker. Each scenario:
+//! The Jepsen-style fault tests (DESIGN.md §10): a 3-node cluster in network namespaces, the
+//! history-recording workload through random entry nodes, one fault per scenario, then the
+//! checker. Every scenario runs on both engines: SQLite (n1 hosts the database) and
+//! PostgreSQL (every node writes to one shared database, reached through a lab host of its
+//! own; `…_on_postgres`, see `support::nemesis` for what each cut means there). Each scenario:
 //!
 //! ```text
 //!  start lab + cluster ─▶ workload 3 s ─▶ fault ≈ 5 s ─▶ heal ─▶ availability probe ─▶ 3 s
@@ -19,7 +21,9 @@
 //!
 //! Scenarios run one at a time (a static mutex): they share the machine's cores, and a
 //! starved node misses heartbeats. Needs root for the namespaces; without it each lab test
-//! prints SKIPPED (and fails when `CI=true`). On a failure the checker's short failing
+//! prints SKIPPED (and fails when `CI=true`). The PostgreSQL variants use a database of their
+//! own on the server of `CC_TEST_DATABASE_URL` (a private server when unset; SKIPPED without
+//! server binaries, failing under `CI=true`). On a failure the checker's short failing
 //! sub-history is printed.
 
 mod support;
@@ -32,8 +36,8 @@ use customer_cluster::faults::history::{
     History, HistoryConfig, Recorded, Recorder, Request, Workload, interleaved_owners,
 };
 use support::lab::{clients, found_value, id_moving, patch, until_served};
-use support::nemesis::{Fault, LabCluster};
-use support::netns::NetLab;
+use support::nemesis::{Engine, Fault, LabCluster};
+use support::postgres::{PgServer, TestDatabase, skip};
 use support::{TestCluster, wait_until};
 
 /// One scenario at a time: they share two cores.
@@ -112,9 +116,8 @@ impl Outcomes {
 
 /// Runs the workload over one fault (or none, to show the harness itself finds nothing
 /// wrong in a quiet run) and checks the history.
-async fn scenario(fault: Option<Fault>, seed: u64) -> Option<Outcomes> {
-    let lab = NetLab::try_new(3)?;
-    let mut cluster = LabCluster::start(lab, &[]).await;
+async fn scenario(engine: Engine, fault: Option<Fault>, seed: u64) -> Option<Outcomes> {
+    let mut cluster = LabCluster::try_start(engine, &[]).await?;
     let workload = Workload::start(HistoryConfig::new(cluster.urls(), seed))
         .await
         .expect("the workload creates its customers");
@@ -133,6 +136,10 @@ async fn scenario(fault: Option<Fault>, seed: u64) -> Option<Outcomes> {
     let timeline = cluster.describe_timeline(workload.recorder().origin());
     let history = workload.finish().await;
     let slug = fault.map_or("no-fault".to_string(), |f| f.slug());
+    let slug = match engine {
+        Engine::Sqlite => slug,
+        Engine::Postgres => format!("{slug}-postgres"),
+    };
     cluster.keep_logs(
         &std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("faults-{slug}-logs")),
     );
@@ -146,94 +153,159 @@ async fn scenario(fault: Option<Fault>, seed: u64) -> Option<Outcomes> {
     })
 }
 
+/// The scenario's name for summaries and saved files: `name`, or `name-postgres`.
+fn named(name: &str, engine: Engine) -> String {
+    match engine {
+        Engine::Sqlite => name.to_owned(),
+        Engine::Postgres => format!("{name}-postgres"),
+    }
+}
+
+/// One fault (or none) on `engine`: every key served after the heal, the history keeps the
+/// contract.
+async fn plain(engine: Engine, fault: Option<Fault>, seed: u64, name: &str) {
+    let _serial = SERIAL.lock().await;
+    if let Some(outcomes) = scenario(engine, fault, seed).await {
+        outcomes.assert_ok(&named(name, engine));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_faults_the_history_is_linearizable_and_every_key_is_served() {
-    let _serial = SERIAL.lock().await;
-    if let Some(outcomes) = scenario(None, 0).await {
-        outcomes.assert_ok("no fault");
-    }
+    plain(Engine::Sqlite, None, 0, "no-fault").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_faults_the_history_is_linearizable_and_every_key_is_served_on_postgres() {
+    plain(Engine::Postgres, None, 10, "no-fault").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_a_node_keeps_every_customer_linearizable_and_served_after_restart() {
-    let _serial = SERIAL.lock().await;
-    if let Some(outcomes) = scenario(Some(Fault::Kill(3)), 1).await {
-        outcomes.assert_ok("kill");
-    }
+    plain(Engine::Sqlite, Some(Fault::Kill(3)), 1, "kill").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_a_node_keeps_every_customer_linearizable_and_served_after_restart_on_postgres() {
+    plain(Engine::Postgres, Some(Fault::Kill(3)), 11, "kill").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_node_keeps_every_customer_linearizable_and_served_after_it_resumes() {
-    let _serial = SERIAL.lock().await;
-    if let Some(outcomes) = scenario(Some(Fault::Freeze(3)), 2).await {
-        outcomes.assert_ok("freeze");
-    }
+    plain(Engine::Sqlite, Some(Fault::Freeze(3)), 2, "freeze").await;
+}
+
+/// On PostgreSQL a frozen node may hold an open transaction (and its row locks) on the shared
+/// server; the server's `idle_in_transaction_session_timeout` ends it, and the others write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_node_keeps_every_customer_linearizable_and_served_after_it_resumes_on_postgres() {
+    plain(Engine::Postgres, Some(Fault::Freeze(3)), 12, "freeze").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_isolated_node_keeps_every_customer_linearizable_and_served_after_heal() {
-    let _serial = SERIAL.lock().await;
-    if let Some(outcomes) = scenario(Some(Fault::Isolate(2)), 3).await {
-        outcomes.assert_ok("isolate");
-    }
+    plain(Engine::Sqlite, Some(Fault::Isolate(2)), 3, "isolate").await;
+}
+
+/// n2 is cut from the other nodes and from PostgreSQL (the test client still reaches it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_node_keeps_every_customer_linearizable_and_served_after_heal_on_postgres() {
+    plain(Engine::Postgres, Some(Fault::Isolate(2)), 13, "isolate").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_database_node_in_a_minority_keeps_every_customer_linearizable() {
-    let _serial = SERIAL.lock().await;
-    if let Some(outcomes) = scenario(Some(Fault::Minority(1)), 4).await {
-        outcomes.assert_ok("minority");
-    }
+    plain(Engine::Sqlite, Some(Fault::Minority(1)), 4, "minority").await;
 }
 
+/// n1 is cut from n2 and n3 while all three still reach PostgreSQL: each side sees the other
+/// dead and places every shard on itself, and both sides write to the one database. Only the
+/// leases in the database (fencing tokens) keep each customer to one writer at a time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_partial_partition_keeps_every_customer_linearizable_with_one_owner_at_a_time() {
+async fn a_minority_that_still_reaches_postgres_keeps_every_customer_linearizable_on_postgres() {
+    plain(Engine::Postgres, Some(Fault::Minority(1)), 14, "minority").await;
+}
+
+/// Two live owners must never both acknowledge writes of one customer while `a` and `b` are
+/// cut from each other (and both still reach the third node and the database).
+async fn partial(engine: Engine, seed: u64) {
     let _serial = SERIAL.lock().await;
-    let Some(outcomes) = scenario(Some(Fault::Partial(2, 3)), 5).await else {
+    let Some(outcomes) = scenario(engine, Some(Fault::Partial(2, 3)), seed).await else {
         return;
     };
+    let name = named("partial", engine);
     let (from, to) = outcomes.fault_window;
     let split = interleaved_owners(&outcomes.history.recorded, from, to);
     eprintln!(
-        "partial: {} keys had owners taking turns: {split:?}",
+        "{name}: {} keys had owners taking turns: {split:?}",
         split.len()
     );
     assert!(
         split.is_empty(),
         "two live owners acknowledged writes of one customer during the partial partition: \
          {split:?}\n{}",
-        outcomes.summary("partial")
+        outcomes.summary(&name)
     );
     assert_eq!(
         outcomes.report.stale_reads(),
         0,
         "{}",
-        outcomes.summary("partial")
+        outcomes.summary(&name)
     );
-    outcomes.assert_ok("partial");
+    outcomes.assert_ok(&name);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_partition_keeps_every_customer_linearizable_with_one_owner_at_a_time() {
+    partial(Engine::Sqlite, 5).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partial_partition_keeps_every_customer_linearizable_with_one_owner_at_a_time_on_postgres()
+ {
+    partial(Engine::Postgres, 15).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_cut_from_the_database_node_keeps_every_customer_linearizable() {
-    let _serial = SERIAL.lock().await;
-    if let Some(outcomes) = scenario(Some(Fault::DbCut(3)), 6).await {
-        outcomes.assert_ok("db-cut");
-    }
+    plain(Engine::Sqlite, Some(Fault::DbCut(3)), 6, "db-cut").await;
+}
+
+/// n3 cannot reach PostgreSQL but still reaches n1 and n2 (and they it): it cannot renew, so
+/// its shards move; requests through n3 are routed to their new owners.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_from_postgres_keeps_every_customer_linearizable_on_postgres() {
+    plain(Engine::Postgres, Some(Fault::DbCut(3)), 16, "db-cut").await;
 }
 
 // ---- regression tests -----------------------------------------------------------------------
 
-/// Bug 1: a PATCH stalls inside owner n3 (the database node n1 is frozen) with another
-/// queued behind it; n3 freezes too; n1 resumes and the customer is written twice through
-/// other entries; n3 resumes. The last acknowledged value must survive — unless a stalled
-/// write was itself acknowledged after it.
+/// Bug 1: a PATCH stalls inside owner n3 (its database does not answer: on SQLite the
+/// database node n1 is frozen, on PostgreSQL n3 is cut from the database) with another
+/// queued behind it; n3 freezes too; the database comes back and the customer is written
+/// twice through other entries; n3 resumes. The last acknowledged value must survive —
+/// unless a stalled write was itself acknowledged after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_stalled_in_a_frozen_owner_never_overwrites_a_later_acknowledged_write() {
+    stalled_write(Engine::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_stalled_in_a_frozen_owner_never_overwrites_a_later_acknowledged_write_on_postgres()
+{
+    stalled_write(Engine::Postgres).await;
+}
+
+async fn stalled_write(engine: Engine) {
     let _serial = SERIAL.lock().await;
-    let Some(lab) = NetLab::try_new(3) else {
+    let Some(mut cluster) = LabCluster::try_start(engine, &[]).await else {
         return;
     };
-    let mut cluster = LabCluster::start(lab, &[]).await;
+    // What makes n3's database calls hang: the database node frozen, or n3's link to it cut.
+    let db_silent = match engine {
+        Engine::Sqlite => Fault::Freeze(1),
+        Engine::Postgres => Fault::DbCut(3),
+    };
     let urls = cluster.urls();
     let fast = clients(&urls, Duration::from_secs(2));
     let slow = HttpClient::new(&urls[2], None, Duration::from_secs(30)).expect("client");
@@ -263,7 +335,7 @@ async fn a_write_stalled_in_a_frozen_owner_never_overwrites_a_later_acknowledged
         "no customer landed on n3 within 30 s of creates"
     );
 
-    cluster.inject(Fault::Freeze(1));
+    cluster.inject(db_silent);
     let stalled: Vec<_> = ["stalled-a", "stalled-b"]
         .into_iter()
         .enumerate()
@@ -280,7 +352,7 @@ async fn a_write_stalled_in_a_frozen_owner_never_overwrites_a_later_acknowledged
     // orders of magnitude more than a loopback request needs to get there.
     tokio::time::sleep(Duration::from_millis(300)).await;
     cluster.inject(Fault::Freeze(3));
-    cluster.heal(Fault::Freeze(1));
+    cluster.heal(db_silent);
 
     let others = [(0, &fast[0]), (1, &fast[1])];
     let bound = Duration::from_secs(30);
@@ -346,7 +418,37 @@ async fn a_write_stalled_in_a_frozen_owner_never_overwrites_a_later_acknowledged
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_id_is_never_created_again_so_its_versions_never_repeat() {
     let _serial = SERIAL.lock().await;
-    let mut cluster = TestCluster::start("t", 3, &[]).await;
+    let cluster = TestCluster::start("t", 3, &[]).await;
+    deleted_id_never_created_again(cluster).await;
+}
+
+/// As above with every node on one PostgreSQL database (a database of its own on the server
+/// of `CC_TEST_DATABASE_URL`, else on a private server).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_id_is_never_created_again_so_its_versions_never_repeat_on_postgres() {
+    let _serial = SERIAL.lock().await;
+    let mut private = None;
+    let admin_url = match std::env::var("CC_TEST_DATABASE_URL") {
+        Ok(url) if !url.trim().is_empty() => url,
+        _ => match PgServer::start() {
+            Some(server) => private.insert(server).url("postgres"),
+            None => {
+                skip(
+                    "a_deleted_id_is_never_created_again_on_postgres",
+                    "no CC_TEST_DATABASE_URL and no PostgreSQL server binaries",
+                );
+                return;
+            }
+        },
+    };
+    let db = TestDatabase::create(&admin_url).await;
+    let cluster = TestCluster::start_postgres("t", 3, db.url(), &[]).await;
+    deleted_id_never_created_again(cluster).await;
+    drop(db);
+    drop(private);
+}
+
+async fn deleted_id_never_created_again(mut cluster: TestCluster) {
     let urls: Vec<String> = cluster
         .nodes
         .iter()
@@ -461,11 +563,21 @@ async fn until_served_or_refused(
 /// write — never the row it had cached before the cut.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_holder_cut_off_past_ttl_shows_the_write_of_the_node_that_took_over_and_died() {
+    holder_cut_off_past_ttl(Engine::Sqlite).await;
+}
+
+/// As above on PostgreSQL, where the cut holder is cut from the database too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_cut_off_past_ttl_shows_the_write_of_the_node_that_took_over_and_died_on_postgres()
+{
+    holder_cut_off_past_ttl(Engine::Postgres).await;
+}
+
+async fn holder_cut_off_past_ttl(engine: Engine) {
     let _serial = SERIAL.lock().await;
-    let Some(lab) = NetLab::try_new(3) else {
+    let Some(mut cluster) = LabCluster::try_start(engine, &[]).await else {
         return;
     };
-    let mut cluster = LabCluster::start(lab, &[]).await;
     let urls = cluster.urls();
     let http = clients(&urls, Duration::from_secs(2));
     let recorder = Recorder::new();
