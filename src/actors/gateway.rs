@@ -864,6 +864,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_write_shed_by_a_full_database_queue_is_not_applied_not_unknown() {
+        let shed = crate::storage::engine::queue_full(4096);
+        assert!(matches!(shed, Error::Unavailable(_)));
+        assert!(!may_have_applied(&shed), "{shed}");
+    }
+
+    #[test]
     fn a_write_whose_earlier_attempt_may_still_apply_never_gives_up_as_not_applied() {
         let left = Error::Unavailable(format!("owner n3 {OWNER_LEFT}"));
         assert!(may_have_applied(&left));
