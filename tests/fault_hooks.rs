@@ -261,27 +261,52 @@ async fn a_holder_clock_drifting_past_the_margin_serves_a_stale_read_and_the_che
     drift_past_margin(Engine::Postgres).await;
 }
 
-async fn drift_past_margin(engine: Engine) {
-    let slow = ["--fault-hook", "clock-rate=0.25"];
-    let Some(mut cluster) = LabCluster::try_start_each(engine, [&[], &[], &slow]).await else {
-        return;
-    };
+/// A lab cluster with `n3_flags` on n3, and a customer (value "before") that n3 owns, serves
+/// and so caches, and that n2 owns once n3 is gone.
+struct CachedOnN3 {
+    cluster: LabCluster,
+    http: Vec<HttpClient>,
+    recorder: Recorder,
+    key: String,
+}
+
+async fn cached_on_n3(engine: Engine, n3_flags: &[&str], bound: Duration) -> Option<CachedOnN3> {
+    let cluster = LabCluster::try_start_each(engine, [&[], &[], n3_flags]).await?;
     let http = clients(&cluster.urls(), Duration::from_secs(2));
     let recorder = Recorder::new();
-    let bound = Duration::from_secs(30);
     let key = id_moving("n3", "n2");
     let create = Request::Create {
         value: "before".into(),
-        email: format!("drift-{key}@example.com"),
+        email: format!("cached-{key}@example.com"),
     };
-    let (n2, n3) = ([(1, &http[1])], [(2, &http[2])]);
-    until_served(&recorder, &n3, 0, &key, &create, bound).await;
+    until_served(&recorder, &[(2, &http[2])], 0, &key, &create, bound).await;
     let cached = wait_until("n3 serves the customer", bound, || async {
         let r = recorder.send(&http[2], 2, 0, &key, &Request::Get).await;
         (r.meta.owner.as_deref() == Some("n3")).then_some(r)
     })
     .await;
     assert_eq!(found_value(&cached), Some("before"));
+    Some(CachedOnN3 {
+        cluster,
+        http,
+        recorder,
+        key,
+    })
+}
+
+async fn drift_past_margin(engine: Engine) {
+    let slow = ["--fault-hook", "clock-rate=0.25"];
+    let bound = Duration::from_secs(30);
+    let Some(lab) = cached_on_n3(engine, &slow, bound).await else {
+        return;
+    };
+    let CachedOnN3 {
+        mut cluster,
+        http,
+        recorder,
+        key,
+    } = lab;
+    let (n2, n3) = ([(1, &http[1])], [(2, &http[2])]);
     assert!(
         cluster
             .node(3)
@@ -339,25 +364,17 @@ async fn a_node_with_a_longer_lease_ttl_is_not_taken_over_while_it_may_serve_so_
 
 async fn mixed_ttl(engine: Engine) {
     let long = ["--lease-ttl-ms", "10000"];
-    let Some(mut cluster) = LabCluster::try_start_each(engine, [&[], &[], &long]).await else {
+    let bound = Duration::from_secs(40);
+    let Some(lab) = cached_on_n3(engine, &long, bound).await else {
         return;
     };
-    let http = clients(&cluster.urls(), Duration::from_secs(2));
-    let recorder = Recorder::new();
-    let bound = Duration::from_secs(40);
-    let key = id_moving("n3", "n2");
-    let create = Request::Create {
-        value: "before".into(),
-        email: format!("ttl-{key}@example.com"),
-    };
+    let CachedOnN3 {
+        mut cluster,
+        http,
+        recorder,
+        key,
+    } = lab;
     let (n2, n3) = ([(1, &http[1])], [(2, &http[2])]);
-    until_served(&recorder, &n3, 0, &key, &create, bound).await;
-    let cached = wait_until("n3 serves the customer", bound, || async {
-        let r = recorder.send(&http[2], 2, 0, &key, &Request::Get).await;
-        (r.meta.owner.as_deref() == Some("n3")).then_some(r)
-    })
-    .await;
-    assert_eq!(found_value(&cached), Some("before"));
     // n2 has seen n3's row with its 10 s TTL before the cut.
     wait_until("n2 warns about n3's TTL", bound, || async {
         cluster
