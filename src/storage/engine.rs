@@ -1161,20 +1161,7 @@ mod tests {
             ..EngineConfig::sqlite(&path, 512, 1)
         };
         let engine = Engine::open(&config).unwrap();
-        let (tx, rx) = mpsc::channel();
-        engine.lease(LeaseJob::Register {
-            node: "n1".into(),
-            incarnation: 7,
-            done: Box::new(move |r| tx.send(r).unwrap()),
-        });
-        let Ok(Registration::Registered { epoch }) = rx.recv().unwrap() else {
-            panic!("register failed");
-        };
-        let me = Holder {
-            node: "n1".into(),
-            incarnation: 7,
-            epoch,
-        };
+        let me = register(&engine);
         // 10 000 ids that all expire about 3 s from now.
         let at = crate::clock::now_micros() - 57_000_000;
         let (tx, rx) = mpsc::channel();
@@ -1571,20 +1558,7 @@ mod tests {
     fn lease_jobs_and_fenced_writes_share_the_writer() {
         let dir = tempfile::tempdir().unwrap();
         let engine = Engine::open(&EngineConfig::sqlite(dir.path().join("l.db"), 8, 1)).unwrap();
-        let (tx, rx) = mpsc::channel();
-        engine.lease(LeaseJob::Register {
-            node: "n1".into(),
-            incarnation: 7,
-            done: Box::new(move |r| tx.send(r).unwrap()),
-        });
-        let Ok(Registration::Registered { epoch }) = rx.recv().unwrap() else {
-            panic!("register failed");
-        };
-        let me = Holder {
-            node: "n1".into(),
-            incarnation: 7,
-            epoch,
-        };
+        let me = register(&engine);
         let (tx, rx) = mpsc::channel();
         engine.lease(LeaseJob::Grant {
             contender: me,
