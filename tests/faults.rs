@@ -37,7 +37,7 @@ use customer_cluster::faults::history::{
 };
 use support::lab::{clients, found_value, id_moving, patch, until_served};
 use support::nemesis::{Engine, Fault, LabCluster};
-use support::postgres::{PgServer, TestDatabase, skip};
+use support::postgres::test_database;
 use support::{TestCluster, wait_until};
 
 /// One scenario at a time: they share two cores.
@@ -427,21 +427,11 @@ async fn a_deleted_id_is_never_created_again_so_its_versions_never_repeat() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_id_is_never_created_again_so_its_versions_never_repeat_on_postgres() {
     let _serial = SERIAL.lock().await;
-    let mut private = None;
-    let admin_url = match std::env::var("CC_TEST_DATABASE_URL") {
-        Ok(url) if !url.trim().is_empty() => url,
-        _ => match PgServer::start() {
-            Some(server) => private.insert(server).url("postgres"),
-            None => {
-                skip(
-                    "a_deleted_id_is_never_created_again_on_postgres",
-                    "no CC_TEST_DATABASE_URL and no PostgreSQL server binaries",
-                );
-                return;
-            }
-        },
+    let Some((db, private)) =
+        test_database("a_deleted_id_is_never_created_again_on_postgres").await
+    else {
+        return;
     };
-    let db = TestDatabase::create(&admin_url).await;
     let cluster = TestCluster::start_postgres("t", 3, db.url(), &[]).await;
     deleted_id_never_created_again(cluster).await;
     drop(db);

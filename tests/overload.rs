@@ -20,7 +20,7 @@ use std::time::Duration;
 use customer_cluster::faults::checker;
 use customer_cluster::faults::history::{History, HistoryConfig, Workload};
 use support::TestCluster;
-use support::postgres::{PgServer, TestDatabase, skip};
+use support::postgres::test_database;
 
 /// One cluster at a time: the overload is meant to saturate both cores.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -103,19 +103,9 @@ async fn an_overload_with_retries_stays_linearizable_and_the_cluster_recovers_by
 async fn an_overload_with_retries_on_postgres_stays_linearizable_and_the_cluster_recovers_by_itself()
  {
     let _serial = SERIAL.lock().await;
-    let test = "an_overload_with_retries_on_postgres";
-    let mut private = None;
-    let admin_url = match std::env::var("CC_TEST_DATABASE_URL") {
-        Ok(url) if !url.trim().is_empty() => url,
-        _ => match PgServer::start() {
-            Some(server) => private.insert(server).url("postgres"),
-            None => {
-                skip(test, "no PostgreSQL server binaries (initdb, pg_ctl)");
-                return;
-            }
-        },
+    let Some((db, private)) = test_database("an_overload_with_retries_on_postgres").await else {
+        return;
     };
-    let db = TestDatabase::create(&admin_url).await;
     let mut cluster = TestCluster::start_postgres("op", 3, db.url(), &[]).await;
     overload_then_recover(&mut cluster, "postgres").await;
     drop(cluster);

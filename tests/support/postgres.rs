@@ -274,3 +274,24 @@ pub fn with_database(url: &str, db: &str) -> String {
         .map_or(base.len(), |i| authority_at + i);
     format!("{}/{db}{query}", &base[..host_end])
 }
+
+/// A fresh database for `test` on the server of `CC_TEST_DATABASE_URL`, else on a private server
+/// started here (returned beside it, so the database is dropped first and the server after);
+/// `None` after [`skip`] said why the test cannot run.
+pub async fn test_database(test: &str) -> Option<(TestDatabase, Option<PgServer>)> {
+    let mut private = None;
+    let admin_url = match std::env::var("CC_TEST_DATABASE_URL") {
+        Ok(url) if !url.trim().is_empty() => url,
+        _ => match PgServer::start() {
+            Some(server) => private.insert(server).url("postgres"),
+            None => {
+                skip(
+                    test,
+                    "no CC_TEST_DATABASE_URL and no PostgreSQL server binaries",
+                );
+                return None;
+            }
+        },
+    };
+    Some((TestDatabase::create(&admin_url).await, private))
+}
