@@ -51,6 +51,20 @@ pub struct ConfigLayer {
     #[arg(long, env = "CUSTOMER_CLUSTER_CLUSTER_MAX_UNAUTHENTICATED")]
     pub cluster_max_unauthenticated: Option<usize>,
 
+    /// Most of those one source address may hold while it is not a known peer (one that
+    /// completed a handshake with this node in the last hour); 0 = no per-address cap.
+    /// Strangers also never get the quarter of the slots kept for known peers, so a flood from
+    /// a few addresses cannot keep a new node out. Raise it when many nodes join at once from
+    /// behind one NAT address [default: 4].
+    #[arg(long, env = "CUSTOMER_CLUSTER_CLUSTER_MAX_UNAUTHENTICATED_PER_SOURCE")]
+    pub cluster_max_unauthenticated_per_source: Option<usize>,
+
+    /// Comma-separated source ranges allowed to connect to the cluster port (e.g.
+    /// `10.0.0.0/8,127.0.0.1`); others are closed at accept. Empty: any address may try the
+    /// handshake [default: empty].
+    #[arg(long, env = "CUSTOMER_CLUSTER_CLUSTER_ALLOW", value_delimiter = ',')]
+    pub cluster_allow: Option<Vec<String>>,
+
     /// Longest a cluster connection may take from connect to the end of its handshake (TLS
     /// and cookie), in ms; slower ones are closed [default: 5000].
     #[arg(long, env = "CUSTOMER_CLUSTER_CLUSTER_HANDSHAKE_TIMEOUT_MS")]
@@ -241,6 +255,8 @@ impl ConfigLayer {
             advertise_addr,
             http_addr,
             cluster_max_unauthenticated,
+            cluster_max_unauthenticated_per_source,
+            cluster_allow,
             cluster_handshake_timeout_ms,
             seeds,
             cookie,
@@ -352,6 +368,10 @@ pub struct Config {
     pub seeds: Vec<String>,
     /// Most cluster connections in their handshake at once (`cluster::gate`).
     pub cluster_max_unauthenticated: usize,
+    /// Most of those from one address that is not a known peer (`cluster::sources`; 0 = off).
+    pub cluster_max_unauthenticated_per_source: usize,
+    /// Source ranges allowed on the cluster port; empty = any.
+    pub cluster_allow: Vec<crate::cluster::sources::Cidr>,
     /// Longest cluster handshake, from connect to its last frame.
     pub cluster_handshake_timeout: Duration,
     /// Cluster cookie.
@@ -455,6 +475,9 @@ pub mod defaults {
     /// Cluster connections in their handshake at once: a cluster of dozens of nodes restarting
     /// together needs a few each; an anonymous flood gets no further than this.
     pub const CLUSTER_MAX_UNAUTHENTICATED: usize = 64;
+    /// Unauthenticated connections one unknown address may hold: an honest node needs one or
+    /// two while it dials; a flood from one address gets no more than this.
+    pub const CLUSTER_MAX_UNAUTHENTICATED_PER_SOURCE: usize = 4;
     /// Cluster handshake deadline, ms: an honest handshake takes milliseconds, a peer on a
     /// loaded host a second or two; a client that says nothing is closed after this.
     pub const CLUSTER_HANDSHAKE_TIMEOUT_MS: u64 = 5000;
@@ -462,6 +485,9 @@ pub mod defaults {
     pub const HTTP_MAX_CONNECTIONS: usize = 4096;
     /// Shortest accepted cluster cookie, bytes: 128 bits, so it cannot be guessed online.
     pub const MIN_COOKIE_BYTES: usize = 16;
+    /// Fewest different characters in a cluster cookie: refuses `aaaa…` and `abab…`-like
+    /// cookies; a random hex cookie of 16 characters has fewer with a chance below 1 in 10^6.
+    pub const MIN_COOKIE_DISTINCT_BYTES: usize = 5;
 }
 
 impl Config {
@@ -542,6 +568,10 @@ impl Config {
             cluster_max_unauthenticated: layer
                 .cluster_max_unauthenticated
                 .unwrap_or(defaults::CLUSTER_MAX_UNAUTHENTICATED),
+            cluster_max_unauthenticated_per_source: layer
+                .cluster_max_unauthenticated_per_source
+                .unwrap_or(defaults::CLUSTER_MAX_UNAUTHENTICATED_PER_SOURCE),
+            cluster_allow: parse_allow(layer.cluster_allow.unwrap_or_default())?,
             cluster_handshake_timeout: ms(
                 layer.cluster_handshake_timeout_ms,
                 defaults::CLUSTER_HANDSHAKE_TIMEOUT_MS,
@@ -750,6 +780,19 @@ fn validate_name(name: &str) -> Result<()> {
     }
 }
 
+/// `--cluster-allow`'s ranges; blank entries are ignored.
+fn parse_allow(ranges: Vec<String>) -> Result<Vec<crate::cluster::sources::Cidr>> {
+    ranges
+        .iter()
+        .map(|r| r.trim())
+        .filter(|r| !r.is_empty())
+        .map(|r| {
+            r.parse()
+                .map_err(|e| Error::InvalidInput(format!("--cluster-allow: {e}")))
+        })
+        .collect()
+}
+
 fn load_cookie(inline: Option<String>, file: Option<&Path>) -> Result<Secret> {
     let value = match (inline, file) {
         (Some(_), Some(_)) => {
@@ -776,6 +819,15 @@ fn load_cookie(inline: Option<String>, file: Option<&Path>) -> Result<Secret> {
             "the cluster cookie is {} bytes; use at least {} random bytes (e.g. `od -An -N24 -tx1 /dev/urandom | tr -d ' \\n' > cookie`)",
             value.len(),
             defaults::MIN_COOKIE_BYTES
+        )));
+    }
+    let distinct = value
+        .bytes()
+        .collect::<std::collections::HashSet<u8>>()
+        .len();
+    if distinct < defaults::MIN_COOKIE_DISTINCT_BYTES {
+        return Err(Error::InvalidInput(format!(
+            "the cluster cookie uses only {distinct} different characters, so it is easy to guess; use random bytes (e.g. `od -An -N24 -tx1 /dev/urandom | tr -d ' \\n' > cookie`)"
         )));
     }
     Ok(Secret::new(value))
@@ -1015,6 +1067,43 @@ mod tests {
             ..minimal()
         };
         assert!(Config::resolve(short).is_err());
+        let ranges = ConfigLayer {
+            cluster_allow: Some(vec!["10.0.0.0/8".into(), " ".into(), "::1".into()]),
+            ..minimal()
+        };
+        let c = Config::resolve(ranges).unwrap();
+        assert_eq!(c.cluster_allow.len(), 2);
+        assert_eq!(
+            c.cluster_max_unauthenticated_per_source,
+            defaults::CLUSTER_MAX_UNAUTHENTICATED_PER_SOURCE
+        );
+        let bad = ConfigLayer {
+            cluster_allow: Some(vec!["10.0.0.0/99".into()]),
+            ..minimal()
+        };
+        let e = Config::resolve(bad).unwrap_err().to_string();
+        assert!(e.contains("--cluster-allow"), "{e}");
+    }
+
+    #[test]
+    fn a_cookie_of_few_different_characters_is_refused() {
+        for weak in [
+            "aaaaaaaaaaaaaaaaaaaa",
+            "abababababababababab",
+            "1234123412341234",
+        ] {
+            let layer = ConfigLayer {
+                cookie: Some(weak.into()),
+                ..minimal()
+            };
+            let e = Config::resolve(layer).unwrap_err().to_string();
+            assert!(e.contains("different characters"), "{weak}: {e}");
+        }
+        let random = ConfigLayer {
+            cookie: Some("3f9a0c71e2b4d85a".into()),
+            ..minimal()
+        };
+        assert!(Config::resolve(random).is_ok());
     }
 
     #[test]
@@ -1155,7 +1244,7 @@ mod tests {
             Err(Error::InvalidInput(m)) => assert!(m.contains("at least 16"), "{m}"),
             other => panic!("an 11-byte cookie was accepted: {other:?}"),
         }
-        l.cookie = Some("x".repeat(16));
+        l.cookie = Some("0123456789abcdef".into());
         assert!(Config::resolve(l).is_ok());
     }
 

@@ -195,6 +195,8 @@ pub async fn start(config: Config) -> Result<RunningNode> {
         transport,
         max_unauthenticated: config.cluster_max_unauthenticated,
         handshake_timeout: config.cluster_handshake_timeout,
+        max_unauthenticated_per_source: config.cluster_max_unauthenticated_per_source,
+        allow: config.cluster_allow.clone(),
     })
     .await?;
     let actors = match start_actors(&config, Some(mesh.clone()), incarnation).await {

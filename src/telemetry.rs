@@ -411,7 +411,12 @@ pub const METRICS: &[(&str, MetricKind, &str)] = &[
     (
         "customer_cluster_preauth_refused_total",
         MetricKind::Counter,
-        "Cluster connections refused before authentication, by reason: over_cap, timeout, bad_frame, tls, name_mismatch",
+        "Cluster connections refused before authentication, by reason: over_cap, per_source, backoff, not_allowed, timeout, bad_frame, tls, name_mismatch",
+    ),
+    (
+        "customer_cluster_auth_failures_total",
+        MetricKind::Counter,
+        "Cluster connections that sent their whole handshake and failed the cookie check (repeated from one unknown address: it backs off)",
     ),
     (
         "customer_cluster_preauth_connections",

@@ -226,6 +226,8 @@ async fn a_peer_with_a_valid_certificate_for_another_name_is_refused_both_ways()
         transport: transport.clone(),
         max_unauthenticated: 8,
         handshake_timeout: Duration::from_secs(5),
+        max_unauthenticated_per_source: 4,
+        allow: Vec::new(),
     })
     .await
     .unwrap();

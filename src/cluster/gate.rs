@@ -7,16 +7,19 @@
 //! (`NodeServerMessage::ConnectionOpenedExternal`):
 //!
 //! ```text
-//!  accept ──▶ slot free? ──no──▶ close at once (over_cap)
-//!               │yes (one of --cluster-max-unauthenticated)
+//!  accept ──▶ source allowed, not backing off, under its share, slot free? ──no──▶ close at
+//!               │yes (one of --cluster-max-unauthenticated; see cluster::sources)   once
 //!               ▼
 //!  TLS handshake (if on) ──▶ first frame: the peer's name, checked against its certificate
-//!               │              (all within --cluster-handshake-timeout-ms)
+//!               │              (a stranger within 1 s of accept, a known peer within the
+//!               │               handshake deadline)
 //!               ▼
-//!  NodeServer session ──▶ cookie challenge (the Tap keeps checking frames and the deadline)
-//!               │
+//!  NodeServer session ──▶ cookie challenge (the Tap keeps checking frames and the deadline;
+//!               │          a write-side tap sees whether this node acknowledged the cookie)
 //!               ▼
 //!  the peer's last handshake frame: the slot is freed; authenticated traffic is not touched
+//!  our acknowledgement: the source address is known (cluster::sources); none before the
+//!  session ends: a cookie failure, counted and, repeated, backed off
 //! ```
 //!
 //! A refused connection costs no NodeServer session and no line from the transport's log:
@@ -28,13 +31,14 @@
 //! Outbound dials ([`dial`]) use the same [`Tap`] to check the name the dialed peer announces
 //! in its challenge against its certificate, and the same deadline.
 //!
-//! What this does not do: limit connections per source address, or authenticated sessions
-//! (a peer with the cookie is trusted); the NodeServer's own listener still exists (it cannot
+//! What this does not do: limit authenticated sessions (a peer with the cookie is a node); the
+//! NodeServer's own listener still exists (it cannot
 //! be turned off) but is bound to loopback with a TLS acceptor that has no certificate, so no
 //! session ever starts through it ([`super::tls::closed_listener`]).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -43,11 +47,11 @@ use ractor::ActorRef;
 use ractor_cluster::{BoxRead, BoxWrite, ClusterBidiStream, NodeServerMessage};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Sleep;
 use tokio_rustls::rustls::pki_types::CertificateDer;
 
 use super::handshake::{HandshakeParser, Progress, REFUSAL_LOG_WINDOW, Refusal, RefusalLog, Side};
+use super::sources::{Cidr, SourcePolicy, Sources};
 use crate::error::{Error, Result};
 
 /// Settings of the cluster port.
@@ -56,6 +60,10 @@ pub struct GateConfig {
     pub bind: SocketAddr,
     /// Most connections in their handshake at once; one more is closed at once.
     pub max_unauthenticated: usize,
+    /// Most connections in their handshake from one address not yet known (0 = no cap).
+    pub max_unauthenticated_per_source: usize,
+    /// If not empty, the only source ranges accepted (`--cluster-allow`).
+    pub allow: Vec<Cidr>,
     /// Longest a connection may take from accept to its last handshake frame.
     pub handshake_timeout: Duration,
     /// Inbound TLS, if on.
@@ -118,6 +126,27 @@ impl Refusals {
         }
     }
 
+    /// One line per cookie failure would let a guesser write the log; one summary per window
+    /// (and a WARN when an address starts backing off, at most once a second per address).
+    fn cookie_failed(&self, ip: IpAddr, backoff: Option<Duration>) {
+        tracing::debug!(peer = %ip, "cluster connection failed the cookie check");
+        if let Some(backoff) = backoff {
+            tracing::warn!(
+                peer = %ip,
+                "{ip} failed the cluster cookie check repeatedly; its connections are refused for {} s",
+                backoff.as_secs()
+            );
+        }
+        let line = self
+            .log
+            .lock()
+            .map(|mut log| log.record_cookie_failure(Instant::now()))
+            .unwrap_or(None);
+        if let Some(line) = line {
+            tracing::warn!("{line}");
+        }
+    }
+
     fn flush(&self) {
         let line = self
             .log
@@ -130,19 +159,78 @@ impl Refusals {
     }
 }
 
-/// One of the slots for unauthenticated connections; freed when dropped.
-struct Slot(#[allow(dead_code)] OwnedSemaphorePermit);
+/// The per-address table, shared by the accept loop, every connection's taps and the dials.
+pub(crate) type SharedSources = Arc<Mutex<Sources>>;
+
+/// One of the slots for unauthenticated connections, taken from `ip`'s share; freed when
+/// dropped.
+struct Slot {
+    sources: SharedSources,
+    ip: IpAddr,
+}
 
 impl Slot {
-    fn new(permit: OwnedSemaphorePermit) -> Self {
+    /// Takes a slot for `ip` if [`Sources::admit`] allows it.
+    fn take(sources: &SharedSources, ip: IpAddr) -> std::result::Result<Self, Refusal> {
+        let mut table = sources.lock().unwrap_or_else(|e| e.into_inner());
+        table.admit(ip, Instant::now())?;
         metrics::gauge!("customer_cluster_preauth_connections").increment(1.0);
-        Self(permit)
+        Ok(Self {
+            sources: sources.clone(),
+            ip,
+        })
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
         metrics::gauge!("customer_cluster_preauth_connections").decrement(1.0);
+        let mut table = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        table.release(self.ip);
+    }
+}
+
+/// What a connection's two taps learn about its cookie handshake. Dropped with the
+/// connection: a peer that sent its whole side of an inbound handshake and never got our
+/// acknowledgement failed the cookie check.
+struct AuthWatch {
+    sources: SharedSources,
+    ip: Option<IpAddr>,
+    side: Side,
+    /// The peer's last handshake frame went through (inbound).
+    peer_done: AtomicBool,
+    /// The handshake completed: we acknowledged the peer's cookie (inbound) or it ours
+    /// (outbound).
+    acked: AtomicBool,
+    refusals: Arc<Refusals>,
+}
+
+impl AuthWatch {
+    fn acknowledged(&self) {
+        if self.acked.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        if let Some(ip) = self.ip {
+            let mut table = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+            table.authenticated(ip, Instant::now());
+        }
+    }
+}
+
+impl Drop for AuthWatch {
+    fn drop(&mut self) {
+        let failed = self.side == Side::Inbound
+            && self.peer_done.load(Ordering::Relaxed)
+            && !self.acked.load(Ordering::Relaxed);
+        let (true, Some(ip)) = (failed, self.ip) else {
+            return;
+        };
+        metrics::counter!("customer_cluster_auth_failures_total").increment(1);
+        let backoff = {
+            let mut table = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+            table.cookie_failed(ip, Instant::now())
+        };
+        self.refusals.cookie_failed(ip, backoff);
     }
 }
 
@@ -150,6 +238,8 @@ impl Drop for Slot {
 pub struct Gate {
     /// The address it listens on (the real port when `--cluster-addr` asked for port 0).
     pub local_addr: SocketAddr,
+    /// Per-address state; outbound dials record the peers they authenticated with.
+    pub(crate) sources: SharedSources,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -184,9 +274,21 @@ impl Gate {
                 }
             })
         };
-        let acceptor = tokio::spawn(accept_loop(listener, Arc::new(config), server, refusals));
+        let sources = Arc::new(Mutex::new(Sources::new(SourcePolicy::new(
+            config.max_unauthenticated,
+            config.max_unauthenticated_per_source,
+            config.allow.clone(),
+        ))));
+        let acceptor = tokio::spawn(accept_loop(
+            listener,
+            Arc::new(config),
+            server,
+            refusals,
+            sources.clone(),
+        ));
         Ok(Self {
             local_addr,
+            sources,
             tasks: vec![acceptor, flusher],
         })
     }
@@ -210,8 +312,8 @@ async fn accept_loop(
     config: Arc<GateConfig>,
     server: ActorRef<NodeServerMessage>,
     refusals: Arc<Refusals>,
+    sources: SharedSources,
 ) {
-    let slots = Arc::new(Semaphore::new(config.max_unauthenticated));
     loop {
         let (stream, addr) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -222,12 +324,14 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            drop(stream);
-            refusals.report(&Refusal::OverCap, &addr.to_string(), Side::Inbound);
-            continue;
+        let slot = match Slot::take(&sources, addr.ip()) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                drop(stream);
+                refusals.report(&refusal, &addr.to_string(), Side::Inbound);
+                continue;
+            }
         };
-        let slot = Slot::new(permit);
         let (config, server, refusals) = (config.clone(), server.clone(), refusals.clone());
         tokio::spawn(async move {
             if let Some(stream) = admit(stream, addr, slot, &config, refusals).await {
@@ -250,12 +354,18 @@ async fn admit(
 ) -> Option<GatedStream> {
     let _ = stream.set_nodelay(true);
     let local = stream.local_addr().ok();
-    let deadline = tokio::time::Instant::now() + config.handshake_timeout;
+    let now = tokio::time::Instant::now();
+    let deadline = now + config.handshake_timeout;
+    let first_frame = now + {
+        let table = slot.sources.lock().unwrap_or_else(|e| e.into_inner());
+        table.first_frame_timeout(addr.ip(), Instant::now(), config.handshake_timeout)
+    };
     let peer = addr.to_string();
+    let watch = AuthWatch::new(&slot.sources, Some(addr.ip()), Side::Inbound, &refusals);
     let mut gated = match &config.tls {
-        None => GatedStream::new(stream, Identity::Any, Side::Inbound, deadline, &refusals),
+        None => GatedStream::new(stream, Identity::Any, deadline, watch),
         Some(acceptor) => {
-            let tls = match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+            let tls = match tokio::time::timeout_at(first_frame, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     refusals.report(&Refusal::Tls(e.to_string()), &peer, Side::Inbound);
@@ -267,14 +377,20 @@ async fn admit(
                 }
             };
             let identity = Identity::of_peer(tls.get_ref().1.peer_certificates());
-            GatedStream::new(tls, identity, Side::Inbound, deadline, &refusals)
+            GatedStream::new(tls, identity, deadline, watch)
         }
     };
     gated.peer = peer;
     gated.local = local.map(|a| a.to_string());
     gated.tap.slot = Some(slot);
     gated.tap.peer = gated.peer.clone();
-    gated.tap.prime().await.ok()?;
+    match tokio::time::timeout_at(first_frame, gated.tap.prime()).await {
+        Ok(primed) => primed.ok()?,
+        Err(_) => {
+            gated.tap.refuse(Refusal::Timeout);
+            return None;
+        }
+    }
     Some(gated)
 }
 
@@ -287,6 +403,7 @@ pub async fn dial(
         tokio_rustls::rustls::pki_types::ServerName<'static>,
     )>,
     handshake_timeout: Duration,
+    sources: SharedSources,
 ) -> Result<impl ClusterBidiStream> {
     let deadline = tokio::time::Instant::now() + handshake_timeout;
     let late = || Error::Unavailable(format!("dial {addr}: no connection within the deadline"));
@@ -301,15 +418,17 @@ pub async fn dial(
     let refusals = Arc::new(Refusals {
         log: Mutex::new(RefusalLog::new(REFUSAL_LOG_WINDOW)),
     });
+    let ip = tcp.peer_addr().ok().map(|a| a.ip());
+    let watch = AuthWatch::new(&sources, ip, Side::Outbound, &refusals);
     let mut gated = match tls {
-        None => GatedStream::new(tcp, Identity::Any, Side::Outbound, deadline, &refusals),
+        None => GatedStream::new(tcp, Identity::Any, deadline, watch),
         Some((connector, name)) => {
             let tls = tokio::time::timeout_at(deadline, connector.connect(name, tcp))
                 .await
                 .map_err(|_| late())?
                 .map_err(|e| Error::Unavailable(format!("dial {addr}: TLS: {e}")))?;
             let identity = Identity::of_peer(tls.get_ref().1.peer_certificates());
-            GatedStream::new(tls, identity, Side::Outbound, deadline, &refusals)
+            GatedStream::new(tls, identity, deadline, watch)
         }
     };
     gated.tap.peer = addr.to_owned();
@@ -318,7 +437,8 @@ pub async fn dial(
     Ok(gated)
 }
 
-/// A connection on its way to the NodeServer: the read side goes through a [`Tap`].
+/// A connection on its way to the NodeServer: the read side goes through a [`Tap`], the write
+/// side of an inbound one through a [`WriteTap`].
 struct GatedStream {
     tap: Tap,
     writer: BoxWrite,
@@ -330,14 +450,23 @@ impl GatedStream {
     fn new<S>(
         stream: S,
         identity: Identity,
-        side: Side,
         deadline: tokio::time::Instant,
-        refusals: &Arc<Refusals>,
+        watch: Arc<AuthWatch>,
     ) -> Self
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         let (reader, writer) = tokio::io::split(stream);
+        let side = watch.side;
+        let writer: BoxWrite = match side {
+            Side::Inbound => Box::new(WriteTap {
+                inner: Box::new(writer),
+                // Our own frames, as a dialer of ours would receive them.
+                parser: Some(HandshakeParser::new(Side::Outbound)),
+                watch: watch.clone(),
+            }),
+            Side::Outbound => Box::new(writer),
+        };
         Self {
             tap: Tap {
                 inner: Box::new(reader),
@@ -349,9 +478,10 @@ impl GatedStream {
                 slot: None,
                 refused: false,
                 peer: String::new(),
-                refusals: refusals.clone(),
+                refusals: watch.refusals.clone(),
+                watch,
             },
-            writer: Box::new(writer),
+            writer,
             peer: String::new(),
             local: None,
         }
@@ -388,6 +518,7 @@ struct Tap {
     refused: bool,
     peer: String,
     refusals: Arc<Refusals>,
+    watch: Arc<AuthWatch>,
 }
 
 impl Tap {
@@ -457,12 +588,87 @@ impl AsyncRead for Tap {
                     Err(refusal) => Poll::Ready(Err(this.refuse(refusal))),
                     Ok(Progress::Done) => {
                         this.slot = None;
+                        match this.parser.side() {
+                            Side::Inbound => this.watch.peer_done.store(true, Ordering::Relaxed),
+                            // The peer acknowledged our cookie.
+                            Side::Outbound => this.watch.acknowledged(),
+                        }
                         Poll::Ready(Ok(()))
                     }
                     Ok(Progress::Pending | Progress::Named(_)) => Poll::Ready(Ok(())),
                 }
             }
         }
+    }
+}
+
+impl AuthWatch {
+    fn new(
+        sources: &SharedSources,
+        ip: Option<IpAddr>,
+        side: Side,
+        refusals: &Arc<Refusals>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            sources: sources.clone(),
+            ip,
+            side,
+            peer_done: AtomicBool::new(false),
+            acked: AtomicBool::new(false),
+            refusals: refusals.clone(),
+        })
+    }
+}
+
+/// The write side of an inbound connection until this node has acknowledged the peer's
+/// cookie (the handshake's last server frame); afterwards it only passes bytes through.
+struct WriteTap {
+    inner: BoxWrite,
+    /// Follows our own handshake frames; `None` once the acknowledgement went out (or our
+    /// frames stopped parsing, which only a transport change could cause).
+    parser: Option<HandshakeParser>,
+    watch: Arc<AuthWatch>,
+}
+
+impl WriteTap {
+    fn observe(&mut self, written: &[u8]) {
+        let Some(parser) = self.parser.as_mut() else {
+            return;
+        };
+        match parser.feed(written, &|_| Ok(())) {
+            Ok(Progress::Done) => {
+                self.parser = None;
+                self.watch.acknowledged();
+            }
+            Ok(_) => {}
+            Err(refusal) => {
+                tracing::debug!("our own handshake frames did not parse: {refusal}");
+                self.parser = None;
+            }
+        }
+    }
+}
+
+impl AsyncWrite for WriteTap {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let written = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &written {
+            this.observe(&buf[..*n]);
+        }
+        written
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 

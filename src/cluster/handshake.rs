@@ -46,8 +46,15 @@ pub enum Side {
 /// Why a connection was refused before authentication. The label is the metric's `reason`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
-    /// The cap on unauthenticated connections was reached.
+    /// The cap on unauthenticated connections was reached (for a stranger: the part of it
+    /// not reserved for known peers).
     OverCap,
+    /// The source address already holds its share of the unauthenticated connections.
+    PerSource,
+    /// The source address failed the cookie check repeatedly and is backing off.
+    Backoff,
+    /// The source address is outside `--cluster-allow`.
+    NotAllowed,
     /// The handshake did not finish within the deadline.
     Timeout,
     /// A frame no honest peer sends before authentication.
@@ -64,13 +71,25 @@ pub enum Refusal {
 }
 
 /// The `reason` label values of `customer_cluster_preauth_refused_total`, all registered at 0.
-pub const REFUSAL_REASONS: [&str; 5] = ["over_cap", "timeout", "bad_frame", "tls", "name_mismatch"];
+pub const REFUSAL_REASONS: [&str; 8] = [
+    "over_cap",
+    "per_source",
+    "backoff",
+    "not_allowed",
+    "timeout",
+    "bad_frame",
+    "tls",
+    "name_mismatch",
+];
 
 impl Refusal {
     /// The metric label of this refusal.
     pub fn label(&self) -> &'static str {
         match self {
             Refusal::OverCap => "over_cap",
+            Refusal::PerSource => "per_source",
+            Refusal::Backoff => "backoff",
+            Refusal::NotAllowed => "not_allowed",
             Refusal::Timeout => "timeout",
             Refusal::BadFrame(_) => "bad_frame",
             Refusal::Tls(_) => "tls",
@@ -83,6 +102,13 @@ impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Refusal::OverCap => f.write_str("too many unauthenticated cluster connections"),
+            Refusal::PerSource => {
+                f.write_str("too many unauthenticated cluster connections from one address")
+            }
+            Refusal::Backoff => {
+                f.write_str("the address failed the cookie check repeatedly; backing off")
+            }
+            Refusal::NotAllowed => f.write_str("the address is outside --cluster-allow"),
             Refusal::Timeout => f.write_str("the cluster handshake did not finish in time"),
             Refusal::BadFrame(why) => write!(f, "not a cluster handshake: {why}"),
             Refusal::Tls(why) => write!(f, "TLS handshake failed: {why}"),
@@ -384,6 +410,12 @@ impl RefusalLog {
         self.flush(now)
     }
 
+    /// Counts a failed cookie check at `now` (in the same summary as the refusals).
+    pub fn record_cookie_failure(&mut self, now: Instant) -> Option<String> {
+        *self.pending.entry("cookie_failure").or_insert(0) += 1;
+        self.flush(now)
+    }
+
     /// The summary of refusals not yet logged, if the window since the last line has passed.
     pub fn flush(&mut self, now: Instant) -> Option<String> {
         let due = self
@@ -399,7 +431,7 @@ impl RefusalLog {
             .map(|(reason, n)| format!("{n} {reason}"))
             .collect();
         Some(format!(
-            "refused {total} unauthenticated cluster connection(s) ({}); at most one such line per {} s, counts in customer_cluster_preauth_refused_total",
+            "refused {total} unauthenticated cluster connection(s) ({}); at most one such line per {} s, counts in customer_cluster_preauth_refused_total and customer_cluster_auth_failures_total",
             parts.join(", "),
             self.window.as_secs()
         ))

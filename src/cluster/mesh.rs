@@ -132,6 +132,11 @@ pub struct MeshConfig {
     pub max_unauthenticated: usize,
     /// Longest handshake, inbound and outbound (`--cluster-handshake-timeout-ms`).
     pub handshake_timeout: Duration,
+    /// Most connections in their handshake from one address not yet known
+    /// (`--cluster-max-unauthenticated-per-source`; 0 = no cap).
+    pub max_unauthenticated_per_source: usize,
+    /// The only source ranges accepted, if not empty (`--cluster-allow`).
+    pub allow: Vec<super::sources::Cidr>,
 }
 
 /// A running NodeServer and the way to dial peers.
@@ -174,6 +179,8 @@ impl Mesh {
         let gate = GateConfig {
             bind: config.bind,
             max_unauthenticated: config.max_unauthenticated,
+            max_unauthenticated_per_source: config.max_unauthenticated_per_source,
+            allow: config.allow,
             handshake_timeout: config.handshake_timeout,
             tls: config.incoming,
         };
@@ -233,7 +240,8 @@ impl Mesh {
                 Some((connector, name))
             }
         };
-        let stream = super::gate::dial(addr, tls, self.handshake_timeout).await?;
+        let stream =
+            super::gate::dial(addr, tls, self.handshake_timeout, self.gate.sources.clone()).await?;
         ractor_cluster::client_connect_external(&self.server, Box::new(stream))
             .await
             .map_err(|e| Error::Unavailable(format!("dial {addr}: {e}")))

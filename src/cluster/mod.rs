@@ -45,4 +45,5 @@ pub mod membership;
 pub mod mesh;
 pub mod placement;
 pub mod protocol;
+pub mod sources;
 pub mod tls;
