@@ -38,7 +38,7 @@ use crate::error::{Error, Result};
 use crate::storage::engine::{Done, Engine, EngineConfig, LeaseJob, ReadJob};
 use crate::storage::{
     Grant, Holder, Registration, Release, Renewal, RequestStamp, Settlement, ShardId, ShardLease,
-    Takeover, Write, WriteOutcome,
+    Takeover, Write, WriteOp, WriteOutcome,
 };
 
 /// How long a caller waits for a database actor to reappear before `Unavailable` (503).
@@ -89,8 +89,13 @@ impl DatabaseState {
             }
             DatabaseMsg::Submit(request, reply) => {
                 if let Some((w, reply)) = self.admit(request, reply) {
-                    match unfenced(&w) {
-                        Some(refusal) => answer(reply, Err(refusal)),
+                    match refusal_of(&w) {
+                        Some((reason, refusal)) => {
+                            metrics::counter!("customer_db_writes_refused_total", "reason" => reason)
+                                .increment(1);
+                            tracing::debug!(reason, error = %refusal, "a write was refused before storage");
+                            answer(reply, Err(refusal));
+                        }
                         None => engine.submit(w, done(reply)),
                     }
                 }
@@ -294,6 +299,32 @@ fn own_row_job(o: OwnRowRequest, done: Done<Takeover>) -> LeaseJob {
         shards: o.shards,
         done,
     }
+}
+
+/// Why a submitted write is refused before it reaches storage, as a metric label and the
+/// error sent back: no lease token or request id ([`unfenced`]), or customer fields that break
+/// the API's rules ([`invalid_fields`]).
+pub fn refusal_of(write: &Write) -> Option<(&'static str, Error)> {
+    unfenced(write)
+        .map(|e| ("unfenced", e))
+        .or_else(|| invalid_fields(write).map(|e| ("invalid_fields", e)))
+}
+
+/// The refusal of a write whose customer fields break the rules the HTTP edge enforces
+/// ([`crate::customer::validate`]): control characters, bidirectional controls, a malformed
+/// email or phone, lengths. The edge already refused such input from clients; this check is
+/// for writes that never passed the edge — a peer that holds the cluster cookie can send a
+/// `Submit` straight to this actor, and storing what it sends would hand terminal escapes and
+/// spoofed text to every reader.
+pub fn invalid_fields(write: &Write) -> Option<Error> {
+    let fields = match &write.op {
+        WriteOp::Insert(customer) => &customer.fields,
+        WriteOp::Update { fields, .. } => fields,
+        WriteOp::Delete { .. } => return None,
+    };
+    crate::customer::revalidate(fields)
+        .err()
+        .map(|e| Error::InvalidInput(format!("the database refuses the write: {e}")))
 }
 
 /// The refusal of a write that carries no fencing token or no request id: customers are
@@ -730,6 +761,87 @@ mod tests {
             );
         }
         assert_eq!(node.ctx.db.get(c.id).await.unwrap(), None);
+        node.supervisor.stop(None);
+    }
+
+    #[tokio::test]
+    async fn a_write_with_fields_the_api_would_refuse_is_refused_by_the_database_actor_and_stores_nothing()
+     {
+        use crate::customer::{Customer, CustomerFields, new_customer_id};
+        use crate::storage::Fence;
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::Config::local("invalid-test", Some(dir.path().join("c.db")));
+        let node = crate::node::start_actors(&config, None, 1).await.unwrap();
+        let valid = CustomerFields {
+            name: "Alice".into(),
+            email: "alice@example.com".into(),
+            phone: None,
+            address: None,
+        };
+        // What a peer holding the cookie sent in the review of this path: terminal escapes, a
+        // right-to-left override, an address that is not one, a phone that clears the screen.
+        let hostile = [
+            CustomerFields {
+                name: "\u{1b}]0;pwned\u{7}\u{1b}[31mAlice\u{202E}".into(),
+                ..valid.clone()
+            },
+            CustomerFields {
+                email: "not-an-email".into(),
+                ..valid.clone()
+            },
+            CustomerFields {
+                phone: Some("\u{1b}[2J".into()),
+                ..valid.clone()
+            },
+        ];
+        for fields in hostile {
+            let c = Customer::new(new_customer_id(), fields.clone(), 1);
+            let stamp = |id: &str| {
+                Some(crate::storage::requests::RequestStamp {
+                    id: id.into(),
+                    body_hash: 1,
+                    attempt: 1,
+                    at: 0,
+                })
+            };
+            let fence = Some(Fence {
+                shard: crate::cluster::placement::shard_of_customer(&c.id),
+                token: 1,
+            });
+            let ops = [
+                WriteOp::Insert(c.clone()),
+                WriteOp::Update {
+                    id: c.id,
+                    fields: fields.clone(),
+                    expected_version: 1,
+                    now: 2,
+                },
+            ];
+            for (i, op) in ops.into_iter().enumerate() {
+                let write = Write {
+                    op,
+                    fence,
+                    request: stamp(&format!("{}-{i}", c.id)),
+                };
+                // Straight to the actor, as a peer would: no HTTP edge, no gateway.
+                let refused = node.ctx.db.submit(write).await;
+                assert!(
+                    matches!(&refused, Err(Error::InvalidInput(m)) if m.starts_with("the database refuses the write")),
+                    "{fields:?}: {refused:?}"
+                );
+            }
+            assert_eq!(node.ctx.db.get(c.id).await.unwrap(), None);
+        }
+        let listed = node
+            .ctx
+            .db
+            .list(ListRequest {
+                after: None,
+                limit: 10,
+            })
+            .await
+            .unwrap();
+        assert!(listed.is_empty(), "{listed:?}");
         node.supervisor.stop(None);
     }
 
