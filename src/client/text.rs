@@ -39,13 +39,9 @@ pub fn is_unsafe_on_terminal(c: char) -> bool {
 /// `text` for human output: each character of [`is_unsafe_on_terminal`] as its Rust escape
 /// (`\u{1b}`, `\u{202e}`); borrowed unchanged when there is none.
 pub fn shown(text: &str) -> Cow<'_, str> {
-    escaped(
-        text,
-        |c| is_unsafe_on_terminal(c),
-        |out, c| {
-            let _ = write!(out, "\\u{{{:x}}}", c as u32);
-        },
-    )
+    escaped(text, is_unsafe_on_terminal, |out, c| {
+        let _ = write!(out, "\\u{{{:x}}}", c as u32);
+    })
 }
 
 /// A node's JSON text for `--json` output: each character of [`is_unsafe_on_terminal`] but
