@@ -780,51 +780,72 @@ mod tests {
         };
         // What a peer holding the cookie sent in the review of this path: terminal escapes, a
         // right-to-left override, an address that is not one, a phone that clears the screen.
+        let mallory = CustomerFields {
+            email: "mallory@example.com".into(),
+            ..valid.clone()
+        };
         let hostile = [
             CustomerFields {
                 name: "\u{1b}]0;pwned\u{7}\u{1b}[31mAlice\u{202E}".into(),
-                ..valid.clone()
+                ..mallory.clone()
             },
             CustomerFields {
                 email: "not-an-email".into(),
-                ..valid.clone()
+                ..mallory.clone()
             },
             CustomerFields {
                 phone: Some("\u{1b}[2J".into()),
-                ..valid.clone()
+                ..mallory.clone()
             },
         ];
+        // Each write carries its shard's current fencing token, read from the lease table as
+        // a peer holding the cookie can: without the check, the writes would be stored.
+        let fence_for = async |op: &WriteOp| {
+            let shard = crate::cluster::placement::shard_of_customer(&op.customer_id());
+            let table = node.ctx.db.lease_table().await.unwrap();
+            let row = table.iter().find(|l| l.shard == shard).expect("shard row");
+            Some(Fence {
+                shard,
+                token: row.token,
+            })
+        };
+        // Sends `op` straight to the actor, as a peer would (no HTTP edge, no gateway), with
+        // the current token, again while the node's own lease keeper moves it under the write:
+        // the first answer that is not `Fenced`.
+        let submit = async |op: WriteOp, id: String| {
+            for attempt in 1..=50 {
+                let write = Write {
+                    op: op.clone(),
+                    fence: fence_for(&op).await,
+                    request: Some(crate::storage::requests::RequestStamp {
+                        id: format!("{id}-{attempt}"),
+                        body_hash: 1,
+                        attempt: 1,
+                        at: 0,
+                    }),
+                };
+                match node.ctx.db.submit(write).await {
+                    Ok(WriteOutcome::Fenced { .. }) => continue,
+                    other => return other,
+                }
+            }
+            panic!("{id}: fenced 50 times");
+        };
+        // The same write with valid fields is stored: the fence is right.
+        let control = Customer::new(new_customer_id(), valid.clone(), 1);
+        let stored = submit(WriteOp::Insert(control.clone()), "control".into()).await;
+        let stored = stored.unwrap().into_result().unwrap();
+        assert_eq!(stored.map(|c| c.id), Some(control.id));
         for fields in hostile {
             let c = Customer::new(new_customer_id(), fields.clone(), 1);
-            let stamp = |id: &str| {
-                Some(crate::storage::requests::RequestStamp {
-                    id: id.into(),
-                    body_hash: 1,
-                    attempt: 1,
-                    at: 0,
-                })
+            let update = WriteOp::Update {
+                id: control.id,
+                fields: fields.clone(),
+                expected_version: 1,
+                now: 2,
             };
-            let fence = Some(Fence {
-                shard: crate::cluster::placement::shard_of_customer(&c.id),
-                token: 1,
-            });
-            let ops = [
-                WriteOp::Insert(c.clone()),
-                WriteOp::Update {
-                    id: c.id,
-                    fields: fields.clone(),
-                    expected_version: 1,
-                    now: 2,
-                },
-            ];
-            for (i, op) in ops.into_iter().enumerate() {
-                let write = Write {
-                    op,
-                    fence,
-                    request: stamp(&format!("{}-{i}", c.id)),
-                };
-                // Straight to the actor, as a peer would: no HTTP edge, no gateway.
-                let refused = node.ctx.db.submit(write).await;
+            for (i, op) in [WriteOp::Insert(c.clone()), update].into_iter().enumerate() {
+                let refused = submit(op, format!("{}-{i}", c.id)).await;
                 assert!(
                     matches!(&refused, Err(Error::InvalidInput(m)) if m.starts_with("the database refuses the write")),
                     "{fields:?}: {refused:?}"
@@ -832,6 +853,11 @@ mod tests {
             }
             assert_eq!(node.ctx.db.get(c.id).await.unwrap(), None);
         }
+        assert_eq!(
+            node.ctx.db.get(control.id).await.unwrap(),
+            Some(control.clone()),
+            "the valid customer is unchanged"
+        );
         let listed = node
             .ctx
             .db
@@ -841,7 +867,11 @@ mod tests {
             })
             .await
             .unwrap();
-        assert!(listed.is_empty(), "{listed:?}");
+        assert_eq!(
+            listed.iter().map(|c| c.id).collect::<Vec<_>>(),
+            [control.id],
+            "only the valid customer is stored"
+        );
         node.supervisor.stop(None);
     }
 
