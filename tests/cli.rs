@@ -123,9 +123,12 @@ fn a_cli_pointed_at_a_node_gets_no_hint_about_run_env() {
 
 #[test]
 fn plain_http_to_a_host_off_the_loopback_is_refused_before_connecting() {
+    // Documentation addresses (RFC 5737, RFC 3849, RFC 2606): even a client that wrongly
+    // connected would reach nobody.
     for node in [
-        "http://10.0.0.1:8081",
-        "10.0.0.1:8081",
+        "http://192.0.2.1:8081",
+        "192.0.2.1:8081",
+        "http://[2001:db8::1]:8081",
         "http://node.example:80",
     ] {
         let out = Command::new(BIN)
