@@ -7,7 +7,8 @@
 
 use std::path::PathBuf;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::client::commands::{
     ClientOpts, CreateArgs, DeleteArgs, GetArgs, ListArgs, StatusArgs, UpdateArgs,
@@ -220,6 +221,57 @@ pub fn man(dir: Option<&std::path::Path>) -> Result<String, std::io::Error> {
         .collect())
 }
 
+/// Parses the process's arguments as [`Cli::parse`] does (exiting with clap's message on an
+/// error), and notes which secrets `node` got as command-line arguments
+/// ([`NodeArgs::secrets_in_argv`]).
+pub fn parse() -> Cli {
+    from_matches(&Cli::command().get_matches()).unwrap_or_else(|e| e.exit())
+}
+
+/// The [`Cli`] of parsed `matches`, with [`NodeArgs::secrets_in_argv`] filled in.
+pub fn from_matches(matches: &ArgMatches) -> Result<Cli, clap::Error> {
+    let mut cli = Cli::from_arg_matches(matches)?;
+    if let (Command::Node(args), Some(("node", node))) = (&mut cli.command, matches.subcommand()) {
+        args.secrets_in_argv = secrets_in_argv(node);
+    }
+    Ok(cli)
+}
+
+/// The secret-carrying flags of `node` given on the command line itself (not through their
+/// environment variable or the config file): `--cookie`, `--api-token`, and `--database-url`
+/// when its URL holds a password.
+fn secrets_in_argv(node: &ArgMatches) -> Vec<&'static str> {
+    let on_command_line = |id: &str| node.value_source(id) == Some(ValueSource::CommandLine);
+    let url_has_password = node
+        .get_one::<String>("database_url")
+        .is_some_and(|url| crate::storage::postgres::redact_url(url) != *url);
+    [
+        ("--cookie", on_command_line("cookie")),
+        ("--api-token", on_command_line("api_token")),
+        (
+            "--database-url",
+            on_command_line("database_url") && url_has_password,
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(flag, given)| given.then_some(flag))
+    .collect()
+}
+
+/// The start-up warning for a secret given as the command-line argument `flag` (one of
+/// [`NodeArgs::secrets_in_argv`]): where it can be read, and what to use instead.
+pub fn secret_in_argv_warning(flag: &str) -> String {
+    let env = format!(
+        "CUSTOMER_CLUSTER_{}",
+        flag.trim_start_matches('-')
+            .replace('-', "_")
+            .to_ascii_uppercase()
+    );
+    format!(
+        "{flag} was given on the command line, where every local user can read it (ps, /proc/<pid>/cmdline); use {flag}-file FILE (or {env}_FILE) instead"
+    )
+}
+
 /// Arguments of `node`.
 #[derive(Debug, clap::Args)]
 pub struct NodeArgs {
@@ -240,11 +292,61 @@ pub struct NodeArgs {
         value_name = "SPEC"
     )]
     pub fault_hooks: Vec<String>,
+    /// Secret-carrying flags given as command-line arguments (filled in by [`parse`], not a
+    /// flag itself): every local user can read them, so the node warns at start.
+    #[arg(skip)]
+    pub secrets_in_argv: Vec<&'static str>,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn secrets_given(args: &[&str]) -> Vec<&'static str> {
+        let argv = ["customer-cluster", "node", "--name", "n1"]
+            .iter()
+            .chain(args);
+        let matches = Cli::command().try_get_matches_from(argv).unwrap();
+        match from_matches(&matches).unwrap().command {
+            Command::Node(node) => node.secrets_in_argv,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn secrets_given_as_command_line_arguments_are_noticed_and_their_files_are_not() {
+        assert_eq!(
+            secrets_given(&["--cookie", "c0123456789abcdef"]),
+            ["--cookie"]
+        );
+        assert_eq!(
+            secrets_given(&["--api-token=a,b", "--cookie-file", "cookie"]),
+            ["--api-token"]
+        );
+        assert_eq!(
+            secrets_given(&["--database-url", "postgres://cc:pw@db:5432/c"]),
+            ["--database-url"]
+        );
+        assert!(secrets_given(&["--database-url", "postgres://cc@db:5432/c"]).is_empty());
+        assert!(
+            secrets_given(&[
+                "--cookie-file",
+                "c",
+                "--api-token-file",
+                "t",
+                "--database-url-file",
+                "u"
+            ])
+            .is_empty()
+        );
+        let warning = secret_in_argv_warning("--api-token");
+        assert!(
+            warning.contains("--api-token-file FILE")
+                && warning.contains("CUSTOMER_CLUSTER_API_TOKEN_FILE")
+                && warning.contains("/proc/<pid>/cmdline"),
+            "{warning}"
+        );
+    }
 
     fn subcommands() -> Vec<String> {
         Cli::command()

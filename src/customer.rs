@@ -202,6 +202,27 @@ pub fn validate(input: FieldsInput) -> Result<CustomerFields> {
     }
 }
 
+/// Checks fields that arrive as already validated — from a peer over the cluster, at the
+/// Database actor — against the rules of [`validate`]: `Ok` only when validating them again
+/// gives exactly these fields. A peer holding the cluster cookie can send any bytes, so
+/// holding a [`CustomerFields`] proves nothing once it has crossed the network.
+pub fn revalidate(fields: &CustomerFields) -> Result<()> {
+    let again = validate(FieldsInput {
+        name: Some(fields.name.clone()),
+        email: Some(fields.email.clone()),
+        phone: fields.phone.clone(),
+        address: fields.address.clone(),
+    })?;
+    if &again == fields {
+        Ok(())
+    } else {
+        Err(Error::InvalidInput(
+            "the fields are not in their validated form (untrimmed, or an empty optional value)"
+                .into(),
+        ))
+    }
+}
+
 fn required_text(value: Option<String>, field: &str, max: usize) -> Result<String> {
     match optional_text(value, field, max)? {
         Some(v) => Ok(v),
@@ -501,6 +522,33 @@ mod tests {
             assert!(validate(input("x", bad)).is_err(), "{bad} accepted");
         }
         assert!(validate(input("x", "first.last+tag@sub.example.co.uk")).is_ok());
+    }
+
+    #[test]
+    fn fields_that_crossed_the_network_pass_only_in_their_validated_form() {
+        assert_eq!(revalidate(&fields()), Ok(()));
+        let hostile = [
+            ("name", "\u{1b}]0;pwned\u{7}\u{1b}[31mAlice"),
+            ("name", "Alice \u{202E}evil"),
+            ("email", "not-an-email"),
+            ("phone", "\u{1b}[2J"),
+            ("address", "Main St\r\nforged: line"),
+            ("name", " Alice "),
+            ("phone", ""),
+        ];
+        for (field, value) in hostile {
+            let mut f = fields();
+            match field {
+                "name" => f.name = value.into(),
+                "email" => f.email = value.into(),
+                "phone" => f.phone = Some(value.into()),
+                _ => f.address = Some(value.into()),
+            }
+            assert!(
+                matches!(revalidate(&f), Err(Error::InvalidInput(_))),
+                "{field} {value:?} passed"
+            );
+        }
     }
 
     #[test]

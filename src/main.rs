@@ -4,15 +4,14 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use customer_cluster::cli::{self, Cli, Command, NodeArgs};
+use customer_cluster::cli::{self, Command, NodeArgs};
 use customer_cluster::client::{self, commands, exit::Ending, import};
 use customer_cluster::config::Config;
 use customer_cluster::{bench, faults};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let ending = match Cli::parse().command {
+    let ending = match cli::parse().command {
         Command::Node(args) => node(*args).await,
         Command::Status { args, opts } => commands::status_command(&opts, &args).await,
         Command::Events { args, opts } => client::events::command(&opts, &args).await,
@@ -40,6 +39,7 @@ async fn node(args: NodeArgs) -> Ending {
         config,
         settings,
         fault_hooks,
+        secrets_in_argv,
     } = args;
     let hooks = match faults::hooks::from_specs(&fault_hooks) {
         Ok(h) => h,
@@ -54,6 +54,9 @@ async fn node(args: NodeArgs) -> Ending {
         config.log_level.as_deref(),
         &config.name,
     );
+    for flag in secrets_in_argv {
+        tracing::warn!("{}", cli::secret_in_argv_warning(flag));
+    }
     faults::hooks::install(&hooks);
     match customer_cluster::node::run(config).await {
         Ok(()) => Ending::Done(String::new()),

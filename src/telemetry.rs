@@ -284,6 +284,11 @@ pub const METRICS: &[(&str, MetricKind, &str)] = &[
         "Writes refused at once with 503 because the database write queue was full (--db-max-queued-writes; nothing applied)",
     ),
     (
+        "customer_db_writes_refused_total",
+        MetricKind::Counter,
+        "Writes the Database actor refused before storage, by reason: unfenced (no lease token or request id) or invalid_fields (customer fields breaking the API's rules, sent by a cookie holder that bypassed the API)",
+    ),
+    (
         "customer_version_conflicts_total",
         MetricKind::Counter,
         "Stale writes rejected by the database compare-and-set (fencing)",

@@ -38,7 +38,7 @@ use crate::error::{Error, Result};
 use crate::storage::engine::{Done, Engine, EngineConfig, LeaseJob, ReadJob};
 use crate::storage::{
     Grant, Holder, Registration, Release, Renewal, RequestStamp, Settlement, ShardId, ShardLease,
-    Takeover, Write, WriteOutcome,
+    Takeover, Write, WriteOp, WriteOutcome,
 };
 
 /// How long a caller waits for a database actor to reappear before `Unavailable` (503).
@@ -89,8 +89,13 @@ impl DatabaseState {
             }
             DatabaseMsg::Submit(request, reply) => {
                 if let Some((w, reply)) = self.admit(request, reply) {
-                    match unfenced(&w) {
-                        Some(refusal) => answer(reply, Err(refusal)),
+                    match refusal_of(&w) {
+                        Some((reason, refusal)) => {
+                            metrics::counter!("customer_db_writes_refused_total", "reason" => reason)
+                                .increment(1);
+                            tracing::debug!(reason, error = %refusal, "a write was refused before storage");
+                            answer(reply, Err(refusal));
+                        }
                         None => engine.submit(w, done(reply)),
                     }
                 }
@@ -294,6 +299,32 @@ fn own_row_job(o: OwnRowRequest, done: Done<Takeover>) -> LeaseJob {
         shards: o.shards,
         done,
     }
+}
+
+/// Why a submitted write is refused before it reaches storage, as a metric label and the
+/// error sent back: no lease token or request id ([`unfenced`]), or customer fields that break
+/// the API's rules ([`invalid_fields`]).
+pub fn refusal_of(write: &Write) -> Option<(&'static str, Error)> {
+    unfenced(write)
+        .map(|e| ("unfenced", e))
+        .or_else(|| invalid_fields(write).map(|e| ("invalid_fields", e)))
+}
+
+/// The refusal of a write whose customer fields break the rules the HTTP edge enforces
+/// ([`crate::customer::validate`]): control characters, bidirectional controls, a malformed
+/// email or phone, lengths. The edge already refused such input from clients; this check is
+/// for writes that never passed the edge — a peer that holds the cluster cookie can send a
+/// `Submit` straight to this actor, and storing what it sends would hand terminal escapes and
+/// spoofed text to every reader.
+pub fn invalid_fields(write: &Write) -> Option<Error> {
+    let fields = match &write.op {
+        WriteOp::Insert(customer) => &customer.fields,
+        WriteOp::Update { fields, .. } => fields,
+        WriteOp::Delete { .. } => return None,
+    };
+    crate::customer::revalidate(fields)
+        .err()
+        .map(|e| Error::InvalidInput(format!("the database refuses the write: {e}")))
 }
 
 /// The refusal of a write that carries no fencing token or no request id: customers are
@@ -730,6 +761,117 @@ mod tests {
             );
         }
         assert_eq!(node.ctx.db.get(c.id).await.unwrap(), None);
+        node.supervisor.stop(None);
+    }
+
+    #[tokio::test]
+    async fn a_write_with_fields_the_api_would_refuse_is_refused_by_the_database_actor_and_stores_nothing()
+     {
+        use crate::customer::{Customer, CustomerFields, new_customer_id};
+        use crate::storage::Fence;
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::config::Config::local("invalid-test", Some(dir.path().join("c.db")));
+        let node = crate::node::start_actors(&config, None, 1).await.unwrap();
+        let valid = CustomerFields {
+            name: "Alice".into(),
+            email: "alice@example.com".into(),
+            phone: None,
+            address: None,
+        };
+        // What a peer holding the cookie sent in the review of this path: terminal escapes, a
+        // right-to-left override, an address that is not one, a phone that clears the screen.
+        let mallory = CustomerFields {
+            email: "mallory@example.com".into(),
+            ..valid.clone()
+        };
+        let hostile = [
+            CustomerFields {
+                name: "\u{1b}]0;pwned\u{7}\u{1b}[31mAlice\u{202E}".into(),
+                ..mallory.clone()
+            },
+            CustomerFields {
+                email: "not-an-email".into(),
+                ..mallory.clone()
+            },
+            CustomerFields {
+                phone: Some("\u{1b}[2J".into()),
+                ..mallory.clone()
+            },
+        ];
+        // Each write carries its shard's current fencing token, read from the lease table as
+        // a peer holding the cookie can: without the check, the writes would be stored.
+        let fence_for = async |op: &WriteOp| {
+            let shard = crate::cluster::placement::shard_of_customer(&op.customer_id());
+            let table = node.ctx.db.lease_table().await.unwrap();
+            let row = table.iter().find(|l| l.shard == shard).expect("shard row");
+            Some(Fence {
+                shard,
+                token: row.token,
+            })
+        };
+        // Sends `op` straight to the actor, as a peer would (no HTTP edge, no gateway), with
+        // the current token, again while the node's own lease keeper moves it under the write:
+        // the first answer that is not `Fenced`.
+        let submit = async |op: WriteOp, id: String| {
+            for attempt in 1..=50 {
+                let write = Write {
+                    op: op.clone(),
+                    fence: fence_for(&op).await,
+                    request: Some(crate::storage::requests::RequestStamp {
+                        id: format!("{id}-{attempt}"),
+                        body_hash: 1,
+                        attempt: 1,
+                        at: 0,
+                    }),
+                };
+                match node.ctx.db.submit(write).await {
+                    Ok(WriteOutcome::Fenced { .. }) => continue,
+                    other => return other,
+                }
+            }
+            panic!("{id}: fenced 50 times");
+        };
+        // The same write with valid fields is stored: the fence is right.
+        let control = Customer::new(new_customer_id(), valid.clone(), 1);
+        let stored = submit(WriteOp::Insert(control.clone()), "control".into()).await;
+        let stored = stored.unwrap().into_result().unwrap();
+        assert_eq!(stored.map(|c| c.id), Some(control.id));
+        for fields in hostile {
+            let c = Customer::new(new_customer_id(), fields.clone(), 1);
+            let update = WriteOp::Update {
+                id: control.id,
+                fields: fields.clone(),
+                expected_version: 1,
+                now: 2,
+            };
+            for (i, op) in [WriteOp::Insert(c.clone()), update].into_iter().enumerate() {
+                let refused = submit(op, format!("{}-{i}", c.id)).await;
+                assert!(
+                    matches!(&refused, Err(Error::InvalidInput(m)) if m.starts_with("the database refuses the write")),
+                    "{fields:?}: {refused:?}"
+                );
+            }
+            assert_eq!(node.ctx.db.get(c.id).await.unwrap(), None);
+        }
+        assert_eq!(
+            node.ctx.db.get(control.id).await.unwrap(),
+            Some(control.clone()),
+            "the valid customer is unchanged"
+        );
+        let listed = node
+            .ctx
+            .db
+            .list(ListRequest {
+                after: None,
+                limit: 10,
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            listed.iter().map(|c| c.id).collect::<Vec<_>>(),
+            [control.id],
+            "only the valid customer is stored"
+        );
         node.supervisor.stop(None);
     }
 

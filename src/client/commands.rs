@@ -5,24 +5,43 @@
 
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use hyper::Method;
 use serde_json::{Map, Value, json};
 
 use super::exit::Ending;
+use super::text::{json_shown, shown};
 use super::{ClientError, HttpClient, HttpResponse, customer_path};
 use crate::api::model::{ClusterJson, CustomerJson};
 
 /// Options shared by every client command.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ClientOpts {
-    /// URL of any node's HTTP API.
+    /// URL of any node's HTTP API: `https://host:port` (a TLS proxy in front of the node), or
+    /// `http://` on this host's loopback (any other host needs --insecure-http).
     #[arg(long, env = "CUSTOMER_CLUSTER_NODE", default_value = super::DEFAULT_NODE_URL)]
     pub node: String,
-    /// Bearer token for /v1 (when the node requires one).
+    /// Bearer token for /v1 (when the node requires one). Prefer --token-file: a command-line
+    /// argument is readable by every local user in the process list.
     #[arg(long, env = "CUSTOMER_CLUSTER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// File holding the bearer token (surrounding whitespace ignored). Excludes --token.
+    #[arg(long, env = "CUSTOMER_CLUSTER_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// PEM file of the CA certificates to trust for an https:// node instead of the public
+    /// web roots (a private CA) [default: the public roots built in].
+    #[arg(long, env = "CUSTOMER_CLUSTER_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Allow plain http:// to a host other than the loopback: the token and customer data then
+    /// cross the network in cleartext. Only on a network you trust.
+    #[arg(
+        long,
+        env = "CUSTOMER_CLUSTER_INSECURE_HTTP",
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
+    pub insecure_http: bool,
     /// Print the node's JSON instead of a human-readable view.
     #[arg(long)]
     pub json: bool,
@@ -40,12 +59,38 @@ impl ClientOpts {
 
     /// [`ClientOpts::client`] with the value of `CUSTOMER_CLUSTER_NODE` passed in.
     fn client_given_env(&self, env_node: Option<&str>) -> Result<HttpClient, ClientError> {
-        Ok(HttpClient::new(
+        let client = HttpClient::with_ca_file(
             &self.node,
-            self.token.clone(),
+            self.token()?,
             Duration::from_millis(self.timeout_ms),
-        )?
-        .with_connect_hint(unconfigured_hint(&self.node, env_node)))
+            self.ca_file.as_deref(),
+        )?;
+        super::transport::check_cleartext(client.base(), self.insecure_http)?;
+        Ok(client.with_connect_hint(unconfigured_hint(&self.node, env_node)))
+    }
+
+    /// The bearer token: `--token`, or the contents of `--token-file`; giving both is an error
+    /// (either may come from its environment variable), and so is an unreadable or empty file.
+    pub fn token(&self) -> Result<Option<String>, ClientError> {
+        match (&self.token, &self.token_file) {
+            (Some(_), Some(_)) => Err(ClientError::Local(
+                "give either --token (CUSTOMER_CLUSTER_TOKEN) or --token-file (CUSTOMER_CLUSTER_TOKEN_FILE), not both".into(),
+            )),
+            (token, None) => Ok(token.clone()),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ClientError::Local(format!("cannot read --token-file {}: {e}", path.display()))
+                })?;
+                let token = text.trim();
+                if token.is_empty() {
+                    return Err(ClientError::Local(format!(
+                        "--token-file {} is empty",
+                        path.display()
+                    )));
+                }
+                Ok(Some(token.to_owned()))
+            }
+        }
     }
 }
 
@@ -212,7 +257,7 @@ pub async fn where_is(opts: &ClientOpts, args: &GetArgs) -> Result<String, Clien
     let path = format!("{}/placement", customer_path(&args.id));
     let r = opts.client()?.get(&path).await?.ok()?;
     if opts.json {
-        return Ok(String::from_utf8_lossy(&r.body).into_owned());
+        return Ok(body_text(&r));
     }
     Ok(render_placement(&r.json()?))
 }
@@ -221,9 +266,9 @@ pub async fn where_is(opts: &ClientOpts, args: &GetArgs) -> Result<String, Clien
 pub fn render_placement(p: &crate::api::model::PlacementJson) -> String {
     let mut out = format!(
         "customer {} is in shard {}, placed on {}\n",
-        p.id,
+        shown(&p.id),
         p.shard,
-        p.owner.as_deref().unwrap_or("(no member)")
+        shown(p.owner.as_deref().unwrap_or("(no member)"))
     );
     for l in &p.leases {
         let token = l.token.map_or("-".into(), |t| t.to_string());
@@ -231,9 +276,9 @@ pub fn render_placement(p: &crate::api::model::PlacementJson) -> String {
         let _ = writeln!(
             out,
             "  {}: lease {} (token {token}, valid for {left}), holder per its table: {}, actor {}",
-            l.node,
-            l.state,
-            l.holder.as_deref().unwrap_or("none"),
+            shown(&l.node),
+            shown(&l.state),
+            shown(l.holder.as_deref().unwrap_or("none")),
             if l.actor_active {
                 "active"
             } else {
@@ -296,7 +341,7 @@ pub async fn delete(opts: &ClientOpts, args: &DeleteArgs) -> Result<String, Clie
         .await?
         .ok()?;
     if opts.json {
-        return Ok(json!({"deleted": args.id}).to_string());
+        return Ok(json_shown(&json!({"deleted": args.id}).to_string()).into_owned());
     }
     Ok(format!(
         "deleted {} (owner {})",
@@ -321,7 +366,7 @@ pub async fn list(opts: &ClientOpts, args: &ListArgs) -> Result<String, ClientEr
         after = next.clone();
     }
     if opts.json {
-        return Ok(json!({"items": items, "next": next}).to_string());
+        return Ok(json_shown(&json!({"items": items, "next": next}).to_string()).into_owned());
     }
     let mut out = format!(
         "{:<36}  {:>7}  {:<30}  {}\n",
@@ -331,11 +376,14 @@ pub async fn list(opts: &ClientOpts, args: &ListArgs) -> Result<String, ClientEr
         let _ = writeln!(
             out,
             "{:<36}  {:>7}  {:<30}  {}",
-            c.id, c.version, c.email, c.name
+            shown(&c.id),
+            c.version,
+            shown(&c.email),
+            shown(&c.name)
         );
     }
     let _ = write!(out, "{} customer(s)", items.len());
-    if let Some(n) = next {
+    if let Some(n) = next.as_deref().map(shown) {
         let _ = write!(out, "; more after {n} (use --after {n} or --all)");
     }
     Ok(out)
@@ -350,10 +398,10 @@ pub async fn ping(opts: &ClientOpts, args: &PingArgs) -> Result<String, ClientEr
     );
     let r = opts.client()?.get(&path).await?.ok()?;
     if opts.json {
-        return Ok(String::from_utf8_lossy(&r.body).into_owned());
+        return Ok(body_text(&r));
     }
     let v: serde_json::Value = r.json()?;
-    Ok(format!(
+    let line = format!(
         "{} -> {}: {} pings, p50 {} µs, p99 {} µs, max {} µs, mean {} µs",
         r.header("x-entry-node").unwrap_or("?"),
         args.target,
@@ -362,7 +410,8 @@ pub async fn ping(opts: &ClientOpts, args: &PingArgs) -> Result<String, ClientEr
         v["p99_us"],
         v["max_us"],
         v["mean_us"]
-    ))
+    );
+    Ok(shown(&line).into_owned())
 }
 
 /// Runs `status`: once, or with `--watch` again and again until interrupted. On a terminal
@@ -416,7 +465,7 @@ pub fn watch_period(secs: u64) -> Duration {
 pub async fn status(opts: &ClientOpts) -> Result<String, ClientError> {
     let r = opts.client()?.get("/v1/cluster").await?.ok()?;
     if opts.json {
-        return Ok(String::from_utf8_lossy(&r.body).into_owned());
+        return Ok(body_text(&r));
     }
     Ok(render_cluster(&r.json()?))
 }
@@ -425,7 +474,7 @@ pub async fn status(opts: &ClientOpts) -> Result<String, ClientError> {
 pub fn render_cluster(c: &ClusterJson) -> String {
     let mut out = format!(
         "cluster as seen by {} (placement epoch {}, {} member(s))\n",
-        c.node,
+        shown(&c.node),
         c.epoch,
         c.members.len()
     );
@@ -436,9 +485,9 @@ pub fn render_cluster(c: &ClusterJson) -> String {
     );
     for m in &c.members {
         let name = if m.this_node {
-            format!("{}*", m.name)
+            format!("{}*", shown(&m.name))
         } else {
-            m.name.clone()
+            shown(&m.name).into_owned()
         };
         let active = m.active_customers.map_or("-".into(), |a| a.to_string());
         let leases = m.leases_held.map_or("-".into(), |a| a.to_string());
@@ -446,43 +495,53 @@ pub fn render_cluster(c: &ClusterJson) -> String {
             out,
             "{:<12} {:<12} {:<3} {:>6.1}% {:>8} {:>7}  {:<21}  {}",
             name,
-            m.status,
+            shown(&m.status),
             if m.db { "yes" } else { "no" },
             m.owned_share * 100.0,
             active,
             leases,
-            m.http_addr,
-            m.cluster_addr
+            shown(&m.http_addr),
+            shown(&m.cluster_addr)
         );
     }
     let dbs = if c.db_members.is_empty() {
         "NONE (writes and reads will fail with 503)".to_owned()
     } else {
-        c.db_members.join(", ")
+        shown(&c.db_members.join(", ")).into_owned()
     };
     let _ = write!(out, "database: {dbs}\n* = the node that answered");
     out
 }
 
+/// A node's JSON answer as `--json` prints it: its text, with raw control characters JSON-escaped
+/// ([`json_shown`]).
+fn body_text(r: &HttpResponse) -> String {
+    json_shown(&String::from_utf8_lossy(&r.body)).into_owned()
+}
+
 fn render_customer(opts: &ClientOpts, r: &HttpResponse) -> Result<String, ClientError> {
     if opts.json {
-        return Ok(String::from_utf8_lossy(&r.body).into_owned());
+        return Ok(body_text(r));
     }
-    let c: CustomerJson = r.json()?;
-    let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-    Ok(format!(
+    Ok(render_customer_text(&r.json()?, r))
+}
+
+/// One customer as text, every field escaped for the terminal ([`shown`]).
+fn render_customer_text(c: &CustomerJson, r: &HttpResponse) -> String {
+    let dash = |v: &Option<String>| shown(v.as_deref().unwrap_or("-")).into_owned();
+    format!(
         "id:         {}\nname:       {}\nemail:      {}\nphone:      {}\naddress:    {}\nversion:    {}\ncreated_at: {}\nupdated_at: {}\nserved by:  {} (entry {})",
-        c.id,
-        c.name,
-        c.email,
+        shown(&c.id),
+        shown(&c.name),
+        shown(&c.email),
         dash(&c.phone),
         dash(&c.address),
         c.version,
-        c.created_at,
-        c.updated_at,
+        shown(&c.created_at),
+        shown(&c.updated_at),
         r.header("x-owner-node").unwrap_or("?"),
         r.header("x-entry-node").unwrap_or("?"),
-    ))
+    )
 }
 
 #[cfg(test)]
@@ -510,6 +569,9 @@ mod tests {
         let opts = |node: &str| ClientOpts {
             node: node.into(),
             token: None,
+            token_file: None,
+            ca_file: None,
+            insecure_http: false,
             json: false,
             timeout_ms: 1000,
         };
@@ -523,6 +585,40 @@ mod tests {
         );
         let given = opts("127.0.0.1:18081");
         assert!(given.client_given_env(None).unwrap().connect_hint.is_none());
+    }
+
+    #[test]
+    fn the_token_comes_from_the_flag_or_from_its_file_never_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "  s3cret-token\n").unwrap();
+        let opts = |token: Option<&str>, token_file: Option<PathBuf>| ClientOpts {
+            node: "127.0.0.1:1".into(),
+            token: token.map(str::to_owned),
+            token_file,
+            ca_file: None,
+            insecure_http: false,
+            json: false,
+            timeout_ms: 1000,
+        };
+        assert_eq!(
+            opts(None, Some(file.clone())).token().unwrap().as_deref(),
+            Some("s3cret-token")
+        );
+        assert_eq!(opts(Some("t"), None).token().unwrap().as_deref(), Some("t"));
+        assert_eq!(opts(None, None).token().unwrap(), None);
+        let both = opts(Some("t"), Some(file)).token().unwrap_err().to_string();
+        assert!(both.contains("not both"), "{both}");
+        let missing = dir.path().join("missing");
+        let err = opts(None, Some(missing)).token().unwrap_err().to_string();
+        assert!(
+            err.contains("cannot read --token-file") && err.contains("missing"),
+            "{err}"
+        );
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "\n").unwrap();
+        let err = opts(None, Some(empty)).token().unwrap_err().to_string();
+        assert!(err.contains("is empty"), "{err}");
     }
 
     #[test]
@@ -557,6 +653,44 @@ mod tests {
         refresh(&mut tty, &mut Vec::new(), &ending, true).unwrap();
         assert!(tty.starts_with(CLEAR_SCREEN.as_bytes()));
         assert!(tty.ends_with(b"cluster as seen by n1\n"));
+    }
+
+    #[test]
+    fn a_customer_with_terminal_escapes_is_printed_with_them_escaped() {
+        let c = CustomerJson {
+            id: "0190".into(),
+            name: "\u{1b}]0;pwned\u{7}\u{1b}[31mAlice\u{202E}cba".into(),
+            email: "not-an-email".into(),
+            phone: Some("\u{1b}[2J".into()),
+            address: Some("1 Main St\nversion:    99".into()),
+            version: 1,
+            created_at: "2026-01-01T00:00:00Z".into(),
+            updated_at: "2026-01-01T00:00:00Z".into(),
+        };
+        let r = HttpResponse {
+            status: hyper::StatusCode::OK,
+            headers: hyper::HeaderMap::new(),
+            body: bytes::Bytes::new(),
+        };
+        let text = render_customer_text(&c, &r);
+        assert!(
+            !text
+                .chars()
+                .any(|c| c != '\n' && super::super::text::is_unsafe_on_terminal(c)),
+            "{text:?}"
+        );
+        assert!(
+            text.contains("name:       \\u{1b}]0;pwned\\u{7}\\u{1b}[31mAlice\\u{202e}cba\n"),
+            "{text}"
+        );
+        assert!(text.contains("phone:      \\u{1b}[2J\n"), "{text}");
+        // A newline inside a field does not start a line of its own.
+        assert_eq!(
+            text.lines().filter(|l| l.starts_with("version:")).count(),
+            1,
+            "{text}"
+        );
+        assert!(text.contains("1 Main St\\u{a}version:    99"), "{text}");
     }
 
     #[test]

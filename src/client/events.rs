@@ -17,6 +17,7 @@ use http_body_util::BodyExt;
 use super::ClientError;
 use super::commands::ClientOpts;
 use super::exit::{Ending, after_write_error};
+use super::text::{json_shown, shown};
 use crate::events::ClusterEvent;
 
 /// Arguments of `events`.
@@ -77,20 +78,26 @@ fn parse_frame(raw: &str) -> Option<SseFrame> {
     })
 }
 
-/// What one frame prints, or the error that ends the command.
+/// What one frame prints, or the error that ends the command; what the node sent is escaped for
+/// the terminal ([`super::text`]).
 pub fn render(frame: &SseFrame, json: bool) -> Result<String, String> {
     if frame.event == "dropped" {
         return Err(format!(
             "the node dropped this stream because it fell behind: {}",
-            frame.data
+            shown(&frame.data)
         ));
     }
     if json {
-        return Ok(frame.data.clone());
+        return Ok(json_shown(&frame.data).into_owned());
     }
     serde_json::from_str::<ClusterEvent>(&frame.data)
-        .map(|e| e.line())
-        .map_err(|e| format!("unexpected event from the node: {e}: {}", frame.data))
+        .map(|e| shown(&e.line()).into_owned())
+        .map_err(|e| {
+            format!(
+                "unexpected event from the node: {e}: {}",
+                shown(&frame.data)
+            )
+        })
 }
 
 /// Runs `events`.
@@ -176,6 +183,29 @@ mod tests {
             line.contains("member_evicted") && line.contains("n3") && line.contains("(silent)")
         );
         assert_eq!(render(&frame, true).expect("json"), data);
+    }
+
+    #[test]
+    fn an_event_with_terminal_escapes_is_printed_with_them_escaped() {
+        let data = r#"{"time":"2026-01-01T00:00:00.000Z","node":"n1\u001b[2J","kind":"member_up","detail":"zz\n[n4] ERROR forged \u202e","cause":"\u009b31m"}"#;
+        let frame = SseFrame {
+            event: "message".into(),
+            data: data.into(),
+        };
+        let line = render(&frame, false).expect("line");
+        assert!(
+            !line.chars().any(crate::client::text::is_unsafe_on_terminal),
+            "{line:?}"
+        );
+        assert!(
+            line.contains("n1\\u{1b}[2J") && line.contains("zz\\u{a}[n4]"),
+            "{line}"
+        );
+        let json = render(&frame, true).expect("json");
+        assert!(
+            !json.chars().any(crate::client::text::is_unsafe_on_terminal),
+            "{json:?}"
+        );
     }
 
     #[test]

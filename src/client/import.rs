@@ -394,7 +394,7 @@ impl ImportSummary {
     /// any row was rejected.
     pub fn ending(&self, json: bool) -> Ending {
         let stdout = if json {
-            self.to_json().to_string()
+            super::text::json_shown(&self.to_json().to_string()).into_owned()
         } else {
             self.render()
         } + "\n";
@@ -418,7 +418,12 @@ impl ImportSummary {
             self.rejected.len()
         );
         for r in self.rejected.iter().take(SHOWN_REJECTS) {
-            let _ = write!(out, "\n  line {}: {}", r.line, r.reason);
+            let _ = write!(
+                out,
+                "\n  line {}: {}",
+                r.line,
+                super::text::shown(&r.reason)
+            );
         }
         if self.rejected.len() > SHOWN_REJECTS {
             let _ = write!(

@@ -2,14 +2,19 @@
 //! failover workload and the tests. One keep-alive connection pool per client; every request
 //! has a deadline. [`exit`] says how every subcommand ends: its output and its exit code.
 //!
-//! Deliberately plain HTTP: the node API is meant to sit behind a TLS-terminating proxy when
-//! it leaves the host, and the client refuses `https://` URLs with a clear message rather than
-//! silently downgrading.
+//! A node serves plain HTTP and sits behind a TLS-terminating proxy when it leaves the host;
+//! the client speaks `http://` and `https://` (rustls), and never downgrades an `https://` URL.
+//! [`transport`] says which certificates it trusts, and why the CLI refuses `http://` to
+//! anything but the loopback. [`text`] makes what a node sends safe to print on a terminal.
 
 pub mod commands;
 pub mod events;
 pub mod exit;
 pub mod import;
+pub mod text;
+pub mod transport;
+
+use std::path::Path;
 
 use std::time::Duration;
 
@@ -17,6 +22,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderName, HeaderValue};
 use hyper::{HeaderMap, Method, Request, StatusCode};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -82,11 +88,15 @@ impl HttpResponse {
     /// Decodes a JSON body.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, ClientError> {
         serde_json::from_slice(&self.body).map_err(|e| {
-            ClientError::Decode(format!("{e}: {}", String::from_utf8_lossy(&self.body)))
+            ClientError::Decode(format!(
+                "{e}: {}",
+                text::shown(&String::from_utf8_lossy(&self.body))
+            ))
         })
     }
 
-    /// `Ok(self)` for 2xx, else the API error from the body.
+    /// `Ok(self)` for 2xx, else the API error from the body (its text escaped for the
+    /// terminal: see [`text`]).
     pub fn ok(self) -> Result<Self, ClientError> {
         if self.status.is_success() {
             return Ok(self);
@@ -103,8 +113,8 @@ impl HttpResponse {
         };
         Err(ClientError::Api {
             status: self.status.as_u16(),
-            code,
-            message,
+            code: text::shown(&code).into_owned(),
+            message: text::shown(&message).into_owned(),
         })
     }
 }
@@ -117,16 +127,26 @@ pub struct HttpClient {
     timeout: Duration,
     /// Appended to "cannot reach node" errors: what to do about it (see [`HttpClient::with_connect_hint`]).
     connect_hint: Option<String>,
-    inner: Client<HttpConnector, Full<Bytes>>,
+    inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
 
 impl HttpClient {
-    /// A client for `base` (`http://host:port` or `host:port`).
+    /// A client for `base` (`http://host:port`, `https://host:port` or `host:port`, which
+    /// means `http://`); an `https://` node must present a certificate from the public web PKI.
     pub fn new(base: &str, token: Option<String>, timeout: Duration) -> Result<Self, ClientError> {
+        Self::with_ca_file(base, token, timeout, None)
+    }
+
+    /// [`HttpClient::new`], trusting for `https://` only the CA certificates in the PEM file
+    /// `ca_file` when one is given (a private CA), instead of the public roots.
+    pub fn with_ca_file(
+        base: &str,
+        token: Option<String>,
+        timeout: Duration,
+        ca_file: Option<&Path>,
+    ) -> Result<Self, ClientError> {
         let base = normalize_base(base)?;
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(timeout));
+        let connector = transport::connector(&base, ca_file, timeout)?;
         let inner = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
@@ -304,18 +324,12 @@ pub fn customer_path(id: &str) -> String {
 
 fn normalize_base(raw: &str) -> Result<String, ClientError> {
     let raw = raw.trim().trim_end_matches('/');
-    if raw.starts_with("https://") {
-        return Err(ClientError::Url(
-            raw.into(),
-            "https is not supported by this client; use http:// (terminate TLS in a proxy)".into(),
-        ));
-    }
-    let with_scheme = if raw.starts_with("http://") {
+    let with_scheme = if raw.starts_with("http://") || raw.starts_with("https://") {
         raw.to_owned()
     } else if raw.contains("://") {
         return Err(ClientError::Url(
             raw.into(),
-            "only http:// URLs are supported".into(),
+            "only http:// and https:// URLs are supported".into(),
         ));
     } else {
         format!("http://{raw}")
@@ -345,17 +359,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn node_urls_are_normalized_and_https_is_refused_clearly() {
+    fn node_urls_are_normalized_and_other_schemes_are_refused_clearly() {
         assert_eq!(
             normalize_base("127.0.0.1:8081").unwrap(),
             "http://127.0.0.1:8081"
         );
         assert_eq!(normalize_base("http://h:1/").unwrap(), "http://h:1");
+        assert_eq!(normalize_base("https://h:1/").unwrap(), "https://h:1");
         assert!(matches!(
-            normalize_base("https://h:1"),
+            normalize_base("ftp://h"),
             Err(ClientError::Url(..))
         ));
-        assert!(normalize_base("ftp://h").is_err());
     }
 
     #[tokio::test]

@@ -193,12 +193,17 @@ impl PostgresConfig {
 }
 
 /// The URL with any password replaced by `***`, for logs and errors.
+///
+/// Everything between `://` and the *last* `@` is the user information, whatever it contains:
+/// a password may hold `/`, `?`, `#` or `@` unencoded, and cutting the authority at the first
+/// of those would print the rest of the password (libpq and tokio-postgres read such URLs the
+/// same way). When an `@` further on belongs to the path or query instead, more than the
+/// password is hidden, never less.
 pub fn redact_url(url: &str) -> String {
     let mut out = url.to_owned();
     if let Some(scheme_end) = out.find("://") {
         let rest = scheme_end + 3;
-        let authority_end = out[rest..].find(['/', '?']).map_or(out.len(), |i| rest + i);
-        if let Some(at) = out[rest..authority_end].rfind('@') {
+        if let Some(at) = out[rest..].rfind('@') {
             let userinfo = &out[rest..rest + at];
             if let Some(colon) = userinfo.find(':') {
                 out.replace_range(rest + colon + 1..rest + at, "***");
@@ -1093,6 +1098,30 @@ mod tests {
             "host=db user=cc password=*** dbname=c"
         );
         assert!(!redact_url("postgresql://u:p%40ss@h/d?password=x&a=b").contains("p%40ss"));
+    }
+
+    #[test]
+    fn a_password_holding_url_delimiters_is_hidden_whole() {
+        for (url, shown) in [
+            (
+                "postgres://cc:Se/cret@127.0.0.1:notaport/db",
+                "postgres://cc:***@127.0.0.1:notaport/db",
+            ),
+            (
+                "postgres://cc:Se?cret@127.0.0.1:99999/db",
+                "postgres://cc:***@127.0.0.1:99999/db",
+            ),
+            (
+                "postgres://cc:Se#cret@127.0.0.1:5432/db",
+                "postgres://cc:***@127.0.0.1:5432/db",
+            ),
+            (
+                "postgresql://cc:S@e/c?r#t@db.example:5432/customers?sslmode=disable",
+                "postgresql://cc:***@db.example:5432/customers?sslmode=disable",
+            ),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
     }
 
     #[test]
