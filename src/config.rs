@@ -216,7 +216,7 @@ pub struct ConfigLayer {
     /// Most open HTTP connections from one source IP address; one more is answered 429 and
     /// closed at once. 0 = no per-address cap: set 0 (or a cap above the proxy's pool) when a
     /// reverse proxy or load balancer connects for every client from one address
-    /// [default: 64].
+    /// [default: 256].
     #[arg(long, env = "CUSTOMER_CLUSTER_HTTP_MAX_CONNECTIONS_PER_CLIENT")]
     pub http_max_connections_per_client: Option<usize>,
 
@@ -497,8 +497,10 @@ pub mod defaults {
     /// Open HTTP connections: a few thousand clients, far below the usual fd limit.
     pub const HTTP_MAX_CONNECTIONS: usize = 4096;
     /// Open HTTP connections per source address: far more than a browser (6) or a client
-    /// pool needs, few enough that one address cannot take the node's connections.
-    pub const HTTP_MAX_CONNECTIONS_PER_CLIENT: usize = 64;
+    /// pool needs, and room for a load generator with a few hundred requests in flight
+    /// (`bench` preloads 64 at a time and keeps its pool); a sixteenth of the global cap, so
+    /// one address cannot take the node's connections, and 8 MiB of head buffers at most.
+    pub const HTTP_MAX_CONNECTIONS_PER_CLIENT: usize = 256;
     /// Open event streams: a dashboard or `events` watcher needs one each.
     pub const MAX_EVENT_STREAMS: usize = 64;
     /// Open event streams per source address: a few tabs of the dashboard.

@@ -361,7 +361,7 @@ mod tests {
     fn a_per_client_cap_of_zero_is_off() {
         let caps = Caps::connections(100, 0);
         let mut c = Counts::default();
-        for _ in 0..90 {
+        for _ in 0..80 {
             assert_eq!(c.admit(ip("10.0.0.1"), &caps), Ok(()));
         }
     }

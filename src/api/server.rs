@@ -11,7 +11,7 @@
 //! | limit | default | enforced by | metric |
 //! |---|---|---|---|
 //! | open connections | 4096 (16 of them for loopback only) | a [`ConnTable`] entry taken at accept | `customer_http_connections_open`, `customer_http_connections_refused_total{reason="over_cap"}` |
-//! | open connections per source address | 64 (0 = off) | the same entry | `customer_http_connections_refused_total{reason="per_client"}` |
+//! | open connections per source address | 256 (0 = off) | the same entry | `customer_http_connections_refused_total{reason="per_client"}` |
 //! | request head size | 32 KiB, 64 headers | hyper (`max_buf_size`, `max_headers`): 431, closed | — |
 //! | request head time | 10 s | the connection watchdog | `customer_http_timeouts_total{kind="header"}` |
 //! | keep-alive idle | 60 s | the connection watchdog | `customer_http_timeouts_total{kind="idle"}` |
