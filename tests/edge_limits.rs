@@ -465,3 +465,50 @@ async fn ready_pings_the_database_at_most_about_once_a_second_and_the_dashboard_
         "{head}"
     );
 }
+
+/// The soft and hard open-files limits of `pid`, from `/proc/<pid>/limits`.
+fn open_files_limits(pid: i32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files");
+    let mut values = line["Max open files".len()..].split_whitespace();
+    (
+        values.next().unwrap().to_owned(),
+        values.next().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_node_raises_its_open_files_limit_and_fits_the_connection_cap_under_a_low_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = |name: &str, limit: &str| {
+        let mut spec = NodeSpec::new(name);
+        spec.db_path = Some(dir.path().join(format!("{name}.db")));
+        spec.wrapper = vec!["prlimit".into(), format!("--nofile={limit}"), "--".into()];
+        TestNode::start(spec, dir.path())
+    };
+    // A soft limit below the hard one is raised to it.
+    let raised = started("nofile1", "300:5000");
+    raised.wait_ready(READY).await;
+    assert_eq!(
+        open_files_limits(raised.pid()),
+        ("5000".to_owned(), "5000".to_owned())
+    );
+    assert!(
+        !raised.log().contains("open-files limit"),
+        "{}",
+        raised.log()
+    );
+    // A hard limit too low for 4096 connections lowers the cap, with a WARN saying so.
+    let low = started("nofile2", "400:400");
+    low.wait_ready(READY).await;
+    let log = low.log();
+    assert!(
+        log.contains("WARN")
+            && log.contains("lowered to fit the open-files limit")
+            && log.contains("cap=144"),
+        "{log}"
+    );
+}
