@@ -220,7 +220,8 @@ pub struct ConfigLayer {
     #[arg(long, env = "CUSTOMER_CLUSTER_HTTP_MAX_CONNECTIONS_PER_CLIENT")]
     pub http_max_connections_per_client: Option<usize>,
 
-    /// Most /v1/events streams open at once; one more is answered 503 [default: 64].
+    /// Most /v1/events streams open at once (at most half of --http-max-connections); one
+    /// more is answered 503 [default: 64].
     #[arg(long, env = "CUSTOMER_CLUSTER_MAX_EVENT_STREAMS")]
     pub max_event_streams: Option<usize>,
 

@@ -512,3 +512,68 @@ async fn the_node_raises_its_open_files_limit_and_fits_the_connection_cap_under_
         "{log}"
     );
 }
+
+#[tokio::test]
+async fn an_event_stream_ends_at_its_maximum_age_and_the_client_can_reconnect() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = node(
+        "age",
+        dir.path(),
+        &["--api-token", TOKEN, "--event-stream-max-age-s", "1"],
+    )
+    .await;
+    let (status, text, stream) = open_stream(&node, "127.0.0.1").await;
+    assert_eq!(status, 200, "{text}");
+    let mut stream = stream.unwrap();
+    // The chunked body ends (`0\r\n\r\n`) or the connection closes, well before 30 s.
+    let mut seen = text.into_bytes();
+    let ended = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if seen.ends_with(b"0\r\n\r\n") {
+                return;
+            }
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream outlived its maximum age");
+    let (status, text, _) = open_stream(&node, "127.0.0.1").await;
+    assert_eq!(status, 200, "a new stream: {text}");
+}
+
+#[test]
+fn an_api_token_shorter_than_16_bytes_refuses_to_start_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let stderr_path = dir.path().join("stderr");
+    let child = std::process::Command::new(support::BIN)
+        .args(["node", "--name", "short", "--api-token", "short-token"])
+        .args(["--cookie", support::COOKIE, "--http-addr", "127.0.0.1:0"])
+        .args(["--cluster-addr", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(dir.path())
+        .env_remove("CUSTOMER_CLUSTER_API_TOKEN")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .expect("run the node");
+    // Killed on every path if it started after all.
+    let mut child = support::ChildGuard(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node started with a short token"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    };
+    assert!(!status.success());
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap();
+    assert!(stderr.contains("at least 16 bytes"), "{stderr}");
+}

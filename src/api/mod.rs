@@ -108,10 +108,14 @@ impl AppState {
     }
 
     /// Applies the edge's limits: the request timeout and the event-stream caps and age.
+    /// Streams may hold at most half the connection slots, whatever `--max-event-streams`
+    /// says, so requests and `/health` always have the other half.
     pub fn with_http_limits(mut self, limits: &HttpLimits) -> Self {
         self.request_timeout = limits.request_timeout;
         self.streams = ConnTable::new(Caps {
-            max: limits.max_event_streams,
+            max: limits
+                .max_event_streams
+                .min((limits.max_connections / 2).max(1)),
             per_client: limits.max_event_streams_per_client,
             loopback_reserve: 0,
         });
