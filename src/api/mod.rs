@@ -13,7 +13,9 @@
 //! Modules: `model` holds the JSON bodies as plain serde types (no axum, shared with the CLI
 //! client), `json` the axum extractor over them, `handlers` the routes, `openapi` the document
 //! generated from both, `error` the one error→status mapping, `middleware` the layers, and
-//! `server` the accept loop with the edge's limits (connections, header/idle timeouts).
+//! `server` the accept loop with the edge's limits (connections, head size, header/idle/stall
+//! timeouts), `limits` the bookkeeping behind them (per-address counts of connections and
+//! event streams, the wrong-token throttle, once-per-window log lines, the open-files fit).
 //! `events` streams the node's event bus (SSE) and its shard table; `dashboard` serves the
 //! static page that watches them.
 //!
