@@ -226,6 +226,29 @@ pub struct ConfigLayer {
     /// [default: 4096].
     #[arg(long, env = "CUSTOMER_CLUSTER_HTTP_MAX_CONNECTIONS")]
     pub http_max_connections: Option<usize>,
+
+    /// Most open HTTP connections from one source IP address; one more is answered 429 and
+    /// closed at once. 0 = no per-address cap: set 0 (or a cap above the proxy's pool) when a
+    /// reverse proxy or load balancer connects for every client from one address
+    /// [default: 256].
+    #[arg(long, env = "CUSTOMER_CLUSTER_HTTP_MAX_CONNECTIONS_PER_CLIENT")]
+    pub http_max_connections_per_client: Option<usize>,
+
+    /// Most /v1/events streams open at once (at most half of --http-max-connections); one
+    /// more is answered 503 [default: 64].
+    #[arg(long, env = "CUSTOMER_CLUSTER_MAX_EVENT_STREAMS")]
+    pub max_event_streams: Option<usize>,
+
+    /// Most /v1/events streams open at once from one source IP address; one more is answered
+    /// 429. 0 = no per-address cap (behind a proxy that connects for every client from one
+    /// address) [default: 4].
+    #[arg(long, env = "CUSTOMER_CLUSTER_MAX_EVENT_STREAMS_PER_CLIENT")]
+    pub max_event_streams_per_client: Option<usize>,
+
+    /// A /v1/events stream ends after this many seconds; the client reconnects (and gets the
+    /// recent events replayed) [default: 3600].
+    #[arg(long, env = "CUSTOMER_CLUSTER_EVENT_STREAM_MAX_AGE_S")]
+    pub event_stream_max_age_s: Option<u64>,
 }
 
 macro_rules! overlay {
@@ -292,6 +315,10 @@ impl ConfigLayer {
             http_idle_timeout_ms,
             http_request_timeout_ms,
             http_max_connections,
+            http_max_connections_per_client,
+            max_event_streams,
+            max_event_streams_per_client,
+            event_stream_max_age_s,
         )
     }
 }
@@ -436,6 +463,16 @@ pub struct HttpLimits {
     pub request_timeout: Duration,
     /// Most connections open at once; the next one is refused with a 503.
     pub max_connections: usize,
+    /// Most connections open at once from one source IP address (0 = no such cap); the next
+    /// one is refused with a 429.
+    pub max_connections_per_client: usize,
+    /// Most `/v1/events` streams open at once; the next one is answered 503.
+    pub max_event_streams: usize,
+    /// Most `/v1/events` streams open at once from one source IP address (0 = no such cap);
+    /// the next one is answered 429.
+    pub max_event_streams_per_client: usize,
+    /// Age at which a `/v1/events` stream ends (the client reconnects).
+    pub event_stream_max_age: Duration,
 }
 
 /// Built-in defaults, in one place.
@@ -483,6 +520,20 @@ pub mod defaults {
     pub const CLUSTER_HANDSHAKE_TIMEOUT_MS: u64 = 5000;
     /// Open HTTP connections: a few thousand clients, far below the usual fd limit.
     pub const HTTP_MAX_CONNECTIONS: usize = 4096;
+    /// Open HTTP connections per source address: far more than a browser (6) or a client
+    /// pool needs, and room for a load generator with a few hundred requests in flight
+    /// (`bench` preloads 64 at a time and keeps its pool); a sixteenth of the global cap, so
+    /// one address cannot take the node's connections, and 8 MiB of head buffers at most.
+    pub const HTTP_MAX_CONNECTIONS_PER_CLIENT: usize = 256;
+    /// Open event streams: a dashboard or `events` watcher needs one each.
+    pub const MAX_EVENT_STREAMS: usize = 64;
+    /// Open event streams per source address: a few tabs of the dashboard.
+    pub const MAX_EVENT_STREAMS_PER_CLIENT: usize = 4;
+    /// Event stream lifetime, seconds: bounds what a stream holds on to (a token revoked since
+    /// it opened, among others); clients reconnect.
+    pub const EVENT_STREAM_MAX_AGE_S: u64 = 3600;
+    /// Shortest accepted API token, bytes: 128 bits, so it cannot be guessed online.
+    pub const MIN_API_TOKEN_BYTES: usize = 16;
     /// Shortest accepted cluster cookie, bytes: 128 bits, so it cannot be guessed online.
     pub const MIN_COOKIE_BYTES: usize = 16;
     /// Fewest different characters in a cluster cookie: refuses `aaaa…` and `abab…`-like
@@ -550,6 +601,20 @@ impl Config {
             max_connections: layer
                 .http_max_connections
                 .unwrap_or(defaults::HTTP_MAX_CONNECTIONS),
+            max_connections_per_client: layer
+                .http_max_connections_per_client
+                .unwrap_or(defaults::HTTP_MAX_CONNECTIONS_PER_CLIENT),
+            max_event_streams: layer
+                .max_event_streams
+                .unwrap_or(defaults::MAX_EVENT_STREAMS),
+            max_event_streams_per_client: layer
+                .max_event_streams_per_client
+                .unwrap_or(defaults::MAX_EVENT_STREAMS_PER_CLIENT),
+            event_stream_max_age: Duration::from_secs(
+                layer
+                    .event_stream_max_age_s
+                    .unwrap_or(defaults::EVENT_STREAM_MAX_AGE_S),
+            ),
         };
         let config = Config {
             name,
@@ -664,6 +729,12 @@ impl Config {
         }
         if self.http.max_connections == 0 || self.http.max_connections > 1_000_000 {
             return invalid("--http-max-connections must be from 1 to 1000000");
+        }
+        if self.http.max_event_streams == 0 || self.http.max_event_streams > 100_000 {
+            return invalid("--max-event-streams must be from 1 to 100000");
+        }
+        if self.http.event_stream_max_age < Duration::from_secs(1) {
+            return invalid("--event-stream-max-age-s must be at least 1");
         }
         if self.cluster_max_unauthenticated == 0 || self.cluster_max_unauthenticated > 100_000 {
             return invalid("--cluster-max-unauthenticated must be from 1 to 100000");
@@ -877,6 +948,16 @@ fn load_tokens(inline: Option<Vec<String>>, file: Option<&Path>) -> Result<Vec<S
             "API tokens must not contain whitespace".into(),
         ));
     }
+    if let Some(short) = tokens
+        .iter()
+        .find(|t| t.len() < defaults::MIN_API_TOKEN_BYTES)
+    {
+        return Err(Error::InvalidInput(format!(
+            "an API token is {} bytes; tokens must be at least {} bytes (e.g. `openssl rand -hex 16`)",
+            short.len(),
+            defaults::MIN_API_TOKEN_BYTES
+        )));
+    }
     Ok(tokens.into_iter().map(Secret::new).collect())
 }
 
@@ -988,7 +1069,11 @@ mod tests {
         let cookie = dir.path().join("cookie");
         let tokens = dir.path().join("tokens");
         std::fs::write(&cookie, "s3cret-from-a-file-42\n").unwrap();
-        std::fs::write(&tokens, "# current\nnew-token\n\nold-token\n").unwrap();
+        std::fs::write(
+            &tokens,
+            "# current\nnew-token-0123456789\n\nold-token-0123456789\n",
+        )
+        .unwrap();
         let mut l = minimal();
         l.cookie = None;
         l.cookie_file = Some(cookie);
@@ -996,7 +1081,18 @@ mod tests {
         let c = Config::resolve(l).unwrap();
         assert_eq!(c.cookie.expose(), "s3cret-from-a-file-42");
         let t: Vec<&str> = c.api_tokens.iter().map(Secret::expose).collect();
-        assert_eq!(t, ["new-token", "old-token"]);
+        assert_eq!(t, ["new-token-0123456789", "old-token-0123456789"]);
+    }
+
+    #[test]
+    fn an_api_token_shorter_than_16_bytes_refuses_to_start_with_a_message() {
+        let mut l = minimal();
+        l.api_token = Some(vec!["0123456789abcdef".into(), "short".into()]);
+        let err = Config::resolve(l).unwrap_err().to_string();
+        assert!(err.contains("at least 16 bytes"), "{err}");
+        let mut l = minimal();
+        l.api_token = Some(vec!["0123456789abcdef".into()]);
+        assert_eq!(Config::resolve(l).unwrap().api_tokens.len(), 1);
     }
 
     #[test]
@@ -1267,6 +1363,10 @@ mod tests {
                 idle_timeout: Duration::from_millis(700),
                 request_timeout: Duration::from_millis(9000),
                 max_connections: 3,
+                max_connections_per_client: defaults::HTTP_MAX_CONNECTIONS_PER_CLIENT,
+                max_event_streams: defaults::MAX_EVENT_STREAMS,
+                max_event_streams_per_client: defaults::MAX_EVENT_STREAMS_PER_CLIENT,
+                event_stream_max_age: Duration::from_secs(defaults::EVENT_STREAM_MAX_AGE_S),
             }
         );
         let mut l = minimal();

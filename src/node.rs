@@ -212,13 +212,13 @@ pub async fn start(config: Config) -> Result<RunningNode> {
         config.max_body_bytes,
     )
     .with_metrics(metrics)
-    .with_request_timeout(config.http.request_timeout);
+    .with_http_limits(&config.http);
     let (http_stop, stop_rx) = watch::channel(false);
     let app = router(state);
     let http = tokio::spawn(crate::api::server::serve(
         listener,
         app,
-        config.http,
+        crate::api::limits::fit_open_files(config.http),
         stop_rx,
     ));
     Ok(RunningNode {

@@ -331,12 +331,37 @@ pub const METRICS: &[(&str, MetricKind, &str)] = &[
     (
         "customer_http_connections_refused_total",
         MetricKind::Counter,
-        "HTTP connections refused with a 503 because http_max_connections were open",
+        "HTTP connections refused at accept, by reason: over_cap (503, http_max_connections open), per_client (429, http_max_connections_per_client open from that address)",
+    ),
+    (
+        "customer_http_accept_errors_total",
+        MetricKind::Counter,
+        "Errors accepting an HTTP connection (e.g. out of file descriptors)",
+    ),
+    (
+        "customer_http_unauthorized_total",
+        MetricKind::Counter,
+        "Requests on /v1 with a missing or wrong bearer token",
+    ),
+    (
+        "customer_http_auth_throttled_total",
+        MetricKind::Counter,
+        "Wrong-token requests answered 429: more than 20 in 10 s from one address",
+    ),
+    (
+        "customer_event_streams_open",
+        MetricKind::Gauge,
+        "/v1/events streams open now (bounded by max_event_streams)",
+    ),
+    (
+        "customer_event_streams_refused_total",
+        MetricKind::Counter,
+        "/v1/events streams refused, by reason: over_cap (503), per_client (429)",
     ),
     (
         "customer_http_timeouts_total",
         MetricKind::Counter,
-        "HTTP timeouts by kind: header (slow request head), idle (keep-alive), request (504)",
+        "HTTP timeouts by kind: header (slow request head), idle (keep-alive), request (504), stream_stall (a stream not read for 30 s)",
     ),
     (
         "customer_leases_held",

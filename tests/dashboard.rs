@@ -165,6 +165,24 @@ async fn drive(browser: &Client, cluster: &mut TestCluster) -> Result<(), String
         },
     )
     .await;
+    // Every member's request rate is read: the page may connect to the members' /metrics
+    // (its policy names them) and they grant this origin a cross-origin read.
+    wait_until(
+        "a request rate for every member",
+        Duration::from_secs(20),
+        || async {
+            let rates = strings(
+                &eval(
+                    browser,
+                    "return [...document.querySelectorAll('#members tr.member')]\
+                        .map(r => r.children[7].textContent);",
+                )
+                .await,
+            );
+            (rates.len() == 3 && rates.iter().all(|r| r.parse::<f64>().is_ok())).then_some(())
+        },
+    )
+    .await;
     wait_until(
         "the event timeline shows events",
         Duration::from_secs(10),

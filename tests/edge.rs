@@ -230,7 +230,12 @@ async fn connections_over_the_cap_are_refused_at_once_while_open_ones_keep_worki
         .expect("metrics");
     assert_eq!(status, 200);
     assert!(
-        series(&text, "customer_http_connections_refused_total").unwrap_or(0.0) >= 1.0,
+        series(
+            &text,
+            "customer_http_connections_refused_total{node=\"capped\",reason=\"over_cap\"}"
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
         "{text}"
     );
     assert_eq!(

@@ -766,6 +766,17 @@ impl Gateway {
         }
     }
 
+    /// The HTTP addresses (`host:port`) members announced, as this node sees them now.
+    pub fn member_http_addrs(&self) -> Vec<String> {
+        self.ctx
+            .view()
+            .ring
+            .members
+            .iter()
+            .map(|m| m.http_addr.clone())
+            .collect()
+    }
+
     /// The cluster as this node sees it. Every member's Registry is asked for its counters
     /// concurrently, each with `stats_timeout`; one that does not answer is reported without
     /// them rather than failing the whole status.

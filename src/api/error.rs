@@ -2,13 +2,18 @@
 //!
 //! Body shape, always: `{"error": {"code": "...", "message": "..."}}`. Client errors return
 //! their message; internal errors are logged once here and answered with a generic message,
-//! so no internal detail (paths, SQL, peer addresses) leaks to clients.
+//! so no internal detail (paths, SQL, peer addresses) leaks to clients. 503 and 504 answers
+//! are logged as one WARN line per 10 s, which says how many were left out: a failing
+//! dependency (the database, a member) must not flood the log exactly when operators read it.
+
+use std::sync::Mutex;
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use super::limits::LogEvery;
 use crate::error::Error;
 
 /// Seconds a client should wait before retrying a 503.
@@ -33,6 +38,13 @@ pub enum ApiError {
     RouteNotFound,
     /// Route exists, method does not. 405.
     MethodNotAllowed,
+    /// This client holds or asked for too much; retry after this many seconds. 429.
+    TooManyRequests {
+        /// What it holds or asked for too much of.
+        message: String,
+        /// The `Retry-After` seconds.
+        retry_after: u64,
+    },
 }
 
 /// The JSON error body.
@@ -104,6 +116,11 @@ impl ApiError {
                 "method_not_allowed",
                 "method not allowed on this route".into(),
             ),
+            Self::TooManyRequests { message, .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_requests",
+                message.clone(),
+            ),
         }
     }
 }
@@ -120,7 +137,15 @@ impl IntoResponse for ApiError {
             Self::Service(
                 err @ (Error::Unavailable(_) | Error::Timeout(_) | Error::NotHolder { .. }),
             ) => {
-                tracing::warn!(error = ?err.to_string(), status = status.as_u16(), "request failed");
+                static BUDGET: Mutex<LogEvery> = Mutex::new(LogEvery::new());
+                if let Some(left_out) = LogEvery::admit_shared(&BUDGET) {
+                    tracing::warn!(
+                        error = ?err.to_string(),
+                        status = status.as_u16(),
+                        similar_failures_not_logged = left_out,
+                        "request failed"
+                    );
+                }
             }
             _ => {}
         }
@@ -138,6 +163,9 @@ impl IntoResponse for ApiError {
             }
             Self::Unauthorized => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Self::TooManyRequests { retry_after, .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
             }
             _ => {}
         }

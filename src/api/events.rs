@@ -6,21 +6,28 @@
 //! JSON per event, with a keep-alive comment every 15 s. A subscriber that falls more than
 //! [`SUBSCRIBER_BUFFER`](crate::events::SUBSCRIBER_BUFFER) events behind is dropped: its
 //! stream ends with one final `event: dropped` whose data says how many it missed. The stream
-//! also ends when the node stops.
+//! also ends when the node stops, and when it is `--event-stream-max-age-s` old (an hour by
+//! default): the client reconnects and gets the recent events replayed.
+//!
+//! Streams are capped apart from connections: `--max-event-streams` in all (one more is
+//! answered 503) and `--max-event-streams-per-client` per source address (429), so watchers
+//! cannot take the connection slots that requests and `/health` need. A stream the client
+//! stops reading is closed by the server's stall timeout (`server::STREAM_STALL`).
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio::sync::broadcast::Receiver;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::AppState;
-use super::error::{ApiError, ErrorBody};
+use super::error::{ApiError, ErrorBody, RETRY_AFTER_SECS};
+use super::limits::{Held, Refusal};
 use super::model::{ShardJson, ShardMapJson};
 use crate::actors::shard_map::ShardMap;
 use crate::events::ClusterEvent;
@@ -31,13 +38,59 @@ use crate::events::ClusterEvent;
         (status = 200, description = "text/event-stream: the recent events, then each new one as it happens; each `data:` line is one ClusterEvent. A subscriber that falls behind gets a final `event: dropped` and the stream ends.",
             content_type = "text/event-stream", body = ClusterEvent),
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 429, description = "This address holds --max-event-streams-per-client streams already", body = ErrorBody),
+        (status = 503, description = "--max-event-streams streams are open on this node", body = ErrorBody),
     ),
     security(("bearer" = [])))]
-pub async fn events(State(s): State<AppState>) -> Response {
+pub async fn events(State(s): State<AppState>, req: Request) -> Response {
+    let held = match s.streams.admit(super::server::client_ip(req.extensions())) {
+        Ok(held) => held,
+        Err(why) => {
+            metrics::counter!("customer_event_streams_refused_total", "reason" => why.label())
+                .increment(1);
+            return refusal(why).into_response();
+        }
+    };
+    let slot = StreamSlot::new(held);
     let (replay, live) = s.gateway.events().subscribe();
-    Sse::new(feed(replay.into(), live))
+    let events = feed(replay.into(), live)
+        .take_until(tokio::time::sleep(s.stream_max_age))
+        .map(move |event| {
+            let _ = &slot;
+            event
+        });
+    Sse::new(events)
         .keep_alive(KeepAlive::default())
         .into_response()
+}
+
+/// An open stream's entry in the stream caps, counted in `customer_event_streams_open`;
+/// given back when the stream's body is dropped (ended, or the connection closed).
+struct StreamSlot(#[allow(dead_code)] Held);
+
+impl StreamSlot {
+    fn new(held: Held) -> Self {
+        metrics::gauge!("customer_event_streams_open").increment(1.0);
+        Self(held)
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        metrics::gauge!("customer_event_streams_open").decrement(1.0);
+    }
+}
+
+fn refusal(why: Refusal) -> ApiError {
+    match why {
+        Refusal::PerClient => ApiError::TooManyRequests {
+            message: "too many event streams open from this address; close one first".into(),
+            retry_after: RETRY_AFTER_SECS,
+        },
+        Refusal::OverCap => ApiError::Service(crate::error::Error::Unavailable(
+            "too many event streams open on this node; retry later".into(),
+        )),
+    }
 }
 
 /// What one stream still has to send.

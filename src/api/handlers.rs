@@ -1,6 +1,6 @@
 //! Route handlers: parse, call the gateway, shape the response.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
@@ -16,7 +16,7 @@ use super::model::{
     ListResponse, MemberJson, PingJson, PlacementJson,
 };
 use super::{AppState, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAY, OWNER_NODE};
-use crate::actors::gateway::{self, ClusterStatus, Gateway, Routed};
+use crate::actors::gateway::{self, ClusterStatus, Gateway, Readiness, Routed};
 use crate::config::is_valid_node_name;
 use crate::customer::{Customer, CustomerId, new_customer_id, parse_customer_id, validate};
 use crate::error::Error;
@@ -29,6 +29,30 @@ const STATS_TIMEOUT: Duration = Duration::from_millis(1000);
 
 /// How long `/ready` waits for the database.
 const READY_TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// How long one `/ready` answer is reused: probes and floods of `/ready` cost at most one
+/// database ping per second.
+pub const READY_CACHE: Duration = Duration::from_secs(1);
+
+/// The last `/ready` answer and when it was found. Callers arriving while a ping runs wait for
+/// it and share its answer.
+#[derive(Debug, Default)]
+pub struct ReadyCache(tokio::sync::Mutex<Option<(Instant, Result<Readiness, Error>)>>);
+
+impl ReadyCache {
+    /// The readiness of `gateway`'s node, at most [`READY_CACHE`] old.
+    pub async fn get(&self, gateway: &Gateway) -> Result<Readiness, Error> {
+        let mut last = self.0.lock().await;
+        if let Some((at, answer)) = last.as_ref()
+            && at.elapsed() < READY_CACHE
+        {
+            return answer.clone();
+        }
+        let answer = gateway.readiness(READY_TIMEOUT).await;
+        *last = Some((Instant::now(), answer.clone()));
+        answer
+    }
+}
 
 type ApiResult = Result<Response, ApiError>;
 
@@ -394,14 +418,14 @@ pub async fn health(State(s): State<AppState>) -> Response {
 }
 
 /// `GET /ready` — this node can serve customer requests: its Registry runs and a database
-/// answers.
+/// answers. The answer is reused for [`READY_CACHE`].
 #[utoipa::path(get, path = "/ready", tag = "cluster",
     responses(
         (status = 200, description = "Ready: a database answers and this node is a member"),
         (status = 503, description = "Not ready", body = ErrorBody),
     ))]
 pub async fn ready(State(s): State<AppState>) -> ApiResult {
-    let ready = s.gateway.readiness(READY_TIMEOUT).await?;
+    let ready = s.readiness.get(&s.gateway).await?;
     Ok(Json(json!({
         "status": "ready",
         "node": ready.node,
@@ -414,17 +438,34 @@ pub async fn ready(State(s): State<AppState>) -> ApiResult {
 /// `GET /metrics` — Prometheus text format.
 #[utoipa::path(get, path = "/metrics", tag = "cluster",
     responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
-pub async fn metrics(State(s): State<AppState>) -> Response {
+pub async fn metrics(State(s): State<AppState>, request: HeaderMap) -> Response {
     match &s.metrics {
-        Some(handle) => (
-            [
-                (header::CONTENT_TYPE, "text/plain; version=0.0.4"),
-                // Unauthenticated already; lets a dashboard served by a peer read the rates.
-                (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
-            ],
-            handle.render(),
-        )
-            .into_response(),
+        Some(handle) => {
+            let mut response = (
+                [
+                    (header::CONTENT_TYPE, "text/plain; version=0.0.4"),
+                    (header::VARY, "Origin"),
+                ],
+                handle.render(),
+            )
+                .into_response();
+            // Readable cross-origin only by the dashboard served from a member (it reads every
+            // member's request rates); any other web page gets no CORS grant.
+            let text = |name| {
+                request
+                    .get(name)
+                    .and_then(|v: &HeaderValue| v.to_str().ok())
+            };
+            if let (Some(origin), Some(host)) = (text(header::ORIGIN), text(header::HOST))
+                && super::dashboard::is_member_origin(origin, host, &s.gateway.member_http_addrs())
+                && let Ok(v) = HeaderValue::from_str(origin)
+            {
+                response
+                    .headers_mut()
+                    .insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+            }
+            response
+        }
         None => ApiError::Service(Error::Unavailable(
             "metrics are not enabled in this process".into(),
         ))

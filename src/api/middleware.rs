@@ -1,5 +1,6 @@
 //! Cross-cutting request handling: request ids and spans, bearer auth, HTTP metrics.
 
+use std::sync::PoisonError;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -11,6 +12,7 @@ use subtle::ConstantTimeEq;
 use tracing::Instrument;
 
 use super::error::ApiError;
+use super::limits::AuthFailure;
 use super::{AppState, ENTRY_NODE, REQUEST_ID};
 use crate::config::Secret;
 use crate::error::Error;
@@ -61,7 +63,11 @@ pub fn is_acceptable_request_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
 }
 
-/// Requires `Authorization: Bearer <token>` matching one of the configured tokens.
+/// Requires `Authorization: Bearer <token>` matching one of the configured tokens. A missing
+/// or wrong token is answered 401 and counted (`customer_http_unauthorized_total`); past 20
+/// such answers in 10 s to one source address, the next ones are answered 429 with
+/// `Retry-After` (`customer_http_auth_throttled_total`). A correct token is never throttled:
+/// a guesser sharing an address with real clients costs them nothing.
 pub async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
     if state.tokens.is_empty() {
         return next.run(req).await;
@@ -77,7 +83,27 @@ pub async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Re
         .map(str::trim);
     match presented {
         Some(token) if token_matches(&state.tokens, token) => next.run(req).await,
-        _ => ApiError::Unauthorized.into_response(),
+        _ => {
+            metrics::counter!("customer_http_unauthorized_total").increment(1);
+            let verdict = super::server::client_ip(req.extensions()).map(|ip| {
+                state
+                    .auth_failures
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .fail(ip, Instant::now())
+            });
+            match verdict {
+                Some(AuthFailure::Throttled(retry_after)) => {
+                    metrics::counter!("customer_http_auth_throttled_total").increment(1);
+                    ApiError::TooManyRequests {
+                        message: "too many requests with a missing or wrong bearer token from this address".into(),
+                        retry_after,
+                    }
+                    .into_response()
+                }
+                _ => ApiError::Unauthorized.into_response(),
+            }
+        }
     }
 }
 

@@ -13,7 +13,9 @@
 //! Modules: `model` holds the JSON bodies as plain serde types (no axum, shared with the CLI
 //! client), `json` the axum extractor over them, `handlers` the routes, `openapi` the document
 //! generated from both, `error` the one error→status mapping, `middleware` the layers, and
-//! `server` the accept loop with the edge's limits (connections, header/idle timeouts).
+//! `server` the accept loop with the edge's limits (connections, head size, header/idle/stall
+//! timeouts), `limits` the bookkeeping behind them (per-address counts of connections and
+//! event streams, the wrong-token throttle, once-per-window log lines, the open-files fit).
 //! `events` streams the node's event bus (SSE) and its shard table; `dashboard` serves the
 //! static page that watches them.
 //!
@@ -27,13 +29,14 @@ pub mod error;
 pub mod events;
 pub mod handlers;
 pub mod json;
+pub mod limits;
 pub mod middleware;
 pub mod model;
 pub mod openapi;
 pub mod server;
 
-use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -43,8 +46,9 @@ use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::actors::gateway::Gateway;
-use crate::config::Secret;
+use crate::config::{HttpLimits, Secret, defaults};
 use error::ApiError;
+use limits::{Caps, ConnTable, FailureThrottle};
 
 /// Header naming the node whose customer actor served the request.
 pub const OWNER_NODE: &str = "x-owner-node";
@@ -72,6 +76,14 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// Longest one request may take before it is answered 504.
     pub request_timeout: Duration,
+    /// Open `/v1/events` streams, in total and per source address.
+    pub streams: Arc<ConnTable>,
+    /// Age at which an event stream ends.
+    pub stream_max_age: Duration,
+    /// Wrong-token answers per source address (throttled past a rate).
+    pub auth_failures: Arc<Mutex<FailureThrottle>>,
+    /// The last `/ready` answer and when it was found, shared by callers for a second.
+    pub readiness: Arc<handlers::ReadyCache>,
 }
 
 impl AppState {
@@ -84,10 +96,33 @@ impl AppState {
             request_seq: Arc::new(AtomicU64::new(0)),
             metrics: None,
             request_timeout: Duration::from_millis(
-                crate::config::defaults::REQUEST_TIMEOUT_MS
-                    * u64::from(crate::config::defaults::HTTP_REQUEST_TIMEOUT_FACTOR),
+                defaults::REQUEST_TIMEOUT_MS * u64::from(defaults::HTTP_REQUEST_TIMEOUT_FACTOR),
             ),
+            streams: ConnTable::new(Caps {
+                max: defaults::MAX_EVENT_STREAMS,
+                per_client: defaults::MAX_EVENT_STREAMS_PER_CLIENT,
+                loopback_reserve: 0,
+            }),
+            stream_max_age: Duration::from_secs(defaults::EVENT_STREAM_MAX_AGE_S),
+            auth_failures: Arc::default(),
+            readiness: Arc::default(),
         }
+    }
+
+    /// Applies the edge's limits: the request timeout and the event-stream caps and age.
+    /// Streams may hold at most half the connection slots, whatever `--max-event-streams`
+    /// says, so requests and `/health` always have the other half.
+    pub fn with_http_limits(mut self, limits: &HttpLimits) -> Self {
+        self.request_timeout = limits.request_timeout;
+        self.streams = ConnTable::new(Caps {
+            max: limits
+                .max_event_streams
+                .min((limits.max_connections / 2).max(1)),
+            per_client: limits.max_event_streams_per_client,
+            loopback_reserve: 0,
+        });
+        self.stream_max_age = limits.event_stream_max_age;
+        self
     }
 
     /// Answers 504 to requests that take longer than `limit`.

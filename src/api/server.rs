@@ -2,17 +2,26 @@
 //! otherwise hold on to bounded (STYLE habit 16).
 //!
 //! ```text
-//! accept ─┬─ slot free? ── no ──▶ "503 + Retry-After", close (never queued, never a hang)
-//!         └─ yes ─▶ connection task: hyper http1 ◀─ watchdog (header / idle deadline)
+//! accept ─┬─ this address at its cap? ── yes ──▶ "429 + Retry-After", close
+//!         ├─ slot free? ── no ──▶ "503 + Retry-After", close (never queued, never a hang)
+//!         └─ yes ─▶ connection task: hyper http1 ◀─ watchdog (header / idle / stall deadline)
 //!                                     └─ router (request timeout → 504, see middleware)
 //! ```
 //!
 //! | limit | default | enforced by | metric |
 //! |---|---|---|---|
-//! | open connections | 4096 | a semaphore of slots taken at accept (the mini-redis pattern) | `customer_http_connections_open`, `customer_http_connections_refused_total` |
-//! | request head | 10 s | the connection watchdog | `customer_http_timeouts_total{kind="header"}` |
+//! | open connections | 4096 (16 of them for loopback only) | a [`ConnTable`] entry taken at accept | `customer_http_connections_open`, `customer_http_connections_refused_total{reason="over_cap"}` |
+//! | open connections per source address | 256 (0 = off) | the same entry | `customer_http_connections_refused_total{reason="per_client"}` |
+//! | request head size | 32 KiB, 64 headers | hyper (`max_buf_size`, `max_headers`): 431, closed | — |
+//! | request head time | 10 s | the connection watchdog | `customer_http_timeouts_total{kind="header"}` |
 //! | keep-alive idle | 60 s | the connection watchdog | `customer_http_timeouts_total{kind="idle"}` |
 //! | one request | 2 × request timeout | `middleware::request_timeout` (504) | `customer_http_timeouts_total{kind="request"}` |
+//! | a stream the client stopped reading | 30 s | the connection watchdog | `customer_http_timeouts_total{kind="stream_stall"}` |
+//!
+//! Why the head is capped at 32 KiB: hyper's default read buffer grows to ~408 KiB per
+//! connection before it answers 431, so a few thousand half-sent heads cost gigabytes. Real
+//! heads are a few KiB (a bearer token, a request id, proxy headers); bodies have their own
+//! limit (`--max-body-bytes`) and are not held in this buffer.
 //!
 //! Why these mechanisms and not the stock ones:
 //! * hyper's `http1::Builder::header_read_timeout` starts its clock whenever the connection
@@ -32,9 +41,14 @@
 //! Graceful stop: stop accepting, ask every connection to finish (hyper closes idle ones at
 //! once and lets in-flight requests complete), then wait until every slot is free again.
 //!
-//! Deliberately not here: HTTP/2 and TLS (put a proxy in front), per-client rate limits.
+//! The open-files limit is raised to its hard limit at start and the connection cap lowered
+//! to fit it ([`super::limits::fit_open_files`]); accept errors (out of descriptors) log one
+//! line per 10 s with a count.
+//!
+//! Deliberately not here: HTTP/2 and TLS (put a proxy in front), request-rate limits.
 
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
@@ -47,10 +61,30 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio::sync::{Notify, watch};
 use tower::ServiceExt;
 
+use super::limits::{Caps, ConnTable, Held, LogEvery, Refusal};
 use crate::config::HttpLimits;
+
+/// Largest request head hyper buffers (bytes); a longer one is answered 431 and closed.
+pub const MAX_HEAD_BYTES: usize = 32 * 1024;
+
+/// Most header lines in one request head; more is answered 431.
+pub const MAX_HEADERS: usize = 64;
+
+/// A stream response whose next chunk the connection has not taken for this long (the client
+/// stopped reading and the socket buffers are full) is closed.
+pub const STREAM_STALL: Duration = Duration::from_secs(30);
+
+/// The source address of a request, stamped by the accept loop into its extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub IpAddr);
+
+/// The source address of a request served by [`serve`]; `None` for a router called directly.
+pub fn client_ip(extensions: &hyper::http::Extensions) -> Option<IpAddr> {
+    extensions.get::<ClientAddr>().map(|a| a.0)
+}
 
 /// Why the watchdog closed a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +93,8 @@ pub enum TimeoutKind {
     Header,
     /// A keep-alive connection sat idle between requests for too long.
     Idle,
+    /// A stream response was not read by the client for [`STREAM_STALL`].
+    StreamStall,
 }
 
 impl TimeoutKind {
@@ -67,6 +103,7 @@ impl TimeoutKind {
         match self {
             Self::Header => "header",
             Self::Idle => "idle",
+            Self::StreamStall => "stream_stall",
         }
     }
 }
@@ -84,6 +121,8 @@ pub struct ConnState {
     head_started: Option<Instant>,
     /// Requests answered on this connection.
     served: u64,
+    /// When a stream response produced a chunk the connection has not asked past yet.
+    stream_sent: Option<Instant>,
 }
 
 impl ConnState {
@@ -94,6 +133,7 @@ impl ConnState {
             waiting_since: now,
             head_started: None,
             served: 0,
+            stream_sent: None,
         }
     }
 
@@ -122,17 +162,35 @@ impl ConnState {
     pub fn request_finished(&mut self, now: Instant) {
         self.in_flight = self.in_flight.saturating_sub(1);
         self.served += 1;
+        self.stream_sent = None;
         if self.in_flight == 0 {
             self.waiting_since = now;
             self.head_started = None;
         }
     }
 
-    /// When the connection must be closed, and why; `None` while a request is being served
-    /// (the request timeout bounds that).
+    /// A stream response produced a chunk at `now`. Returns true when that set a deadline.
+    pub fn stream_chunk(&mut self, now: Instant) -> bool {
+        let unset = self.stream_sent.is_none();
+        if unset {
+            self.stream_sent = Some(now);
+        }
+        unset
+    }
+
+    /// The connection asked a stream response for its next chunk: it is still being read.
+    /// Returns true when that lifted a deadline.
+    pub fn stream_polled(&mut self) -> bool {
+        self.stream_sent.take().is_some()
+    }
+
+    /// When the connection must be closed, and why; while a request is being served, `None`
+    /// (the request timeout bounds that) unless a stream response sits unread.
     pub fn deadline(&self, limits: &HttpLimits) -> Option<(Instant, TimeoutKind)> {
         if self.in_flight > 0 {
-            return None;
+            return self
+                .stream_sent
+                .map(|t| (t + STREAM_STALL, TimeoutKind::StreamStall));
         }
         Some(match (self.head_started, self.served) {
             (Some(t), _) => (t + limits.header_timeout, TimeoutKind::Header),
@@ -254,12 +312,12 @@ impl AsyncWrite for WatchedStream {
 }
 
 /// A connection slot: holding it counts the connection as open.
-struct Slot(#[allow(dead_code)] OwnedSemaphorePermit);
+struct Slot(#[allow(dead_code)] Held);
 
 impl Slot {
-    fn new(permit: OwnedSemaphorePermit) -> Self {
+    fn new(held: Held) -> Self {
         metrics::gauge!("customer_http_connections_open").increment(1.0);
-        Self(permit)
+        Self(held)
     }
 }
 
@@ -277,12 +335,15 @@ pub async fn serve(
     limits: HttpLimits,
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let slots = ConnTable::new(Caps::connections(
+        limits.max_connections,
+        limits.max_connections_per_client,
+    ));
     let (finish_tx, finish_rx) = watch::channel(false);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     accept_failed(e).await;
                     continue;
@@ -290,24 +351,25 @@ pub async fn serve(
             },
             _ = turned_true(&mut stop) => break,
         };
-        match slots.clone().try_acquire_owned() {
-            Ok(permit) => {
+        let ip = peer.ip().to_canonical();
+        match slots.admit(Some(ip)) {
+            Ok(held) => {
                 let connection = serve_connection(
                     stream,
+                    ClientAddr(ip),
                     app.clone(),
                     limits,
-                    Slot::new(permit),
+                    Slot::new(held),
                     finish_rx.clone(),
                 );
                 tokio::spawn(connection);
             }
-            Err(_) => refuse(&stream),
+            Err(why) => refuse(&stream, why),
         }
     }
     drop(listener);
     let _ = finish_tx.send(true);
-    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
-    let _ = slots.acquire_many(all).await;
+    slots.emptied().await;
     Ok(())
 }
 
@@ -317,8 +379,10 @@ async fn turned_true(flag: &mut watch::Receiver<bool>) {
 }
 
 /// Accept errors are per connection (reset before accept) or resource exhaustion (out of file
-/// descriptors); back off briefly on the latter so the loop does not spin.
+/// descriptors); back off briefly on the latter so the loop does not spin, and log one line
+/// per 10 s.
 async fn accept_failed(e: io::Error) {
+    static BUDGET: Mutex<LogEvery> = Mutex::new(LogEvery::new());
     use io::ErrorKind::*;
     if matches!(
         e.kind(),
@@ -326,7 +390,10 @@ async fn accept_failed(e: io::Error) {
     ) {
         return;
     }
-    tracing::warn!(error = %e, "accepting an HTTP connection failed; backing off");
+    metrics::counter!("customer_http_accept_errors_total").increment(1);
+    if let Some(left_out) = LogEvery::admit_shared(&BUDGET) {
+        tracing::warn!(error = %e, similar_errors_not_logged = left_out, "accepting an HTTP connection failed; backing off");
+    }
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
@@ -334,13 +401,22 @@ async fn accept_failed(e: io::Error) {
 const REFUSAL_BODY: &str =
     r#"{"error":{"code":"unavailable","message":"too many open connections; retry later"}}"#;
 
-/// Answers a connection over the cap with a 503 and closes it, without waiting for anything.
-fn refuse(stream: &TcpStream) {
-    metrics::counter!("customer_http_connections_refused_total").increment(1);
+/// The body of the answer to a connection over its address's cap.
+const PER_CLIENT_REFUSAL_BODY: &str = r#"{"error":{"code":"too_many_requests","message":"too many open connections from this address; close some or retry later"}}"#;
+
+/// Answers a refused connection (503 over the cap, 429 over its address's cap) and closes it,
+/// without waiting for anything.
+fn refuse(stream: &TcpStream, why: Refusal) {
+    metrics::counter!("customer_http_connections_refused_total", "reason" => why.label())
+        .increment(1);
+    let (status, body) = match why {
+        Refusal::OverCap => ("503 Service Unavailable", REFUSAL_BODY),
+        Refusal::PerClient => ("429 Too Many Requests", PER_CLIENT_REFUSAL_BODY),
+    };
     let response = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: {}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{REFUSAL_BODY}",
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\nretry-after: {}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
         super::error::RETRY_AFTER_SECS,
-        REFUSAL_BODY.len()
+        body.len()
     );
     let _ = stream.try_write(response.as_bytes());
 }
@@ -348,6 +424,7 @@ fn refuse(stream: &TcpStream) {
 /// Serves one connection until the client closes it, a deadline passes, or the server stops.
 async fn serve_connection(
     stream: TcpStream,
+    client: ClientAddr,
     app: Router,
     limits: HttpLimits,
     _slot: Slot,
@@ -362,12 +439,13 @@ async fn serve_connection(
         watch: watch.clone(),
     });
     let service_watch = watch.clone();
-    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         let watch = service_watch.clone();
         watch.update(|s| {
             s.request_started();
             true
         });
+        req.extensions_mut().insert(client);
         let answer = app.clone().oneshot(req.map(Body::new));
         async move {
             let response = answer.await?;
@@ -376,17 +454,25 @@ async fn serve_connection(
                 return Ok::<_, std::convert::Infallible>(response);
             }
             // A stream is in flight until its body ends, not when its head is sent: the idle
-            // timeout must not cut a quiet event stream.
+            // timeout must not cut a quiet event stream. A chunk the connection does not ask
+            // past starts the stall clock.
             Ok(response.map(|body| {
-                let chunks = body.into_data_stream().map(move |chunk| {
-                    let _ = &finished;
-                    chunk
-                });
-                Body::from_stream(chunks)
+                let mut chunks = body.into_data_stream();
+                Body::from_stream(futures::stream::poll_fn(move |cx| {
+                    finished.0.update(ConnState::stream_polled);
+                    let next = chunks.poll_next_unpin(cx);
+                    if matches!(next, Poll::Ready(Some(_))) {
+                        finished.0.update(|s| s.stream_chunk(Instant::now()));
+                    }
+                    next
+                }))
             }))
         }
     });
-    let connection = hyper::server::conn::http1::Builder::new().serve_connection(io, service);
+    let connection = hyper::server::conn::http1::Builder::new()
+        .max_buf_size(MAX_HEAD_BYTES)
+        .max_headers(MAX_HEADERS)
+        .serve_connection(io, service);
     tokio::pin!(connection);
     let mut finishing = false;
     loop {
@@ -420,6 +506,10 @@ mod tests {
             idle_timeout: Duration::from_secs(60),
             request_timeout: Duration::from_secs(10),
             max_connections: 4,
+            max_connections_per_client: 0,
+            max_event_streams: 4,
+            max_event_streams_per_client: 0,
+            event_stream_max_age: Duration::from_secs(3600),
         }
     }
 
@@ -478,6 +568,25 @@ mod tests {
             c.deadline(&limits()),
             Some((t0 + 96 * S, TimeoutKind::Idle))
         );
+    }
+
+    #[test]
+    fn a_stream_whose_next_chunk_is_not_asked_for_is_closed_after_the_stall_timeout() {
+        let t0 = Instant::now();
+        let mut c = ConnState::new(t0);
+        c.request_started();
+        assert!(c.stream_chunk(t0 + S));
+        assert!(!c.stream_chunk(t0 + 2 * S), "the first unread chunk counts");
+        assert_eq!(
+            c.deadline(&limits()),
+            Some((t0 + S + STREAM_STALL, TimeoutKind::StreamStall))
+        );
+        assert!(
+            c.stream_polled(),
+            "asked for more: no deadline while it waits"
+        );
+        assert_eq!(c.deadline(&limits()), None);
+        assert!(!c.stream_polled());
     }
 
     #[test]

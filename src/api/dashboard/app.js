@@ -65,7 +65,11 @@ function requestCounts(text) {
   return { total, errors };
 }
 
+// Only a plain host:port is fetched (the page's policy allows no other source anyway).
+const PLAIN_ADDR = /^([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\]):[0-9]{1,5}$/;
+
 async function rateOf(member) {
+  if (!PLAIN_ADDR.test(member.http_addr)) return null;
   try {
     const res = await fetch(metricsUrl(member.http_addr), { mode: "cors" });
     if (!res.ok) return null;
