@@ -521,10 +521,10 @@ pub mod defaults {
     /// Open HTTP connections: a few thousand clients, far below the usual fd limit.
     pub const HTTP_MAX_CONNECTIONS: usize = 4096;
     /// Open HTTP connections per source address: far more than a browser (6) or a client
-    /// pool needs, and room for a load generator with a few hundred requests in flight
-    /// (`bench` preloads 64 at a time and keeps its pool); a sixteenth of the global cap, so
-    /// one address cannot take the node's connections, and 8 MiB of head buffers at most.
-    pub const HTTP_MAX_CONNECTIONS_PER_CLIENT: usize = 256;
+    /// pool needs, and room for a load generator with a thousand requests in flight from one
+    /// host (`wrk -c 1000`, the overload test's 1024 clients); a quarter of the global cap, so
+    /// one address cannot take the node's connections, and 32 MiB of head buffers at most.
+    pub const HTTP_MAX_CONNECTIONS_PER_CLIENT: usize = 1024;
     /// Open event streams: a dashboard or `events` watcher needs one each.
     pub const MAX_EVENT_STREAMS: usize = 64;
     /// Open event streams per source address: a few tabs of the dashboard.
