@@ -29,7 +29,9 @@
 #
 # Without Docker it exits 0 with a note, except under CI=true, where that is a failure.
 # Env: CC_PHASE_S (seconds per phase, default 6), CC_CUSTOMERS (60), CC_CONCURRENCY (6),
-#      CC_TEST_DIR (default ./run/docker-test), CC_TEST_KEEP=1 (leave the cluster up on failure).
+#      CC_TEST_DIR (default ./run/docker-test), CC_TEST_KEEP=1 (leave the cluster up on failure),
+#      CC_TEST_PROJECT (compose project, default cc-test: another name keeps two runs apart,
+#      with CC_IMAGE, CC_NEMESIS_IMAGE and CC_POSTGRES_IMAGE naming their own images).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -38,7 +40,7 @@ BIN="$ROOT/target/release/customer-cluster"
 PHASE_S="${CC_PHASE_S:-6}"
 CUSTOMERS="${CC_CUSTOMERS:-60}"
 CONCURRENCY="${CC_CONCURRENCY:-6}"
-export CC_PROJECT="cc-test"
+export CC_PROJECT="${CC_TEST_PROJECT:-cc-test}"
 export CC_DOCKER_DIR="${CC_TEST_DIR:-$ROOT/run/docker-test}"
 DIR="$CC_DOCKER_DIR"
 RESULTS="$DIR/results.md"
