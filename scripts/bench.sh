@@ -222,7 +222,8 @@ lease_snapshot() {
         print n, substr($0, RSTART + 6, RLENGTH - 7), $NF }' <<< "$body"
     done
     echo "time $(date +%s.%N)"
-    "$BIN" status --json --node "$N1" --token "$CUSTOMER_CLUSTER_TOKEN" --timeout-ms 5000 \
+    # The token comes from the environment (run/env exports it), not the command line.
+    "$BIN" status --json --node "$N1" --timeout-ms 5000 \
       | grep -o '"active_customers":[0-9]*' | awk -F: '{ a += $2 } END { print "active", a + 0 }'
   } > "$1"
 }

@@ -59,6 +59,8 @@ NETNS_HOSTS=0
 DATABASE_URL_FILE="$RUN/database-url"
 
 die() { echo "cluster.sh: $*" >&2; exit 1; }
+# A postgres:// URL on stdin with its password replaced by ***.
+redact_url() { sed -E 's#^([a-z]+://[^:/@]*):[^@]*@#\1:***@#'; }
 # A path as the user can paste it: relative to the current directory when under it.
 rel() { case "$1" in "$PWD"/*) echo "${1#"$PWD"/}" ;; *) echo "$1" ;; esac; }
 
@@ -130,7 +132,9 @@ secrets() {
 cmd_secrets() {
   secrets
   local f mode
-  for f in "$RUN" "$RUN/cookie" "$RUN/token" "$RUN/env"; do
+  # With `up --postgres`, also the database URL and the PostgreSQL role's password.
+  for f in "$RUN" "$RUN/cookie" "$RUN/token" "$RUN/env" "$DATABASE_URL_FILE" "$RUN/pg-password"; do
+    [[ -e "$f" ]] || continue
     mode="$(stat -c %a "$f")"
     if [[ -d "$f" && "$mode" != 700 ]] || [[ -f "$f" && "$mode" != 600 ]]; then
       die "$f has mode $mode"
@@ -168,10 +172,14 @@ start_node() {
   echo "started $name (pid $!, $(http_url "$name"), log $(rel "$RUN/$name.log"))"
 }
 
+# The CLI with the API token in its environment (CUSTOMER_CLUSTER_TOKEN), never on its
+# command line, where every local user could read it in `ps` and /proc/PID/cmdline.
+cli() { CUSTOMER_CLUSTER_TOKEN="$(cat "$RUN/token")" "$BIN" "$@"; }
+
 # Number of members node $1 reports, or 0 if it does not answer.
 members_seen() {
   local out
-  out="$("$BIN" status --json --node "$(http_url "$1")" --token "$(cat "$RUN/token")" --timeout-ms 1000 2>/dev/null)" || { echo 0; return; }
+  out="$(cli status --json --node "$(http_url "$1")" --timeout-ms 1000 2>/dev/null)" || { echo 0; return; }
   printf '%s' "$out" | grep -o '"cluster_addr"' | wc -l | tr -d ' '
 }
 
@@ -198,7 +206,7 @@ wait_converged() {
 # leases_held at all predate shard leases (CC_NODE_BIN): nothing to wait for.
 leases_settled() {
   local out
-  out="$("$BIN" status --json --node "$(http_url "$1")" --token "$(cat "$RUN/token")" --timeout-ms 1000 2>/dev/null)" || return 1
+  out="$(cli status --json --node "$(http_url "$1")" --timeout-ms 1000 2>/dev/null)" || return 1
   [[ "$out" == *'"leases_held"'* ]] || return 0
   paste -d ' ' \
     <(printf '%s' "$out" | grep -o '"owned_share":[0-9.e-]*' | cut -d: -f2) \
@@ -225,13 +233,14 @@ cmd_up() {
   done
   # The local server listens on the host's loopback, which namespaced nodes cannot reach.
   [[ "$netns$postgres" != 11 ]] || die "--postgres and --netns cannot be combined (the server is on the host's 127.0.0.1)"
-  mkdir -p "$RUN"
+  (umask 077; mkdir -p "$RUN")
   rm -f "$DATABASE_URL_FILE"
   if [[ "$postgres" == 1 ]]; then
-    CC_RUN_DIR="$RUN" "$ROOT/scripts/pg.sh" up | tail -n 1 > "$DATABASE_URL_FILE.tmp"
+    # The URL holds the role's password: owner-only from its first byte.
+    (umask 077; CC_RUN_DIR="$RUN" "$ROOT/scripts/pg.sh" up | tail -n 1 > "$DATABASE_URL_FILE.tmp")
     chmod 600 "$DATABASE_URL_FILE.tmp"
     mv "$DATABASE_URL_FILE.tmp" "$DATABASE_URL_FILE"
-    echo "PostgreSQL: $(cat "$DATABASE_URL_FILE") (every node runs a database actor)"
+    echo "PostgreSQL: $(redact_url < "$DATABASE_URL_FILE") (URL with the password in $(rel "$DATABASE_URL_FILE"); every node runs a database actor)"
   fi
   if [[ "$netns" == 1 ]]; then
     netns_preflight
@@ -248,10 +257,10 @@ cmd_up() {
   wait_leases
   trap - EXIT
   echo
-  "$BIN" status --node "$(http_url n1)" --token "$(cat "$RUN/token")"
+  cli status --node "$(http_url n1)"
   echo
   echo "HTTP:  $(for ((i = 1; i <= n; i++)); do printf '%s ' "$(http_url "n$i")"; done)"
-  echo "Token: $(cat "$RUN/token")"
+  echo "Token: in $(rel "$RUN/token") (not printed: terminals are logged and shared)"
   echo "Use:   source $(rel "$RUN/env")   # sets CUSTOMER_CLUSTER_NODE and CUSTOMER_CLUSTER_TOKEN for the CLI"
 }
 
@@ -323,7 +332,7 @@ cmd_status() {
   fi
   [[ -n "$asked" ]] || { echo "no node is running"; return 0; }
   echo
-  "$BIN" status --node "$(http_url "$asked")" --token "$(cat "$RUN/token")"
+  cli status --node "$(http_url "$asked")"
 }
 
 cmd_restart() {

@@ -94,14 +94,16 @@ trap cleanup EXIT INT TERM
 # ---- helpers ---------------------------------------------------------------------------------
 
 url_of() { echo "http://127.0.0.1:$(eval echo "\$CC_HTTP_PORT_N${1#n}")"; }
-token() { cat "$DIR/token"; }
+# The token travels in files and environments only: curl reads the header docker.sh wrote
+# (-H @file), the workload reads CUSTOMER_CLUSTER_TOKEN.
+auth_header() { echo "$DIR/auth-header"; }
 
 # curl with the token: prints the status code; headers to $DIR/h, body to $DIR/b.
 api() {
   local method="$1" url="$2" body="${3:-}" args=()
   [[ -n "$body" ]] && args=(-H "Content-Type: application/json" --data "$body")
   curl -sS -m 10 -X "$method" -D "$DIR/h" -o "$DIR/b" -w '%{http_code}' \
-    -H "Authorization: Bearer $(token)" "${args[@]}" "$url"
+    -H @"$(auth_header)" "${args[@]}" "$url"
 }
 header() { grep -i "^$1:" "$DIR/h" | head -n 1 | cut -d: -f2- | tr -d ' \r'; }
 json_field() { grep -o "\"$1\":[^,}]*" "$DIR/b" | head -n 1 | cut -d: -f2- | tr -d '"'; }
@@ -119,7 +121,7 @@ wait_healthy_nodes() {
 
 members_seen() {
   local body
-  body="$(curl -fsS -m 2 -H "Authorization: Bearer $(token)" "$(url_of "$1")/v1/cluster" 2> /dev/null)" \
+  body="$(curl -fsS -m 2 -H @"$(auth_header)" "$(url_of "$1")/v1/cluster" 2> /dev/null)" \
     || { echo 0; return 0; }
   grep -o '"cluster_addr"' <<< "$body" | wc -l | tr -d ' '
 }
@@ -195,6 +197,40 @@ check_advertise() {
   docker rm -f -v "$PROBE" > /dev/null
 }
 
+# compose.yaml's containment, as Docker applied it, on every running service of the project.
+check_containment() {
+  local name id settings
+  for name in "$@"; do
+    id="$(node_cid "$name")"
+    settings="$(docker inspect -f '{{.HostConfig.ReadonlyRootfs}} {{.HostConfig.CapDrop}} {{.HostConfig.SecurityOpt}} {{.HostConfig.Memory}} {{.HostConfig.PidsLimit}}' "$id")"
+    [[ "$settings" =~ ^true\ \[ALL\]\ \[no-new-privileges(:true)?\]\ [1-9][0-9]*\ [1-9][0-9]*$ ]] \
+      || fail "$name runs without compose.yaml's containment (read-only, cap_drop ALL, no-new-privileges, mem and pids limits): $settings"
+    # As root, who owns /etc: only the read-only mount stops it.
+    ! docker exec -u 0 "$id" touch /etc/cc-probe 2> /dev/null || fail "$name's root file system is writable"
+  done
+  say "containment: $* read-only, no capabilities, no-new-privileges, memory and pids limits"
+}
+
+# The nodes' PostgreSQL role (docker/postgres/entrypoint): no login without its password, no
+# network login as the superuser, no superuser rights; and the password is in no container's
+# environment (docker inspect shows environments to anyone with the docker socket).
+check_postgres_roles() {
+  local pg name answer
+  pg="$(node_cid postgres)"
+  ! docker exec "$pg" psql -w -h 127.0.0.1 -U customer_cluster -d customers -Atc 'select 1' > /dev/null 2>&1 \
+    || fail "PostgreSQL lets customer_cluster in without a password"
+  ! docker exec "$pg" psql -w -h 127.0.0.1 -U postgres -d postgres -Atc 'select 1' > /dev/null 2>&1 \
+    || fail "PostgreSQL lets the superuser in over the network"
+  answer="$(docker exec "$pg" bash -c 'PGPASSWORD="$(cat /run/secrets/pg_password)" psql -w -h 127.0.0.1 -U customer_cluster -d customers -Atc "select rolsuper from pg_roles where rolname = current_user"')" \
+    || fail "the nodes' role cannot log in with its password"
+  [[ "$answer" == f ]] || fail "the nodes' role customer_cluster is a superuser"
+  for name in n1 n2 n3 postgres; do
+    ! docker inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$(node_cid "$name")" | grep -qF "$(cat "$DIR/pg_password")" \
+      || fail "the PostgreSQL password is in $name's environment"
+  done
+  say "postgres roles: the nodes' customer_cluster is no superuser and needs its password; no network login as postgres; the password is in no environment"
+}
+
 check_graceful_stop() {
   local id
   "$DOCKER_SH" stop n3 > /dev/null
@@ -225,7 +261,7 @@ scenario() {
   local name="$1" what="$2" fault="$3" fault_ev="$4" heal="$5" heal_ev="$6"
   local events="$DIR/$name.events" out="$DIR/$name.out" err="$DIR/$name.err" t0 t_fault rc=0 rejoin
   : > "$events"
-  "$BIN" workload --nodes "$(url_of n1),$(url_of n2),$(url_of n3)" --token "$(token)" \
+  CUSTOMER_CLUSTER_TOKEN="$(cat "$DIR/token")" "$BIN" workload --nodes "$(url_of n1),$(url_of n2),$(url_of n3)" \
     --customers "$CUSTOMERS" --concurrency "$CONCURRENCY" --duration-s $((PHASE_S * 3)) \
     --events "$events" --out "$DIR/$name.json" > "$out" 2> "$err" &
   WORKLOAD_PID=$!
@@ -293,6 +329,7 @@ t=$SECONDS
 say "up: every node sees 3 members after $((SECONDS - t)) s"
 wait_healthy_nodes
 say "HEALTHCHECK: n1, n2, n3 healthy"
+check_containment n1 n2 n3
 check_crud "sqlite"
 check_advertise
 check_graceful_stop
@@ -325,6 +362,8 @@ if grep -q -- '--database-url' <<< "$node_help"; then
   "$DOCKER_SH" up --postgres > "$DIR/up-postgres.out" || { cat "$DIR/up-postgres.out"; fail "up --postgres failed"; }
   say "up --postgres: every node sees 3 members after $((SECONDS - t)) s"
   wait_healthy_nodes
+  check_containment n1 n2 n3 postgres
+  check_postgres_roles
   check_crud "postgres"
   scenario pg-kill "postgres profile: docker kill n2, docker start n2 after ${PHASE_S} s" \
     "'$DOCKER_SH' kill n2" "kill n2" "'$DOCKER_SH' start n2" "restart n2"

@@ -21,8 +21,9 @@
 #   scripts/docker.sh isolate NODE     cut NODE from every other node
 #   scripts/docker.sh heal             remove every cut
 #   scripts/docker.sh logs NODE [-f]   print (or follow) a node's log
-#   scripts/docker.sh secrets [--postgres]  write the cookie, API token and PostgreSQL password
-#                                      files, and each node's storage settings (storage-nK.env)
+#   scripts/docker.sh secrets [--postgres]  write the cookie, API token, PostgreSQL password and
+#                                      database URL files, and each node's storage settings
+#                                      (storage-nK.env)
 #
 # Partitions are real: a throwaway "nemesis" container (in the host's PID namespace, with
 # SYS_ADMIN, SYS_PTRACE and NET_ADMIN) enters each node's network namespace with nsenter and
@@ -34,7 +35,8 @@
 #
 # NODE is n2 or 2. State lives in $CC_DOCKER_DIR (default ./run/docker, mode 0700): the secret
 # files compose mounts, the cut list, the storage mode of the running cluster, an env file to
-# `source` for the CLI.
+# `source` for the CLI, and auth-header (0600), the token as a header curl reads with
+# `-H @file`. No secret is ever put on a command line or printed.
 #
 # Environment: CC_DOCKER_DIR, CC_PROJECT (compose project, default customer-cluster), CC_IMAGE
 # (customer-cluster:local), CC_BASE_IMAGE (debian:bookworm-slim), CC_NEMESIS_IMAGE,
@@ -223,16 +225,23 @@ cmd_secrets() {
   mkdir -p "$STATE"
   chmod 0700 "$STATE"
   # Mounted into containers whose processes run as other users: readable by all, inside a
-  # directory only its owner can enter.
+  # directory only its owner can enter. Written under umask 077 all the same, so no file is
+  # readable by others before the directory is closed.
   for f in cookie token pg_password; do
-    [[ -s "$STATE/$f" ]] || od -An -N24 -tx1 /dev/urandom | tr -d ' \n' > "$STATE/$f"
+    [[ -s "$STATE/$f" ]] || (umask 077; od -An -N24 -tx1 /dev/urandom | tr -d ' \n' > "$STATE/$f")
     chmod 0644 "$STATE/$f"
   done
+  # The nodes' URL: a secret file, read through CUSTOMER_CLUSTER_DATABASE_URL_FILE (written in
+  # either mode: compose mounts every secret it names).
+  (umask 077; echo "postgres://customer_cluster:$(cat "$STATE/pg_password")@postgres:5432/customers" > "$STATE/database_url")
+  chmod 0644 "$STATE/database_url"
+  # curl reads this with -H @file: the token stays off curl's command line.
+  (umask 077; echo "Authorization: Bearer $(cat "$STATE/token")" > "$STATE/auth-header")
   for name in "${NODES[@]}"; do
     (
       umask 077
       if [[ "$mode" == postgres ]]; then
-        echo "CUSTOMER_CLUSTER_DATABASE_URL=postgres://customer_cluster:$(cat "$STATE/pg_password")@postgres:5432/customers"
+        echo "CUSTOMER_CLUSTER_DATABASE_URL_FILE=/run/secrets/database_url"
       elif [[ "$name" == n1 ]]; then
         echo "CUSTOMER_CLUSTER_DB_PATH=customers.db"
       fi > "$STATE/storage-$name.env"
@@ -242,17 +251,20 @@ cmd_secrets() {
 }
 
 write_env() {
-  {
-    echo "export CUSTOMER_CLUSTER_NODE=$(http_url n1)"
-    echo "export CUSTOMER_CLUSTER_TOKEN=$(cat "$STATE/token")"
-  } > "$STATE/env"
+  (
+    umask 077
+    {
+      echo "export CUSTOMER_CLUSTER_NODE=$(http_url n1)"
+      echo "export CUSTOMER_CLUSTER_TOKEN=$(cat "$STATE/token")"
+    } > "$STATE/env"
+  )
 }
 
 # Members node $1 reports on its published port, or 0 when it does not answer.
 members_seen() {
   local url out
   url="$(http_url "$1")" || { echo 0; return 0; }
-  out="$(curl -fsS -m 2 -H "Authorization: Bearer $(cat "$STATE/token")" "$url/v1/cluster" 2> /dev/null)" \
+  out="$(curl -fsS -m 2 -H @"$STATE/auth-header" "$url/v1/cluster" 2> /dev/null)" \
     || { echo 0; return 0; }
   printf '%s' "$out" | grep -o '"cluster_addr"' | wc -l | tr -d ' '
 }
@@ -280,12 +292,13 @@ wait_healthy() {
   done
 }
 
-# Whether the node image's binary has the PostgreSQL engine (--database-url).
+# Whether the node image's binary has the PostgreSQL engine (--database-url) and takes the
+# opt-in compose gives it for a server on the private network (--database-allow-plaintext).
 image_has_postgres() {
   local help
   # Read it whole first: with pipefail, `grep -q` leaving early would fail the pipeline.
   help="$(docker run --rm "$IMAGE" node --help 2> /dev/null || true)"
-  grep -q -- '--database-url' <<< "$help"
+  grep -q -- '--database-url' <<< "$help" && grep -q -- '--database-allow-plaintext' <<< "$help"
 }
 
 cmd_up() {
@@ -305,7 +318,7 @@ cmd_up() {
   image_exists "$NEMESIS_IMAGE" || build_nemesis_image
   : > "$CUTS"
   if [[ "$mode" == postgres ]]; then
-    image_has_postgres || die "the customer-cluster in $IMAGE has no --database-url (the PostgreSQL engine has not landed in this build)"
+    image_has_postgres || die "the customer-cluster in $IMAGE lacks --database-url or --database-allow-plaintext (an older build: 'scripts/docker.sh build')"
     image_exists "$POSTGRES_IMAGE" || { cmd_base; build_postgres_image; }
     COMPOSE_PROFILES=postgres compose up -d --no-build postgres
     echo "waiting for PostgreSQL..."
@@ -319,13 +332,13 @@ cmd_up() {
   node_status n1
   echo
   echo "HTTP:  $(for n in "${NODES[@]}"; do printf '%s ' "$(http_url "$n")"; done)"
-  echo "Token: $(cat "$STATE/token")"
+  echo "Token: in ${STATE#"$PWD"/}/token (not printed: terminals are logged and shared)"
   echo "Use:   source ${STATE#"$PWD"/}/env   # sets CUSTOMER_CLUSTER_NODE and CUSTOMER_CLUSTER_TOKEN for the CLI"
 }
 
 cmd_down() {
   # compose reads every file compose.yaml names, even to remove things.
-  [[ -f "$STATE/storage-n1.env" ]] || cmd_secrets
+  [[ -f "$STATE/storage-n1.env" && -f "$STATE/database_url" ]] || cmd_secrets
   # Every profile, so the PostgreSQL container and its volume go too.
   COMPOSE_PROFILES=postgres compose down -v --remove-orphans 2>&1 | grep -v "^$" || true
   rm -f "$CUTS" "$STATE/env"

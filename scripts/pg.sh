@@ -2,8 +2,8 @@
 # A throwaway local PostgreSQL for development, tests and `cluster.sh up --postgres`.
 #
 #   scripts/pg.sh up       initdb (first time) into $CC_RUN_DIR/pg (default ./run/pg) and start it
-#                          on its own free port and socket directory; prints the URL
-#   scripts/pg.sh url      prints the URL (postgres://…) of the running server
+#                          on its own free port and socket directory; prints the URL last
+#   scripts/pg.sh url      prints the URL (postgres://cc:<password>@…) of the running server
 #   scripts/pg.sh status   says whether it runs, where, and on which port
 #   scripts/pg.sh down     stops it (the data directory stays; `up` starts it again)
 #   scripts/pg.sh destroy  stops it and deletes its data directory
@@ -11,6 +11,14 @@
 # Uses the server binaries already on the machine (/usr/lib/postgresql/*/bin, `pg_config
 # --bindir`, PATH); touches no system service. Run as root, it runs the server as the
 # `postgres` user (initdb refuses root). Nothing here listens beyond 127.0.0.1.
+#
+# Who can get in: the application role `cc` owns the database `customers` and may create
+# databases (the tests make one each), but is no superuser, so it cannot run programs on the
+# host (`COPY … TO PROGRAM`) or read its files. It logs in over TCP with a SCRAM password that
+# `up` generates once into $CC_RUN_DIR/pg-password (0600) and puts in the URL; keep that URL
+# in files and environments, off command lines. The superuser `postgres` logs in only over the
+# Unix socket, only as the OS user running the server (peer), and the socket's directory is
+# 0700: other local users can neither use it nor log in over TCP without the password.
 set -euo pipefail
 
 RUN_DIR="${CC_RUN_DIR:-$(pwd)/run}"
@@ -27,6 +35,7 @@ DATA="$PG_DIR/data"
 SOCK="$PG_DIR/sock"
 PORT_FILE="$PG_DIR/port"
 LOG="$PG_DIR/server.log"
+PASSWORD_FILE="$RUN_DIR/pg-password"
 DB_NAME="customers"
 DB_USER="cc"
 
@@ -69,34 +78,77 @@ free_port() {
 
 port() { cat "$PORT_FILE" 2>/dev/null || true; }
 
-url() { echo "postgres://$DB_USER@127.0.0.1:$(port)/$DB_NAME"; }
+# The role's password: hex, so it needs no escaping in the URL or in SQL.
+password() { cat "$PASSWORD_FILE"; }
+
+url() { echo "postgres://$DB_USER:$(password)@127.0.0.1:$(port)/$DB_NAME"; }
+
+# The OS user the server runs as: the only one the superuser's peer login maps.
+server_os_user() { if [[ "$(id -u)" == 0 ]]; then echo postgres; else id -un; fi; }
+
+# Access rules, rewritten on every start so a data directory made by an older version of this
+# script (which trusted every local connection) is closed too. First match wins.
+write_access_rules() {
+  as_owner tee "$DATA/pg_hba.conf" >/dev/null <<HBA
+# Written by scripts/pg.sh on every start.
+# The superuser: Unix socket only, and only as the OS user that runs the server.
+local all postgres          peer map=server_owner
+host  all postgres 0.0.0.0/0 reject
+host  all postgres ::/0      reject
+# Everyone else: a SCRAM password (the socket directory is 0700 besides).
+local all all               scram-sha-256
+host  all all 127.0.0.1/32  scram-sha-256
+host  all all ::1/128       scram-sha-256
+HBA
+  printf '# Written by scripts/pg.sh: the OS user running the server is the superuser.\nserver_owner %s postgres\n' \
+    "$(server_os_user)" | as_owner tee "$DATA/pg_ident.conf" >/dev/null
+}
 
 running() { [[ -f "$DATA/postmaster.pid" ]] && as_owner "$BIN/pg_ctl" -D "$DATA" status >/dev/null 2>&1; }
 
 cmd_up() {
-  mkdir -p "$PG_DIR" "$SOCK"
+  (umask 077; mkdir -p "$PG_DIR" "$SOCK")
+  chmod 700 "$PG_DIR" "$SOCK"
   if [[ "$(id -u)" == 0 ]]; then
     chown postgres "$PG_DIR" "$SOCK"
   fi
+  if [[ ! -s "$PASSWORD_FILE" ]]; then
+    (umask 077; od -An -N24 -tx1 /dev/urandom | tr -d ' \n' > "$PASSWORD_FILE")
+  fi
+  chmod 600 "$PASSWORD_FILE"
   if running; then
     echo "already running on port $(port)"
     url
     return
   fi
   if [[ ! -f "$DATA/PG_VERSION" ]]; then
-    as_owner "$BIN/initdb" -D "$DATA" -U postgres --auth=trust -E UTF8 --locale=C >"$PG_DIR/initdb.log" 2>&1 \
-      || die "initdb failed; see $PG_DIR/initdb.log"
+    # initdb wants a superuser password with a password method; nobody needs it (the superuser
+    # logs in by peer only), so it is random and thrown away.
+    local pwfile
+    pwfile="$(mktemp "$PG_DIR/initdb-pw.XXXXXX")"
+    od -An -N24 -tx1 /dev/urandom | tr -d ' \n' > "$pwfile"
+    if [[ "$(id -u)" == 0 ]]; then chown postgres "$pwfile"; fi
+    as_owner "$BIN/initdb" -D "$DATA" -U postgres --pwfile="$pwfile" \
+      --auth-local=peer --auth-host=scram-sha-256 -E UTF8 --locale=C >"$PG_DIR/initdb.log" 2>&1 \
+      || { rm -f "$pwfile"; die "initdb failed; see $PG_DIR/initdb.log"; }
+    rm -f "$pwfile"
   fi
+  write_access_rules
   [[ -s "$PORT_FILE" ]] || free_port >"$PORT_FILE"
   # fsync stays on: the store's "acknowledged = durable" claim is tested against this server.
   as_owner "$BIN/pg_ctl" -D "$DATA" -l "$LOG" -w -t 30 -o \
-    "-p $(port) -k $SOCK -c listen_addresses=127.0.0.1 -c max_connections=200" start >/dev/null \
+    "-p $(port) -k $SOCK -c listen_addresses=127.0.0.1 -c max_connections=200 -c unix_socket_permissions=0700 -c password_encryption=scram-sha-256" \
+    start >/dev/null \
     || die "the server did not start; see $LOG"
+  # On stdin, never on a command line. ALTER on every start: a role made by an older version of
+  # this script was a superuser without a password.
   as_owner "$BIN/psql" -h "$SOCK" -p "$(port)" -U postgres -d postgres -v ON_ERROR_STOP=1 -qAt >/dev/null <<SQL
-SELECT 'CREATE ROLE $DB_USER LOGIN SUPERUSER' WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$DB_USER')
+SELECT 'CREATE ROLE $DB_USER' WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$DB_USER')
 \gexec
+ALTER ROLE $DB_USER WITH LOGIN NOSUPERUSER CREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD '$(password)';
 SELECT 'CREATE DATABASE $DB_NAME OWNER $DB_USER' WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = '$DB_NAME')
 \gexec
+ALTER DATABASE $DB_NAME OWNER TO $DB_USER;
 SQL
   as_owner "$BIN/postgres" --version | sed 's/^/started /' >&2
   url
@@ -126,6 +178,6 @@ case "${1:-}" in
   down) cmd_down ;;
   url) running || die "not running: scripts/pg.sh up"; url ;;
   status) cmd_status ;;
-  destroy) cmd_down; rm -rf "$PG_DIR"; echo "removed $PG_DIR" ;;
+  destroy) cmd_down; rm -rf "$PG_DIR"; rm -f "$PASSWORD_FILE"; echo "removed $PG_DIR" ;;
   *) echo "usage: $0 up|down|url|status|destroy" >&2; exit 2 ;;
 esac

@@ -96,6 +96,18 @@ pub struct ConfigLayer {
     #[arg(long, env = "CUSTOMER_CLUSTER_DATABASE_URL_FILE")]
     pub database_url_file: Option<PathBuf>,
 
+    /// Allow a PostgreSQL server on a non-loopback host. The node speaks to PostgreSQL without
+    /// TLS, so queries, personal data and (without SCRAM) the password cross the network in
+    /// cleartext: give this only on a private network (such as a compose network) or through a
+    /// TLS-terminating proxy on loopback [default: false, refused at start-up].
+    #[arg(
+        long,
+        env = "CUSTOMER_CLUSTER_DATABASE_ALLOW_PLAINTEXT",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
+    pub database_allow_plaintext: Option<bool>,
+
     /// Most PostgreSQL connections this node opens [default: 8].
     #[arg(long, env = "CUSTOMER_CLUSTER_DB_POOL_SIZE")]
     pub db_pool_size: Option<usize>,
@@ -287,6 +299,7 @@ impl ConfigLayer {
             db_path,
             database_url,
             database_url_file,
+            database_allow_plaintext,
             db_pool_size,
             data_dir,
             api_token,
@@ -575,6 +588,12 @@ impl Config {
         let api_tokens = load_tokens(layer.api_token, layer.api_token_file.as_deref())?;
         let database_url =
             load_database_url(layer.database_url, layer.database_url_file.as_deref())?;
+        if let Some(url) = &database_url {
+            check_database_transport(
+                url.expose(),
+                layer.database_allow_plaintext.unwrap_or(false),
+            )?;
+        }
         if database_url.is_some() && layer.db_path.is_some() {
             return Err(invalid(
                 "--db-path (SQLite on this node) and --database-url (PostgreSQL shared by every node) exclude each other: give one".into(),
@@ -923,6 +942,53 @@ fn load_database_url(inline: Option<String>, file: Option<&Path>) -> Result<Opti
         )));
     }
     Ok(Some(Secret::new(url)))
+}
+
+/// Refuses a PostgreSQL URL that would carry data in cleartext across a network: the node has
+/// no TLS to PostgreSQL, so only a loopback host or a Unix socket keeps queries, personal data
+/// and the password on this machine, unless `allow_plaintext` (`--database-allow-plaintext`)
+/// says the network in between is private. With several hosts every one must qualify; a
+/// `hostaddr` is where the connection goes, so it is checked instead of its host name.
+fn check_database_transport(url: &str, allow_plaintext: bool) -> Result<()> {
+    use tokio_postgres::config::Host;
+    if allow_plaintext {
+        return Ok(());
+    }
+    let parsed: tokio_postgres::Config = url.parse().map_err(|e| {
+        Error::InvalidInput(format!("invalid database URL {}: {e}", redact_url(url)))
+    })?;
+    let addrs = parsed.get_hostaddrs();
+    let remote =
+        parsed
+            .get_hosts()
+            .iter()
+            .enumerate()
+            .find_map(|(i, host)| match (addrs.get(i), host) {
+                (Some(ip), _) if ip.is_loopback() => None,
+                (Some(ip), _) => Some(ip.to_string()),
+                (None, Host::Unix(_)) => None,
+                (None, Host::Tcp(name)) if is_loopback_name(name) => None,
+                (None, Host::Tcp(name)) => Some(name.clone()),
+            });
+    match remote {
+        None => Ok(()),
+        Some(host) => Err(Error::InvalidInput(format!(
+            "the database URL names host {host}, which is not loopback, and the node speaks to PostgreSQL without TLS: \
+             queries, personal data and the password would cross the network in cleartext. Use 127.0.0.1 or a Unix socket \
+             (a TLS-terminating proxy on loopback), or, on a private network only, pass --database-allow-plaintext \
+             (CUSTOMER_CLUSTER_DATABASE_ALLOW_PLAINTEXT=true)"
+        ))),
+    }
+}
+
+/// `localhost`, or an IP literal (IPv6 with or without brackets) in a loopback range.
+fn is_loopback_name(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn load_tokens(inline: Option<Vec<String>>, file: Option<&Path>) -> Result<Vec<Secret>> {
@@ -1309,14 +1375,83 @@ mod tests {
     fn the_database_url_can_come_from_a_file() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("db-url");
-        std::fs::write(&file, "postgresql://cc@db/customers\n").unwrap();
+        std::fs::write(&file, "postgresql://cc:pw@127.0.0.1/customers\n").unwrap();
         let mut l = minimal();
-        l.database_url_file = Some(file);
+        l.database_url_file = Some(file.clone());
         let c = Config::resolve(l).unwrap();
         assert_eq!(
             c.database_url.as_ref().map(Secret::expose),
-            Some("postgresql://cc@db/customers")
+            Some("postgresql://cc:pw@127.0.0.1/customers")
         );
+        // The file variant is held to the same transport rule as the inline one.
+        std::fs::write(&file, "postgresql://cc:pw@db/customers\n").unwrap();
+        let mut l = minimal();
+        l.database_url_file = Some(file);
+        let err = Config::resolve(l.clone()).unwrap_err().to_string();
+        assert!(
+            err.contains("--database-allow-plaintext") && !err.contains("pw"),
+            "{err}"
+        );
+        l.database_allow_plaintext = Some(true);
+        assert!(Config::resolve(l).unwrap().hosts_database());
+    }
+
+    #[test]
+    fn a_database_host_off_loopback_is_refused_unless_plaintext_is_allowed() {
+        let resolve = |url: &str, allow: Option<bool>| {
+            let mut l = minimal();
+            l.database_url = Some(url.into());
+            l.database_allow_plaintext = allow;
+            Config::resolve(l)
+        };
+        for local in [
+            "postgres://cc:pw@127.0.0.1:5432/customers",
+            "postgres://cc:pw@127.0.0.2/customers",
+            "postgres://cc:pw@localhost/customers",
+            "postgres://cc:pw@[::1]:5432/customers",
+            "postgres://cc:pw@%2Fvar%2Frun%2Fpostgresql/customers",
+            "postgres://cc:pw@db.internal/customers?hostaddr=127.0.0.1",
+        ] {
+            assert!(resolve(local, None).is_ok(), "{local} was refused");
+        }
+        for remote in [
+            "postgres://cc:pw@db.internal:5432/customers",
+            "postgres://cc:pw@10.0.0.5/customers",
+            "postgres://cc:pw@127.0.0.1,db.internal/customers",
+            "postgres://cc:pw@localhost/customers?hostaddr=10.0.0.5",
+        ] {
+            match resolve(remote, None) {
+                Err(Error::InvalidInput(m)) => {
+                    assert!(m.contains("--database-allow-plaintext"), "{remote}: {m}");
+                    assert!(
+                        m.contains("not loopback") && !m.contains("pw@"),
+                        "{remote}: {m}"
+                    );
+                }
+                other => panic!("{remote} was accepted: {other:?}"),
+            }
+            assert!(resolve(remote, Some(false)).is_err(), "{remote}");
+            assert!(
+                resolve(remote, Some(true)).is_ok(),
+                "{remote} with the opt-in"
+            );
+        }
+    }
+
+    #[test]
+    fn database_allow_plaintext_is_a_bare_flag_and_an_env_value() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            layer: ConfigLayer,
+        }
+        let bare = Cli::try_parse_from(["node", "--database-allow-plaintext"]).unwrap();
+        assert_eq!(bare.layer.database_allow_plaintext, Some(true));
+        let valued = Cli::try_parse_from(["node", "--database-allow-plaintext=false"]).unwrap();
+        assert_eq!(valued.layer.database_allow_plaintext, Some(false));
+        let file: ConfigLayer = toml::from_str("database_allow_plaintext = true").unwrap();
+        assert_eq!(file.database_allow_plaintext, Some(true));
     }
 
     #[test]

@@ -202,3 +202,77 @@ fn a_stopped_server_answers_unavailable_in_time_and_service_resumes_after_restar
     assert_eq!(ping(&engine), Ok(()), "a ping after the restart");
     engine.shutdown();
 }
+
+/// Connects with `url` and returns the server's answer to `sql` (first column of the first
+/// row, as text), or the connection or query error as text.
+fn query_one(url: &str, sql: &str) -> Result<String, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(async {
+            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .map_err(|e| format!("connect: {e:?}"))?;
+            let task = tokio::spawn(connection);
+            let answer = client
+                .query_one(sql, &[])
+                .await
+                .map(|row| row.get::<_, String>(0))
+                .map_err(|e| format!("query: {e:?}"));
+            drop(client);
+            let _ = task.await;
+            answer
+        })
+}
+
+#[test]
+fn pg_sh_gives_a_password_protected_role_that_is_no_superuser() {
+    if !wanted("pg_sh_gives_a_password_protected_role_that_is_no_superuser") {
+        return;
+    }
+    let (server, url) = PrivateServer::start();
+    let (userinfo, host) = url
+        .strip_prefix("postgres://")
+        .and_then(|rest| rest.split_once('@'))
+        .expect("pg.sh prints postgres://user:password@host…");
+    let (user, password) = userinfo.split_once(':').expect("the URL has a password");
+    assert_eq!(user, "cc");
+    assert!(password.len() >= 32, "a generated password: {password}");
+
+    let password_file = server.run_dir.path().join("pg-password");
+    let mode = std::fs::metadata(&password_file)
+        .expect("pg.sh keeps the password in run/pg-password")
+        .permissions();
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(mode.mode() & 0o777, 0o600, "pg-password is owner-only");
+
+    assert_eq!(
+        query_one(
+            &url,
+            "SELECT rolsuper::text || ',' || rolcreatedb::text FROM pg_roles WHERE rolname = current_user"
+        ),
+        Ok("false,true".into()),
+        "cc may create the tests' databases but is no superuser"
+    );
+    let program = query_one(&url, "COPY (SELECT 1) TO PROGRAM 'true'");
+    assert!(
+        program.as_ref().is_err_and(|e| e.contains("superuser")),
+        "cc must not run programs on the host: {program:?}"
+    );
+
+    // Without the password, with a wrong one, and as the superuser over TCP: refused.
+    let without = format!("postgres://cc@{host}");
+    let wrong = format!("postgres://cc:{}@{host}", "0".repeat(password.len()));
+    let superuser = format!("postgres://postgres@{host}");
+    let superuser_guess = format!("postgres://postgres:postgres@{host}");
+    for refused in [&without, &wrong, &superuser, &superuser_guess] {
+        let answer = query_one(refused, "SELECT current_user::text");
+        assert!(answer.is_err(), "{refused} was let in: {answer:?}");
+    }
+    let wrong_answer = query_one(&wrong, "SELECT 1::text").unwrap_err();
+    assert!(
+        wrong_answer.contains("28P01") || wrong_answer.contains("password authentication failed"),
+        "a wrong password is refused by the server: {wrong_answer}"
+    );
+}

@@ -8,6 +8,7 @@
 //!  SQLite:      h1 n1 (--db-path) ── h2 n2 ── h3 n3          the database is node n1
 //!  PostgreSQL:  h1 n1 ── h2 n2 ── h3 n3 ── h4 relay ─▶ 127.0.0.1 server (test process)
 //!               every node: --database-url postgres://…@10.213.X.4:5432/cc_test_<random>
+//!                           --database-allow-plaintext (a private bridge, not loopback)
 //! ```
 //!
 //! **PostgreSQL in the lab.** The server listens on the test host's 127.0.0.1, which no lab
@@ -173,7 +174,8 @@ impl LabCluster {
                 let pg = PgLab::start(&lab).await?;
                 let dir = tempfile::tempdir().expect("tempdir");
                 let url = pg.node_url.clone();
-                let storage = ["--database-url", url.as_str()];
+                // The lab's server is on its own private bridge (10.213.X.4), not loopback.
+                let storage = ["--database-url", url.as_str(), "--database-allow-plaintext"];
                 Some(Self::launch(lab, dir, engine, Some(pg), &storage, extra).await)
             }
         }
