@@ -72,7 +72,7 @@ rel() { case "$1" in "$PWD"/*) echo "${1#"$PWD"/}" ;; *) echo "$1" ;; esac; }
 wait_members() {
   local want="$2" deadline=$((SECONDS + 60)) got
   while (( SECONDS < deadline )); do
-    got="$("$BIN" status --json --node "$(url "$1")" --timeout-ms 500 2>/dev/null | grep -o '"cluster_addr"' | wc -l | tr -d ' ')" || got=0
+    got="$(CUSTOMER_CLUSTER_INSECURE_HTTP=true "$BIN" status --json --node "$(url "$1")" --timeout-ms 500 2>/dev/null | grep -o '"cluster_addr"' | wc -l | tr -d ' ')" || got=0
     [[ "$got" == "$want" ]] && return 0
     sleep 0.2
   done
