@@ -1,6 +1,6 @@
 //! Peer admission: the pure rule that turns a finished `Hello` exchange into a decision.
 //!
-//! Membership greets every remote Registry that appears in `customer-registry.v3` and hands
+//! Membership greets every remote Registry that appears in `customer-registry.v5` and hands
 //! the outcome here, together with what it already knows: the node name the Registry is
 //! registered under, whether its session is still open, and the incarnation of the member of
 //! that name it already has, if any. The rules, in the order they apply:

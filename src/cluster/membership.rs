@@ -1,7 +1,7 @@
 //! Membership: who is alive, and the placement view everyone reads.
 //!
 //! Inputs, all funnelled into one actor so the member set changes in one place:
-//! * process-group events of `customer-registry.v3`: a remote Registry appearing is a
+//! * process-group events of `customer-registry.v5`: a remote Registry appearing is a
 //!   candidate member; it becomes a member after a `Hello` exchange with a matching protocol
 //!   version; its leaving (session closed) removes it at once;
 //! * session events from the NodeServer (ready / disconnected), used to keep the full mesh:
@@ -145,6 +145,9 @@ pub enum MembershipMsg {
         /// Whether it answered in time.
         ok: bool,
     },
+    /// A peer listed the addresses of its sessions (checked `host:port`): dial them, through
+    /// the gate, as ractor_cluster's transitive mode would have without it.
+    Discovered(Vec<String>),
     /// A dial finished (TCP level).
     Dialed {
         /// Address dialed.
@@ -264,6 +267,10 @@ impl Actor for Membership {
             mesh.subscribe("membership", move |event| {
                 let _ = me.cast(MembershipMsg::Session(event));
             });
+            let me = myself.clone();
+            mesh.on_discovered(move |addrs| {
+                let _ = me.cast(MembershipMsg::Discovered(addrs));
+            });
             // Sessions that were ready before we subscribed (after a restart of this actor).
             sessions = mesh.ready_sessions().await;
         }
@@ -341,6 +348,14 @@ impl Actor for Membership {
                     state.detector.ack(&peer, Instant::now());
                 } else {
                     state.detector.failed(&peer);
+                }
+            }
+            MembershipMsg::Discovered(addrs) => {
+                let now = Instant::now();
+                for addr in addrs {
+                    if addr != state.args.info.cluster_addr {
+                        state.dials.want(&addr, now);
+                    }
                 }
             }
             MembershipMsg::Dialed { addr, ok, error } => {
