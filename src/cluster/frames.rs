@@ -36,7 +36,7 @@ use std::collections::{HashMap, HashSet};
 
 use prost::Message;
 
-use super::protocol::{OwnRowRequest, TakeoverRequest, node_of};
+use super::protocol::{NodeInfo, OwnRowRequest, TakeoverRequest, node_of};
 use crate::codec::{MAX_FRAME_BYTES, decode};
 use crate::config::is_valid_node_name;
 use crate::error::Result;
@@ -228,18 +228,20 @@ struct Tally<'a> {
 }
 
 /// Judges one frame's payload: `Ok(true)` to pass it on, `Ok(false)` to drop it.
-fn judge(node: &str, payload: &[u8], tally: &mut Tally<'_>) -> std::result::Result<bool, Violation> {
+fn judge(
+    node: &str,
+    payload: &[u8],
+    tally: &mut Tally<'_>,
+) -> std::result::Result<bool, Violation> {
     match envelope(payload) {
         Some(Envelope::Control(control)) => judge_control(node, control, tally),
-        Some(Envelope::Call { variant, what }) => {
-            match lease_caller(variant, what) {
-                Some(caller) if caller != node => Err(Violation::LeaseForOther {
-                    variant: variant.to_owned(),
-                    node: caller,
-                }),
-                _ => Ok(true),
-            }
-        }
+        Some(Envelope::Call { variant, what }) => match lease_caller(variant, what) {
+            Some(caller) if caller != node => Err(Violation::LeaseForOther {
+                variant: variant.to_owned(),
+                node: caller,
+            }),
+            _ => Ok(true),
+        },
         // Casts, replies, anything else: the transport's concern (undecodable frames end the
         // session there).
         None => Ok(true),
@@ -252,7 +254,8 @@ fn judge_control(
     tally: &mut Tally<'_>,
 ) -> std::result::Result<bool, Violation> {
     use wire::Ctl;
-    let msg = wire::ControlMessage::decode(bytes).map_err(|e| Violation::Undecodable(e.to_string()))?;
+    let msg =
+        wire::ControlMessage::decode(bytes).map_err(|e| Violation::Undecodable(e.to_string()))?;
     match msg.msg {
         Some(Ctl::Spawn(spawn)) => {
             for actor in &spawn.actors {
@@ -361,9 +364,9 @@ pub fn is_host_port(addr: &str) -> bool {
     host_ok && port.parse::<u16>().is_ok_and(|p| p != 0)
 }
 
-/// The node a Database lease call is made for, if `variant` is one (and its argument decodes
-/// to a value; a garbled or error argument changes nothing, the Database actor answers it with
-/// an error).
+/// The node a call speaks for, if `variant` is a Database lease operation or the Registry's
+/// `Hello` (and its argument decodes to a value; a garbled or error argument changes nothing,
+/// the actor answers it with an error). No other actor has variants of these names.
 pub fn lease_caller(variant: &str, what: &[u8]) -> Option<String> {
     fn arg<T: serde::de::DeserializeOwned>(what: &[u8]) -> Option<T> {
         decode::<Result<T>>(what).ok()?.ok()
@@ -375,6 +378,8 @@ pub fn lease_caller(variant: &str, what: &[u8]) -> Option<String> {
         "TakeoverOwnRow" => arg::<OwnRowRequest>(what)?.observed.node,
         "Grant" => arg::<(Holder, Vec<ShardId>)>(what)?.0.node,
         "Release" => arg::<(String, ShardId, u64)>(what)?.0,
+        // The Registry's greeting: what a peer says about itself (its database role too).
+        "Hello" => arg::<NodeInfo>(what)?.name,
         _ => return None,
     })
 }
@@ -548,7 +553,9 @@ mod wire {
 
 #[cfg(test)]
 mod tests {
-    use super::wire::{Actor, ControlMessage, Ctl, Group, NameMessage, NodeSessions, Spawn, Terminate};
+    use super::wire::{
+        Actor, ControlMessage, Ctl, Group, NameMessage, NodeSessions, Spawn, Terminate,
+    };
     use super::*;
     use crate::codec::encode;
 
@@ -628,7 +635,10 @@ mod tests {
     }
 
     /// Feeds `bytes` one byte at a time (frames split across reads are still frames).
-    fn feed_slowly(check: &mut FrameCheck, bytes: &[u8]) -> std::result::Result<Vec<u8>, Violation> {
+    fn feed_slowly(
+        check: &mut FrameCheck,
+        bytes: &[u8],
+    ) -> std::result::Result<Vec<u8>, Violation> {
         let mut out = Vec::new();
         for b in bytes {
             check.feed(&[*b], &mut out)?;
@@ -792,6 +802,15 @@ mod tests {
                 "{verdict:?}"
             );
         }
+        let mut hello = crate::cluster::admission::tests_support::info("n2");
+        let frame = call("Hello", hello.clone());
+        assert!(matches!(
+            FrameCheck::new("n3").feed(&frame, &mut Vec::new()),
+            Err(Violation::LeaseForOther { .. })
+        ));
+        hello.name = "n3".into();
+        let frame = call("Hello", hello);
+        FrameCheck::new("n3").feed(&frame, &mut Vec::new()).unwrap();
         // Other calls are not looked into.
         let other = call("GetCustomer", 5u64);
         let mut out = Vec::new();
@@ -827,7 +846,12 @@ mod tests {
 
     #[test]
     fn only_host_port_addresses_are_dialable() {
-        for ok in ["127.0.0.1:4701", "n1.example.com:1", "[::1]:4701", "node_2:65535"] {
+        for ok in [
+            "127.0.0.1:4701",
+            "n1.example.com:1",
+            "[::1]:4701",
+            "node_2:65535",
+        ] {
             assert!(is_host_port(ok), "{ok}");
         }
         for bad in [

@@ -41,6 +41,7 @@ use tokio::sync::watch;
 use super::admission::{Admission, Greeting, Refusal, admit, heard};
 use super::dbnode::{DbNode, DbRoleCell, Decision, Heard, SqliteRole, choose, exit_message, judge};
 use super::detector::{Detector, DialPlan, Verdict, own_lag, was_stalled};
+use super::frames::is_host_port;
 use super::heartbeat;
 use super::mesh::{Mesh, SessionEvent, SessionEventKind};
 use super::placement::{Member, Ring};
@@ -535,17 +536,24 @@ impl MembershipState {
             self.hear(myself, info);
         }
         let database = self.args.db_role.chosen();
-        let known_incarnation = result
+        let known = result
             .as_ref()
             .ok()
-            .and_then(|info| self.peers.get(&info.name))
-            .map(|p| p.info.incarnation);
+            .and_then(|info| self.peers.get(&info.name));
+        let known_incarnation = known.map(|p| p.info.incarnation);
+        // The member's route is another session that is still open: a newer incarnation
+        // waits for it to close (admission rule 6).
+        let known_live_elsewhere = known.is_some_and(|p| {
+            p.registry.get_id() != registry.get_id()
+                && p.registry.get_status() < ractor::ActorStatus::Stopping
+        });
         let decision = admit(Greeting {
             me: self.me(),
             claimed,
             answer: result,
             alive: registry.get_status() < ractor::ActorStatus::Stopping,
             known_incarnation,
+            known_live_elsewhere,
             database: database.as_ref(),
         });
         let now = Instant::now();
@@ -557,11 +565,11 @@ impl MembershipState {
                 announced,
                 registered,
             }) => {
-                tracing::error!(peer = %announced, ?registered, "refusing a peer that claims this node's name or another name; every node needs a unique --name");
+                tracing::error!(peer = ?announced, ?registered, "refusing a peer that claims this node's name or another name; every node needs a unique --name");
             }
             Admission::Refused(Refusal::RivalDatabase { peer, existing }) => {
                 tracing::warn!(
-                    %peer,
+                    ?peer,
                     database_node = %existing,
                     "refusing a peer that hosts a second SQLite database: {existing} is the cluster's database node; the peer exits once it hears so"
                 );
@@ -575,24 +583,34 @@ impl MembershipState {
                 }
             }
             Admission::Gone => {} // its session closed while we were greeting it
+            Admission::Waiting(info) => {
+                tracing::warn!(
+                    peer = ?info.name,
+                    "a newer process start of a member announced itself over another session; it is admitted once the member's own session has closed"
+                );
+            }
             Admission::Stale(info) => {
                 // A stale session of an older process start: keep its address dialed only.
                 self.dials.want(&info.cluster_addr, now);
             }
             Admission::SameProcess(info) => {
                 // The same process over another session (e.g. a duplicate-connection
-                // election): swap the route, the member set is unchanged.
+                // election): the member set is unchanged. The route moves only off a session
+                // that is closing; while the current one is open it stays (when it closes, the
+                // Registry's leave finds this one).
                 self.dials.want(&info.cluster_addr, now);
-                if let Some(existing) = self.peers.get_mut(&info.name) {
+                if let Some(existing) = self.peers.get_mut(&info.name)
+                    && existing.registry.get_status() >= ractor::ActorStatus::Stopping
+                {
                     existing.registry = registry.into();
                     existing.info = info;
+                    self.publish_routes();
                 }
-                self.publish_routes();
             }
             Admission::Admit { info, restarted } => {
                 self.dials.want(&info.cluster_addr, now);
                 let name = info.name.clone();
-                tracing::info!(peer = %name, addr = %info.cluster_addr, db = info.hosts_db, "member {}", if restarted { "restarted" } else { "joined" });
+                tracing::info!(peer = ?name, addr = ?info.cluster_addr, db = info.hosts_db, "member {}", if restarted { "restarted" } else { "joined" });
                 let (kind, cause) = if restarted {
                     (
                         EventKind::MemberRejoined,
@@ -653,7 +671,7 @@ impl MembershipState {
         self.peers.remove(&node);
         self.detector.remove(&node);
         self.forget_if_gone(myself, &node, cell);
-        tracing::info!(peer = %node, "member left");
+        tracing::info!(peer = ?node, "member left");
         self.args.events.emit(
             EventKind::MemberLeft,
             &node,
@@ -700,7 +718,7 @@ impl MembershipState {
             SessionEventKind::Ready => {
                 tracing::debug!(peer = ?event.peer_node(), addr = ?event.peer_addr, "session ready");
                 self.handshakes.succeeded(&event.socket_addr);
-                if let Some(addr) = &event.peer_addr {
+                if let Some(addr) = event.peer_addr.as_deref().filter(|a| is_host_port(a)) {
                     self.dials.want(addr, Instant::now());
                 }
                 let opened_at = self
@@ -795,6 +813,19 @@ impl MembershipState {
             }
         }
         self.close_stuck_handshakes(now);
+        let keep: HashSet<String> = self
+            .args
+            .seeds
+            .iter()
+            .cloned()
+            .chain(self.peers.values().map(|p| p.info.cluster_addr.clone()))
+            .collect();
+        for addr in self.dials.forget_stale(now, &keep) {
+            tracing::info!(
+                addr = ?addr,
+                "no longer dialling an address that has not been a member's for a while"
+            );
+        }
         self.redial(myself, now);
     }
 
