@@ -536,11 +536,12 @@ mod wire {
         pub scope: String,
     }
 
+    /// `auth.NameMessage` (field 2, the capability flags, is not read).
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct NameMessage {
         #[prost(string, tag = "1")]
         pub name: String,
-        #[prost(string, tag = "2")]
+        #[prost(string, tag = "3")]
         pub connection_string: String,
     }
 

@@ -450,6 +450,7 @@ impl Discovery {
         if addrs.is_empty() {
             return;
         }
+        tracing::debug!(?addrs, "a peer listed the addresses of its sessions");
         let sink = self.0.lock().ok().and_then(|s| s.clone());
         if let Some(sink) = sink {
             sink(addrs);
