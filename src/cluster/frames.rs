@@ -81,7 +81,7 @@ pub enum Violation {
         /// The node it names.
         node: String,
     },
-    /// A control frame that does not decode.
+    /// A control frame, or the argument of a checked call, that does not decode.
     Undecodable(String),
 }
 
@@ -120,7 +120,7 @@ impl std::fmt::Display for Violation {
             Violation::LeaseForOther { variant, node } => {
                 write!(f, "a lease {variant} for node {node:?}, not for itself")
             }
-            Violation::Undecodable(why) => write!(f, "an undecodable control frame: {why}"),
+            Violation::Undecodable(why) => write!(f, "undecodable: {why}"),
         }
     }
 }
@@ -236,10 +236,13 @@ fn judge(
     match envelope(payload) {
         Some(Envelope::Control(control)) => judge_control(node, control, tally),
         Some(Envelope::Call { variant, what }) => match lease_caller(variant, what) {
-            Some(caller) if caller != node => Err(Violation::LeaseForOther {
+            Some(Ok(caller)) if caller != node => Err(Violation::LeaseForOther {
                 variant: variant.to_owned(),
                 node: caller,
             }),
+            Some(Err(())) => Err(Violation::Undecodable(format!(
+                "the argument of a {variant} call"
+            ))),
             _ => Ok(true),
         },
         // Casts, replies, anything else: the transport's concern (undecodable frames end the
@@ -365,21 +368,28 @@ pub fn is_host_port(addr: &str) -> bool {
 }
 
 /// The node a call speaks for, if `variant` is a Database lease operation or the Registry's
-/// `Hello` (and its argument decodes to a value; a garbled or error argument changes nothing,
-/// the actor answers it with an error). No other actor has variants of these names.
-pub fn lease_caller(variant: &str, what: &[u8]) -> Option<String> {
-    fn arg<T: serde::de::DeserializeOwned>(what: &[u8]) -> Option<T> {
-        decode::<Result<T>>(what).ok()?.ok()
+/// `Hello` (no other actor has variants of these names): `Some(Err(()))` when its argument is
+/// not one well-formed value, which no honest node sends. The argument is framed as
+/// ractor_cluster's derive packs it: a big-endian `u64` length, then the [`Wire`] bytes.
+///
+/// [`Wire`]: crate::codec::Wire
+pub fn lease_caller(variant: &str, what: &[u8]) -> Option<std::result::Result<String, ()>> {
+    fn arg<T: serde::de::DeserializeOwned>(what: &[u8]) -> std::result::Result<T, ()> {
+        let (len, rest) = what.split_first_chunk::<8>().ok_or(())?;
+        if u64::from_be_bytes(*len) != rest.len() as u64 {
+            return Err(());
+        }
+        decode::<Result<T>>(rest).map_err(|_| ())?.map_err(|_| ())
     }
     Some(match variant {
-        "Register" | "ClearIncarnation" => arg::<(String, u64)>(what)?.0,
-        "Renew" => arg::<(Holder, u64, u64)>(what)?.0.node,
-        "Takeover" => arg::<TakeoverRequest>(what)?.contender.node,
-        "TakeoverOwnRow" => arg::<OwnRowRequest>(what)?.observed.node,
-        "Grant" => arg::<(Holder, Vec<ShardId>)>(what)?.0.node,
-        "Release" => arg::<(String, ShardId, u64)>(what)?.0,
+        "Register" | "ClearIncarnation" => arg::<(String, u64)>(what).map(|a| a.0),
+        "Renew" => arg::<(Holder, u64, u64)>(what).map(|a| a.0.node),
+        "Takeover" => arg::<TakeoverRequest>(what).map(|a| a.contender.node),
+        "TakeoverOwnRow" => arg::<OwnRowRequest>(what).map(|a| a.observed.node),
+        "Grant" => arg::<(Holder, Vec<ShardId>)>(what).map(|a| a.0.node),
+        "Release" => arg::<(String, ShardId, u64)>(what).map(|a| a.0),
         // The Registry's greeting: what a peer says about itself (its database role too).
-        "Hello" => arg::<NodeInfo>(what)?.name,
+        "Hello" => arg::<NodeInfo>(what).map(|a| a.name),
         _ => return None,
     })
 }
@@ -610,8 +620,11 @@ mod tests {
         }
     }
 
+    /// A framed call as ractor_cluster sends it: the argument packed by the message derive.
     fn call<T: serde::Serialize>(variant: &str, arg: T) -> Vec<u8> {
-        let what = encode(&Ok::<T, crate::error::Error>(arg)).unwrap();
+        let bytes = encode(&Ok::<T, crate::error::Error>(arg)).unwrap();
+        let mut what = (bytes.len() as u64).to_be_bytes().to_vec();
+        what.extend(bytes);
         let node = NodeMessage {
             call: Some(Call {
                 to: 3,
@@ -761,6 +774,24 @@ mod tests {
         let mut head = (CONTROL_FRAME_BYTES + 1).to_be_bytes().to_vec();
         head.push(2 << 3 | 2);
         assert_eq!(check.feed(&head, &mut Vec::new()), Ok(()));
+    }
+
+    #[tokio::test]
+    async fn the_argument_is_read_as_the_message_derive_packs_it() {
+        use ractor::Message;
+        let (tx, _rx) = ractor::concurrency::oneshot();
+        let msg = crate::cluster::protocol::DatabaseMsg::Release(
+            crate::codec::Wire::ok(("n2".to_string(), 7u16, 9u64)),
+            tx.into(),
+        );
+        let Ok(ractor::message::SerializedMessage::Call { variant, args, .. }) = msg.serialize()
+        else {
+            panic!("not a call")
+        };
+        assert_eq!(variant, "Release");
+        assert_eq!(lease_caller(&variant, &args), Some(Ok("n2".to_string())));
+        assert_eq!(lease_caller(&variant, &args[8..]), Some(Err(())));
+        assert_eq!(lease_caller("GetCustomer", &args), None);
     }
 
     #[test]
