@@ -87,15 +87,19 @@ async fn a_session_announcing_more_remote_actors_than_the_bound_is_closed_and_co
     let before = rss_kib(node.pid());
     let flood = peer("flood").await;
     flood.dial(&node.spec.cluster_addr()).await.unwrap();
-    wait_until("the session was closed", Duration::from_secs(60), || async {
-        let n = counter(
-            &node,
-            "customer_cluster_session_refused_total",
-            "reason=\"too_many\"",
-        )
-        .await;
-        (n >= 1.0).then_some(())
-    })
+    wait_until(
+        "the session was closed",
+        Duration::from_secs(60),
+        || async {
+            let n = counter(
+                &node,
+                "customer_cluster_session_refused_total",
+                "reason=\"too_many\"",
+            )
+            .await;
+            (n >= 1.0).then_some(())
+        },
+    )
     .await;
     let grown_kib = rss_kib(node.pid()).saturating_sub(before);
     eprintln!("node RSS {before} KiB before the session, grown by {grown_kib} KiB");
@@ -122,17 +126,23 @@ async fn a_peer_naming_itself_with_a_newline_is_refused_before_authentication() 
     let dir = tempfile::tempdir().unwrap();
     let node = single_node(dir.path(), "f2");
     node.wait_ready(Duration::from_secs(60)).await;
-    let refused = || counter(
-        &node,
-        "customer_cluster_preauth_refused_total",
-        "reason=\"bad_frame\"",
-    );
+    let refused = || {
+        counter(
+            &node,
+            "customer_cluster_preauth_refused_total",
+            "reason=\"bad_frame\"",
+        )
+    };
     let before = refused().await;
     let forger = peer("zz\n[f2] 2026-01-01T00:00:00Z ERROR forged line").await;
-    wait_until("the forged name was refused", Duration::from_secs(30), || async {
-        let _ = forger.dial(&node.spec.cluster_addr()).await;
-        (refused().await > before).then_some(())
-    })
+    wait_until(
+        "the forged name was refused",
+        Duration::from_secs(30),
+        || async {
+            let _ = forger.dial(&node.spec.cluster_addr()).await;
+            (refused().await > before).then_some(())
+        },
+    )
     .await;
     let log = node.log();
     assert!(

@@ -951,6 +951,33 @@ impl KeeperState {
             .chain(self.release_sent.iter())
             .copied()
             .collect();
+        // Rows naming this very holder for shards it does not know it holds (a grant it
+        // never asked for): reconcile, which releases those placed elsewhere.
+        let known: BTreeSet<ShardId> = self
+            .ctx
+            .leases
+            .read()
+            .held()
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        let strays = rows
+            .iter()
+            .filter(|r| {
+                r.holder.as_deref() == Some(me.node.as_str())
+                    && r.holder_incarnation == Some(me.incarnation)
+                    && r.holder_epoch == Some(me.epoch)
+                    && !known.contains(&r.shard)
+                    && !releasing.contains(&r.shard)
+            })
+            .count();
+        if strays > 0 {
+            tracing::warn!(
+                shards = strays,
+                "the lease table names this node as the holder of shards it did not acquire; reconciling"
+            );
+            self.reconcile = true;
+        }
         let moved = unexpected_moves(me, &held, rows, &releasing);
         if moved.is_empty() {
             return;
