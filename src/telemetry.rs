@@ -349,6 +349,11 @@ pub const METRICS: &[(&str, MetricKind, &str)] = &[
         "Shard leases this node handed back (placement moved, graceful stop)",
     ),
     (
+        "customer_leases_moved_unexpectedly_total",
+        MetricKind::Counter,
+        "Shard leases this node held that another node (or none) held on a later table read, without this node's release",
+    ),
+    (
         "customer_leases_lost_total",
         MetricKind::Counter,
         "Shard leases lost: this node was revoked (renew hit 0 rows) or a write was fenced",
@@ -414,6 +419,11 @@ pub const METRICS: &[(&str, MetricKind, &str)] = &[
         "Cluster connections refused before authentication, by reason: over_cap, timeout, bad_frame, tls, name_mismatch",
     ),
     (
+        "customer_cluster_session_refused_total",
+        MetricKind::Counter,
+        "Authenticated cluster sessions closed for a frame that broke the rules (reason: foreign_actor, too_many, frame_too_long, lease_for_other, undecodable)",
+    ),
+    (
         "customer_cluster_preauth_connections",
         MetricKind::Gauge,
         "Cluster connections accepted and still in their handshake (at most --cluster-max-unauthenticated)",
@@ -464,6 +474,9 @@ fn describe_and_register_catalogue() {
     }
     for reason in crate::cluster::handshake::REFUSAL_REASONS {
         metrics::counter!("customer_cluster_preauth_refused_total", "reason" => reason).absolute(0);
+    }
+    for reason in crate::cluster::frames::VIOLATION_REASONS {
+        metrics::counter!("customer_cluster_session_refused_total", "reason" => reason).absolute(0);
     }
 }
 

@@ -16,7 +16,11 @@
 //!  NodeServer session ──▶ cookie challenge (the Tap keeps checking frames and the deadline)
 //!               │
 //!               ▼
-//!  the peer's last handshake frame: the slot is freed; authenticated traffic is not touched
+//!  the peer's last handshake frame: the slot is freed
+//!               │
+//!               ▼
+//!  every later frame is held back until whole and judged against the session's
+//!  authenticated name (super::frames): passed on, dropped, or the session is closed
 //! ```
 //!
 //! A refused connection costs no NodeServer session and no line from the transport's log:
@@ -28,8 +32,8 @@
 //! Outbound dials ([`dial`]) use the same [`Tap`] to check the name the dialed peer announces
 //! in its challenge against its certificate, and the same deadline.
 //!
-//! What this does not do: limit connections per source address, or authenticated sessions
-//! (a peer with the cookie is trusted); the NodeServer's own listener still exists (it cannot
+//! What this does not do: limit connections per source address, or the number of
+//! authenticated sessions; the NodeServer's own listener still exists (it cannot
 //! be turned off) but is bound to loopback with a TLS acceptor that has no certificate, so no
 //! session ever starts through it ([`super::tls::closed_listener`]).
 
@@ -380,10 +384,11 @@ impl ClusterBidiStream for GatedStream {
     }
 }
 
-/// The read side of a connection until its handshake is over: every received byte is fed to a
-/// [`HandshakeParser`]; a refusal or the deadline turns into a read error, which ends the
+/// The read side of a connection: until its handshake is over every received byte is fed to
+/// a [`HandshakeParser`]; a refusal or the deadline turns into a read error, which ends the
 /// session (the bytes of the refused frame never reach the transport). Holds the connection's
-/// slot until the peer's last handshake frame; afterwards it only passes bytes through.
+/// slot until the peer's last handshake frame; afterwards every frame goes through a
+/// [`FrameCheck`] for the authenticated name before it is served.
 struct Tap {
     inner: BoxRead,
     parser: HandshakeParser,
