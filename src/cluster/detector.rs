@@ -159,6 +159,11 @@ impl Detector {
         }
     }
 
+    /// Whether `peer` has been silent for half the timeout or more (suspected, not evicted).
+    pub fn is_suspected(&self, peer: &str) -> bool {
+        self.peers.get(peer).is_some_and(|h| h.suspected)
+    }
+
     /// A ping to `peer` failed (error or deadline); the next tick may send another.
     pub fn failed(&mut self, peer: &str) {
         if let Some(h) = self.peers.get_mut(peer) {

@@ -595,12 +595,16 @@ impl MembershipState {
             }
             Admission::SameProcess(info) => {
                 // The same process over another session (e.g. a duplicate-connection
-                // election): the member set is unchanged. The route moves only off a session
-                // that is closing; while the current one is open it stays (when it closes, the
-                // Registry's leave finds this one).
+                // election, or a reconnect after a partition): the member set is unchanged.
+                // The route moves only off a session that is closing or silent (the member is
+                // suspected): a member answering over its own session keeps it, whoever else
+                // claims its name and incarnation (when it closes, the Registry's leave finds
+                // this one).
                 self.dials.want(&info.cluster_addr, now);
+                let suspected = self.detector.is_suspected(&info.name);
                 if let Some(existing) = self.peers.get_mut(&info.name)
-                    && existing.registry.get_status() >= ractor::ActorStatus::Stopping
+                    && (suspected
+                        || existing.registry.get_status() >= ractor::ActorStatus::Stopping)
                 {
                     existing.registry = registry.into();
                     existing.info = info;
