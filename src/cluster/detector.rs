@@ -427,10 +427,12 @@ mod tests {
         let mut d = Detector::new(TIMEOUT, HB * 2);
         d.add("n2", t0);
         assert!(d.evaluate(at(t0, 1000)).is_empty());
+        assert!(!d.is_suspected("n2"));
         assert!(matches!(
             d.evaluate(at(t0, 1500)).as_slice(),
             [Verdict::Suspect { .. }]
         ));
+        assert!(d.is_suspected("n2"));
         assert!(
             d.evaluate(at(t0, 2000)).is_empty(),
             "suspicion is reported once"
