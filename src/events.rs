@@ -59,6 +59,9 @@ pub enum EventKind {
     ActorRestarted,
     /// The database became reachable or unreachable from this node.
     DatabaseAvailability,
+    /// A shard lease this node held and did not release was found with another holder (or
+    /// none): someone with cluster access moved it. Never part of normal operation.
+    LeaseMoved,
 }
 
 impl EventKind {
@@ -76,6 +79,7 @@ impl EventKind {
             Self::LeaseExpired => "lease_expired",
             Self::ActorRestarted => "actor_restarted",
             Self::DatabaseAvailability => "database_availability",
+            Self::LeaseMoved => "lease_moved",
         }
     }
 }

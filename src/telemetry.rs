@@ -379,6 +379,11 @@ pub const METRICS: &[(&str, MetricKind, &str)] = &[
         "Shard leases this node handed back (placement moved, graceful stop)",
     ),
     (
+        "customer_leases_moved_unexpectedly_total",
+        MetricKind::Counter,
+        "Shard leases this node held that another node (or none) held on a later table read, without this node's release",
+    ),
+    (
         "customer_leases_lost_total",
         MetricKind::Counter,
         "Shard leases lost: this node was revoked (renew hit 0 rows) or a write was fenced",
@@ -449,6 +454,11 @@ pub const METRICS: &[(&str, MetricKind, &str)] = &[
         "Cluster connections that sent their whole handshake and failed the cookie check (repeated from one unknown address: it backs off)",
     ),
     (
+        "customer_cluster_session_refused_total",
+        MetricKind::Counter,
+        "Authenticated cluster sessions closed for a frame that broke the rules (reason: foreign_actor, too_many, frame_too_long, lease_for_other, undecodable)",
+    ),
+    (
         "customer_cluster_preauth_connections",
         MetricKind::Gauge,
         "Cluster connections accepted and still in their handshake (at most --cluster-max-unauthenticated)",
@@ -499,6 +509,9 @@ fn describe_and_register_catalogue() {
     }
     for reason in crate::cluster::handshake::REFUSAL_REASONS {
         metrics::counter!("customer_cluster_preauth_refused_total", "reason" => reason).absolute(0);
+    }
+    for reason in crate::cluster::frames::VIOLATION_REASONS {
+        metrics::counter!("customer_cluster_session_refused_total", "reason" => reason).absolute(0);
     }
 }
 

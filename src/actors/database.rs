@@ -3,7 +3,7 @@
 //! The actor is a thin shim over [`crate::storage::engine::Engine`]: each message becomes a
 //! storage job whose completion sends on the caller's reply port, so the actor never waits for
 //! SQLite and its mailbox keeps draining while the writer thread group-commits. It joins the
-//! process group `customer-db.v4`, which is how nodes without `--db-path` find it.
+//! process group `customer-db.v5`, which is how nodes without `--db-path` find it.
 //!
 //! The client prefers a Database actor in this process (registered by name), else the remote
 //! group member whose node name sorts first.
@@ -261,7 +261,8 @@ impl DatabaseState {
             }
             DatabaseMsg::Release(w, r) => {
                 self.admit(w, r)
-                    .map(|((shard, token), r)| LeaseJob::Release {
+                    .map(|((node, shard, token), r)| LeaseJob::Release {
+                        node,
                         shard,
                         token,
                         done: done(r),
@@ -576,10 +577,11 @@ impl DatabaseClient {
             .await
     }
 
-    /// L6: releases a shard held at `token`.
+    /// L6: releases a shard this node holds at `token`.
     pub async fn release(&self, shard: ShardId, token: u64) -> Result<Release> {
+        let node = node_of(&self.local_name).unwrap_or_default().to_owned();
         self.call("release", |r| {
-            DatabaseMsg::Release(Wire::ok((shard, token)), r)
+            DatabaseMsg::Release(Wire::ok((node, shard, token)), r)
         })
         .await
     }

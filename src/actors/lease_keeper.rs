@@ -384,7 +384,36 @@ pub struct KeeperState {
     /// every shard is LOST and we register there afresh, not that a newer process took over.
     register_via: Option<String>,
     registered_via: Option<String>,
+    /// When the lease table was last read: it is read at least every [`LEASE_AUDIT_INTERVAL`]
+    /// to notice a lease moved away from this node without its release.
+    table_read_at: Instant,
     ticker: Option<JoinHandle<()>>,
+}
+
+/// Longest time between two reads of the lease table, even in the steady state: how soon a
+/// shard lease moved away from this node without its release is noticed ([`unexpected_moves`]).
+pub const LEASE_AUDIT_INTERVAL: Duration = Duration::from_secs(15);
+
+/// Shards this node holds (`held`, with their tokens) whose row names another holder or no
+/// holder, although this node did not release them (`releasing`): each with the holder the row
+/// names. A release always goes through this node's keeper, so such a row means someone with
+/// cluster access moved the lease.
+pub fn unexpected_moves(
+    me: &Holder,
+    held: &[(ShardId, u64)],
+    rows: &[ShardLease],
+    releasing: &BTreeSet<ShardId>,
+) -> Vec<(ShardId, Option<String>)> {
+    let by_shard: BTreeMap<ShardId, &ShardLease> = rows.iter().map(|r| (r.shard, r)).collect();
+    held.iter()
+        .filter(|(shard, _)| !releasing.contains(shard))
+        .filter_map(|(shard, token)| {
+            let row = by_shard.get(shard)?;
+            let ours = row.holder.as_deref() == Some(me.node.as_str())
+                && row.holder_incarnation == Some(me.incarnation);
+            (!ours && row.token > *token).then(|| (*shard, row.holder.clone()))
+        })
+        .collect()
 }
 
 impl Actor for LeaseKeeper {
@@ -406,6 +435,7 @@ impl Actor for LeaseKeeper {
             observer,
             nodes: Vec::new(),
             busy: false,
+            table_read_at: Instant::now(),
             pending_grants: 0,
             reconcile: false,
             releasing,
@@ -532,13 +562,17 @@ impl KeeperState {
 
     /// Whether this tick needs the shard table. In the steady state (every shard placement
     /// gives us is HELD, nothing being released, nothing to reconcile) the renew is the only
-    /// statement per interval, whatever the number of customers. The holder hints that
+    /// statement per interval, whatever the number of customers, plus one table read every
+    /// [`LEASE_AUDIT_INTERVAL`] (the audit for leases moved without our release). The holder hints that
     /// redirects show are refreshed by these reads (placement changes cause them on every
     /// node whose shards move) and by `GET /v1/cluster/shards`, which reads the table itself.
     /// Takeovers need no read of their own: a dead node's shards become ours by placement
     /// first, and that is a change.
     fn table_wanted(&self) -> bool {
         if self.reconcile || !self.releasing.is_empty() {
+            return true;
+        }
+        if self.table_read_at.elapsed() >= LEASE_AUDIT_INTERVAL {
             return true;
         }
         let held: BTreeSet<ShardId> = self
@@ -864,11 +898,13 @@ impl KeeperState {
             Ok(rows) => rows,
             Err(e) => return tracing::debug!(error = %e, "lease table read failed"),
         };
+        self.table_read_at = Instant::now();
         self.ctx.leases.set_hints(&rows);
         let Some(me) = self.me() else { return };
         if self.ctx.leases.read().is_stopped() {
             return;
         }
+        self.audit(&me, &rows);
         let placed = self.placed_here();
         let held: Vec<ShardId> = self
             .ctx
@@ -890,6 +926,84 @@ impl KeeperState {
             return self.run_reconcile(myself, &rows, &placed);
         }
         self.request_grants(myself, me, plan);
+    }
+
+    /// Reports shards moved away from this node without its release ([`unexpected_moves`]),
+    /// and reconciles: they are LOST here at once.
+    fn audit(&mut self, me: &Holder, rows: &[ShardLease]) {
+        let now = holder_now();
+        let held: Vec<(ShardId, u64)> = self
+            .ctx
+            .leases
+            .read()
+            .held()
+            .into_iter()
+            .filter(|(s, _)| {
+                matches!(
+                    self.ctx.leases.shard_state(*s, now),
+                    ShardState::Serve { .. }
+                )
+            })
+            .collect();
+        let releasing: BTreeSet<ShardId> = self
+            .releasing
+            .keys()
+            .chain(self.release_sent.iter())
+            .copied()
+            .collect();
+        // Rows naming this very holder for shards it does not know it holds (a grant it
+        // never asked for): reconcile, which releases those placed elsewhere.
+        let known: BTreeSet<ShardId> = self
+            .ctx
+            .leases
+            .read()
+            .held()
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        let strays = rows
+            .iter()
+            .filter(|r| {
+                r.holder.as_deref() == Some(me.node.as_str())
+                    && r.holder_incarnation == Some(me.incarnation)
+                    && r.holder_epoch == Some(me.epoch)
+                    && !known.contains(&r.shard)
+                    && !releasing.contains(&r.shard)
+            })
+            .count();
+        if strays > 0 {
+            tracing::warn!(
+                shards = strays,
+                "the lease table names this node as the holder of shards it did not acquire; reconciling"
+            );
+            self.reconcile = true;
+        }
+        let moved = unexpected_moves(me, &held, rows, &releasing);
+        if moved.is_empty() {
+            return;
+        }
+        metrics::counter!("customer_leases_moved_unexpectedly_total").increment(moved.len() as u64);
+        let holders: BTreeSet<String> = moved
+            .iter()
+            .map(|(_, h)| h.clone().unwrap_or_else(|| "nobody".into()))
+            .collect();
+        let holders: Vec<String> = holders.into_iter().collect();
+        tracing::error!(
+            shards = moved.len(),
+            first = moved[0].0,
+            now_held_by = ?holders,
+            "shard leases this node held and never released have another holder now: someone with cluster access moved them; they are given up here and the table is reconciled"
+        );
+        self.emit(
+            EventKind::LeaseMoved,
+            format!(
+                "{} shard(s), now held by {}",
+                moved.len(),
+                holders.join(", ")
+            ),
+            "moved without this node's release",
+        );
+        self.reconcile = true;
     }
 
     fn run_reconcile(
@@ -1520,6 +1634,33 @@ mod tests {
             "{again:?}"
         );
         node.supervisor.stop(None);
+    }
+
+    #[test]
+    fn a_held_shard_granted_elsewhere_without_our_release_is_an_unexpected_move() {
+        let me = Holder {
+            node: "n2".into(),
+            incarnation: 7,
+            epoch: 1,
+        };
+        let held = [(1, 3), (2, 5), (3, 8), (4, 2)];
+        let rows = vec![
+            row(1, Some(("n2", 7, 1)), 3), // ours, unchanged
+            row(2, Some(("n3", 9, 1)), 7), // granted to n3 after a release we never sent
+            row(3, None, 9),               // released by someone else
+            row(4, Some(("n3", 9, 1)), 4), // ours being released (below)
+        ];
+        let releasing = BTreeSet::from([4]);
+        assert_eq!(
+            unexpected_moves(&me, &held, &rows, &releasing),
+            vec![(2, Some("n3".into())), (3, None)]
+        );
+        // A row of an older incarnation of our own name is not ours either.
+        let rows = vec![row(1, Some(("n2", 6, 1)), 4)];
+        assert_eq!(
+            unexpected_moves(&me, &[(1, 3)], &rows, &BTreeSet::new()),
+            vec![(1, Some("n2".into()))]
+        );
     }
 
     #[test]

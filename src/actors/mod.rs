@@ -2,11 +2,11 @@
 //!
 //! ```text
 //! NodeSupervisor                      (supervisor.rs) starts children in order, restarts any that stops (with backoff)
-//! ├── Database   [only with --db-path] (database.rs) joins "customer-db.v4"; storage engine on its own threads
-//! ├── Heartbeat                        (cluster::heartbeat) joins "customer-heartbeat.v4"; answers peers' pings, nothing else
+//! ├── Database   [only with --db-path] (database.rs) joins "customer-db.v5"; storage engine on its own threads
+//! ├── Heartbeat                        (cluster::heartbeat) joins "customer-heartbeat.v5"; answers peers' pings, nothing else
 //! ├── Membership                       (cluster::membership) who is alive; publishes the placement view
 //! ├── LeaseKeeper                      (lease_keeper.rs) registers, renews, acquires and releases shard leases
-//! └── Registry                         (registry.rs) joins "customer-registry.v4"; get-or-create, route, retire
+//! └── Registry                         (registry.rs) joins "customer-registry.v5"; get-or-create, route, retire
 //!     ├── Customer <id>                (customer.rs) one per active customer; serialises all ops on it
 //!     └── …
 //! ```

@@ -1,4 +1,4 @@
-//! The Registry: one per node, in process group `customer-registry.v4`. It is the node's
+//! The Registry: one per node, in process group `customer-registry.v5`. It is the node's
 //! door for customer operations — from its own HTTP handlers and from peers.
 //!
 //! It keeps `id → customer actor` for the customers active here and never does slow work in

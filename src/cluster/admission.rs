@@ -1,6 +1,6 @@
 //! Peer admission: the pure rule that turns a finished `Hello` exchange into a decision.
 //!
-//! Membership greets every remote Registry that appears in `customer-registry.v3` and hands
+//! Membership greets every remote Registry that appears in `customer-registry.v5` and hands
 //! the outcome here, together with what it already knows: the node name the Registry is
 //! registered under, whether its session is still open, and the incarnation of the member of
 //! that name it already has, if any. The rules, in the order they apply:
@@ -24,7 +24,9 @@
 //! No clock, no actors, no I/O: Membership performs the outcome (log, dial, publish).
 
 use super::dbnode::{DbNode, Heard, rival_of};
+use super::frames::is_host_port;
 use super::protocol::{NodeInfo, check_peer};
+use crate::config::is_valid_node_name;
 use crate::error::{Error, Result};
 
 /// What Membership knows about a finished `Hello` exchange.
@@ -40,6 +42,8 @@ pub struct Greeting<'a> {
     pub alive: bool,
     /// Incarnation of the member already known under the answered name, if any.
     pub known_incarnation: Option<u64>,
+    /// Whether that member is reached over another session that is still open.
+    pub known_live_elsewhere: bool,
     /// The serving SQLite database node this node follows, if any.
     pub database: Option<&'a DbNode>,
 }
@@ -74,6 +78,8 @@ pub enum Admission {
     Gone,
     /// An older process start of a member we hold: ignore this session.
     Stale(NodeInfo),
+    /// A newer process start while the member's session is still open: not yet.
+    Waiting(NodeInfo),
     /// The member we hold, reached over another session: swap the route, same member set.
     SameProcess(NodeInfo),
     /// A new member, or a known name that restarted (`restarted`): add it, publish a view.
@@ -94,6 +100,17 @@ pub fn admit(greeting: Greeting<'_>) -> Admission {
         Ok(info) => info,
         Err(err) => return Admission::Refused(Refusal::Failed(err)),
     };
+    if !is_valid_node_name(&info.name)
+        || !is_host_port(&info.cluster_addr)
+        || !is_host_port(&info.http_addr)
+    {
+        return Admission::Refused(Refusal::Failed(Error::InvalidInput(format!(
+            "a peer answered with a malformed name or address: {:?} {:?} {:?}",
+            info.name.chars().take(80).collect::<String>(),
+            info.cluster_addr.chars().take(80).collect::<String>(),
+            info.http_addr.chars().take(80).collect::<String>(),
+        ))));
+    }
     if greeting.claimed != Some(info.name.as_str()) || info.name == greeting.me {
         return Admission::Refused(Refusal::NameClash {
             announced: info.name,
@@ -112,6 +129,7 @@ pub fn admit(greeting: Greeting<'_>) -> Admission {
     match greeting.known_incarnation {
         Some(known) if known > info.incarnation => Admission::Stale(info),
         Some(known) if known == info.incarnation => Admission::SameProcess(info),
+        Some(_) if greeting.known_live_elsewhere => Admission::Waiting(info),
         known => Admission::Admit {
             info,
             restarted: known.is_some(),
@@ -128,6 +146,28 @@ pub fn heard(info: &NodeInfo) -> Heard {
         },
         role: info.sqlite,
         database: info.database.clone(),
+    }
+}
+
+/// A well-formed `Hello` answer for tests elsewhere in the crate.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use super::*;
+    use crate::cluster::dbnode::SqliteRole;
+    use crate::cluster::protocol::PROTOCOL_VERSION;
+
+    /// The answer of node `name`.
+    pub fn info(name: &str) -> NodeInfo {
+        NodeInfo {
+            name: name.into(),
+            protocol_version: PROTOCOL_VERSION,
+            cluster_addr: "127.0.0.1:4701".into(),
+            http_addr: "127.0.0.1:8081".into(),
+            hosts_db: false,
+            incarnation: 1,
+            sqlite: SqliteRole::None,
+            database: None,
+        }
     }
 }
 
@@ -158,6 +198,7 @@ mod tests {
             answer,
             alive: true,
             known_incarnation,
+            known_live_elsewhere: false,
             database: None,
         }
     }
@@ -263,6 +304,37 @@ mod tests {
                 restarted: true
             }
         );
+    }
+
+    #[test]
+    fn a_newer_incarnation_waits_while_the_members_own_session_is_open() {
+        let rival = Greeting {
+            known_live_elsewhere: true,
+            ..greeting(Ok(peer("n2", u64::MAX)), Some(5))
+        };
+        assert_eq!(admit(rival), Admission::Waiting(peer("n2", u64::MAX)));
+    }
+
+    #[test]
+    fn an_answer_with_a_malformed_name_or_address_is_refused() {
+        let mut forged = peer("n2", 5);
+        forged.name = "n2\nERROR forged".into();
+        let named = Greeting {
+            claimed: Some("n2\nERROR forged"),
+            ..greeting(Ok(forged), None)
+        };
+        assert!(matches!(
+            admit(named),
+            Admission::Refused(Refusal::Failed(Error::InvalidInput(_)))
+        ));
+        for addr in ["127.0.0.1:1\nERROR x", "nowhere", "h:0"] {
+            let mut bad = peer("n2", 5);
+            bad.cluster_addr = addr.into();
+            assert!(matches!(
+                admit(greeting(Ok(bad), None)),
+                Admission::Refused(Refusal::Failed(_))
+            ));
+        }
     }
 
     #[test]

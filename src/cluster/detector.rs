@@ -159,6 +159,11 @@ impl Detector {
         }
     }
 
+    /// Whether `peer` has been silent for half the timeout or more (suspected, not evicted).
+    pub fn is_suspected(&self, peer: &str) -> bool {
+        self.peers.get(peer).is_some_and(|h| h.suspected)
+    }
+
     /// A ping to `peer` failed (error or deadline); the next tick may send another.
     pub fn failed(&mut self, peer: &str) {
         if let Some(h) = self.peers.get_mut(peer) {
@@ -246,7 +251,17 @@ struct DialState {
     failures: u32,
     next_at: Instant,
     in_flight: bool,
+    /// Last time this was a seed's or an admitted member's address (or when it was added).
+    kept_at: Instant,
 }
+
+/// How long an address that is no seed's and no admitted member's stays in the [`DialPlan`]:
+/// a peer that announced it and left, a member evicted long ago. Its own dials (or a seed's
+/// discovery) bring a node back after that.
+pub const DIAL_FORGET_AFTER: Duration = Duration::from_secs(10 * 60);
+
+/// Most addresses a [`DialPlan`] holds; more are not added (forgotten ones make room).
+pub const MAX_DIAL_TARGETS: usize = 256;
 
 /// Which cluster addresses to dial, with exponential backoff per address.
 #[derive(Debug, Clone, Default)]
@@ -263,13 +278,46 @@ pub fn backoff(failures: u32) -> Duration {
 }
 
 impl DialPlan {
-    /// Adds an address to keep connected to (idempotent).
-    pub fn want(&mut self, addr: &str, now: Instant) {
+    /// Adds an address to keep connected to (idempotent); false when the plan is full.
+    pub fn want(&mut self, addr: &str, now: Instant) -> bool {
+        if !self.targets.contains_key(addr) && self.targets.len() >= MAX_DIAL_TARGETS {
+            return false;
+        }
         self.targets.entry(addr.to_owned()).or_insert(DialState {
             failures: 0,
             next_at: now,
             in_flight: false,
+            kept_at: now,
         });
+        true
+    }
+
+    /// Forgets addresses that have not been in `keep` (seeds and admitted members' addresses)
+    /// for [`DIAL_FORGET_AFTER`]; those in `keep` are refreshed. Returns the forgotten ones.
+    pub fn forget_stale(&mut self, now: Instant, keep: &HashSet<String>) -> Vec<String> {
+        let mut forgotten = Vec::new();
+        self.targets.retain(|addr, st| {
+            if keep.contains(addr) {
+                st.kept_at = now;
+                return true;
+            }
+            let stale = now.saturating_duration_since(st.kept_at) > DIAL_FORGET_AFTER;
+            if stale {
+                forgotten.push(addr.clone());
+            }
+            !stale
+        });
+        forgotten
+    }
+
+    /// How many addresses the plan holds.
+    pub fn len(&self) -> usize {
+        self.targets.len()
+    }
+
+    /// Whether the plan holds no address.
+    pub fn is_empty(&self) -> bool {
+        self.targets.is_empty()
     }
 
     /// Addresses to dial now: wanted, not connected, no dial in flight, backoff elapsed.
@@ -317,6 +365,42 @@ impl DialPlan {
 mod tests {
     use super::*;
 
+    #[test]
+    fn an_address_no_member_has_is_forgotten_after_a_while_and_members_and_seeds_are_kept() {
+        let t0 = Instant::now();
+        let mut plan = DialPlan::default();
+        for addr in ["seed:1", "member:1", "probe:1"] {
+            assert!(plan.want(addr, t0));
+        }
+        let keep: HashSet<String> = ["seed:1", "member:1"].map(String::from).into();
+        let later = t0 + DIAL_FORGET_AFTER;
+        assert!(plan.forget_stale(later, &keep).is_empty(), "not yet");
+        let gone = plan.forget_stale(later + Duration::from_secs(1), &keep);
+        assert_eq!(gone, vec!["probe:1".to_string()]);
+        assert_eq!(plan.len(), 2);
+        // A member evicted at `later` is kept for the whole period after that.
+        let keep_seed: HashSet<String> = ["seed:1"].map(String::from).into();
+        assert!(
+            plan.forget_stale(later + DIAL_FORGET_AFTER, &keep_seed)
+                .is_empty()
+        );
+        let gone = plan.forget_stale(later + DIAL_FORGET_AFTER * 2, &keep_seed);
+        assert_eq!(gone, vec!["member:1".to_string()]);
+        assert!(plan.due(later + DIAL_FORGET_AFTER * 2, &HashSet::new()) == vec!["seed:1"]);
+    }
+
+    #[test]
+    fn the_plan_holds_a_bounded_number_of_addresses() {
+        let t0 = Instant::now();
+        let mut plan = DialPlan::default();
+        for i in 0..MAX_DIAL_TARGETS {
+            assert!(plan.want(&format!("h{i}:1"), t0));
+        }
+        assert!(!plan.want("one-more:1", t0));
+        assert!(plan.want("h0:1", t0), "a known one is still fine");
+        assert_eq!(plan.len(), MAX_DIAL_TARGETS);
+    }
+
     const HB: Duration = Duration::from_millis(500);
     const TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -343,10 +427,12 @@ mod tests {
         let mut d = Detector::new(TIMEOUT, HB * 2);
         d.add("n2", t0);
         assert!(d.evaluate(at(t0, 1000)).is_empty());
+        assert!(!d.is_suspected("n2"));
         assert!(matches!(
             d.evaluate(at(t0, 1500)).as_slice(),
             [Verdict::Suspect { .. }]
         ));
+        assert!(d.is_suspected("n2"));
         assert!(
             d.evaluate(at(t0, 2000)).is_empty(),
             "suspicion is reported once"

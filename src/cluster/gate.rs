@@ -17,7 +17,11 @@
 //!  NodeServer session ──▶ cookie challenge (the Tap keeps checking frames and the deadline;
 //!               │          a write-side tap sees whether this node acknowledged the cookie)
 //!               ▼
-//!  the peer's last handshake frame: the slot is freed; authenticated traffic is not touched
+//!  the peer's last handshake frame: the slot is freed
+//!               │
+//!               ▼
+//!  every later frame is held back until whole and judged against the session's
+//!  authenticated name (super::frames): passed on, dropped, or the session is closed
 //!  our acknowledgement: the source address is known (cluster::sources); none before the
 //!  session ends: a cookie failure, counted and, repeated, backed off
 //! ```
@@ -31,8 +35,8 @@
 //! Outbound dials ([`dial`]) use the same [`Tap`] to check the name the dialed peer announces
 //! in its challenge against its certificate, and the same deadline.
 //!
-//! What this does not do: limit authenticated sessions (a peer with the cookie is a node); the
-//! NodeServer's own listener still exists (it cannot
+//! What this does not do: limit the number of authenticated sessions (a peer with the cookie
+//! is a node); the NodeServer's own listener still exists (it cannot
 //! be turned off) but is bound to loopback with a TLS acceptor that has no certificate, so no
 //! session ever starts through it ([`super::tls::closed_listener`]).
 
@@ -50,6 +54,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Sleep;
 use tokio_rustls::rustls::pki_types::CertificateDer;
 
+use super::frames::FrameCheck;
 use super::handshake::{HandshakeParser, Progress, REFUSAL_LOG_WINDOW, Refusal, RefusalLog, Side};
 use super::sources::{Cidr, SourcePolicy, Sources};
 use crate::error::{Error, Result};
@@ -68,6 +73,8 @@ pub struct GateConfig {
     pub handshake_timeout: Duration,
     /// Inbound TLS, if on.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Where peers' lists of their sessions go (see [`Discovery`]).
+    pub discovery: Discovery,
 }
 
 /// Whom a peer may claim to be.
@@ -384,6 +391,7 @@ async fn admit(
     gated.local = local.map(|a| a.to_string());
     gated.tap.slot = Some(slot);
     gated.tap.peer = gated.peer.clone();
+    gated.tap.discovery = config.discovery.clone();
     match tokio::time::timeout_at(first_frame, gated.tap.prime()).await {
         Ok(primed) => primed.ok()?,
         Err(_) => {
@@ -404,6 +412,7 @@ pub async fn dial(
     )>,
     handshake_timeout: Duration,
     sources: SharedSources,
+    discovery: &Discovery,
 ) -> Result<impl ClusterBidiStream> {
     let deadline = tokio::time::Instant::now() + handshake_timeout;
     let late = || Error::Unavailable(format!("dial {addr}: no connection within the deadline"));
@@ -432,6 +441,7 @@ pub async fn dial(
         }
     };
     gated.tap.peer = addr.to_owned();
+    gated.tap.discovery = discovery.clone();
     gated.peer = peer.unwrap_or_else(|| addr.to_owned());
     gated.local = local;
     Ok(gated)
@@ -480,6 +490,8 @@ impl GatedStream {
                 peer: String::new(),
                 refusals: watch.refusals.clone(),
                 watch,
+                session: None,
+                discovery: Discovery::default(),
             },
             writer,
             peer: String::new(),
@@ -502,10 +514,11 @@ impl ClusterBidiStream for GatedStream {
     }
 }
 
-/// The read side of a connection until its handshake is over: every received byte is fed to a
-/// [`HandshakeParser`]; a refusal or the deadline turns into a read error, which ends the
+/// The read side of a connection: until its handshake is over every received byte is fed to
+/// a [`HandshakeParser`]; a refusal or the deadline turns into a read error, which ends the
 /// session (the bytes of the refused frame never reach the transport). Holds the connection's
-/// slot until the peer's last handshake frame; afterwards it only passes bytes through.
+/// slot until the peer's last handshake frame; afterwards every frame goes through a
+/// [`FrameCheck`] for the authenticated name before it is served.
 struct Tap {
     inner: BoxRead,
     parser: HandshakeParser,
@@ -519,6 +532,10 @@ struct Tap {
     peer: String,
     refusals: Arc<Refusals>,
     watch: Arc<AuthWatch>,
+    /// After authentication: the frame check and the checked bytes waiting to be served.
+    session: Option<Box<Authenticated>>,
+    /// Where addresses from a peer's list of its sessions go (Membership dials them).
+    discovery: Discovery,
 }
 
 impl Tap {
@@ -549,6 +566,136 @@ impl Tap {
     }
 }
 
+/// Where a session's peer sends the addresses of its own sessions (transitive discovery):
+/// Membership registers a sink and dials them through the gate. Shared by every session of
+/// one node; nothing happens until a sink is set.
+#[derive(Clone, Default)]
+pub struct Discovery(Arc<Mutex<Option<DiscoverySink>>>);
+
+type DiscoverySink = Arc<dyn Fn(Vec<String>) + Send + Sync>;
+
+impl Discovery {
+    /// Sends discovered addresses to `sink` from now on.
+    pub fn set(&self, sink: impl Fn(Vec<String>) + Send + Sync + 'static) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(Arc::new(sink));
+        }
+    }
+
+    fn report(&self, addrs: Vec<String>) {
+        if addrs.is_empty() {
+            return;
+        }
+        tracing::debug!(?addrs, "a peer listed the addresses of its sessions");
+        let sink = self.0.lock().ok().and_then(|s| s.clone());
+        if let Some(sink) = sink {
+            sink(addrs);
+        }
+    }
+}
+
+/// A session's read side after authentication: every frame is held back until it is whole
+/// and [`FrameCheck`] passed it.
+struct Authenticated {
+    check: FrameCheck,
+    /// Checked bytes not yet served.
+    ready: Vec<u8>,
+    ready_pos: usize,
+    /// Where reads from the connection land before they are checked.
+    scratch: Box<[u8]>,
+}
+
+/// Bytes read from the connection at a time after authentication.
+const AUTHENTICATED_READ: usize = 16 * 1024;
+
+impl Tap {
+    /// The handshake is over: from now on frames are checked; `rest` arrived behind it.
+    fn authenticated(&mut self, rest: &[u8]) -> Poll<std::io::Result<()>> {
+        let node = self.parser.peer_name().unwrap_or_default().to_owned();
+        self.session = Some(Box::new(Authenticated {
+            check: FrameCheck::new(&node),
+            ready: Vec::new(),
+            ready_pos: 0,
+            scratch: vec![0u8; AUTHENTICATED_READ].into_boxed_slice(),
+        }));
+        match self.judge(rest) {
+            Ok(()) => Poll::Ready(Ok(())),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    /// Feeds received bytes to the frame check; a violation closes the session.
+    fn judge(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let Some(session) = self.session.as_mut() else {
+            return Ok(());
+        };
+        if session.ready_pos == session.ready.len() {
+            session.ready.clear();
+            session.ready_pos = 0;
+        }
+        let verdict = session.check.feed(bytes, &mut session.ready);
+        self.discovery.report(session.check.take_discovered());
+        let Err(violation) = verdict else {
+            return Ok(());
+        };
+        self.refused = true;
+        metrics::counter!("customer_cluster_session_refused_total", "reason" => violation.label())
+            .increment(1);
+        tracing::error!(
+            peer = %self.peer,
+            node = ?session.check.node(),
+            reason = violation.label(),
+            "cluster session closed: {violation}"
+        );
+        Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            violation.to_string(),
+        ))
+    }
+
+    fn poll_authenticated(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        loop {
+            let Some(session) = self.session.as_mut() else {
+                return Poll::Ready(Ok(()));
+            };
+            if session.ready_pos < session.ready.len() {
+                let n = (session.ready.len() - session.ready_pos).min(out.remaining());
+                out.put_slice(&session.ready[session.ready_pos..session.ready_pos + n]);
+                session.ready_pos += n;
+                return Poll::Ready(Ok(()));
+            }
+            if self.refused {
+                return Poll::Ready(Err(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+            let mut scratch = std::mem::take(&mut session.scratch);
+            let mut buf = ReadBuf::new(&mut scratch);
+            let polled = Pin::new(&mut self.inner).poll_read(cx, &mut buf);
+            let n = buf.filled().len();
+            let result = match polled {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) if n == 0 => Poll::Ready(Ok(())), // end of stream
+                Poll::Ready(Ok(())) => match self.judge(&scratch[..n]) {
+                    Ok(()) => Poll::Ready(Ok(())),
+                    Err(e) => Poll::Ready(Err(e)),
+                },
+            };
+            if let Some(session) = self.session.as_mut() {
+                session.scratch = scratch;
+            }
+            match result {
+                // Checked bytes may or may not be ready yet: serve them, or read on.
+                Poll::Ready(Ok(())) if n > 0 => continue,
+                other => return other,
+            }
+        }
+    }
+}
+
 impl AsyncRead for Tap {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -562,8 +709,8 @@ impl AsyncRead for Tap {
             this.prefix_pos += n;
             return Poll::Ready(Ok(()));
         }
-        if this.parser.is_done() {
-            return Pin::new(&mut this.inner).poll_read(cx, out);
+        if this.session.is_some() {
+            return this.poll_authenticated(cx, out);
         }
         if this.refused {
             return Poll::Ready(Err(std::io::ErrorKind::UnexpectedEof.into()));
@@ -593,7 +740,12 @@ impl AsyncRead for Tap {
                             // The peer acknowledged our cookie.
                             Side::Outbound => this.watch.acknowledged(),
                         }
-                        Poll::Ready(Ok(()))
+                        // What came behind the last handshake frame is authenticated traffic:
+                        // it is judged like everything after it, so it is taken back.
+                        let rest = this.parser.take_rest();
+                        let len = out.filled().len();
+                        out.set_filled(len - rest.len());
+                        this.authenticated(&rest)
                     }
                     Ok(Progress::Pending | Progress::Named(_)) => Poll::Ready(Ok(())),
                 }

@@ -26,6 +26,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::mesh::node_of_server_name;
+use crate::config::is_valid_node_name;
 
 /// Longest frame accepted before authentication, bytes. The handshake's messages carry a node
 /// name, an address and a few numbers (about 100 bytes); anything longer is not a handshake.
@@ -151,6 +152,8 @@ pub struct HandshakeParser {
     frames: usize,
     named: Option<String>,
     done: bool,
+    /// Bytes received after this side's last handshake frame (authenticated traffic).
+    rest: Vec<u8>,
 }
 
 impl HandshakeParser {
@@ -162,6 +165,7 @@ impl HandshakeParser {
             frames: 0,
             named: None,
             done: false,
+            rest: Vec::new(),
         }
     }
 
@@ -173,6 +177,12 @@ impl HandshakeParser {
     /// Which end of the connection the parser follows.
     pub fn side(&self) -> Side {
         self.side
+    }
+
+    /// The bytes that arrived behind this side's last handshake frame, in the same `feed`:
+    /// authenticated traffic, which the caller judges next (taken once).
+    pub fn take_rest(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.rest)
     }
 
     /// Whether this side's handshake frames are all through.
@@ -195,7 +205,7 @@ impl HandshakeParser {
             }
             self.on_frame(frame, check)?;
             if self.done {
-                self.buf = Vec::new();
+                self.rest = std::mem::take(&mut self.buf);
                 return Ok(Progress::Done);
             }
         }
@@ -256,6 +266,13 @@ impl HandshakeParser {
 
     fn name(&mut self, server_name: &str, check: NameCheck<'_>) -> Result<(), Refusal> {
         let node = node_of_server_name(server_name).to_owned();
+        if !is_valid_node_name(&node) {
+            // Names go into logs, metrics and actor names: nothing else is a node name.
+            return Err(Refusal::BadFrame(format!(
+                "the node name {:?} is not 1..64 characters of [A-Za-z0-9._-]",
+                node.chars().take(80).collect::<String>()
+            )));
+        }
         check(&node).map_err(|certified| Refusal::NameMismatch {
             announced: node.clone(),
             certified,
@@ -472,9 +489,10 @@ mod tests {
             Ok(Progress::Named("n2".into()))
         );
         let mut rest = frame(5, "");
-        rest.extend(control_frame()); // authenticated traffic right behind: not looked at
+        rest.extend(control_frame()); // authenticated traffic right behind: handed back
         assert_eq!(p.feed(&rest, &any_name), Ok(Progress::Done));
         assert!(p.is_done());
+        assert_eq!(p.take_rest(), control_frame());
         assert_eq!(p.feed(&[0xff; 64], &any_name), Ok(Progress::Done));
     }
 
@@ -558,6 +576,16 @@ mod tests {
             p.feed(&frame(1, "x#9@h"), &only_x),
             Ok(Progress::Named("x".into()))
         );
+    }
+
+    #[test]
+    fn a_name_that_is_not_a_node_name_is_refused_whatever_the_certificate() {
+        for forged in ["zz\nERROR forged line#1@h", "", "a b#1@h", &"x".repeat(65)] {
+            let mut p = HandshakeParser::new(Side::Inbound);
+            let refusal = p.feed(&frame(1, forged), &any_name).unwrap_err();
+            assert!(matches!(&refusal, Refusal::BadFrame(_)), "{forged:?}");
+            assert!(!refusal.to_string().contains('\n'), "{refusal}");
+        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The Heartbeat actor: one per node, in process group `customer-heartbeat.v3`, registered as
-//! `customer-heartbeat.v3/<node>`. It answers heartbeat pings and does nothing else.
+//! The Heartbeat actor: one per node, in process group `customer-heartbeat.v5`, registered as
+//! `customer-heartbeat.v5/<node>`. It answers heartbeat pings and does nothing else.
 //!
 //! Why an actor of its own: a ping answered by the Registry waits in the same mailbox as every
 //! customer activation routed to the node, so a burst of activations could delay pongs past

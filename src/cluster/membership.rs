@@ -1,7 +1,7 @@
 //! Membership: who is alive, and the placement view everyone reads.
 //!
 //! Inputs, all funnelled into one actor so the member set changes in one place:
-//! * process-group events of `customer-registry.v3`: a remote Registry appearing is a
+//! * process-group events of `customer-registry.v5`: a remote Registry appearing is a
 //!   candidate member; it becomes a member after a `Hello` exchange with a matching protocol
 //!   version; its leaving (session closed) removes it at once;
 //! * session events from the NodeServer (ready / disconnected), used to keep the full mesh:
@@ -41,6 +41,7 @@ use tokio::sync::watch;
 use super::admission::{Admission, Greeting, Refusal, admit, heard};
 use super::dbnode::{DbNode, DbRoleCell, Decision, Heard, SqliteRole, choose, exit_message, judge};
 use super::detector::{Detector, DialPlan, Verdict, own_lag, was_stalled};
+use super::frames::is_host_port;
 use super::heartbeat;
 use super::mesh::{Mesh, SessionEvent, SessionEventKind};
 use super::placement::{Member, Ring};
@@ -145,6 +146,9 @@ pub enum MembershipMsg {
         /// Whether it answered in time.
         ok: bool,
     },
+    /// A peer listed the addresses of its sessions (checked `host:port`): dial them, through
+    /// the gate, as ractor_cluster's transitive mode would have without it.
+    Discovered(Vec<String>),
     /// A dial finished (TCP level).
     Dialed {
         /// Address dialed.
@@ -264,6 +268,10 @@ impl Actor for Membership {
             mesh.subscribe("membership", move |event| {
                 let _ = me.cast(MembershipMsg::Session(event));
             });
+            let me = myself.clone();
+            mesh.on_discovered(move |addrs| {
+                let _ = me.cast(MembershipMsg::Discovered(addrs));
+            });
             // Sessions that were ready before we subscribed (after a restart of this actor).
             sessions = mesh.ready_sessions().await;
         }
@@ -341,6 +349,14 @@ impl Actor for Membership {
                     state.detector.ack(&peer, Instant::now());
                 } else {
                     state.detector.failed(&peer);
+                }
+            }
+            MembershipMsg::Discovered(addrs) => {
+                let now = Instant::now();
+                for addr in addrs {
+                    if addr != state.args.info.cluster_addr {
+                        state.dials.want(&addr, now);
+                    }
                 }
             }
             MembershipMsg::Dialed { addr, ok, error } => {
@@ -520,17 +536,24 @@ impl MembershipState {
             self.hear(myself, info);
         }
         let database = self.args.db_role.chosen();
-        let known_incarnation = result
+        let known = result
             .as_ref()
             .ok()
-            .and_then(|info| self.peers.get(&info.name))
-            .map(|p| p.info.incarnation);
+            .and_then(|info| self.peers.get(&info.name));
+        let known_incarnation = known.map(|p| p.info.incarnation);
+        // The member's route is another session that is still open: a newer incarnation
+        // waits for it to close (admission rule 6).
+        let known_live_elsewhere = known.is_some_and(|p| {
+            p.registry.get_id() != registry.get_id()
+                && p.registry.get_status() < ractor::ActorStatus::Stopping
+        });
         let decision = admit(Greeting {
             me: self.me(),
             claimed,
             answer: result,
             alive: registry.get_status() < ractor::ActorStatus::Stopping,
             known_incarnation,
+            known_live_elsewhere,
             database: database.as_ref(),
         });
         let now = Instant::now();
@@ -542,11 +565,11 @@ impl MembershipState {
                 announced,
                 registered,
             }) => {
-                tracing::error!(peer = %announced, ?registered, "refusing a peer that claims this node's name or another name; every node needs a unique --name");
+                tracing::error!(peer = ?announced, ?registered, "refusing a peer that claims this node's name or another name; every node needs a unique --name");
             }
             Admission::Refused(Refusal::RivalDatabase { peer, existing }) => {
                 tracing::warn!(
-                    %peer,
+                    ?peer,
                     database_node = %existing,
                     "refusing a peer that hosts a second SQLite database: {existing} is the cluster's database node; the peer exits once it hears so"
                 );
@@ -560,24 +583,38 @@ impl MembershipState {
                 }
             }
             Admission::Gone => {} // its session closed while we were greeting it
+            Admission::Waiting(info) => {
+                tracing::warn!(
+                    peer = ?info.name,
+                    "a newer process start of a member announced itself over another session; it is admitted once the member's own session has closed"
+                );
+            }
             Admission::Stale(info) => {
                 // A stale session of an older process start: keep its address dialed only.
                 self.dials.want(&info.cluster_addr, now);
             }
             Admission::SameProcess(info) => {
                 // The same process over another session (e.g. a duplicate-connection
-                // election): swap the route, the member set is unchanged.
+                // election, or a reconnect after a partition): the member set is unchanged.
+                // The route moves only off a session that is closing or silent (the member is
+                // suspected): a member answering over its own session keeps it, whoever else
+                // claims its name and incarnation (when it closes, the Registry's leave finds
+                // this one).
                 self.dials.want(&info.cluster_addr, now);
-                if let Some(existing) = self.peers.get_mut(&info.name) {
+                let suspected = self.detector.is_suspected(&info.name);
+                if let Some(existing) = self.peers.get_mut(&info.name)
+                    && (suspected
+                        || existing.registry.get_status() >= ractor::ActorStatus::Stopping)
+                {
                     existing.registry = registry.into();
                     existing.info = info;
+                    self.publish_routes();
                 }
-                self.publish_routes();
             }
             Admission::Admit { info, restarted } => {
                 self.dials.want(&info.cluster_addr, now);
                 let name = info.name.clone();
-                tracing::info!(peer = %name, addr = %info.cluster_addr, db = info.hosts_db, "member {}", if restarted { "restarted" } else { "joined" });
+                tracing::info!(peer = ?name, addr = ?info.cluster_addr, db = info.hosts_db, "member {}", if restarted { "restarted" } else { "joined" });
                 let (kind, cause) = if restarted {
                     (
                         EventKind::MemberRejoined,
@@ -638,7 +675,7 @@ impl MembershipState {
         self.peers.remove(&node);
         self.detector.remove(&node);
         self.forget_if_gone(myself, &node, cell);
-        tracing::info!(peer = %node, "member left");
+        tracing::info!(peer = ?node, "member left");
         self.args.events.emit(
             EventKind::MemberLeft,
             &node,
@@ -685,7 +722,7 @@ impl MembershipState {
             SessionEventKind::Ready => {
                 tracing::debug!(peer = ?event.peer_node(), addr = ?event.peer_addr, "session ready");
                 self.handshakes.succeeded(&event.socket_addr);
-                if let Some(addr) = &event.peer_addr {
+                if let Some(addr) = event.peer_addr.as_deref().filter(|a| is_host_port(a)) {
                     self.dials.want(addr, Instant::now());
                 }
                 let opened_at = self
@@ -780,6 +817,19 @@ impl MembershipState {
             }
         }
         self.close_stuck_handshakes(now);
+        let keep: HashSet<String> = self
+            .args
+            .seeds
+            .iter()
+            .cloned()
+            .chain(self.peers.values().map(|p| p.info.cluster_addr.clone()))
+            .collect();
+        for addr in self.dials.forget_stale(now, &keep) {
+            tracing::info!(
+                addr = ?addr,
+                "no longer dialling an address that has not been a member's for a while"
+            );
+        }
         self.redial(myself, now);
     }
 

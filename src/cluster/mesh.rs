@@ -27,7 +27,7 @@ use ractor::{Actor, ActorCell, ActorRef};
 use ractor_cluster::node::{NodeConnectionMode, NodeServerSessionInformation};
 use ractor_cluster::{NodeEventSubscription, NodeServer, NodeServerMessage};
 
-use super::gate::{Gate, GateConfig};
+use super::gate::{Discovery, Gate, GateConfig};
 
 use crate::codec::MAX_FRAME_BYTES;
 use crate::error::{Error, Result};
@@ -150,6 +150,8 @@ pub struct Mesh {
     handshake_timeout: Duration,
     /// The cluster port.
     gate: Arc<Gate>,
+    /// Where peers' lists of their sessions go.
+    discovery: Discovery,
 }
 
 impl Mesh {
@@ -176,6 +178,7 @@ impl Mesh {
         let (server, _) = Actor::spawn(None, server, ())
             .await
             .map_err(|e| Error::Internal(format!("cannot start the cluster transport: {e}")))?;
+        let discovery = Discovery::default();
         let gate = GateConfig {
             bind: config.bind,
             max_unauthenticated: config.max_unauthenticated,
@@ -183,6 +186,7 @@ impl Mesh {
             allow: config.allow,
             handshake_timeout: config.handshake_timeout,
             tls: config.incoming,
+            discovery: discovery.clone(),
         };
         let gate = match Gate::start(gate, server.clone()).await {
             Ok(gate) => gate,
@@ -196,7 +200,14 @@ impl Mesh {
             transport: config.transport,
             handshake_timeout: config.handshake_timeout,
             gate: Arc::new(gate),
+            discovery,
         })
+    }
+
+    /// Sends the addresses peers report of their own sessions (transitive discovery, which
+    /// ractor_cluster is not left to dial itself: see [`super::frames`]) to `sink`.
+    pub fn on_discovered(&self, sink: impl Fn(Vec<String>) + Send + Sync + 'static) {
+        self.discovery.set(sink);
     }
 
     /// The address the cluster port listens on.
@@ -240,8 +251,14 @@ impl Mesh {
                 Some((connector, name))
             }
         };
-        let stream =
-            super::gate::dial(addr, tls, self.handshake_timeout, self.gate.sources.clone()).await?;
+        let stream = super::gate::dial(
+            addr,
+            tls,
+            self.handshake_timeout,
+            self.gate.sources.clone(),
+            &self.discovery,
+        )
+        .await?;
         ractor_cluster::client_connect_external(&self.server, Box::new(stream))
             .await
             .map_err(|e| Error::Unavailable(format!("dial {addr}: {e}")))

@@ -37,6 +37,7 @@ pub mod admission;
 pub mod advertise;
 pub mod dbnode;
 pub mod detector;
+pub mod frames;
 pub mod gate;
 pub mod handshake;
 pub mod heartbeat;

@@ -27,19 +27,19 @@ use crate::storage::{
 };
 
 /// Version of this protocol. Checked in the `Hello` exchange before a peer becomes a member.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Process group every node's Registry joins. Versioned: a remote actor of another type in a
 /// group would be silently mis-addressed, so incompatible releases must not share a group.
-pub const REGISTRY_GROUP: &str = "customer-registry.v3";
+pub const REGISTRY_GROUP: &str = "customer-registry.v5";
 
 /// Process group every Database actor joins.
-pub const DATABASE_GROUP: &str = "customer-db.v3";
+pub const DATABASE_GROUP: &str = "customer-db.v5";
 
 /// Process group every node's Heartbeat actor joins. Heartbeats have their own actor (and so
 /// their own mailbox) so that no burst of customer messages can delay a pong past the failure
 /// timeout and get a healthy node evicted.
-pub const HEARTBEAT_GROUP: &str = "customer-heartbeat.v3";
+pub const HEARTBEAT_GROUP: &str = "customer-heartbeat.v5";
 
 /// Registered (process-local) name of this node's Registry; remote actors carry it too, which
 /// is how a pg member is tied to a node name.
@@ -444,9 +444,11 @@ pub enum DatabaseMsg {
     /// L5: grants released, never-held or stale-epoch shards.
     #[rpc]
     Grant(Wire<(Holder, Vec<ShardId>)>, RpcReplyPort<Wire<Grant>>),
-    /// L6: releases `(shard, token)`.
+    /// L6: `(node, shard, token)`: `node` releases a shard it holds at `token`. A release
+    /// naming another holder than the shard's changes nothing, and a session may release only
+    /// for the node it authenticated as (`cluster::frames`).
     #[rpc]
-    Release(Wire<(ShardId, u64)>, RpcReplyPort<Wire<Release>>),
+    Release(Wire<(String, ShardId, u64)>, RpcReplyPort<Wire<Release>>),
     /// L6: clears `(node, incarnation)` from its node row on graceful stop.
     #[rpc]
     ClearIncarnation(Wire<(String, u64)>, RpcReplyPort<Wire<bool>>),
@@ -604,7 +606,7 @@ mod tests {
     /// means the wire format changed: bump [`PROTOCOL_VERSION`] (and the group names), then
     /// regenerate the table from the test's output.
     const GOLDEN: (u32, &str) = (
-        4,
+        5,
         "
         node_info 00026e31030e3132372e302e302e313a343730310e3132372e302e302e313a38303831012a0101026e3007
         customer 001001910000000070008000000000000001045a6fc3ab0f7a6f65406578616d706c652e636f6d01062b31203535350003fd00803c3048140c00fd02803c3048140c00
@@ -635,7 +637,7 @@ mod tests {
         takeover_done 00000301fb01020c
         grant 00026e320904020102
         granted 000000
-        lease_release 00fb01020c
+        lease_release 00026e32fb01020c
         released 00000d
         lease_table 0001fb010201026e32010901040c
         not_holder 010601026e330d
@@ -855,7 +857,7 @@ mod tests {
             ),
             ("grant", hex((holder(), vec![1u16, 2]))),
             ("granted", hex(Grant::Granted(vec![]))),
-            ("lease_release", hex((513u16, 12u64))),
+            ("lease_release", hex(("n2".to_string(), 513u16, 12u64))),
             ("released", hex(Release::Released { token: 13 })),
             (
                 "lease_table",

@@ -141,6 +141,8 @@ pub enum LeaseJob {
     },
     /// [`Store::release`].
     Release {
+        /// The node releasing it: only its holder can.
+        node: String,
         /// The shard.
         shard: ShardId,
         /// The token it is held at.
@@ -198,7 +200,12 @@ impl LeaseJob {
                 shards,
                 done,
             } => done(store.grant(&contender, &shards)),
-            Self::Release { shard, token, done } => done(store.release(shard, token)),
+            Self::Release {
+                node,
+                shard,
+                token,
+                done,
+            } => done(store.release(&node, shard, token)),
             Self::ClearIncarnation {
                 node,
                 incarnation,

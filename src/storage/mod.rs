@@ -270,8 +270,9 @@ pub trait Store: Send + 'static {
     /// stale epoch. No node row is changed.
     fn grant(&mut self, contender: &Holder, shards: &[ShardId]) -> Result<Grant>;
 
-    /// L6: releases `shard` if it is still held at `token` (and bumps the token).
-    fn release(&mut self, shard: ShardId, token: u64) -> Result<Release>;
+    /// L6: releases `shard` if `node` still holds it at `token` (and bumps the token). A
+    /// release by any other node changes nothing: only the holder gives a shard up.
+    fn release(&mut self, node: &str, shard: ShardId, token: u64) -> Result<Release>;
 
     /// L6: on graceful stop, clears this incarnation from its node row so a restart registers
     /// at once. Returns false if the row names another incarnation (nothing changed).

@@ -891,8 +891,8 @@ impl Store for PostgresStore {
         self.in_tx(async |tx| leases::grant(tx, contender, shards).await)
     }
 
-    fn release(&mut self, shard: ShardId, token: u64) -> Result<Release> {
-        self.in_tx(async |tx| leases::release(tx, shard, token).await)
+    fn release(&mut self, node: &str, shard: ShardId, token: u64) -> Result<Release> {
+        self.in_tx(async |tx| leases::release(tx, node, shard, token).await)
     }
 
     fn clear_incarnation(&mut self, node: &str, incarnation: u64) -> Result<bool> {

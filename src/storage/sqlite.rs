@@ -262,8 +262,8 @@ impl Store for SqliteStore {
         leases::grant(&mut self.conn, contender, shards)
     }
 
-    fn release(&mut self, shard: ShardId, token: u64) -> Result<Release> {
-        leases::release(&mut self.conn, shard, token)
+    fn release(&mut self, node: &str, shard: ShardId, token: u64) -> Result<Release> {
+        leases::release(&mut self.conn, node, shard, token)
     }
 
     fn clear_incarnation(&mut self, node: &str, incarnation: u64) -> Result<bool> {

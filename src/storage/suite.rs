@@ -1056,7 +1056,7 @@ pub fn a_contender_that_is_not_current_can_neither_take_over_nor_grant(s: &mut d
 }
 
 /// L6: a release at the current token frees the shard for an immediate grant; a release at an
-/// old token does nothing.
+/// old token, or by another node than the holder, does nothing.
 pub fn a_released_shard_is_granted_at_once_and_a_stale_release_does_nothing(s: &mut dyn Store) {
     let n1 = registered(s, "n1", 1);
     let n2 = registered(s, "n2", 2);
@@ -1065,12 +1065,17 @@ pub fn a_released_shard_is_granted_at_once_and_a_stale_release_does_nothing(s: &
         granted(s, &n2, &[9]).is_empty(),
         "a held shard is not grantable"
     );
+    match s.release("n2", 9, t1).unwrap() {
+        Release::NotHeld(row) => assert_eq!(row.holder.as_deref(), Some("n1")),
+        other => panic!("a release by another node than the holder applied: {other:?}"),
+    }
+    assert_eq!(holder_of(s, 9), (Some("n1".into()), t1));
     assert_eq!(
-        s.release(9, t1).unwrap(),
+        s.release("n1", 9, t1).unwrap(),
         Release::Released { token: t1 + 1 }
     );
     assert_eq!(holder_of(s, 9), (None, t1 + 1));
-    match s.release(9, t1).unwrap() {
+    match s.release("n1", 9, t1).unwrap() {
         Release::NotHeld(row) => assert_eq!(row.token, t1 + 1),
         other => panic!("a stale release applied: {other:?}"),
     }
@@ -1103,7 +1108,7 @@ pub fn the_token_grows_on_every_grant_and_release_and_never_on_renew(s: &mut dyn
     s.takeover(&n2, &seen, &[0]).unwrap();
     advanced(s, "a takeover");
     let token = token_of(s, 0);
-    s.release(0, token).unwrap();
+    s.release("n2", 0, token).unwrap();
     advanced(s, "a release");
     granted(s, &n2, &[0]);
     advanced(s, "a grant after release");

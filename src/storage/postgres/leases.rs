@@ -175,18 +175,23 @@ pub(super) async fn grant(
     Ok(Grant::Granted(grant_rows(tx, contender, shards).await?))
 }
 
-/// L6: release a shard still held at `token`.
-pub(super) async fn release(tx: &Transaction<'_>, shard: ShardId, token: u64) -> Result<Release> {
+/// L6: `node` releases a shard it still holds at `token`.
+pub(super) async fn release(
+    tx: &Transaction<'_>,
+    node: &str,
+    shard: ShardId,
+    token: u64,
+) -> Result<Release> {
     let stmt = tx
         .prepare_cached(
             "UPDATE shard_leases
                 SET holder = NULL, holder_incarnation = NULL, holder_epoch = NULL, token = token + 1
-              WHERE shard = $1 AND token = $2
+              WHERE shard = $1 AND token = $2 AND holder = $3
           RETURNING token",
         )
         .await?;
     let released = tx
-        .query_opt(&stmt, &[&i32::from(shard), &(token as i64)])
+        .query_opt(&stmt, &[&i32::from(shard), &(token as i64), &node])
         .await?;
     Ok(match released {
         Some(row) => Release::Released {

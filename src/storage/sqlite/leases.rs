@@ -155,16 +155,21 @@ pub(super) fn grant(
 }
 
 /// L6: release a shard still held at `token`.
-pub(super) fn release(conn: &mut Connection, shard: ShardId, token: u64) -> Result<Release> {
+pub(super) fn release(
+    conn: &mut Connection,
+    node: &str,
+    shard: ShardId,
+    token: u64,
+) -> Result<Release> {
     let tx = conn.transaction()?;
     let released = tx
         .prepare_cached(
             "UPDATE shard_leases
                 SET holder = NULL, holder_incarnation = NULL, holder_epoch = NULL, token = token + 1
-              WHERE shard = ?1 AND token = ?2
+              WHERE shard = ?1 AND token = ?2 AND holder = ?3
           RETURNING token",
         )?
-        .query_row(params![shard, token as i64], |r| r.get::<_, i64>(0))
+        .query_row(params![shard, token as i64, node], |r| r.get::<_, i64>(0))
         .optional()?;
     let outcome = match released {
         Some(token) => Release::Released {
