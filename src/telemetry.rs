@@ -346,7 +346,7 @@ pub const METRICS: &[(&str, MetricKind, &str)] = &[
     (
         "customer_http_auth_throttled_total",
         MetricKind::Counter,
-        "Wrong-token requests answered 429: more than 20 in 10 s from one address",
+        "Wrong-token requests answered 401 with Retry-After: more than 20 in 10 s from one address",
     ),
     (
         "customer_event_streams_open",

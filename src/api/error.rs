@@ -30,6 +30,12 @@ pub enum ApiError {
     Unprocessable(String),
     /// Missing or wrong bearer token. 401.
     Unauthorized,
+    /// Missing or wrong bearer token from an address that sent too many of them lately: still
+    /// 401 (the request is unauthenticated, whatever the rate), with `Retry-After` seconds.
+    UnauthorizedBackOff {
+        /// The `Retry-After` seconds.
+        retry_after: u64,
+    },
     /// Body over the size limit. 413.
     PayloadTooLarge(usize),
     /// Wrong `Content-Type`. 415.
@@ -100,6 +106,13 @@ impl ApiError {
                 "unauthorized",
                 "missing or invalid bearer token".into(),
             ),
+            Self::UnauthorizedBackOff { retry_after } => (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                format!(
+                    "missing or invalid bearer token; too many from this address lately: retry after {retry_after} s"
+                ),
+            ),
             Self::PayloadTooLarge(limit) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
@@ -163,6 +176,10 @@ impl IntoResponse for ApiError {
             }
             Self::Unauthorized => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            Self::UnauthorizedBackOff { retry_after } => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
             }
             Self::TooManyRequests { retry_after, .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));

@@ -9,7 +9,7 @@
 //! connection ─▶ ConnTable::admit(ip)  ── per-client cap (0 = off) ──▶ 429, closed
 //!                                     ── global cap (minus the loopback reserve) ──▶ 503, closed
 //! /v1/events ─▶ ConnTable::admit(ip)  (a second table: its own caps, no reserve)
-//! wrong token ─▶ FailureThrottle::fail(ip, now) ── over 20 in 10 s ──▶ 429 + Retry-After
+//! wrong token ─▶ FailureThrottle::fail(ip, now) ── over 20 in 10 s ──▶ 401 + Retry-After
 //! ```
 //!
 //! Why a loopback reserve: the per-address cap stops one source from taking every connection,
@@ -200,7 +200,7 @@ impl Drop for Held {
 pub enum AuthFailure {
     /// 401, as usual.
     Unauthorized,
-    /// 429: this address failed too often; retry after this many seconds.
+    /// 401 with `Retry-After`: this address failed too often; retry after this many seconds.
     Throttled(u64),
 }
 

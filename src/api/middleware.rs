@@ -65,9 +65,12 @@ pub fn is_acceptable_request_id(id: &str) -> bool {
 
 /// Requires `Authorization: Bearer <token>` matching one of the configured tokens. A missing
 /// or wrong token is answered 401 and counted (`customer_http_unauthorized_total`); past 20
-/// such answers in 10 s to one source address, the next ones are answered 429 with
-/// `Retry-After` (`customer_http_auth_throttled_total`). A correct token is never throttled:
-/// a guesser sharing an address with real clients costs them nothing.
+/// such answers in 10 s to one source address, the next ones also carry `Retry-After`
+/// (`customer_http_auth_throttled_total`): still 401, since an unauthenticated request is
+/// unauthorized whatever its rate (API checkers hold a route to that). A correct token is never
+/// throttled: a guesser sharing an address with real clients costs them nothing. Tokens are at
+/// least 16 bytes, so guessing one online is hopeless anyway; the back-off tells a
+/// misconfigured client to stop and shows it in the metric.
 pub async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
     if state.tokens.is_empty() {
         return next.run(req).await;
@@ -95,11 +98,7 @@ pub async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Re
             match verdict {
                 Some(AuthFailure::Throttled(retry_after)) => {
                     metrics::counter!("customer_http_auth_throttled_total").increment(1);
-                    ApiError::TooManyRequests {
-                        message: "too many requests with a missing or wrong bearer token from this address".into(),
-                        retry_after,
-                    }
-                    .into_response()
+                    ApiError::UnauthorizedBackOff { retry_after }.into_response()
                 }
                 _ => ApiError::Unauthorized.into_response(),
             }
