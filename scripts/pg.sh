@@ -22,7 +22,9 @@
 set -euo pipefail
 
 RUN_DIR="${CC_RUN_DIR:-$(pwd)/run}"
-mkdir -p "$RUN_DIR"
+# Owner-only from the start (it holds pg-password; cluster.sh closes it the same way), so where
+# the server's files go below does not change when cluster.sh later closes it.
+(umask 077; mkdir -p "$RUN_DIR")
 RUN_DIR="$(cd "$RUN_DIR" && pwd)"
 PG_DIR="$RUN_DIR/pg"
 # As root the server runs as `postgres`, which must reach the data directory: when some parent
@@ -158,9 +160,27 @@ cmd_down() {
   if running; then
     as_owner "$BIN/pg_ctl" -D "$DATA" -m fast -w stop >/dev/null
     echo "stopped (data kept in $DATA)"
+  elif stop_left_behind; then
+    :
   else
     echo "not running"
   fi
+}
+
+# A server started under $RUN_DIR/pg while the run directory was still open to `postgres`, and
+# closed since (cluster.sh makes it owner-only): pg_ctl, which runs as postgres, can no longer
+# reach it, so root stops it by its postmaster PID (SIGINT: a fast shutdown).
+stop_left_behind() {
+  local pidfile="$RUN_DIR/pg/data/postmaster.pid" pid
+  [[ "$(id -u)" == 0 && "$PG_DIR" != "$RUN_DIR/pg" && -f "$pidfile" ]] || return 1
+  pid="$(head -1 "$pidfile")"
+  [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 1
+  kill -INT "$pid"
+  for _ in $(seq 100); do
+    kill -0 "$pid" 2>/dev/null || { echo "stopped (data kept in $RUN_DIR/pg/data)"; return 0; }
+    sleep 0.1
+  done
+  die "the server in $RUN_DIR/pg (pid $pid) did not stop within 10 s"
 }
 
 cmd_status() {
