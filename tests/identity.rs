@@ -12,7 +12,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use customer_cluster::cluster::dbnode::SqliteRole;
-use customer_cluster::cluster::mesh::{Mesh, MeshConfig};
 use customer_cluster::cluster::protocol::{
     DATABASE_GROUP, DatabaseMsg, NodeInfo, PROTOCOL_VERSION, REGISTRY_GROUP, RegistryMsg, call,
     registry_name,
@@ -187,21 +186,7 @@ async fn a_certificate_for_one_node_cannot_release_another_nodes_leases_or_take_
     // The impostor: a valid cluster certificate, for t9, and the cookie.
     let (acceptor, transport) =
         customer_cluster::cluster::tls::load(&tls_files(dir.path(), "t9", &ca), "t9").unwrap();
-    let impostor = Mesh::start(MeshConfig {
-        name: "t9".into(),
-        incarnation: 1,
-        bind: "127.0.0.1:0".parse().unwrap(),
-        advertise_host: "127.0.0.1".into(),
-        cookie: support::COOKIE.into(),
-        incoming: Some(acceptor),
-        transport,
-        max_unauthenticated: 8,
-        handshake_timeout: Duration::from_secs(5),
-        max_unauthenticated_per_source: 4,
-        allow: Vec::new(),
-    })
-    .await
-    .unwrap();
+    let impostor = support::in_process_peer("t9", Some(acceptor), transport).await;
     let t1_addr = t1.spec.cluster_addr();
     impostor.dial(&t1_addr).await.unwrap();
     let db = remote_database().await;

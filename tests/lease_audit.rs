@@ -10,7 +10,7 @@ mod support;
 
 use std::time::Duration;
 
-use customer_cluster::cluster::mesh::{Mesh, MeshConfig, Transport};
+use customer_cluster::cluster::mesh::{Mesh, Transport};
 use customer_cluster::cluster::protocol::{DATABASE_GROUP, DatabaseMsg, call};
 use customer_cluster::codec::Wire;
 use customer_cluster::storage::{Grant, Holder, Release, ShardLease};
@@ -18,21 +18,7 @@ use ractor::ActorRef;
 use support::{TestCluster, id_of, wait_until};
 
 async fn posing_as(name: &str, target: &str) -> (Mesh, ActorRef<DatabaseMsg>) {
-    let mesh = Mesh::start(MeshConfig {
-        name: name.into(),
-        incarnation: 1,
-        bind: "127.0.0.1:0".parse().unwrap(),
-        advertise_host: "127.0.0.1".into(),
-        cookie: support::COOKIE.into(),
-        incoming: None,
-        transport: Transport::Plain,
-        max_unauthenticated: 8,
-        handshake_timeout: Duration::from_secs(5),
-        max_unauthenticated_per_source: 4,
-        allow: Vec::new(),
-    })
-    .await
-    .unwrap();
+    let mesh = support::in_process_peer(name, None, Transport::Plain).await;
     mesh.dial(target).await.unwrap();
     let db = wait_until("the database actor", Duration::from_secs(30), || async {
         ractor::pg::get_members(&DATABASE_GROUP.to_owned())

@@ -9,7 +9,7 @@ mod support;
 
 use std::time::Duration;
 
-use customer_cluster::cluster::mesh::{Mesh, MeshConfig, Transport};
+use customer_cluster::cluster::mesh::{Mesh, Transport};
 use customer_cluster::cluster::protocol::HeartbeatMsg;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use support::{NodeSpec, TestNode, wait_until};
@@ -39,21 +39,7 @@ fn rss_kib(pid: i32) -> u64 {
 }
 
 async fn peer(name: &str) -> Mesh {
-    Mesh::start(MeshConfig {
-        name: name.into(),
-        incarnation: 1,
-        bind: "127.0.0.1:0".parse().unwrap(),
-        advertise_host: "127.0.0.1".into(),
-        cookie: support::COOKIE.into(),
-        incoming: None,
-        transport: Transport::Plain,
-        max_unauthenticated: 8,
-        handshake_timeout: Duration::from_secs(5),
-        max_unauthenticated_per_source: 4,
-        allow: Vec::new(),
-    })
-    .await
-    .unwrap()
+    support::in_process_peer(name, None, Transport::Plain).await
 }
 
 fn single_node(dir: &std::path::Path, name: &str) -> TestNode {

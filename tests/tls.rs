@@ -8,7 +8,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use customer_cluster::cluster::mesh::{Mesh, MeshConfig, Transport};
+use customer_cluster::cluster::mesh::Transport;
 use customer_cluster::config::TlsPaths;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use support::{NodeSpec, TestNode, id_of, wait_until};
@@ -216,21 +216,7 @@ async fn a_peer_with_a_valid_certificate_for_another_name_is_refused_both_ways()
     // cluster-CA certificate for "x", the right cookie, and the node name "y".
     let x = tls_files(certs.path(), "x", &cluster_ca, &cluster_ca);
     let (acceptor, transport) = customer_cluster::cluster::tls::load(&x, "x").unwrap();
-    let impostor = Mesh::start(MeshConfig {
-        name: "y".into(),
-        incarnation: 1,
-        bind: "127.0.0.1:0".parse().unwrap(),
-        advertise_host: "127.0.0.1".into(),
-        cookie: support::COOKIE.into(),
-        incoming: Some(acceptor),
-        transport: transport.clone(),
-        max_unauthenticated: 8,
-        handshake_timeout: Duration::from_secs(5),
-        max_unauthenticated_per_source: 4,
-        allow: Vec::new(),
-    })
-    .await
-    .unwrap();
+    let impostor = support::in_process_peer("y", Some(acceptor), transport.clone()).await;
     assert!(matches!(transport, Transport::Tls { .. }));
     let impostor_addr = impostor.local_addr().to_string();
 

@@ -515,3 +515,28 @@ pub fn id_of(r: &HttpResponse) -> String {
     let v: Value = r.json().expect("json body");
     v["id"].as_str().expect("id").to_owned()
 }
+
+/// A cluster peer started in the test process (not a node binary): `name`, the test cookie,
+/// loopback, and `incoming`/`transport` for TLS (`None`, `Transport::Plain` without). Used to
+/// play impostors and hostile peers a node binary would refuse to be.
+pub async fn in_process_peer(
+    name: &str,
+    incoming: Option<tokio_rustls::TlsAcceptor>,
+    transport: customer_cluster::cluster::mesh::Transport,
+) -> customer_cluster::cluster::mesh::Mesh {
+    customer_cluster::cluster::mesh::Mesh::start(customer_cluster::cluster::mesh::MeshConfig {
+        name: name.into(),
+        incarnation: 1,
+        bind: "127.0.0.1:0".parse().unwrap(),
+        advertise_host: "127.0.0.1".into(),
+        cookie: COOKIE.into(),
+        incoming,
+        transport,
+        max_unauthenticated: 8,
+        handshake_timeout: Duration::from_secs(5),
+        max_unauthenticated_per_source: 4,
+        allow: Vec::new(),
+    })
+    .await
+    .unwrap()
+}
