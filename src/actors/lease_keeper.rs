@@ -575,16 +575,20 @@ impl KeeperState {
         if self.table_read_at.elapsed() >= LEASE_AUDIT_INTERVAL {
             return true;
         }
-        let held: BTreeSet<ShardId> = self
-            .ctx
+        let held = self.held_shards();
+        let placed = self.placed_here();
+        placed.len() != held.len() || placed.iter().any(|s| !held.contains(s))
+    }
+
+    /// The shards this node's lease state says it holds now.
+    fn held_shards(&self) -> BTreeSet<ShardId> {
+        self.ctx
             .leases
             .read()
             .held()
             .into_iter()
             .map(|(s, _)| s)
-            .collect();
-        let placed = self.placed_here();
-        placed.len() != held.len() || placed.iter().any(|s| !held.contains(s))
+            .collect()
     }
 
     fn register(&mut self, myself: &ActorRef<LeaseKeeperMsg>) {
@@ -953,14 +957,7 @@ impl KeeperState {
             .collect();
         // Rows naming this very holder for shards it does not know it holds (a grant it
         // never asked for): reconcile, which releases those placed elsewhere.
-        let known: BTreeSet<ShardId> = self
-            .ctx
-            .leases
-            .read()
-            .held()
-            .into_iter()
-            .map(|(s, _)| s)
-            .collect();
+        let known = self.held_shards();
         let strays = rows
             .iter()
             .filter(|r| {
